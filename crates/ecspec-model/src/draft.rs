@@ -1,0 +1,88 @@
+//! The two kinds of edge draft behind one interface (a [`Transformer`] run in a
+//! [`crate::Session`]): an independent small model, or a shared-backbone draft built from the
+//! target family's frozen base (DESIGN.md §5).
+
+use std::sync::Arc;
+
+use crate::error::{ModelError, Result};
+use crate::loaded::LoadedModel;
+use crate::transformer::Transformer;
+
+/// What kind of draft the edge runs; sent in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftKind {
+    /// A separate model with its own embedding and head (the conventional, tightly coupled
+    /// pair). Compatible with a target when the vocabularies are identical.
+    Independent,
+    /// Built on the family's frozen base: compatible with every target version of that base.
+    SharedBackbone,
+}
+
+impl DraftKind {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DraftKind::Independent => "independent",
+            DraftKind::SharedBackbone => "shared-backbone",
+        }
+    }
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "independent" => Some(Self::Independent),
+            "shared-backbone" => Some(Self::SharedBackbone),
+            _ => None,
+        }
+    }
+}
+
+/// How to build the edge draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftSpec {
+    /// Use a separate model file as it is.
+    Independent,
+    /// Base embedding → first `shared_layers` base layers → anchor (a copy of the base's last
+    /// layer until trained) → base final norm → base LM head.
+    SharedBackbone {
+        /// k, the number of base layers reused.
+        shared_layers: usize,
+    },
+}
+
+/// An edge draft ready to run.
+pub struct Draft {
+    /// Which kind.
+    pub kind: DraftKind,
+    /// Its weights.
+    pub transformer: Arc<Transformer>,
+    /// The identity the handshake checks: the base hash for a shared-backbone draft, the
+    /// vocabulary hash for an independent one.
+    pub compat_hash: String,
+}
+
+impl Draft {
+    /// Builds a draft from `model` (the independent draft's own file, or the family's base).
+    ///
+    /// # Errors
+    /// [`ModelError::Incompatible`] for a shared-backbone layout the base cannot provide.
+    pub fn build(spec: &DraftSpec, model: &LoadedModel) -> Result<Self> {
+        match spec {
+            DraftSpec::Independent => Ok(Self {
+                kind: DraftKind::Independent,
+                transformer: model.transformer.clone(),
+                compat_hash: model.tokenizer.vocab_hash().to_string(),
+            }),
+            DraftSpec::SharedBackbone { shared_layers } => {
+                if *shared_layers == 0 {
+                    return Err(ModelError::Incompatible("a shared-backbone draft needs k ≥ 1 base layers".into()));
+                }
+                let t = Transformer::shared_backbone_draft(&model.transformer, *shared_layers, None)?;
+                Ok(Self {
+                    kind: DraftKind::SharedBackbone,
+                    transformer: Arc::new(t),
+                    compat_hash: model.base_hash.clone(),
+                })
+            }
+        }
+    }
+}
