@@ -1,0 +1,113 @@
+//! The handshake check: is this edge's draft compatible with the served target, and are its
+//! session settings valid? Pure: the server turns a refusal into a `HelloAck` saying why.
+
+use ecspec_model::DraftKind;
+use ecspec_proto::{ErrorCode, Hello, VerifyMode, PROTOCOL_VERSION};
+use ecspec_spec::sampling::SamplingParams;
+
+use crate::model::CloudModel;
+use ecspec_spec::verify::VerifyRule;
+
+/// Why a session was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Error class sent on the wire.
+    pub code: ErrorCode,
+    /// Human-readable reason, naming what was wrong.
+    pub message: String,
+}
+
+/// A validated session request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPlan {
+    /// Verification rule.
+    pub rule: VerifyRule,
+    /// Sampling settings.
+    pub params: SamplingParams,
+    /// Token budget (capped by the server and by the context window).
+    pub max_new_tokens: usize,
+    /// Whether the cloud generates on its own and streams every token (cloud-only baseline).
+    pub autoregressive: bool,
+}
+
+fn refuse(code: ErrorCode, message: String) -> Refusal {
+    Refusal { code, message }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// Checks a [`Hello`] against the served model. `max_new_cap` bounds the token budget.
+///
+/// # Errors
+/// A [`Refusal`] for: another protocol version; another model family; a draft built on another
+/// base (shared-backbone) or with another vocabulary (independent); an unknown draft kind or
+/// verification mode; invalid sampling settings; an empty or out-of-vocabulary prompt; a
+/// prompt that leaves no room in the context window.
+pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<SessionPlan, Refusal> {
+    if h.protocol_version != PROTOCOL_VERSION as u32 {
+        return Err(refuse(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {} is not supported (this cloud speaks {PROTOCOL_VERSION})", h.protocol_version),
+        ));
+    }
+    if h.model_family != m.family {
+        return Err(refuse(
+            ErrorCode::IncompatibleDraft,
+            format!("the draft is for model family `{}`, this cloud serves `{}`", h.model_family, m.family),
+        ));
+    }
+    let kind = DraftKind::parse(&h.draft_kind).ok_or_else(|| {
+        refuse(ErrorCode::BadRequest, format!("unknown draft kind `{}` (independent, shared-backbone)", h.draft_kind))
+    })?;
+    let (expected, what) = match kind {
+        DraftKind::SharedBackbone => (&m.base_hash, "base weights"),
+        DraftKind::Independent => (&m.vocab_hash, "vocabulary"),
+    };
+    if !h.base_hash.eq_ignore_ascii_case(expected) {
+        return Err(refuse(
+            ErrorCode::IncompatibleDraft,
+            format!(
+                "incompatible {} draft: it was built on {what} {}…, the target's {what} are {}…",
+                kind.as_str(),
+                short(&h.base_hash),
+                short(expected)
+            ),
+        ));
+    }
+    let rule = match VerifyMode::try_from(h.verify_mode) {
+        Ok(VerifyMode::Greedy) => VerifyRule::Greedy,
+        Ok(VerifyMode::Match) => VerifyRule::Match,
+        Ok(VerifyMode::Rejection) => VerifyRule::Rejection,
+        _ => return Err(refuse(ErrorCode::BadRequest, format!("unknown verification mode {}", h.verify_mode))),
+    };
+    let params = SamplingParams { temperature: h.temperature, top_p: h.top_p, top_k: h.top_k as usize, seed: h.seed };
+    params.validate().map_err(|e| refuse(ErrorCode::BadRequest, format!("sampling settings: {e}")))?;
+    if h.prompt.is_empty() {
+        return Err(refuse(ErrorCode::BadRequest, "the prompt is empty".into()));
+    }
+    if let Some(&bad) = h.prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!("prompt token id {bad} is outside the target's vocabulary of {}", m.vocab_size),
+        ));
+    }
+    if h.max_new_tokens == 0 {
+        return Err(refuse(ErrorCode::BadRequest, "max_new_tokens must be at least 1".into()));
+    }
+    // Room for the prompt, the generated tokens and one round of drafts (≤ 64) in the window.
+    let room = m.context_length.saturating_sub(h.prompt.len() + 64);
+    if room == 0 {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!("the prompt has {} tokens; the target's context window is {}", h.prompt.len(), m.context_length),
+        ));
+    }
+    Ok(SessionPlan {
+        rule,
+        params,
+        max_new_tokens: (h.max_new_tokens as usize).min(max_new_cap).min(room),
+        autoregressive: h.autoregressive,
+    })
+}

@@ -1,0 +1,275 @@
+//! The verifier server: accepts edge sessions over TCP, one task per connection, each with
+//! its own target KV cache; one session's failure never touches the others.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecspec_proto::{ErrorCode, ErrorReply, HelloAck, Message, Verdict};
+use ecspec_spec::compact::CompactDist;
+use ecspec_transport::{Connection, TransportError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::handshake::check_hello;
+use crate::model::CloudModel;
+use crate::target::{RoundError, RoundOutcome, TargetSession};
+
+/// Server limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Sessions served at once; further connections get a `Busy`-style error and are closed.
+    pub max_sessions: usize,
+    /// A session with no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// Cap on any session's token budget.
+    pub max_new_tokens: usize,
+    /// How long shutdown waits for running sessions before aborting them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 64,
+            idle_timeout: Duration::from_secs(300),
+            max_new_tokens: 4096,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Shared state of a running server.
+pub struct CloudServer {
+    /// The target model served.
+    model: Arc<CloudModel>,
+    /// Limits.
+    config: ServerConfig,
+    /// Session ids handed out so far.
+    next_session: AtomicU64,
+    /// One permit per live session.
+    slots: Arc<Semaphore>,
+}
+
+impl CloudServer {
+    /// A server for `model`.
+    pub fn new(model: CloudModel, config: ServerConfig) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(config.max_sessions));
+        Arc::new(Self { model: Arc::new(model), config, next_session: AtomicU64::new(1), slots })
+    }
+
+    /// The served model.
+    pub fn model(&self) -> &CloudModel {
+        &self.model
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, then waits up to
+/// `shutdown_grace` for running sessions.
+///
+/// # Errors
+/// None at run time: accept errors are logged and retried with back-off.
+pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut sessions = JoinSet::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    let _ = stream.set_nodelay(true);
+                    let server = server.clone();
+                    match server.slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            sessions.spawn(async move {
+                                if let Err(e) = handle_connection(stream, server, permit).await {
+                                    tracing::info!(%peer, "session ended with an error: {e}");
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            sessions.spawn(refuse_busy(stream, server.config.max_sessions));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+    let grace = server.config.shutdown_grace;
+    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_err() {
+        sessions.shutdown().await;
+    }
+}
+
+async fn refuse_busy(stream: TcpStream, max: usize) {
+    let mut conn = Connection::new(stream);
+    let msg = Message::ErrorReply(ErrorReply {
+        code: ErrorCode::Internal as i32,
+        message: format!("the server is busy: all {max} session slots are taken"),
+    });
+    let _ = conn.write_message(&msg).await;
+    let _ = conn.shutdown().await;
+}
+
+fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::ErrorReply(ErrorReply { code: code as i32, message: message.into() })
+}
+
+fn verdict(round: u32, out: &RoundOutcome) -> Message {
+    Message::Verdict(Verdict {
+        round,
+        accepted: out.accepted as u32,
+        next_token: out.next_token,
+        finished: out.finished,
+        compute_us: out.compute.as_micros().min(u64::MAX as u128) as u64,
+    })
+}
+
+/// Runs one target round on a blocking thread (the session and its KV cache move there and
+/// back, so no lock is held across an await).
+async fn run_round(
+    mut target: TargetSession,
+    draft: Vec<u32>,
+    dists: Vec<CompactDist>,
+) -> Result<(TargetSession, Result<RoundOutcome, RoundError>), TransportError> {
+    tokio::task::spawn_blocking(move || {
+        let r = target.round(&draft, &dists);
+        (target, r)
+    })
+    .await
+    .map_err(|e| TransportError::Io(std::io::Error::other(format!("verification thread failed: {e}"))))
+}
+
+/// Converts a wire distribution to the verifier's type, checking it against the vocabulary.
+fn dist_from_wire(d: &ecspec_proto::CompactDist, vocab: usize) -> Result<CompactDist, String> {
+    let bits = u8::try_from(d.bits).map_err(|_| format!("{} bits per probability", d.bits))?;
+    CompactDist::from_packed(d.ids.clone(), &d.probs, bits, vocab).map_err(|e| e.to_string())
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    server: Arc<CloudServer>,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), TransportError> {
+    let mut conn = Connection::new(stream);
+    let idle = Some(server.config.idle_timeout);
+    let model = server.model.clone();
+    let (req, hello) = match conn.read_message(idle).await {
+        Ok(Some((req, Message::Hello(h)))) => (req, h),
+        Ok(Some((req, other))) => {
+            let m = format!("expected Hello to open the session, got {:?}", other.message_type());
+            conn.reply(&error_reply(ErrorCode::BadRequest, m), req).await?;
+            return Ok(());
+        }
+        Ok(None) => return Ok(()),
+        Err(TransportError::Frame(e)) => {
+            conn.write_message(&error_reply(ErrorCode::BadFrame, e.to_string())).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let session_id = server.next_session.fetch_add(1, Ordering::Relaxed);
+    let plan = match check_hello(&hello, &model, server.config.max_new_tokens) {
+        Ok(p) => p,
+        Err(refusal) => {
+            tracing::info!(session_id, "refused: {}", refusal.message);
+            let ack = HelloAck {
+                accepted: false,
+                reason: refusal.message,
+                session_id,
+                target_version: model.version.clone(),
+                vocab_size: model.vocab_size as u32,
+                ..Default::default()
+            };
+            conn.reply(&Message::HelloAck(ack), req).await?;
+            return Ok(());
+        }
+    };
+    let started = {
+        let (m, prompt, stops, p) = (model.transformer.clone(), hello.prompt, model.stop_tokens.clone(), plan.clone());
+        tokio::task::spawn_blocking(move || TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens))
+            .await
+            .map_err(|e| TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}"))))?
+    };
+    let (mut target, first) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req).await?;
+            return Ok(());
+        }
+    };
+    let ack = HelloAck {
+        accepted: true,
+        reason: String::new(),
+        session_id,
+        target_version: model.version.clone(),
+        vocab_size: model.vocab_size as u32,
+        eos_token_ids: model.stop_tokens.clone(),
+        first_token: first.next_token,
+        finished: first.finished,
+        prefill_us: first.compute.as_micros().min(u64::MAX as u128) as u64,
+    };
+    conn.reply(&Message::HelloAck(ack), req).await?;
+    let mut round = 0u32;
+    if plan.autoregressive {
+        // Cloud-only baseline: generate and stream every token without waiting for the edge.
+        while !target.is_finished() {
+            round += 1;
+            let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
+            target = t;
+            match r {
+                Ok(out) => conn.reply(&verdict(round, &out), round).await?,
+                Err(e) => {
+                    conn.write_message(&error_reply(ErrorCode::Internal, e.to_string())).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    loop {
+        match conn.read_message(idle).await {
+            Ok(Some((req, Message::DraftBlock(block)))) => {
+                let dists: Result<Vec<_>, _> = block.dists.iter().map(|d| dist_from_wire(d, model.vocab_size)).collect();
+                let dists = match dists {
+                    Ok(d) => d,
+                    Err(e) => {
+                        conn.reply(&error_reply(ErrorCode::BadRequest, format!("draft distribution: {e}")), req).await?;
+                        continue;
+                    }
+                };
+                let (t, r) = run_round(target, block.tokens, dists).await?;
+                target = t;
+                match r {
+                    Ok(out) => conn.reply(&verdict(block.round, &out), req).await?,
+                    // The round committed nothing; the session stays usable.
+                    Err(e) => conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req).await?,
+                }
+            }
+            Ok(Some((_, Message::Close(_)))) | Ok(None) => return Ok(()),
+            Ok(Some((_, Message::ErrorReply(e)))) => {
+                tracing::info!(session_id, "edge reported an error: {}", e.message);
+                return Ok(());
+            }
+            Ok(Some((req, other))) => {
+                let m = format!("unexpected {:?} in a running session", other.message_type());
+                conn.reply(&error_reply(ErrorCode::BadRequest, m), req).await?;
+                return Ok(());
+            }
+            Err(TransportError::Frame(e)) => {
+                conn.write_message(&error_reply(ErrorCode::BadFrame, e.to_string())).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

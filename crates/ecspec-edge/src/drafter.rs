@@ -1,0 +1,142 @@
+//! The draft model on the edge: proposes K tokens after the committed sequence and rolls its
+//! KV cache back to what the cloud accepted. Synchronous compute.
+
+use std::time::{Duration, Instant};
+
+use ecspec_model::{LogitsFor, ModelError, Session};
+use ecspec_spec::compact::CompactDist;
+use ecspec_spec::sampling::{self, SamplingParams};
+use ecspec_spec::verify::VerifyRule;
+use rand_chacha::ChaCha20Rng;
+
+/// How drafted tokens are chosen and what travels with them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DraftSampling {
+    /// The session's verification rule.
+    pub rule: VerifyRule,
+    /// The session's sampling settings (the draft samples with the same ones).
+    pub params: SamplingParams,
+    /// Rejection mode: tokens kept in each compact distribution.
+    pub dist_top_k: usize,
+    /// Rejection mode: bits per quantized probability (4, 8 or 16).
+    pub dist_bits: u8,
+}
+
+/// One round's proposal.
+#[derive(Debug, Clone, Default)]
+pub struct Proposal {
+    /// Drafted tokens x_1..x_K.
+    pub tokens: Vec<u32>,
+    /// Rejection mode: the exact (quantized) distribution each token was sampled from.
+    pub dists: Vec<CompactDist>,
+    /// Probability the draft gave each drafted token (its confidence).
+    pub confidence: Vec<f32>,
+    /// Wall-clock drafting time, catch-up prefill included.
+    pub elapsed: Duration,
+}
+
+/// Errors while drafting.
+#[derive(Debug, thiserror::Error)]
+pub enum DraftError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Sampling settings or distributions were invalid.
+    #[error("draft sampling: {0}")]
+    Sampling(String),
+}
+
+/// A draft model with its KV cache and the count of committed tokens it has seen.
+pub struct Drafter {
+    session: Session,
+    /// Committed tokens already in the KV cache (a prefix of the committed sequence).
+    fed: usize,
+    rng: ChaCha20Rng,
+    sampling: DraftSampling,
+}
+
+impl Drafter {
+    /// A drafter over `session` (fresh KV cache).
+    pub fn new(session: Session, sampling: DraftSampling) -> Self {
+        let rng = sampling::rng_for(sampling.params.seed, sampling::EDGE_STREAM);
+        Self { session, fed: 0, rng, sampling }
+    }
+
+    /// Feeds committed tokens not yet in the KV cache except the last one (which the next
+    /// proposal feeds), e.g. the prompt while waiting for the cloud's first token.
+    pub fn prefill(&mut self, committed: &[u32]) -> Result<(), DraftError> {
+        if committed.len() > self.fed + 1 {
+            self.session.forward(&committed[self.fed..committed.len() - 1], LogitsFor::Last)?;
+            self.fed = committed.len() - 1;
+        }
+        Ok(())
+    }
+
+    fn pick(&mut self, row: &[f32]) -> Result<(u32, Option<CompactDist>, f32), DraftError> {
+        let err = |e: &dyn std::fmt::Display| DraftError::Sampling(e.to_string());
+        if self.sampling.params.is_greedy() || self.sampling.rule == VerifyRule::Greedy {
+            let x = sampling::argmax(row);
+            let p = sampling::target_distribution(row, &SamplingParams { temperature: 1.0, ..self.sampling.params })
+                .map_err(|e| err(&e))?;
+            return Ok((x, None, p[x as usize]));
+        }
+        let q = sampling::target_distribution(row, &self.sampling.params).map_err(|e| err(&e))?;
+        if self.sampling.rule == VerifyRule::Rejection {
+            // Quantize first, then sample from exactly what is sent (Zhang et al. 2025,
+            // arXiv 2507.00605): verification stays exact w.r.t. the q the cloud sees.
+            let cd = CompactDist::quantize(&q, self.sampling.dist_top_k, self.sampling.dist_bits).map_err(|e| err(&e))?;
+            let x = cd.sample(&mut self.rng);
+            let conf = cd.prob_of(x) as f32;
+            Ok((x, Some(cd), conf))
+        } else {
+            let x = sampling::sample(&q, &mut self.rng).map_err(|e| err(&e))?;
+            Ok((x, None, q[x as usize]))
+        }
+    }
+
+    /// Drafts `k` tokens after `committed` (k = 0 returns an empty proposal without compute).
+    /// The KV cache afterwards holds `committed` and x_1..x_{K−1}.
+    pub fn propose(&mut self, committed: &[u32], k: usize) -> Result<Proposal, DraftError> {
+        let t0 = Instant::now();
+        let mut out = Proposal::default();
+        if k == 0 {
+            return Ok(out);
+        }
+        let logits = self.session.forward(&committed[self.fed..], LogitsFor::Last)?;
+        self.fed = committed.len();
+        let mut row = logits.last().to_vec();
+        for i in 0..k {
+            let (x, dist, conf) = self.pick(&row)?;
+            out.tokens.push(x);
+            out.confidence.push(conf);
+            if let Some(d) = dist {
+                out.dists.push(d);
+            }
+            if i + 1 < k {
+                row = self.session.forward(&[x], LogitsFor::Last)?.last().to_vec();
+            }
+        }
+        out.elapsed = t0.elapsed();
+        Ok(out)
+    }
+
+    /// After a verdict: `old_len` committed tokens before the round, `accepted` drafts kept.
+    /// Rolls the KV cache back to the committed prefix it still agrees with.
+    pub fn rollback(&mut self, old_len: usize, drafted: usize, accepted: usize) -> Result<(), DraftError> {
+        if drafted == 0 {
+            return Ok(());
+        }
+        // The cache holds old committed + x_1..x_{K−1}; keep x_1..x_min(a, K−1).
+        let keep = old_len + accepted.min(drafted - 1);
+        self.session.truncate(keep)?;
+        self.fed = keep;
+        Ok(())
+    }
+
+    /// Edge-only decoding: the draft's own next token after `committed` (no verification).
+    pub fn next_token(&mut self, committed: &[u32]) -> Result<u32, DraftError> {
+        let logits = self.session.forward(&committed[self.fed..], LogitsFor::Last)?;
+        self.fed = committed.len();
+        Ok(self.pick(logits.last())?.0)
+    }
+}

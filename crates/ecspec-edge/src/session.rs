@@ -1,0 +1,371 @@
+//! One edge–cloud generation: handshake, then draft → send → verdict → commit rounds until
+//! the cloud says the sequence is finished. The committed sequence only grows.
+
+use std::time::{Duration, Instant};
+
+use ecspec_link::LinkCounters;
+use ecspec_proto::{Close, DraftBlock, Hello, Message, VerifyMode, PROTOCOL_VERSION};
+use ecspec_spec::acceptance::AcceptanceEstimator;
+use ecspec_spec::policy::DraftLengthPolicy;
+use ecspec_spec::sampling::SamplingParams;
+use ecspec_spec::verify::VerifyRule;
+use ecspec_transport::{Connection, TransportError};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::drafter::{DraftError, Drafter};
+use crate::estimate::RoundEstimator;
+
+/// How the edge generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Edge drafts, cloud verifies (speculative decoding).
+    Speculative,
+    /// The cloud decodes alone and streams every token (the autoregressive baseline).
+    CloudOnly,
+    /// The draft decodes alone on the edge; nothing is verified.
+    EdgeOnly,
+}
+
+impl Mode {
+    /// The name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Speculative => "speculative",
+            Mode::CloudOnly => "cloud-only",
+            Mode::EdgeOnly => "edge-only",
+        }
+    }
+}
+
+/// Settings of one generation.
+pub struct EdgeConfig {
+    /// Model family the draft belongs to (checked by the cloud).
+    pub family: String,
+    /// Draft kind name (`shared-backbone` / `independent`).
+    pub draft_kind: String,
+    /// Base hash (shared-backbone) or vocabulary hash (independent) of the draft.
+    pub compat_hash: String,
+    /// Verification rule.
+    pub rule: VerifyRule,
+    /// Sampling settings.
+    pub params: SamplingParams,
+    /// Token budget.
+    pub max_new_tokens: usize,
+    /// Mode.
+    pub mode: Mode,
+    /// Draft-length policy.
+    pub policy: Box<dyn DraftLengthPolicy>,
+    /// How long to wait for any cloud frame.
+    pub timeout: Duration,
+}
+
+/// One round as the edge saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    /// Round number (1-based).
+    pub round: u32,
+    /// Draft length K chosen.
+    pub k: usize,
+    /// Drafted tokens accepted.
+    pub accepted: usize,
+    /// Drafting time (s).
+    pub draft_s: f64,
+    /// Send-to-verdict time (s).
+    pub wait_s: f64,
+    /// Cloud compute time reported by the cloud (s).
+    pub cloud_compute_s: f64,
+    /// Uplink / downlink bytes of the round (framing included).
+    pub uplink_bytes: u64,
+    /// Downlink bytes of the round.
+    pub downlink_bytes: u64,
+}
+
+/// The end-of-run summary (`--json` prints it; fields documented in the README).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Generated text.
+    pub text: String,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Tokens generated (after the prompt).
+    pub generated_tokens: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Verification rounds (one target forward pass each; the prefill is not counted).
+    pub rounds: u64,
+    /// Target forward passes: prefill + rounds (cloud cost).
+    pub target_forward_passes: u64,
+    /// Tokens drafted in all rounds.
+    pub drafted_tokens: u64,
+    /// Drafted tokens accepted.
+    pub accepted_tokens: u64,
+    /// Tokens committed per verification round (accepted + the target's own token).
+    pub mean_accepted_tokens: f64,
+    /// accepted_tokens / drafted_tokens (0 when nothing was drafted).
+    pub acceptance_rate: f64,
+    /// generated_tokens / total_s (tokens/s).
+    pub goodput_tok_s: f64,
+    /// Time to first token (s), from the request to the first committed token.
+    pub ttft_s: f64,
+    /// Time per output token after the first (s).
+    pub tpot_s: f64,
+    /// Wall-clock time of the whole generation (s).
+    pub total_s: f64,
+    /// Time spent drafting (s).
+    pub draft_s: f64,
+    /// Bytes the edge sent (application frames, framing included).
+    pub uplink_bytes: u64,
+    /// Bytes the edge received.
+    pub downlink_bytes: u64,
+    /// uplink_bytes / generated_tokens.
+    pub uplink_bytes_per_token: f64,
+    /// downlink_bytes / generated_tokens.
+    pub downlink_bytes_per_token: f64,
+    /// Mode name.
+    pub mode: String,
+    /// Verification rule name.
+    pub verify: String,
+    /// Draft-length policy name.
+    pub draft_len: String,
+    /// Model family.
+    pub model_family: String,
+    /// Target version that verified (from the handshake).
+    pub target_version: String,
+    /// Per-round records.
+    pub round_records: Vec<RoundRecord>,
+}
+
+/// Errors of a generation. Tokens committed before the error are kept in `partial`.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Transport(#[from] TransportError),
+    /// The cloud refused the session.
+    #[error("the cloud refused the session: {0}")]
+    Refused(String),
+    /// The cloud reported an error.
+    #[error("the cloud reported an error: {0}")]
+    Cloud(String),
+    /// The cloud broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Drafting failed.
+    #[error("draft model: {0}")]
+    Draft(#[from] DraftError),
+}
+
+/// Callback receiving committed tokens as soon as they are committed.
+pub type OnCommit<'a> = &'a mut (dyn FnMut(&[u32]) + Send);
+
+fn bytes(link: &Option<LinkCounters>) -> (u64, u64) {
+    link.as_ref().map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))
+}
+
+fn verify_mode(rule: VerifyRule) -> VerifyMode {
+    match rule {
+        VerifyRule::Greedy => VerifyMode::Greedy,
+        VerifyRule::Match => VerifyMode::Match,
+        VerifyRule::Rejection => VerifyMode::Rejection,
+    }
+}
+
+fn dist_to_wire(d: &ecspec_spec::compact::CompactDist) -> ecspec_proto::CompactDist {
+    ecspec_proto::CompactDist { ids: d.ids().to_vec(), probs: d.packed_levels(), bits: u32::from(d.bits()) }
+}
+
+/// Runs the draft on a blocking thread and hands it back (the model never crosses an await
+/// while borrowed).
+async fn blocking<T: Send + 'static>(
+    mut drafter: Drafter,
+    f: impl FnOnce(&mut Drafter) -> Result<T, DraftError> + Send + 'static,
+) -> Result<(Drafter, T), EdgeError> {
+    let (d, r) = tokio::task::spawn_blocking(move || {
+        let r = f(&mut drafter);
+        (drafter, r)
+    })
+    .await
+    .map_err(|e| EdgeError::Protocol(format!("draft thread failed: {e}")))?;
+    Ok((d, r?))
+}
+
+/// Generates from `prompt` over `stream` (TCP or the emulated link; `link` counts its bytes).
+/// `drafter` is required in speculative mode. Committed tokens go to `on_commit` as they are
+/// committed.
+///
+/// # Errors
+/// [`EdgeError`]; on error the tokens already delivered to `on_commit` stay delivered.
+pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    link: Option<LinkCounters>,
+    mut cfg: EdgeConfig,
+    mut drafter: Option<Drafter>,
+    prompt: Vec<u32>,
+    on_commit: OnCommit<'_>,
+) -> Result<Summary, EdgeError> {
+    let t_start = Instant::now();
+    let mut conn = Connection::new(stream);
+    let speculative = cfg.mode == Mode::Speculative;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION as u32,
+        model_family: cfg.family.clone(),
+        base_hash: cfg.compat_hash.clone(),
+        draft_kind: cfg.draft_kind.clone(),
+        temperature: cfg.params.temperature,
+        top_p: cfg.params.top_p,
+        top_k: cfg.params.top_k as u32,
+        seed: cfg.params.seed,
+        verify_mode: verify_mode(cfg.rule) as i32,
+        max_new_tokens: cfg.max_new_tokens as u32,
+        prompt: prompt.clone(),
+        autoregressive: cfg.mode == Mode::CloudOnly,
+    };
+    conn.write_message(&Message::Hello(hello)).await?;
+    // Prefill the draft while the cloud prefills the target.
+    if let (true, Some(d)) = (speculative, drafter.take()) {
+        let p = prompt.clone();
+        let (d, ()) = blocking(d, move |d| d.prefill(&p)).await?;
+        drafter = Some(d);
+    }
+    let ack = match conn.read_message(Some(cfg.timeout)).await? {
+        Some((_, Message::HelloAck(a))) => a,
+        Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
+        Some((_, other)) => return Err(EdgeError::Protocol(format!("expected HelloAck, got {:?}", other.message_type()))),
+        None => return Err(EdgeError::Protocol("the cloud closed the connection during the handshake".into())),
+    };
+    if !ack.accepted {
+        return Err(EdgeError::Refused(ack.reason));
+    }
+    let ttft = t_start.elapsed();
+    let mut committed = prompt.clone();
+    committed.push(ack.first_token);
+    on_commit(&[ack.first_token]);
+    let mut finished = ack.finished;
+    let mut est = AcceptanceEstimator::default();
+    let mut timing = RoundEstimator::new(0.01, ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0);
+    let mut records = Vec::new();
+    let mut draft_total = Duration::ZERO;
+    let mut round = 0u32;
+    while !finished {
+        round += 1;
+        let (up0, down0) = bytes(&link);
+        let old_len = committed.len();
+        let (k, proposal) = if speculative {
+            let d = drafter.take().ok_or_else(|| EdgeError::Protocol("speculative mode needs a draft model".into()))?;
+            let k = cfg.policy.choose(&timing.state(est.alpha()));
+            let c = committed.clone();
+            let (d, p) = blocking(d, move |d| d.propose(&c, k)).await?;
+            drafter = Some(d);
+            (k, p)
+        } else {
+            (0, Default::default())
+        };
+        draft_total += proposal.elapsed;
+        let t_send = Instant::now();
+        if cfg.mode != Mode::CloudOnly {
+            let block = DraftBlock { round, tokens: proposal.tokens.clone(), dists: proposal.dists.iter().map(dist_to_wire).collect() };
+            conn.write_message(&Message::DraftBlock(block)).await?;
+        }
+        let v = match conn.read_message(Some(cfg.timeout)).await? {
+            Some((_, Message::Verdict(v))) => v,
+            Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
+            Some((_, other)) => return Err(EdgeError::Protocol(format!("expected Verdict, got {:?}", other.message_type()))),
+            None => return Err(EdgeError::Protocol("the cloud closed the connection mid-generation".into())),
+        };
+        let wait = t_send.elapsed();
+        let a = v.accepted as usize;
+        if a > k {
+            return Err(EdgeError::Protocol(format!("verdict accepts {a} of {k} drafted tokens")));
+        }
+        let mut new: Vec<u32> = proposal.tokens[..a].to_vec();
+        new.push(v.next_token);
+        committed.extend_from_slice(&new);
+        on_commit(&new);
+        finished = v.finished;
+        if let Some(d) = drafter.as_mut() {
+            d.rollback(old_len, k, a)?;
+        }
+        let _ = est.record(k, a);
+        let (up1, down1) = bytes(&link);
+        let rec = RoundRecord {
+            round,
+            k,
+            accepted: a,
+            draft_s: proposal.elapsed.as_secs_f64(),
+            wait_s: wait.as_secs_f64(),
+            cloud_compute_s: v.compute_us as f64 * 1e-6,
+            uplink_bytes: up1 - up0,
+            downlink_bytes: down1 - down0,
+        };
+        timing.observe(k, rec.draft_s, rec.uplink_bytes as f64, rec.downlink_bytes as f64, rec.wait_s, rec.cloud_compute_s);
+        records.push(rec);
+    }
+    let total = t_start.elapsed();
+    let _ = conn.write_message(&Message::Close(Close {})).await;
+    let _ = conn.shutdown().await;
+    if let Some(c) = &link {
+        // Let the emulated link deliver the Close so the byte counts are final.
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.closed()).await;
+    }
+    let generated = committed.len() - prompt.len();
+    let tokens = committed[prompt.len()..].to_vec();
+    let (up, down) = bytes(&link);
+    let rounds = est.rounds();
+    Ok(Summary {
+        text: String::new(),
+        tokens,
+        generated_tokens: generated,
+        prompt_tokens: prompt.len(),
+        rounds,
+        target_forward_passes: rounds + 1,
+        drafted_tokens: est.drafted(),
+        accepted_tokens: est.accepted(),
+        mean_accepted_tokens: if rounds > 0 { (generated as f64 - 1.0) / rounds as f64 } else { 0.0 },
+        acceptance_rate: est.acceptance_ratio(),
+        goodput_tok_s: generated as f64 / total.as_secs_f64(),
+        ttft_s: ttft.as_secs_f64(),
+        tpot_s: if generated > 1 { (total - ttft).as_secs_f64() / (generated - 1) as f64 } else { 0.0 },
+        total_s: total.as_secs_f64(),
+        draft_s: draft_total.as_secs_f64(),
+        uplink_bytes: up,
+        downlink_bytes: down,
+        uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
+        downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
+        mode: cfg.mode.as_str().into(),
+        verify: cfg.rule.name().into(),
+        draft_len: if speculative { cfg.policy.name() } else { "none".into() },
+        model_family: std::mem::take(&mut cfg.family),
+        target_version: ack.target_version,
+        round_records: records,
+    })
+}
+
+/// Edge-only decoding: the draft alone, no cloud, nothing verified.
+///
+/// # Errors
+/// Draft model errors.
+pub fn generate_edge_only(
+    drafter: &mut Drafter,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    stop_tokens: &[u32],
+    on_commit: OnCommit<'_>,
+) -> Result<(Vec<u32>, Duration, Duration), DraftError> {
+    let t0 = Instant::now();
+    let mut committed = prompt.to_vec();
+    let mut ttft = Duration::ZERO;
+    for i in 0..max_new_tokens {
+        let x = drafter.next_token(&committed)?;
+        if i == 0 {
+            ttft = t0.elapsed();
+        }
+        committed.push(x);
+        on_commit(&[x]);
+        if stop_tokens.contains(&x) {
+            break;
+        }
+    }
+    Ok((committed[prompt.len()..].to_vec(), ttft, t0.elapsed()))
+}

@@ -1,0 +1,347 @@
+//! [`LinkConfig`]: the models of both directions, built from CLI-like [`LinkOptions`].
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::mahimahi::{MahimahiTrace, TraceEnd, TraceError};
+use crate::model::{ConstantRate, LinkModel};
+
+/// Default uplink (edge → cloud) rate, Mbit/s.
+pub const DEFAULT_UPLINK_MBPS: f64 = 10.0;
+/// Default downlink (cloud → edge) rate, Mbit/s.
+pub const DEFAULT_DOWNLINK_MBPS: f64 = 20.0;
+/// Default round-trip propagation delay, ms (split evenly between the two directions).
+pub const DEFAULT_RTT_MS: f64 = 60.0;
+
+// The defaults above in bit/s (checked against them by a test).
+const DEFAULT_UPLINK_BPS: NonZeroU64 = NonZeroU64::new(10_000_000).unwrap();
+const DEFAULT_DOWNLINK_BPS: NonZeroU64 = NonZeroU64::new(20_000_000).unwrap();
+
+/// One direction of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Edge → cloud.
+    Uplink,
+    /// Cloud → edge.
+    Downlink,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Uplink => "uplink",
+            Direction::Downlink => "downlink",
+        })
+    }
+}
+
+/// An invalid link configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A rate is not finite, or is below 1 bit/s once converted.
+    #[error("{direction} rate must be a finite number of Mbit/s of at least 1 bit/s, got {mbps}")]
+    InvalidRate {
+        /// Which direction.
+        direction: Direction,
+        /// The rate given, Mbit/s.
+        mbps: f64,
+    },
+    /// The RTT is negative, not finite, or absurdly large.
+    #[error("RTT must be a finite number of ms ≥ 0, got {rtt_ms}")]
+    InvalidRtt {
+        /// The RTT given, ms.
+        rtt_ms: f64,
+    },
+    /// Both a rate and a trace were given for one direction.
+    #[error(
+        "{direction}: both a rate ({mbps} Mbit/s) and a trace ({}) were given; give one",
+        trace.display()
+    )]
+    RateAndTrace {
+        /// Which direction.
+        direction: Direction,
+        /// The rate given, Mbit/s.
+        mbps: f64,
+        /// The trace given.
+        trace: PathBuf,
+    },
+    /// A trace file could not be read or parsed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// Link options as a command line gives them; every field is optional.
+///
+/// For each direction: a Mahimahi trace if one is given, else a constant rate (the given
+/// one, or the default: [`DEFAULT_UPLINK_MBPS`] up, [`DEFAULT_DOWNLINK_MBPS`] down). The RTT
+/// (default [`DEFAULT_RTT_MS`]) is split evenly: each direction's one-way delay is RTT / 2.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkOptions {
+    /// Uplink rate, Mbit/s.
+    pub up_mbps: Option<f64>,
+    /// Downlink rate, Mbit/s.
+    pub down_mbps: Option<f64>,
+    /// Round-trip propagation delay, ms.
+    pub rtt_ms: Option<f64>,
+    /// Mahimahi trace shaping the uplink.
+    pub up_trace: Option<PathBuf>,
+    /// Mahimahi trace shaping the downlink.
+    pub down_trace: Option<PathBuf>,
+    /// What traces do at their end (default: loop, as `mm-link` does).
+    pub trace_end: TraceEnd,
+}
+
+/// The models of both directions of a link: what [`crate::emulate`] runs.
+///
+/// Cloning copies each model with its queue state (a config never used yet clones into
+/// a config never used yet; traces share their timestamps).
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Edge → cloud.
+    pub uplink: Box<dyn LinkModel>,
+    /// Cloud → edge.
+    pub downlink: Box<dyn LinkModel>,
+}
+
+impl Default for LinkConfig {
+    /// 10 Mbit/s up, 20 Mbit/s down, 60 ms RTT (30 ms each way).
+    fn default() -> Self {
+        let one_way = Duration::from_millis(30);
+        LinkConfig {
+            uplink: Box::new(ConstantRate::new(DEFAULT_UPLINK_BPS, one_way)),
+            downlink: Box::new(ConstantRate::new(DEFAULT_DOWNLINK_BPS, one_way)),
+        }
+    }
+}
+
+impl LinkConfig {
+    /// A link from two models.
+    pub fn new(uplink: Box<dyn LinkModel>, downlink: Box<dyn LinkModel>) -> Self {
+        LinkConfig { uplink, downlink }
+    }
+
+    /// Constant rates `up_mbps` / `down_mbps` (Mbit/s, 1 Mbit = 10⁶ bit, rounded to whole
+    /// bit/s) and a round trip of `rtt_ms` ms (one way = RTT / 2, rounded to the ns).
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::InvalidRate`], [`LinkError::InvalidRtt`].
+    pub fn constant(up_mbps: f64, down_mbps: f64, rtt_ms: f64) -> Result<Self, LinkError> {
+        let one_way = one_way_delay(rtt_ms)?;
+        Ok(LinkConfig {
+            uplink: Box::new(constant_rate(Direction::Uplink, up_mbps, one_way)?),
+            downlink: Box::new(constant_rate(Direction::Downlink, down_mbps, one_way)?),
+        })
+    }
+
+    /// Mahimahi traces for each direction and a round trip of `rtt_ms` ms (one way =
+    /// RTT / 2).
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::InvalidRtt`], [`LinkError::Trace`].
+    pub fn mahimahi(
+        up_trace: impl AsRef<Path>,
+        down_trace: impl AsRef<Path>,
+        rtt_ms: f64,
+        end: TraceEnd,
+    ) -> Result<Self, LinkError> {
+        let one_way = one_way_delay(rtt_ms)?;
+        Ok(LinkConfig {
+            uplink: Box::new(MahimahiTrace::from_file(up_trace, one_way, end)?),
+            downlink: Box::new(MahimahiTrace::from_file(down_trace, one_way, end)?),
+        })
+    }
+
+    /// A link from command-line options; see [`LinkOptions`] for the rules and defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::RateAndTrace`] if one direction has both, otherwise as
+    /// [`LinkConfig::constant`] and [`LinkConfig::mahimahi`].
+    pub fn from_options(opts: &LinkOptions) -> Result<Self, LinkError> {
+        let one_way = one_way_delay(opts.rtt_ms.unwrap_or(DEFAULT_RTT_MS))?;
+        let model = |direction: Direction,
+                     mbps: Option<f64>,
+                     trace: &Option<PathBuf>,
+                     default_mbps: f64|
+         -> Result<Box<dyn LinkModel>, LinkError> {
+            match (mbps, trace) {
+                (Some(mbps), Some(trace)) => Err(LinkError::RateAndTrace {
+                    direction,
+                    mbps,
+                    trace: trace.clone(),
+                }),
+                (None, Some(trace)) => Ok(Box::new(MahimahiTrace::from_file(
+                    trace,
+                    one_way,
+                    opts.trace_end,
+                )?)),
+                (mbps, None) => Ok(Box::new(constant_rate(
+                    direction,
+                    mbps.unwrap_or(default_mbps),
+                    one_way,
+                )?)),
+            }
+        };
+        Ok(LinkConfig {
+            uplink: model(
+                Direction::Uplink,
+                opts.up_mbps,
+                &opts.up_trace,
+                DEFAULT_UPLINK_MBPS,
+            )?,
+            downlink: model(
+                Direction::Downlink,
+                opts.down_mbps,
+                &opts.down_trace,
+                DEFAULT_DOWNLINK_MBPS,
+            )?,
+        })
+    }
+
+    /// The round-trip propagation delay: the sum of both one-way delays (no queueing or
+    /// serialization).
+    pub fn rtt(&self) -> Duration {
+        self.uplink
+            .one_way_delay()
+            .saturating_add(self.downlink.one_way_delay())
+    }
+}
+
+fn constant_rate(
+    direction: Direction,
+    mbps: f64,
+    one_way_delay: Duration,
+) -> Result<ConstantRate, LinkError> {
+    let bps = mbps * 1e6;
+    if !bps.is_finite() || bps.round() < 1.0 || bps.round() > u64::MAX as f64 {
+        return Err(LinkError::InvalidRate { direction, mbps });
+    }
+    let rate =
+        NonZeroU64::new(bps.round() as u64).ok_or(LinkError::InvalidRate { direction, mbps })?;
+    Ok(ConstantRate::new(rate, one_way_delay))
+}
+
+/// Half of `rtt_ms`, as a [`Duration`] rounded to the nanosecond.
+fn one_way_delay(rtt_ms: f64) -> Result<Duration, LinkError> {
+    let ns = (rtt_ms * 1e6 / 2.0).round();
+    // At most 10¹⁸ ns (about 31 years), far beyond any RTT, and within u64. NaN fails too.
+    if !(0.0..=1e18).contains(&ns) {
+        return Err(LinkError::InvalidRtt { rtt_ms });
+    }
+    Ok(Duration::from_nanos(ns as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_10_up_20_down_60_rtt() {
+        let cfg = LinkConfig::default();
+        assert_eq!(cfg.uplink.mean_rate_bps(), 10e6);
+        assert_eq!(cfg.downlink.mean_rate_bps(), 20e6);
+        assert_eq!(cfg.uplink.one_way_delay(), Duration::from_millis(30));
+        assert_eq!(cfg.downlink.one_way_delay(), Duration::from_millis(30));
+        assert_eq!(cfg.rtt(), Duration::from_millis(60));
+        let from_opts = LinkConfig::from_options(&LinkOptions::default()).unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{from_opts:?}"));
+    }
+
+    #[test]
+    fn constant_splits_the_rtt() {
+        let mut cfg = LinkConfig::constant(1.5, 0.25, 25.0).unwrap();
+        assert_eq!(cfg.uplink.mean_rate_bps(), 1_500_000.0);
+        assert_eq!(cfg.downlink.mean_rate_bps(), 250_000.0);
+        assert_eq!(cfg.uplink.one_way_delay(), Duration::from_micros(12_500));
+        // 1500 B at 1.5 Mbit/s = 8 ms, + 12.5 ms.
+        assert_eq!(
+            cfg.uplink.transmit(Duration::ZERO, 1500).unwrap(),
+            Duration::from_micros(20_500)
+        );
+        // 0.03 ms of RTT: 15 µs each way, not a float-rounded neighbour.
+        let cfg = LinkConfig::constant(1.0, 1.0, 0.03).unwrap();
+        assert_eq!(cfg.uplink.one_way_delay(), Duration::from_micros(15));
+    }
+
+    #[test]
+    fn invalid_numbers_are_rejected() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-7] {
+            assert!(
+                matches!(
+                    LinkConfig::constant(bad, 1.0, 10.0),
+                    Err(LinkError::InvalidRate {
+                        direction: Direction::Uplink,
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+            assert!(matches!(
+                LinkConfig::constant(1.0, bad, 10.0),
+                Err(LinkError::InvalidRate {
+                    direction: Direction::Downlink,
+                    ..
+                })
+            ));
+        }
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                LinkConfig::constant(1.0, 1.0, bad),
+                Err(LinkError::InvalidRtt { .. })
+            ));
+        }
+        assert!(LinkConfig::constant(1.0, 1.0, 0.0).is_ok());
+    }
+
+    #[test]
+    fn options_pick_a_trace_or_a_rate_per_direction() {
+        let dir = std::env::temp_dir().join(format!("ecspec-link-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let up = dir.join("t.up");
+        std::fs::write(&up, "0\n0\n1\n2\n").unwrap();
+
+        let opts = LinkOptions {
+            up_trace: Some(up.clone()),
+            down_mbps: Some(5.0),
+            rtt_ms: Some(40.0),
+            ..LinkOptions::default()
+        };
+        let cfg = LinkConfig::from_options(&opts).unwrap();
+        assert_eq!(cfg.uplink.mean_rate_bps(), 24e6);
+        assert_eq!(cfg.downlink.mean_rate_bps(), 5e6);
+        assert_eq!(cfg.rtt(), Duration::from_millis(40));
+
+        let both = LinkOptions {
+            up_mbps: Some(1.0),
+            ..opts.clone()
+        };
+        let e = LinkConfig::from_options(&both).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LinkError::RateAndTrace {
+                    direction: Direction::Uplink,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let missing = LinkOptions {
+            down_trace: Some(dir.join("nope.down")),
+            down_mbps: None,
+            ..opts
+        };
+        let e = LinkConfig::from_options(&missing).unwrap_err();
+        assert!(matches!(e, LinkError::Trace(TraceError::Io { .. })), "{e}");
+        assert!(e.to_string().contains("nope.down"), "{e}");
+
+        let cfg = LinkConfig::mahimahi(&up, &up, 20.0, TraceEnd::Stop).unwrap();
+        assert_eq!(cfg.rtt(), Duration::from_millis(20));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
