@@ -1,1 +1,172 @@
-fn main() {}
+//! `ecspec`: the command-line front end. Parses arguments, dispatches, maps errors to exit
+//! codes; everything else lives in the library crates under `crates/`.
+
+mod cli;
+mod demo;
+mod family;
+mod progress;
+mod run;
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use cli::{Cli, CloudCommand, Command, GenerateArgs, ModelsCommand, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli
+        .threads
+        .or_else(|| std::env::var("ECSPEC_THREADS").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(1)
+        .max(1);
+    // candle's kernels and rayon both read this before their thread pools start.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ecspec: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ecspec: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Demo(a) => demo::run(a).await,
+        Command::Generate(a) => generate(a).await,
+        Command::Cloud { command: CloudCommand::Serve(a) } => serve(a).await,
+        Command::Models { command } => models(command),
+    }
+}
+
+fn read_prompt(a: &GenerateArgs) -> Result<String> {
+    if let Some(p) = &a.prompt {
+        return Ok(p.clone());
+    }
+    let mut s = String::new();
+    match &a.prompt_file {
+        Some(f) if f.as_os_str() != "-" => {
+            s = std::fs::read_to_string(f).with_context(|| format!("reading the prompt file {}", f.display()))?;
+        }
+        _ => {
+            if std::io::stdin().is_terminal() && a.prompt_file.is_none() {
+                bail!("no prompt: give --prompt TEXT, --prompt-file FILE, or pipe it on stdin");
+            }
+            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        }
+    }
+    Ok(s)
+}
+
+async fn generate(a: GenerateArgs) -> Result<()> {
+    let prompt = read_prompt(&a)?;
+    let (_, _) = run::sampling(&a.sampling)?;
+    let link = run::link_config(&a.link)?;
+    let cloud_addr = match &a.cloud {
+        Some(addr) => Some(
+            tokio::net::lookup_host(addr.as_str())
+                .await
+                .with_context(|| format!("resolving --cloud {addr}"))?
+                .next()
+                .with_context(|| format!("--cloud {addr} resolves to no address"))?,
+        ),
+        None => None,
+    };
+    let need_target = a.cloud.is_none() && a.mode != cli::ModeArg::EdgeOnly;
+    let loaded = family::load_family(&a.models, need_target)?;
+    let ids = run::prompt_ids(&loaded, &prompt, a.raw)?;
+    let local = if need_target { Some(run::LocalCloud::start(&loaded).await?) } else { None };
+    let spec = run::RunSpec {
+        mode: a.mode,
+        draft_len: &a.draft_len,
+        sampling: &a.sampling,
+        max_tokens: a.max_tokens,
+        link,
+        cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
+    };
+    let json = a.json;
+    let mut echo = |s: &str| {
+        if !json {
+            run::print_now(s)
+        }
+    };
+    let result = run::run_one(&loaded, ids, spec, &mut echo).await;
+    if let Some(c) = local {
+        c.stop().await;
+    }
+    let summary = result?;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        run::print_now(&format!("\n{}", run::format_summary(&summary)));
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let loaded = family::load_family(&a.models, true)?;
+    let target = loaded.target.as_ref().context("no target model")?;
+    let model = ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target);
+    eprintln!(
+        "ecspec cloud: serving {} ({}) version {} on {} · base {}… · vocab {}…",
+        loaded.info.wire_name,
+        target.name,
+        a.version,
+        a.listen,
+        &model.base_hash[..12],
+        &model.vocab_hash[..12]
+    );
+    let config = ecspec_cloud::ServerConfig { max_sessions: a.max_sessions, ..Default::default() };
+    let server = ecspec_cloud::CloudServer::new(model, config);
+    let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    ecspec_cloud::serve(listener, server, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
+}
+
+fn models(cmd: ModelsCommand) -> Result<()> {
+    let cache = ecspec_weights::Cache::from_env().context("finding the model cache directory")?;
+    match cmd {
+        ModelsCommand::List => {
+            for m in ecspec_weights::MODELS {
+                let cached = ecspec_weights::cached_path(m, &cache).is_some();
+                println!(
+                    "{:<30} {:>10}  {}  {}",
+                    m.name,
+                    ecspec_weights::format_bytes(m.size),
+                    if cached { "cached " } else { "missing" },
+                    cache.model_path(m).display()
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Fetch { name } => {
+            let names: Vec<&str> = match name.as_deref() {
+                None | Some("all") => ecspec_weights::MODELS.iter().map(|m| m.name).collect(),
+                Some("smollm2") => vec!["smollm2-135m-instruct"],
+                Some("qwen2.5-coder") => vec!["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"],
+                Some(n) => vec![n],
+            };
+            for n in names {
+                let path = family::model_path(None, n)?;
+                println!("{n}: {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}

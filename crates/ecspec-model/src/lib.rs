@@ -26,6 +26,7 @@ pub mod error;
 pub mod gguf;
 pub mod loaded;
 pub mod ops;
+pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;
 

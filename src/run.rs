@@ -1,0 +1,278 @@
+//! Runs generations: starts the in-process cloud when no `--cloud` is given, connects the
+//! edge through the emulated link, streams committed text, returns the summary.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
+use ecspec_edge::{generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary};
+use ecspec_link::{emulate, LinkConfig, LinkOptions};
+use ecspec_model::{ChatMessage, Role, Session, TextStream};
+use ecspec_spec::policy::parse_policy;
+use ecspec_spec::sampling::SamplingParams;
+use ecspec_spec::verify::VerifyRule;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::cli::{LinkArgs, ModeArg, SamplingArgs, VerifyArg};
+use crate::family::Loaded;
+
+/// A cloud server running inside this process on loopback.
+pub struct LocalCloud {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalCloud {
+    /// Starts a server for the loaded target on 127.0.0.1 (a real TCP listener).
+    pub async fn start(loaded: &Loaded) -> Result<Self> {
+        let target = loaded.target.as_ref().context("the in-process cloud needs the target model")?;
+        let model = CloudModel::new(loaded.info.wire_name, "v0", target);
+        let server = CloudServer::new(model, ServerConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the loopback cloud")?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, server, async {
+            let _ = rx.await;
+        }));
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Validated sampling settings and verification rule.
+pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
+    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, seed: args.seed };
+    params.validate().context("invalid sampling settings")?;
+    let rule = match args.verify {
+        VerifyArg::Auto if params.is_greedy() => VerifyRule::Greedy,
+        VerifyArg::Auto => VerifyRule::Rejection,
+        VerifyArg::Greedy if !params.is_greedy() => {
+            bail!("--verify greedy needs --temperature 0 (use match or rejection to sample)")
+        }
+        VerifyArg::Greedy => VerifyRule::Greedy,
+        VerifyArg::Match => VerifyRule::Match,
+        VerifyArg::Rejection => VerifyRule::Rejection,
+    };
+    if !(1..=16).contains(&args.dist_bits) {
+        bail!("--dist-bits must be between 1 and 16, got {}", args.dist_bits);
+    }
+    if args.dist_top_k == 0 {
+        bail!("--dist-top-k must be at least 1");
+    }
+    Ok((params, rule))
+}
+
+/// The link configuration from the command line (None: `--no-link`).
+pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
+    if args.no_link {
+        return Ok(None);
+    }
+    let opts = LinkOptions {
+        up_mbps: args.link_up_mbps,
+        down_mbps: args.link_down_mbps,
+        rtt_ms: args.rtt_ms,
+        up_trace: args.link_trace_up.clone(),
+        down_trace: args.link_trace_down.clone(),
+        ..Default::default()
+    };
+    Ok(Some(LinkConfig::from_options(&opts).context("invalid link settings")?))
+}
+
+/// Token ids of a user prompt (chat template applied unless `raw`).
+pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> {
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    let m = &loaded.edge_model;
+    let text = match (&m.chat_template, raw) {
+        (Some(t), false) => t.render(&[ChatMessage { role: Role::User, content: prompt.to_string() }], true),
+        _ => prompt.to_string(),
+    };
+    // Control tokens are parsed only from the template's own markers, never from user text.
+    let ids = if raw { m.tokenizer.encode(&text, false)? } else { encode_chat(m, &text)? };
+    Ok(ids)
+}
+
+/// Encodes a rendered chat prompt: the template's `<|im_start|>`/`<|im_end|>` markers become
+/// control tokens, while anything the user typed is tokenized as plain text.
+fn encode_chat(m: &ecspec_model::LoadedModel, text: &str) -> Result<Vec<u32>> {
+    let tk = &m.tokenizer;
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let next = ["<|im_start|>", "<|im_end|>"].iter().filter_map(|mk| rest.find(mk).map(|i| (i, *mk))).min();
+        match next {
+            Some((i, mk)) => {
+                if i > 0 {
+                    ids.extend(tk.encode(&rest[..i], false)?);
+                }
+                ids.push(tk.token_id(mk).with_context(|| format!("the vocabulary has no {mk} token"))?);
+                rest = &rest[i + mk.len()..];
+            }
+            None => {
+                ids.extend(tk.encode(rest, false)?);
+                rest = "";
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One generation's settings.
+pub struct RunSpec<'a> {
+    /// Mode.
+    pub mode: ModeArg,
+    /// Draft-length policy text.
+    pub draft_len: &'a str,
+    /// Sampling.
+    pub sampling: &'a SamplingArgs,
+    /// Token budget.
+    pub max_tokens: usize,
+    /// Link (None: direct).
+    pub link: Option<LinkConfig>,
+    /// Cloud address.
+    pub cloud: Option<SocketAddr>,
+}
+
+/// Runs one generation; `echo` receives committed text as it is committed.
+pub async fn run_one(loaded: &Loaded, prompt: Vec<u32>, spec: RunSpec<'_>, echo: &mut (dyn FnMut(&str) + Send)) -> Result<Summary> {
+    let (params, rule) = sampling(spec.sampling)?;
+    let tokenizer = loaded.edge_model.tokenizer.clone();
+    let mut stream = TextStream::default();
+    let mut on_commit = |ids: &[u32]| {
+        for &id in ids {
+            let s = stream.push(&tokenizer, id);
+            if !s.is_empty() {
+                echo(&s);
+            }
+        }
+    };
+    let drafter = || {
+        Drafter::new(
+            Session::new(loaded.draft.transformer.clone()),
+            DraftSampling { rule, params, dist_top_k: spec.sampling.dist_top_k, dist_bits: spec.sampling.dist_bits },
+        )
+    };
+    if spec.mode == ModeArg::EdgeOnly {
+        let mut d = drafter();
+        let stops = tokenizer.stop_tokens().to_vec();
+        let p = prompt.clone();
+        let (tokens, ttft, total) = tokio::task::block_in_place(|| generate_edge_only(&mut d, &p, spec.max_tokens, &stops, &mut on_commit))?;
+        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total, rule));
+    }
+    let addr = spec.cloud.context("no cloud address")?;
+    let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to the cloud at {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let mode = match spec.mode {
+        ModeArg::Speculative => Mode::Speculative,
+        _ => Mode::CloudOnly,
+    };
+    let cfg = EdgeConfig {
+        family: loaded.info.wire_name.to_string(),
+        draft_kind: loaded.draft.kind.as_str().to_string(),
+        compat_hash: loaded.draft.compat_hash.clone(),
+        rule,
+        params,
+        max_new_tokens: spec.max_tokens,
+        mode,
+        policy: parse_policy(spec.draft_len).context("invalid --draft-len")?,
+        timeout: Duration::from_secs(120),
+    };
+    let d = (mode == Mode::Speculative).then(drafter);
+    let mut summary = match spec.link {
+        Some(link) => {
+            let (s, counters) = emulate(tcp, link).await;
+            generate(s, Some(counters), cfg, d, prompt, &mut on_commit).await?
+        }
+        None => generate(tcp, None, cfg, d, prompt, &mut on_commit).await?,
+    };
+    let tail = stream.finish();
+    if !tail.is_empty() {
+        echo(&tail);
+    }
+    summary.text = tokenizer.decode(&summary.tokens);
+    Ok(summary)
+}
+
+fn edge_only_summary(
+    loaded: &Loaded,
+    prompt: &[u32],
+    tokens: Vec<u32>,
+    ttft: Duration,
+    total: Duration,
+    rule: VerifyRule,
+) -> Summary {
+    let n = tokens.len();
+    Summary {
+        text: loaded.edge_model.tokenizer.decode(&tokens),
+        tokens,
+        generated_tokens: n,
+        prompt_tokens: prompt.len(),
+        rounds: 0,
+        target_forward_passes: 0,
+        drafted_tokens: 0,
+        accepted_tokens: 0,
+        mean_accepted_tokens: 0.0,
+        acceptance_rate: 0.0,
+        goodput_tok_s: n as f64 / total.as_secs_f64(),
+        ttft_s: ttft.as_secs_f64(),
+        tpot_s: if n > 1 { (total - ttft).as_secs_f64() / (n - 1) as f64 } else { 0.0 },
+        total_s: total.as_secs_f64(),
+        draft_s: total.as_secs_f64(),
+        uplink_bytes: 0,
+        downlink_bytes: 0,
+        uplink_bytes_per_token: 0.0,
+        downlink_bytes_per_token: 0.0,
+        mode: Mode::EdgeOnly.as_str().into(),
+        verify: rule.name().into(),
+        draft_len: "none".into(),
+        model_family: loaded.info.wire_name.into(),
+        target_version: "none".into(),
+        round_records: Vec::new(),
+    }
+}
+
+/// Prints text to stdout immediately.
+pub fn print_now(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+/// The human-readable summary block.
+pub fn format_summary(s: &Summary) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "--- {} · verify {} · draft length {} · {} (target {})\n",
+        s.mode, s.verify, s.draft_len, s.model_family, s.target_version
+    ));
+    o.push_str(&format!(
+        "generated tokens {:>6}   rounds {:>5}   target forward passes {:>5}\n",
+        s.generated_tokens, s.rounds, s.target_forward_passes
+    ));
+    o.push_str(&format!(
+        "mean accepted tokens {:.2}/round   acceptance rate {:.3} ({} of {} drafted)\n",
+        s.mean_accepted_tokens, s.acceptance_rate, s.accepted_tokens, s.drafted_tokens
+    ));
+    o.push_str(&format!(
+        "goodput {:.1} tok/s   TTFT {:.3} s   TPOT {:.4} s   total {:.2} s   drafting {:.2} s\n",
+        s.goodput_tok_s, s.ttft_s, s.tpot_s, s.total_s, s.draft_s
+    ));
+    o.push_str(&format!(
+        "uplink {} B ({:.1} B/token)   downlink {} B ({:.1} B/token)\n",
+        s.uplink_bytes, s.uplink_bytes_per_token, s.downlink_bytes, s.downlink_bytes_per_token
+    ));
+    o
+}
