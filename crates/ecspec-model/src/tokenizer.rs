@@ -22,6 +22,15 @@ const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]
 /// Llama-3's pattern (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`): digits in groups of up to three.
 const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Token texts llama.cpp treats as end-of-generation control tokens whatever their declared
+/// type (`llama-vocab.cpp`, the EOT/EOG and FIM-pad/repo/file-separator name lists); Qwen2.5
+/// declares `</s>` as a normal token, yet llama.cpp parses and stops on it.
+const EOG_NAMES: [&str; 16] = [
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
+    "<｜end▁of▁sentence｜>", "<end_of_utterance>", "</s>", "<|eom_id|>", "<|fim_pad|>", "<fim-pad>",
+    "<|repo_name|>", "<reponame>", "<|file_sep|>",
+];
+
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
@@ -93,11 +102,17 @@ impl GgufTokenizer {
         }
         let tokens = md.strings("tokenizer.ggml.tokens")?;
         let merges_raw = md.strings("tokenizer.ggml.merges")?;
-        let types = if md.contains("tokenizer.ggml.token_type") {
+        let mut types = if md.contains("tokenizer.ggml.token_type") {
             md.ints("tokenizer.ggml.token_type")?
         } else {
             vec![1; tokens.len()]
         };
+        types.resize(tokens.len(), 1);
+        for (i, t) in tokens.iter().enumerate() {
+            if EOG_NAMES.contains(&t.as_str()) {
+                types[i] = TOKEN_TYPE_CONTROL;
+            }
+        }
         let pre = md.string_opt("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
         let eos = md.uint("tokenizer.ggml.eos_token_id")? as u32;
         let bos = md.uint_opt("tokenizer.ggml.bos_token_id")?.map(|b| b as u32);
@@ -155,13 +170,11 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-        // End-of-generation tokens: the declared EOS plus the chat end markers when present.
+        // End-of-generation tokens: the declared EOS plus llama.cpp's end-of-generation names.
         let mut stop = vec![eos];
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(i) = tokens.iter().position(|t| t == name) {
-                if !stop.contains(&(i as u32)) && control[i] {
-                    stop.push(i as u32);
-                }
+        for (i, t) in tokens.iter().enumerate() {
+            if EOG_NAMES.contains(&t.as_str()) && !stop.contains(&(i as u32)) {
+                stop.push(i as u32);
             }
         }
         let mut h = Sha256::new();
@@ -240,8 +253,8 @@ impl GgufTokenizer {
     pub fn eos(&self) -> u32 {
         self.eos
     }
-    /// Ids that end generation: EOS plus `<|im_end|>` / `<|endoftext|>` / `<|eot_id|>` when
-    /// they are control tokens of this vocabulary.
+    /// Ids that end generation: EOS plus the tokens llama.cpp treats as end of generation
+    /// (`<|im_end|>`, `<|endoftext|>`, `</s>`, …), in id order after EOS.
     pub fn stop_tokens(&self) -> &[u32] {
         &self.stop
     }
