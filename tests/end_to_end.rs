@@ -1,0 +1,82 @@
+//! The `ecspec` binary end to end on the real model families, through the loopback cloud
+//! server and the default emulated link: greedy speculative output equals the cloud-only
+//! output token for token, with fewer target forward passes than tokens when drafts were
+//! accepted. Skips (and passes) for a family whose models are not in the cache.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn cached(name: &str) -> bool {
+    let cache = ecspec_weights::Cache::from_env().expect("cache dir");
+    let spec = ecspec_weights::find_model(name).expect("known model");
+    ecspec_weights::cached_path(spec, &cache).is_some()
+}
+
+fn generate(family: &str, mode: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+        .args(["generate", "--family", family, "--mode", mode, "--temperature", "0", "--json"])
+        .args(["--max-tokens", &max_tokens.to_string(), "--prompt", prompt])
+        .args(extra)
+        .output()
+        .expect("run ecspec");
+    assert!(out.status.success(), "ecspec failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn check_family(family: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> (Value, Value) {
+    let spec = generate(family, "speculative", prompt, max_tokens, extra);
+    let cloud = generate(family, "cloud-only", prompt, max_tokens, &[]);
+    assert_eq!(spec["tokens"], cloud["tokens"], "{family}: speculative and cloud-only differ");
+    assert_eq!(spec["text"], cloud["text"]);
+    let n = spec["generated_tokens"].as_u64().unwrap();
+    assert!(n > 0 && n <= max_tokens as u64);
+    assert_eq!(cloud["rounds"].as_u64().unwrap() + 1, n, "cloud-only: one target pass per token");
+    if spec["accepted_tokens"].as_u64().unwrap() > 0 {
+        assert!(spec["target_forward_passes"].as_u64().unwrap() < n, "{family}: no saving in target passes");
+    }
+    for v in [&spec, &cloud] {
+        assert!(v["uplink_bytes"].as_u64().unwrap() > 0 && v["downlink_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(v["model_family"], if family == "smollm2" { "smollm2-135m" } else { "qwen2.5-coder" });
+    }
+    (spec, cloud)
+}
+
+#[test]
+fn smollm2_speculative_equals_cloud_only() {
+    if !cached("smollm2-135m-instruct") {
+        eprintln!("skipped: smollm2-135m-instruct is not in the cache (run `ecspec models fetch smollm2`)");
+        return;
+    }
+    let prompt = "Write a Python function that reverses a string.";
+    // The shipped untrained anchor accepts almost nothing; a 29-layer draft accepts nearly
+    // everything: both must reproduce the target's greedy output.
+    let (spec, _) = check_family("smollm2", prompt, 40, &[]);
+    assert_eq!(spec["verify"], "greedy");
+    let (deep, _) = check_family("smollm2", prompt, 40, &["--shared-layers", "29", "--draft-len", "fixed:4"]);
+    assert!(deep["acceptance_rate"].as_f64().unwrap() > 0.9, "{deep}");
+}
+
+#[test]
+fn qwen_pair_speculative_equals_cloud_only() {
+    if !cached("qwen2.5-coder-0.5b-instruct") || !cached("qwen2.5-coder-1.5b-instruct") {
+        eprintln!("skipped: the Qwen2.5-Coder models are not in the cache (run `ecspec models fetch qwen2.5-coder`)");
+        return;
+    }
+    let (spec, _) = check_family("qwen2.5-coder", "Write a Rust function that adds two numbers.", 24, &[]);
+    assert!(spec["mean_accepted_tokens"].as_f64().unwrap() > 1.0, "{spec}");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ecspec")).args(args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["generate", "--prompt", "hi", "--draft-len", "fixed:x"]).contains("fixed:x"));
+    assert!(run(&["generate", "--prompt", "hi", "--temperature=-1"]).contains("temperature"));
+    assert!(run(&["generate", "--prompt", "hi", "--model", "/nonexistent.gguf"]).contains("/nonexistent.gguf"));
+    assert!(run(&["generate", "--prompt", "hi", "--link-trace-up", "/nonexistent.up", "--link-trace-down", "/x"]).contains("/nonexistent.up"));
+    assert!(run(&["generate", "--prompt", "  "]).contains("empty"));
+}
