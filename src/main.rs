@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod family;
+mod profile;
 mod progress;
 mod run;
 
@@ -48,6 +49,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo::run(a).await,
         Command::Generate(a) => generate(a).await,
         Command::Cloud { command: CloudCommand::Serve(a) } => serve(a).await,
+        Command::Profile(a) => profile::run(a),
         Command::Models { command } => models(command),
     }
 }

@@ -1,0 +1,101 @@
+//! `ecspec profile`: this machine's speed for the family's models — prefill and decode
+//! tokens/s, and the time to verify a block of K tokens in one pass against K single passes.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ecspec_model::{LogitsFor, Session, Transformer};
+use serde::Serialize;
+
+use crate::cli::ProfileArgs;
+use crate::family::{info, model_path};
+
+/// One model's measured speeds.
+#[derive(Debug, Serialize)]
+pub struct ModelProfile {
+    /// Model name.
+    pub model: String,
+    /// Compute threads.
+    pub threads: usize,
+    /// Prefill throughput over a 128-token prompt (tokens/s), median of the repeats.
+    pub prefill_tok_s: f64,
+    /// Decode throughput, single-token steps at ~130 positions (tokens/s), median.
+    pub decode_tok_s: f64,
+    /// (K, ms for one forward pass over K tokens, ms for K single-token passes), medians.
+    pub verify_ms: Vec<(usize, f64, f64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Result<ModelProfile> {
+    let prompt: Vec<u32> = (0..128u32).map(|i| 200 + (i * 37) % 5000).collect();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    let ks = [1usize, 4, 8, 16];
+    let mut block: Vec<Vec<f64>> = vec![Vec::new(); ks.len()];
+    let mut single: Vec<Vec<f64>> = vec![Vec::new(); ks.len()];
+    for _ in 0..repeats {
+        let mut s = Session::new(t.clone());
+        let t0 = Instant::now();
+        s.forward(&prompt, LogitsFor::Last)?;
+        prefill.push(prompt.len() as f64 / t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        for i in 0..32u32 {
+            s.forward(&[300 + i], LogitsFor::Last)?;
+        }
+        decode.push(32.0 / t0.elapsed().as_secs_f64());
+        let base = s.kv_len();
+        for (j, &k) in ks.iter().enumerate() {
+            let toks: Vec<u32> = (0..k as u32).map(|i| 400 + i).collect();
+            let t0 = Instant::now();
+            s.forward(&toks, LogitsFor::All)?;
+            block[j].push(t0.elapsed().as_secs_f64() * 1e3);
+            s.truncate(base)?;
+            let t0 = Instant::now();
+            for &x in &toks {
+                s.forward(&[x], LogitsFor::All)?;
+            }
+            single[j].push(t0.elapsed().as_secs_f64() * 1e3);
+            s.truncate(base)?;
+        }
+    }
+    Ok(ModelProfile {
+        model: name.to_string(),
+        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        prefill_tok_s: median(prefill),
+        decode_tok_s: median(decode),
+        verify_ms: ks.iter().enumerate().map(|(j, &k)| (k, median(block[j].clone()), median(single[j].clone()))).collect(),
+    })
+}
+
+/// Runs the profile.
+pub fn run(args: ProfileArgs) -> Result<()> {
+    let fam = info(args.family);
+    let mut names = vec![fam.target];
+    if fam.draft_file != fam.target {
+        names.push(fam.draft_file);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let path = model_path(None, name)?;
+        let m = ecspec_model::LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let p = profile(name, &m.transformer, args.repeats.max(1))?;
+        if !args.json {
+            println!(
+                "{:<30} threads {}  prefill {:>7.1} tok/s  decode {:>6.1} tok/s",
+                p.model, p.threads, p.prefill_tok_s, p.decode_tok_s
+            );
+            for (k, b, s) in &p.verify_ms {
+                println!("    verify K={k:<2}: one pass {b:>8.1} ms   {k} single passes {s:>8.1} ms");
+            }
+        }
+        out.push(p);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    }
+    Ok(())
+}
