@@ -1,20 +1,26 @@
 //! The cloud side of ECSpec: a TCP verifier server.
 //!
-//! - [`CloudModel`]: the served target and the identity drafts are checked against.
+//! - [`CloudModel`]: the served target versions (one [`TargetVersion`] each, all sharing the
+//!   base's weights), the active one new sessions get, and the identity drafts are checked
+//!   against. A session keeps the version it started with (see [`model`]).
 //! - [`check_hello`]: the handshake check (protocol version, family, base or vocabulary hash,
 //!   settings), pure.
 //! - [`TargetSession`]: one session's target KV cache; prefill, then one forward pass over
 //!   K + 1 positions per round and the verification rule of DESIGN.md §4.
-//! - [`serve`]: the accept loop; one task per connection, compute on blocking threads.
+//! - [`serve`]: the accept loop; one task per connection, compute on blocking threads. A
+//!   connection from loopback may open with `SetVersion` instead of `Hello` to switch the
+//!   active version ([`set_version`] is the client side).
 //!
 //! **Invariant:** a round that fails commits nothing and leaves the KV cache as it was.
 
+pub mod admin;
 pub mod handshake;
 pub mod model;
 pub mod server;
 pub mod target;
 
 pub use handshake::{check_hello, Refusal, SessionPlan};
-pub use model::CloudModel;
-pub use server::{serve, CloudServer, ServerConfig};
+pub use admin::{set_version, AdminError};
+pub use model::{CloudModel, TargetVersion, UnknownVersion};
+pub use server::{management_allowed, serve, CloudServer, ServerConfig};
 pub use target::{RoundOutcome, TargetSession};

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ecspec_proto::{ErrorCode, ErrorReply, HelloAck, Message, Verdict};
+use std::net::IpAddr;
+
+use ecspec_proto::{ErrorCode, ErrorReply, FrameError, HelloAck, Message, SetVersion, Verdict, VersionAck};
 use ecspec_spec::compact::CompactDist;
 use ecspec_transport::{Connection, TransportError};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,7 +45,7 @@ impl Default for ServerConfig {
 
 /// Shared state of a running server.
 pub struct CloudServer {
-    /// The target model served.
+    /// The target versions served (and which one new sessions get).
     model: Arc<CloudModel>,
     /// Limits.
     config: ServerConfig,
@@ -63,6 +65,64 @@ impl CloudServer {
     /// The served model.
     pub fn model(&self) -> &CloudModel {
         &self.model
+    }
+}
+
+/// Whether a peer may send management requests ([`SetVersion`]): loopback only (IPv4
+/// `127.0.0.0/8`, IPv6 `::1`, and IPv4-mapped loopback), so switching versions needs a shell
+/// on the cloud machine and nothing else.
+pub fn management_allowed(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+/// Serves a management connection opened by `first` (request id `req`): each [`SetVersion`]
+/// is answered with a [`VersionAck`] or an [`ErrorReply`], until [`Close`] or end of stream.
+/// A non-loopback peer gets `Forbidden` and the connection is closed.
+async fn manage(
+    conn: &mut Connection<TcpStream>,
+    server: &CloudServer,
+    peer: Option<IpAddr>,
+    mut req: u32,
+    mut request: SetVersion,
+) -> Result<(), TransportError> {
+    if !peer.is_some_and(management_allowed) {
+        let who = peer.map_or("an unknown address".to_string(), |p| p.to_string());
+        tracing::warn!("refused a management request from {who}");
+        let m = format!("management requests are accepted only from loopback; this one came from {who}");
+        conn.reply(&error_reply(ErrorCode::Forbidden, m), req).await?;
+        return Ok(());
+    }
+    let idle = Some(server.config.idle_timeout);
+    loop {
+        let model = &server.model;
+        let reply = if request.version.is_empty() {
+            let active = model.active_name().to_string();
+            Message::VersionAck(VersionAck { previous: active.clone(), active, versions: model.version_names() })
+        } else {
+            match model.set_active(&request.version) {
+                Ok(previous) => {
+                    tracing::info!("active target version: {previous} → {}", request.version);
+                    Message::VersionAck(VersionAck { active: request.version.clone(), previous, versions: model.version_names() })
+                }
+                Err(e) => error_reply(ErrorCode::BadRequest, e.to_string()),
+            }
+        };
+        conn.reply(&reply, req).await?;
+        match conn.read_message(idle).await {
+            Ok(Some((r, Message::SetVersion(next)))) => (req, request) = (r, next),
+            Ok(Some((_, Message::Close(_)))) | Ok(None) => return Ok(()),
+            Ok(Some((r, other))) => {
+                let m = format!("unexpected {:?} on a management connection", other.message_type());
+                conn.reply(&error_reply(ErrorCode::BadRequest, m), r).await?;
+                return Ok(());
+            }
+            Err(TransportError::Frame(e)) => {
+                let (reply, r) = frame_error_reply(&e);
+                conn.reply(&reply, r).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -117,12 +177,27 @@ async fn refuse_busy(stream: TcpStream, max: usize) {
         code: ErrorCode::Internal as i32,
         message: format!("the server is busy: all {max} session slots are taken"),
     });
-    let _ = conn.write_message(&msg).await;
+    // Request id 0: this reply answers no frame (the connection's frames are never read).
+    let _ = conn.reply(&msg, 0).await;
     let _ = conn.shutdown().await;
 }
 
 fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
     Message::ErrorReply(ErrorReply { code: code as i32, message: message.into() })
+}
+
+/// The reply to a frame that could not be read: `UnsupportedVersion` for another header
+/// version, `BadFrame` otherwise; it echoes the frame's request id when the header was read,
+/// else 0 (the `ErrorReply` contract of ecspec-proto).
+fn frame_error_reply(e: &FrameError) -> (Message, u32) {
+    let (code, request_id) = match e {
+        FrameError::UnsupportedVersion { .. } => (ErrorCode::UnsupportedVersion, 0),
+        FrameError::UnknownMessageType { request_id, .. } | FrameError::Payload { request_id, .. } => {
+            (ErrorCode::BadFrame, *request_id)
+        }
+        _ => (ErrorCode::BadFrame, 0),
+    };
+    (error_reply(code, e.to_string()), request_id)
 }
 
 fn verdict(round: u32, out: &RoundOutcome) -> Message {
@@ -161,11 +236,13 @@ async fn handle_connection(
     server: Arc<CloudServer>,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn = Connection::new(stream);
     let idle = Some(server.config.idle_timeout);
     let model = server.model.clone();
     let (req, hello) = match conn.read_message(idle).await {
         Ok(Some((req, Message::Hello(h)))) => (req, h),
+        Ok(Some((req, Message::SetVersion(v)))) => return manage(&mut conn, &server, peer, req, v).await,
         Ok(Some((req, other))) => {
             let m = format!("expected Hello to open the session, got {:?}", other.message_type());
             conn.reply(&error_reply(ErrorCode::BadRequest, m), req).await?;
@@ -173,12 +250,15 @@ async fn handle_connection(
         }
         Ok(None) => return Ok(()),
         Err(TransportError::Frame(e)) => {
-            conn.write_message(&error_reply(ErrorCode::BadFrame, e.to_string())).await?;
+            let (reply, req) = frame_error_reply(&e);
+            conn.reply(&reply, req).await?;
             return Ok(());
         }
         Err(e) => return Err(e),
     };
     let session_id = server.next_session.fetch_add(1, Ordering::Relaxed);
+    // The session's version, fixed from here to its end (see `CloudModel`).
+    let version = model.active();
     let plan = match check_hello(&hello, &model, server.config.max_new_tokens) {
         Ok(p) => p,
         Err(refusal) => {
@@ -187,7 +267,7 @@ async fn handle_connection(
                 accepted: false,
                 reason: refusal.message,
                 session_id,
-                target_version: model.version.clone(),
+                target_version: version.name.clone(),
                 vocab_size: model.vocab_size as u32,
                 ..Default::default()
             };
@@ -196,7 +276,7 @@ async fn handle_connection(
         }
     };
     let started = {
-        let (m, prompt, stops, p) = (model.transformer.clone(), hello.prompt, model.stop_tokens.clone(), plan.clone());
+        let (m, prompt, stops, p) = (version.transformer.clone(), hello.prompt, model.stop_tokens.clone(), plan.clone());
         tokio::task::spawn_blocking(move || TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens))
             .await
             .map_err(|e| TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}"))))?
@@ -212,7 +292,7 @@ async fn handle_connection(
         accepted: true,
         reason: String::new(),
         session_id,
-        target_version: model.version.clone(),
+        target_version: version.name.clone(),
         vocab_size: model.vocab_size as u32,
         eos_token_ids: model.stop_tokens.clone(),
         first_token: first.next_token,
@@ -266,7 +346,8 @@ async fn handle_connection(
                 return Ok(());
             }
             Err(TransportError::Frame(e)) => {
-                conn.write_message(&error_reply(ErrorCode::BadFrame, e.to_string())).await?;
+                let (reply, req) = frame_error_reply(&e);
+                conn.reply(&reply, req).await?;
                 return Ok(());
             }
             Err(e) => return Err(e),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{ModelError, Result};
 use crate::loaded::LoadedModel;
-use crate::transformer::Transformer;
+use crate::transformer::{DecoderLayer, Transformer};
 
 /// What kind of draft the edge runs; sent in the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +72,21 @@ impl Draft {
                 transformer: model.transformer.clone(),
                 compat_hash: model.tokenizer.vocab_hash().to_string(),
             }),
-            DraftSpec::SharedBackbone { shared_layers } => {
-                if *shared_layers == 0 {
-                    return Err(ModelError::Incompatible("a shared-backbone draft needs k ≥ 1 base layers".into()));
-                }
-                let t = Transformer::shared_backbone_draft(&model.transformer, *shared_layers, None)?;
-                Ok(Self {
-                    kind: DraftKind::SharedBackbone,
-                    transformer: Arc::new(t),
-                    compat_hash: model.base_hash.clone(),
-                })
-            }
+            DraftSpec::SharedBackbone { shared_layers } => Self::shared_backbone(model, *shared_layers, None),
         }
+    }
+
+    /// The shared-backbone draft on `base` with `shared_layers` base layers and `anchor` (a
+    /// trained anchor layer, e.g. from [`crate::anchor::load_anchor`]; `None`: a copy of the
+    /// base's last layer).
+    ///
+    /// # Errors
+    /// [`ModelError::Incompatible`] for k = 0 or k ≥ the base's layer count.
+    pub fn shared_backbone(base: &LoadedModel, shared_layers: usize, anchor: Option<Arc<DecoderLayer>>) -> Result<Self> {
+        if shared_layers == 0 {
+            return Err(ModelError::Incompatible("a shared-backbone draft needs k ≥ 1 base layers".into()));
+        }
+        let t = Transformer::shared_backbone_draft(&base.transformer, shared_layers, anchor)?;
+        Ok(Self { kind: DraftKind::SharedBackbone, transformer: Arc::new(t), compat_hash: base.base_hash.clone() })
     }
 }

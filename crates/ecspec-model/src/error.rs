@@ -8,6 +8,9 @@ pub enum ModelError {
     /// The GGUF file could not be opened or parsed.
     #[error("cannot read GGUF file {path}: {reason}")]
     Gguf { path: PathBuf, reason: String },
+    /// A file other than the GGUF (an anchor layer, …) is missing or unreadable.
+    #[error("cannot read {path}: {reason}")]
+    File { path: PathBuf, reason: String },
     /// A required metadata key is missing or has the wrong type.
     #[error("GGUF metadata key `{key}` is missing or invalid: {reason}")]
     Metadata { key: String, reason: String },
@@ -35,9 +38,19 @@ pub enum ModelError {
     /// Tokenizer construction or use failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A LoRA adapter is missing, malformed or does not fit the base (boxed: it is large and
+    /// rare, and this error type rides on every forward pass's `Result`).
+    #[error(transparent)]
+    Lora(Box<crate::lora::LoraError>),
     /// A candle kernel failed.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<crate::lora::LoraError> for ModelError {
+    fn from(e: crate::lora::LoraError) -> Self {
+        Self::Lora(Box::new(e))
+    }
 }
 
 /// Result alias of this crate.

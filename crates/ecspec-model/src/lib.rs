@@ -8,6 +8,8 @@
 //! - [`GgufTokenizer`] and [`ChatTemplate`]: text ↔ ids as llama.cpp does for the same file.
 //! - [`LoadedModel`]: all of the above from one path, with the base hash used at the handshake.
 //! - [`DraftSpec`]: the two kinds of edge draft (independent model, shared backbone).
+//! - [`LoraAdapter`]: LoRA target versions in PEFT layout; [`Transformer::with_adapter`]
+//!   applies one on top of a base, sharing its weights.
 //!
 //! ```no_run
 //! use ecspec_model::{LoadedModel, LogitsFor, Session};
@@ -19,12 +21,14 @@
 //! # Ok::<(), ecspec_model::ModelError>(())
 //! ```
 
+pub mod anchor;
 pub mod chat;
 pub mod config;
 pub mod draft;
 pub mod error;
 pub mod gguf;
 pub mod loaded;
+pub mod lora;
 pub mod ops;
 pub mod tiny;
 pub mod tokenizer;
@@ -35,5 +39,6 @@ pub use config::{Architecture, ModelConfig};
 pub use draft::{Draft, DraftKind, DraftSpec};
 pub use error::{ModelError, Result};
 pub use loaded::LoadedModel;
+pub use lora::{LoraAdapter, LoraError, LoraPair, LoraTarget};
 pub use tokenizer::{GgufTokenizer, TextStream};
-pub use transformer::{KvCache, Logits, LogitsFor, Session, Transformer};
+pub use transformer::{DecoderLayer, KvCache, Logits, LogitsFor, Session, Transformer};

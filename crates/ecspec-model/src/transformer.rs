@@ -14,6 +14,7 @@ use candle_core::{Device, Module, Tensor};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
 use crate::ops::{self, RopeStyle, RopeTables};
 
 /// Logits of a block: `rows × vocab`, row-major; row i scores the token after position i.
@@ -26,7 +27,7 @@ pub struct Logits {
 impl Logits {
     /// Builds from raw row-major data (`data.len()` must be a multiple of `vocab`).
     pub fn new(vocab: usize, data: Vec<f32>) -> Self {
-        debug_assert!(vocab > 0 && data.len() % vocab == 0);
+        debug_assert!(vocab > 0 && data.len().is_multiple_of(vocab));
         Self { vocab, data }
     }
     /// Number of rows.
@@ -77,11 +78,74 @@ pub struct DecoderLayer {
     w_down: QMatMul,
 }
 
+/// candle's fast x86 kernels (repacked tiles, AVX-512 VNNI) need the inner dimension to be a
+/// multiple of this; other matrices fall back to a generic dot product 3–10× slower.
+const FAST_K_MULTIPLE: usize = 256;
+
+/// A matrix product operand. Matrices whose inner dimension k is not a multiple of
+/// [`FAST_K_MULTIPLE`] (SmolLM2's 576, Qwen2.5-0.5B's 896) are padded with zero columns and
+/// stored as Q8_0 — exact for Q8_0 blocks, which never straddle the padding — so they take the
+/// fast kernels; [`matmul`] pads the input rows to match.
 fn qmatmul(t: Arc<QTensor>) -> Result<QMatMul> {
-    Ok(QMatMul::from_arc(t)?)
+    use candle_core::quantized::GgmlDType;
+    let (_, k) = t.shape().dims2()?;
+    let paddable = matches!(t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1);
+    if k % FAST_K_MULTIPLE == 0 || !paddable {
+        return Ok(QMatMul::from_arc(t)?);
+    }
+    let k_pad = k.next_multiple_of(FAST_K_MULTIPLE);
+    let w = t.dequantize(&Device::Cpu)?.pad_with_zeros(1, 0, k_pad - k)?;
+    Ok(QMatMul::from_arc(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))?)
+}
+
+/// The inner dimension a weight expects (k, or k padded by [`qmatmul`]).
+fn inner_dim(w: &QMatMul) -> Option<usize> {
+    match w {
+        QMatMul::QTensor(t) => t.shape().dims2().ok().map(|d| d.1),
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().ok().map(|d| d.1),
+    }
 }
 
 impl DecoderLayer {
+    /// A layer from f32 tensors named by their GGUF suffix (`attn_q.weight`, …, see
+    /// [`crate::anchor::layer_tensors`]), rows in the runtime's order. `get(suffix, shape)`
+    /// returns the row-major values of a tensor of that shape. Matrices are quantized to Q8_0
+    /// (what the runtime multiplies the base's Q4/Q5 layers by, and row-wise deterministic)
+    /// when their rows split into 32-value blocks, else kept as F32.
+    ///
+    /// # Errors
+    /// Whatever `get` reports (a missing tensor or a wrong shape); tensor backend errors.
+    pub fn from_f32(c: &ModelConfig, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<Self> {
+        let (d, kv, ffn) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.ffn_size);
+        let mut mat = |s: &str, rows: usize, cols: usize| -> Result<QMatMul> {
+            let t = Tensor::from_vec(get(s, &[rows, cols])?, (rows, cols), &Device::Cpu)?;
+            let dtype = if cols.is_multiple_of(32) { candle_core::quantized::GgmlDType::Q8_0 } else { candle_core::quantized::GgmlDType::F32 };
+            qmatmul(Arc::new(QTensor::quantize(&t, dtype)?))
+        };
+        let wq = mat("attn_q.weight", d, d)?;
+        let wk = mat("attn_k.weight", kv, d)?;
+        let wv = mat("attn_v.weight", kv, d)?;
+        let wo = mat("attn_output.weight", d, d)?;
+        let w_gate = mat("ffn_gate.weight", ffn, d)?;
+        let w_up = mat("ffn_up.weight", ffn, d)?;
+        let w_down = mat("ffn_down.weight", d, ffn)?;
+        let qwen = c.arch == Architecture::Qwen2;
+        Ok(Self {
+            attn_norm: get("attn_norm.weight", &[d])?,
+            wq,
+            wk,
+            wv,
+            wo,
+            bq: if qwen { Some(get("attn_q.bias", &[d])?) } else { None },
+            bk: if qwen { Some(get("attn_k.bias", &[kv])?) } else { None },
+            bv: if qwen { Some(get("attn_v.bias", &[kv])?) } else { None },
+            ffn_norm: get("ffn_norm.weight", &[d])?,
+            w_gate,
+            w_up,
+            w_down,
+        })
+    }
+
     fn load(f: &mut GgufFile, c: &ModelConfig, i: usize) -> Result<Self> {
         let (d, kv, ffn) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.ffn_size);
         let n = |s: &str| format!("blk.{i}.{s}");
@@ -113,7 +177,34 @@ impl DecoderLayer {
 /// size, else a dequantized copy.
 enum Embedding {
     Quantized(Arc<QTensor>),
-    Dense(Vec<f32>),
+    Dense(Arc<Vec<f32>>),
+}
+
+impl Embedding {
+    /// Another handle on the same memory.
+    fn share(&self) -> Self {
+        match self {
+            Embedding::Quantized(q) => Embedding::Quantized(q.clone()),
+            Embedding::Dense(v) => Embedding::Dense(v.clone()),
+        }
+    }
+}
+
+/// The LoRA updates of one decoder layer (indexed like [`LoraTarget::ALL`]) and their scale.
+struct LayerLora {
+    scale: f32,
+    pairs: [Option<LoraPair>; 7],
+}
+
+impl LayerLora {
+    /// `y += scale · B (A x)` when `target` is adapted in this layer.
+    fn apply(this: &Option<Arc<LayerLora>>, target: LoraTarget, x: &[f32], y: &mut [f32]) {
+        if let Some(l) = this {
+            if let Some(p) = &l.pairs[target as usize] {
+                p.apply(x, y, l.scale);
+            }
+        }
+    }
 }
 
 /// A loaded model: shared, immutable weights. Pair it with a [`KvCache`] (or use
@@ -122,12 +213,24 @@ pub struct Transformer {
     config: ModelConfig,
     embedding: Embedding,
     layers: Vec<Arc<DecoderLayer>>,
+    /// LoRA updates per layer (a target version); `None` for a base layer.
+    lora: Vec<Option<Arc<LayerLora>>>,
     final_norm: Vec<f32>,
     head: QMatMul,
 }
 
+/// `x` (`rows × k`) times `w`ᵀ, zero-padding the rows when `w` was padded by [`qmatmul`].
 fn matmul(w: &QMatMul, x: &[f32], rows: usize, k: usize) -> Result<Vec<f32>> {
-    let t = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
+    let t = match inner_dim(w) {
+        Some(kp) if kp > k => {
+            let mut padded = vec![0f32; rows * kp];
+            for (dst, src) in padded.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            Tensor::from_vec(padded, (rows, kp), &Device::Cpu)?
+        }
+        _ => Tensor::from_slice(x, (rows, k), &Device::Cpu)?,
+    };
     Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
@@ -152,7 +255,7 @@ impl Transformer {
         let embedding = if d % emb.dtype().block_size() == 0 {
             Embedding::Quantized(emb.clone())
         } else {
-            Embedding::Dense(emb.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+            Embedding::Dense(Arc::new(emb.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
         };
         let head = if f.has_tensor("output.weight") {
             qmatmul(f.qtensor("output.weight", &[v, d])?)?
@@ -164,7 +267,40 @@ impl Transformer {
             layers.push(Arc::new(DecoderLayer::load(f, &config, i)?));
         }
         let final_norm = f.vector("output_norm.weight", d)?;
-        Ok(Self { config, embedding, layers, final_norm, head })
+        let lora = vec![None; layers.len()];
+        Ok(Self { config, embedding, layers, lora, final_norm, head })
+    }
+
+    /// A target version: `base` with `adapter`'s low-rank updates added to the projections it
+    /// targets (`W x + (alpha/r) · B (A x)`, after the base projection's bias, before RoPE).
+    /// Shares the base's quantized weights; only the adapter's A and B are new memory. The
+    /// updates are computed row by row ([`LoraPair::apply`]), so a block forward stays
+    /// bit-identical to token-by-token. Adapting an already adapted model stacks nothing: the
+    /// result is `base`'s layers with `adapter` only.
+    ///
+    /// # Errors
+    /// [`ModelError::Lora`] when the adapter does not fit the base (layer out of range, shapes,
+    /// ranks).
+    pub fn with_adapter(base: &Transformer, adapter: &LoraAdapter) -> Result<Self> {
+        adapter.validate(&base.config)?;
+        let mut per_layer: Vec<Option<LayerLora>> = (0..base.layers.len()).map(|_| None).collect();
+        for (&(layer, target), pair) in adapter.iter() {
+            let l = per_layer[layer].get_or_insert_with(|| LayerLora { scale: adapter.scale(), pairs: Default::default() });
+            l.pairs[target as usize] = Some(pair.clone());
+        }
+        Ok(Self {
+            config: base.config.clone(),
+            embedding: base.embedding.share(),
+            layers: base.layers.clone(),
+            lora: per_layer.into_iter().map(|l| l.map(Arc::new)).collect(),
+            final_norm: base.final_norm.clone(),
+            head: base.head.clone(),
+        })
+    }
+
+    /// Whether any layer carries a LoRA update.
+    pub fn is_adapted(&self) -> bool {
+        self.lora.iter().any(Option::is_some)
     }
 
     /// The shared-backbone draft of DESIGN.md §5: the base's frozen embedding, its first
@@ -185,14 +321,21 @@ impl Transformer {
             )));
         }
         let mut layers: Vec<_> = base.layers[..shared_layers].to_vec();
-        layers.push(anchor.unwrap_or_else(|| base.layers[n - 1].clone()));
+        let mut lora: Vec<_> = base.lora[..shared_layers].to_vec();
+        match anchor {
+            Some(a) => {
+                layers.push(a);
+                lora.push(None);
+            }
+            None => {
+                layers.push(base.layers[n - 1].clone());
+                lora.push(base.lora[n - 1].clone());
+            }
+        }
         let mut config = base.config.clone();
         config.num_layers = layers.len();
-        let embedding = match &base.embedding {
-            Embedding::Quantized(q) => Embedding::Quantized(q.clone()),
-            Embedding::Dense(v) => Embedding::Dense(v.clone()),
-        };
-        Ok(Self { config, embedding, layers, final_norm: base.final_norm.clone(), head: base.head.clone() })
+        let embedding = base.embedding.share();
+        Ok(Self { config, embedding, layers, lora, final_norm: base.final_norm.clone(), head: base.head.clone() })
     }
 
     /// Hyper-parameters.
@@ -256,6 +399,7 @@ impl Transformer {
         let rope = RopeTables::new(pos, rows, c.head_dim, c.rope_theta);
         for li in layers {
             let layer = &self.layers[li];
+            let lora = &self.lora[li];
             if cache.k[li].len() != pos * kv_dim {
                 return Err(ModelError::Tensor {
                     name: format!("kv_cache[{li}]"),
@@ -269,18 +413,25 @@ impl Transformer {
             add_bias(&mut q, &layer.bq);
             add_bias(&mut k, &layer.bk);
             add_bias(&mut v, &layer.bv);
+            LayerLora::apply(lora, LoraTarget::AttnQ, &h, &mut q);
+            LayerLora::apply(lora, LoraTarget::AttnK, &h, &mut k);
+            LayerLora::apply(lora, LoraTarget::AttnV, &h, &mut v);
             rope.apply(&mut q, c.num_heads, style);
             rope.apply(&mut k, c.num_kv_heads, style);
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
             let att = ops::causal_attention(&q, &cache.k[li], &cache.v[li], pos, c.num_heads, c.num_kv_heads, c.head_dim);
-            let o = matmul(&layer.wo, &att, rows, d)?;
+            let mut o = matmul(&layer.wo, &att, rows, d)?;
+            LayerLora::apply(lora, LoraTarget::AttnOutput, &att, &mut o);
             ops::add_assign(hidden, &o);
             let h = ops::rms_norm(hidden, &layer.ffn_norm, c.rms_eps);
             let mut g = matmul(&layer.w_gate, &h, rows, d)?;
-            let u = matmul(&layer.w_up, &h, rows, d)?;
+            let mut u = matmul(&layer.w_up, &h, rows, d)?;
+            LayerLora::apply(lora, LoraTarget::FfnGate, &h, &mut g);
+            LayerLora::apply(lora, LoraTarget::FfnUp, &h, &mut u);
             ops::silu_mul(&mut g, &u);
-            let down = matmul(&layer.w_down, &g, rows, c.ffn_size)?;
+            let mut down = matmul(&layer.w_down, &g, rows, c.ffn_size)?;
+            LayerLora::apply(lora, LoraTarget::FfnDown, &g, &mut down);
             ops::add_assign(hidden, &down);
         }
         Ok(())

@@ -17,7 +17,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::{Close, DraftBlock, ErrorReply, FrameError, Hello, HelloAck, Verdict};
+use crate::{Close, DraftBlock, ErrorReply, FrameError, Hello, HelloAck, SetVersion, Verdict, VersionAck};
 
 /// Version of this protocol, sent in every frame header (and in [`Hello::protocol_version`]).
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -51,6 +51,10 @@ pub enum MessageType {
     ErrorReply = 5,
     /// [`Close`], either way.
     Close = 6,
+    /// [`SetVersion`], operator → cloud (management).
+    SetVersion = 7,
+    /// [`VersionAck`], cloud → operator (management).
+    VersionAck = 8,
 }
 
 impl MessageType {
@@ -63,6 +67,8 @@ impl MessageType {
             4 => Self::Verdict,
             5 => Self::ErrorReply,
             6 => Self::Close,
+            7 => Self::SetVersion,
+            8 => Self::VersionAck,
             _ => return None,
         })
     }
@@ -88,6 +94,10 @@ pub enum Message {
     ErrorReply(ErrorReply),
     /// Either way, clean end of the session.
     Close(Close),
+    /// Operator → cloud: switch (or query) the target version new sessions get.
+    SetVersion(SetVersion),
+    /// Cloud → operator: the answer to [`SetVersion`].
+    VersionAck(VersionAck),
 }
 
 impl Message {
@@ -100,6 +110,8 @@ impl Message {
             Self::Verdict(_) => MessageType::Verdict,
             Self::ErrorReply(_) => MessageType::ErrorReply,
             Self::Close(_) => MessageType::Close,
+            Self::SetVersion(_) => MessageType::SetVersion,
+            Self::VersionAck(_) => MessageType::VersionAck,
         }
     }
 
@@ -112,6 +124,8 @@ impl Message {
             Self::Verdict(m) => m.encoded_len(),
             Self::ErrorReply(m) => m.encoded_len(),
             Self::Close(m) => m.encoded_len(),
+            Self::SetVersion(m) => m.encoded_len(),
+            Self::VersionAck(m) => m.encoded_len(),
         }
     }
 
@@ -123,6 +137,8 @@ impl Message {
             Self::Verdict(m) => m.encode(dst),
             Self::ErrorReply(m) => m.encode(dst),
             Self::Close(m) => m.encode(dst),
+            Self::SetVersion(m) => m.encode(dst),
+            Self::VersionAck(m) => m.encode(dst),
         }
     }
 
@@ -137,6 +153,8 @@ impl Message {
             MessageType::Verdict => Self::Verdict(Verdict::decode(payload)?),
             MessageType::ErrorReply => Self::ErrorReply(ErrorReply::decode(payload)?),
             MessageType::Close => Self::Close(Close::decode(payload)?),
+            MessageType::SetVersion => Self::SetVersion(SetVersion::decode(payload)?),
+            MessageType::VersionAck => Self::VersionAck(VersionAck::decode(payload)?),
         })
     }
 }
@@ -150,7 +168,7 @@ macro_rules! impl_from_for_message {
         }
     )*};
 }
-impl_from_for_message!(Hello, HelloAck, DraftBlock, Verdict, ErrorReply, Close);
+impl_from_for_message!(Hello, HelloAck, DraftBlock, Verdict, ErrorReply, Close, SetVersion, VersionAck);
 
 /// Exact length in bytes of `msg`'s frame: [`HEADER_LEN`] plus the payload. This is what
 /// [`encode_frame`] produces and what goes on the wire.

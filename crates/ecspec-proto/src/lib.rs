@@ -17,6 +17,9 @@
 //!    accepted and the target's next token);
 //! 4. either side may send [`ErrorReply`] (with an [`ErrorCode`]) or [`Close`].
 //!
+//! A management connection (loopback only) opens with [`SetVersion`] instead of [`Hello`]:
+//! the cloud switches the target version new sessions get and answers [`VersionAck`].
+//!
 //! # Framing
 //!
 //! [`encode_frame`] writes a 10-byte header ([`HEADER_LEN`]: big-endian `u32` length of the
@@ -57,6 +60,6 @@ pub use frame::{
     HEADER_LEN, LENGTH_PREFIX_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use messages::{
-    Close, CompactDist, DraftBlock, ErrorCode, ErrorReply, Hello, HelloAck, Verdict, VerifyMode,
-    MAX_DIST_BITS,
+    Close, CompactDist, DraftBlock, ErrorCode, ErrorReply, Hello, HelloAck, SetVersion, Verdict,
+    VerifyMode, VersionAck, MAX_DIST_BITS,
 };

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     BadRequest = 4,
     /// The peer failed internally; the request itself may have been fine.
     Internal = 5,
+    /// A management request ([`SetVersion`]) from a peer not allowed to manage the server
+    /// (only loopback peers are).
+    Forbidden = 6,
 }
 
 /// Edge → cloud, the first frame of a session: who the draft is, how to sample, and the prompt.
@@ -216,6 +219,33 @@ pub struct ErrorReply {
 /// Either direction: a clean end of the session. The receiver closes the connection after it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Close {}
+
+/// Operator → cloud, management: make `version` the target version of every session opened
+/// from now on. Sessions already running keep the version they started with (so each is
+/// verified by one version from start to end). An empty `version` changes nothing and only
+/// asks which version is active. Accepted only from a loopback peer; others get
+/// [`ErrorCode::Forbidden`], an unknown version [`ErrorCode::BadRequest`]. It opens a
+/// management connection in place of [`Hello`]; several may follow, then [`Close`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetVersion {
+    /// Name of a version the cloud has loaded (e.g. `"rust"`); empty: query only.
+    #[prost(string, tag = "1")]
+    pub version: String,
+}
+
+/// Cloud → operator, the answer to [`SetVersion`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VersionAck {
+    /// The version new sessions now get.
+    #[prost(string, tag = "1")]
+    pub active: String,
+    /// The version that was active before this request (equal to `active` for a query).
+    #[prost(string, tag = "2")]
+    pub previous: String,
+    /// Every version the cloud has loaded, in its order.
+    #[prost(string, repeated, tag = "3")]
+    pub versions: Vec<String>,
+}
 
 /// Widest quantization level a [`CompactDist`] may carry, in bits.
 pub const MAX_DIST_BITS: u32 = 16;

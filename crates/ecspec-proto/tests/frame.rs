@@ -3,8 +3,8 @@
 use bytes::BytesMut;
 use ecspec_proto::{
     decode_eof, decode_frame, encode_frame, encode_frame_into, frame_len, Close, CompactDist,
-    DraftBlock, ErrorCode, ErrorReply, FrameError, Hello, HelloAck, Message, MessageType, Verdict,
-    VerifyMode, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    DraftBlock, ErrorCode, ErrorReply, FrameError, Hello, HelloAck, Message, MessageType, SetVersion, Verdict,
+    VerifyMode, VersionAck, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 fn hello() -> Hello {
@@ -94,6 +94,17 @@ fn samples() -> Vec<Message> {
         }
         .into(),
         Close {}.into(),
+        SetVersion {
+            version: "rust".into(),
+        }
+        .into(),
+        SetVersion::default().into(),
+        VersionAck {
+            active: "rust".into(),
+            previous: "v0".into(),
+            versions: vec!["v0".into(), "rust".into()],
+        }
+        .into(),
     ]
 }
 
@@ -136,13 +147,15 @@ fn message_type_bytes_are_stable() {
         (4, MessageType::Verdict),
         (5, MessageType::ErrorReply),
         (6, MessageType::Close),
+        (7, MessageType::SetVersion),
+        (8, MessageType::VersionAck),
     ];
     for (byte, ty) in all {
         assert_eq!(ty.as_u8(), byte);
         assert_eq!(MessageType::from_u8(byte), Some(ty));
     }
     assert_eq!(MessageType::from_u8(0), None);
-    assert_eq!(MessageType::from_u8(7), None);
+    assert_eq!(MessageType::from_u8(9), None);
 }
 
 // ---- exact sizes -------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ecspec_proto::{
-    Close, CompactDist, DraftBlock, ErrorCode, ErrorReply, Hello, HelloAck, Verdict, VerifyMode,
+    Close, CompactDist, DraftBlock, ErrorCode, ErrorReply, Hello, HelloAck, SetVersion, Verdict,
+    VerifyMode, VersionAck,
 };
 
 const PROTO: &str = include_str!("../proto/ecspec.proto");
@@ -149,7 +150,9 @@ fn proto_file_matches_rust_messages() {
             "ErrorReply",
             "Hello",
             "HelloAck",
-            "Verdict"
+            "SetVersion",
+            "Verdict",
+            "VersionAck"
         ]
     );
     let dist = CompactDist {
@@ -220,6 +223,22 @@ fn proto_file_matches_rust_messages() {
         },
     );
     check(&schema, "Close", &Close {});
+    check(
+        &schema,
+        "SetVersion",
+        &SetVersion {
+            version: "v".into(),
+        },
+    );
+    check(
+        &schema,
+        "VersionAck",
+        &VersionAck {
+            active: "a".into(),
+            previous: "p".into(),
+            versions: vec!["a".into(), "p".into()],
+        },
+    );
 }
 
 /// `VERIFY_MODE_BAD_FRAME`-style name, minus the enum's prefix, in Rust's CamelCase.

@@ -1,0 +1,1214 @@
+//! The verifier server end to end on tiny random-weight models: the real [`serve`] on
+//! 127.0.0.1:0, the real edge ([`generate`], directly over TCP or through the emulated link),
+//! and raw-byte clients for protocol violations.
+//!
+//! Expected values are computed without the code under test: the target's greedy tokens with
+//! a plain [`Session`] fed one token at a time, speculative rounds replayed with a fresh draft
+//! session per round, frame sizes with [`frame_len`] of messages built here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
+use ecspec_edge::{generate, DraftSampling, Drafter, EdgeConfig, EdgeError, Mode, Summary};
+use ecspec_link::{emulate, LinkConfig};
+use ecspec_model::tiny::{write_tiny_model, TinySpec};
+use ecspec_model::{Draft, DraftSpec, LoadedModel, LogitsFor, Session, Transformer};
+use ecspec_proto::{
+    decode_frame, encode_frame, frame_len, Close, CompactDist as WireDist, DraftBlock, ErrorCode, Hello, HelloAck,
+    Message, Verdict, VerifyMode, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use ecspec_spec::policy::parse_policy;
+use ecspec_spec::sampling::{argmax, SamplingParams};
+use ecspec_spec::verify::VerifyRule;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+const FAMILY: &str = "tiny-llama";
+const VERSION: &str = "v0";
+/// The tiny vocabulary: 256 byte symbols, `ab`, `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`.
+const VOCAB: usize = 260;
+/// `<|endoftext|>` and `<|im_end|>`.
+const STOPS: [u32; 2] = [257, 259];
+const LAYERS: usize = 4;
+/// Longest any single test may wait for the server.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: models, server, edge runs.
+// ---------------------------------------------------------------------------------------------
+
+struct Models {
+    target: LoadedModel,
+    /// Shared-backbone draft with k = layers − 1: its anchor is a copy of the last layer, so it
+    /// is the target itself (greedy acceptance 1).
+    same: Draft,
+    /// Shared-backbone draft with k = 2 of 4 layers: right some of the time.
+    partial: Draft,
+    /// An independent 2-layer draft with another seed and the same vocabulary (low acceptance).
+    indep: Draft,
+    /// A model with other base weights: a shared-backbone draft built on it is incompatible.
+    other: LoadedModel,
+}
+
+fn models() -> &'static Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        // Candle's matmul barrier pool spins its workers, and the attention's rayon pool
+        // wakes threads on every layer: with these tiny models and a busy 2-core machine
+        // (other builds, two compute threads per session here) a forward pass then waits on
+        // descheduled threads and this file takes minutes instead of seconds. Both pools are
+        // sized from the environment when first used, which is after this (every test
+        // reaches the models before any forward pass); results do not depend on thread counts.
+        for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                std::env::set_var(var, "1");
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("ecspec-cloud-server-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |name: &str, spec: TinySpec| {
+            let path = dir.join(name);
+            write_tiny_model(&path, spec).unwrap();
+            LoadedModel::load(&path).unwrap()
+        };
+        let target = load("target.gguf", TinySpec { seed: 11, layers: LAYERS, ..Default::default() });
+        let indep_model = load("indep.gguf", TinySpec { seed: 12, layers: 2, ..Default::default() });
+        let other = load("other.gguf", TinySpec { seed: 13, layers: LAYERS, ..Default::default() });
+        let _ = std::fs::remove_dir_all(&dir);
+        let same = Draft::build(&DraftSpec::SharedBackbone { shared_layers: LAYERS - 1 }, &target).unwrap();
+        let partial = Draft::build(&DraftSpec::SharedBackbone { shared_layers: 2 }, &target).unwrap();
+        let indep = Draft::build(&DraftSpec::Independent, &indep_model).unwrap();
+        assert_eq!(target.transformer.config().vocab_size, VOCAB);
+        assert_eq!(target.tokenizer.stop_tokens(), STOPS);
+        assert_ne!(other.base_hash, target.base_hash, "another seed is another base");
+        Models { target, same, partial, indep, other }
+    })
+}
+
+fn ids(text: &str) -> Vec<u32> {
+    // Byte-level symbols are in byte order, so a byte's id is its value.
+    text.bytes().map(u32::from).collect()
+}
+
+/// Prompts used throughout: plain bytes, a chat-like prompt with control tokens, one token.
+fn prompts() -> Vec<Vec<u32>> {
+    let mut chat = vec![258];
+    chat.extend(ids("user\nWhy is the sky blue?"));
+    chat.extend([259, 10, 258]);
+    chat.extend(ids("assistant\n"));
+    vec![ids("Hello, world! "), chat, vec![256]]
+}
+
+/// A server on 127.0.0.1:0, stopped with [`Cloud::stop`].
+struct Cloud {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cloud {
+    async fn start(config: ServerConfig) -> Self {
+        let server = CloudServer::new(CloudModel::new(FAMILY, VERSION, &models().target), config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, server, async {
+            let _ = rx.await;
+        }));
+        Self { addr, stop, task }
+    }
+
+    async fn default() -> Self {
+        Self::start(ServerConfig { shutdown_grace: Duration::from_secs(1), ..Default::default() }).await
+    }
+
+    /// Shuts the server down; it must return within its grace period.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        timeout(PATIENCE, self.task).await.expect("serve returns after shutdown").unwrap();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DraftChoice {
+    Same,
+    Partial,
+    Independent,
+}
+
+impl DraftChoice {
+    fn draft(self) -> &'static Draft {
+        match self {
+            DraftChoice::Same => &models().same,
+            DraftChoice::Partial => &models().partial,
+            DraftChoice::Independent => &models().indep,
+        }
+    }
+}
+
+/// One edge generation's settings.
+#[derive(Debug, Clone)]
+struct Run {
+    prompt: Vec<u32>,
+    mode: Mode,
+    draft: DraftChoice,
+    rule: VerifyRule,
+    params: SamplingParams,
+    policy: &'static str,
+    max_new: usize,
+    /// Emulated constant link: (uplink Mbit/s, downlink Mbit/s, RTT ms); `None`: plain TCP.
+    link: Option<(f64, f64, f64)>,
+    /// Rejection mode: compact distribution top-k and bits.
+    dist: (usize, u8),
+}
+
+impl Run {
+    fn greedy(prompt: &[u32], draft: DraftChoice, policy: &'static str, max_new: usize) -> Self {
+        Self {
+            prompt: prompt.to_vec(),
+            mode: Mode::Speculative,
+            draft,
+            rule: VerifyRule::Greedy,
+            params: SamplingParams::greedy(7),
+            policy,
+            max_new,
+            link: None,
+            dist: (16, 8),
+        }
+    }
+
+    fn cloud_only(prompt: &[u32], max_new: usize) -> Self {
+        Self { mode: Mode::CloudOnly, policy: "fixed:0", ..Self::greedy(prompt, DraftChoice::Same, "fixed:0", max_new) }
+    }
+
+    fn sampled(prompt: &[u32], draft: DraftChoice, rule: VerifyRule, seed: u64, max_new: usize) -> Self {
+        Self { rule, params: sampled_params(seed), ..Self::greedy(prompt, draft, "fixed:4", max_new) }
+    }
+
+    fn config(&self) -> EdgeConfig {
+        let d = self.draft.draft();
+        EdgeConfig {
+            family: FAMILY.into(),
+            draft_kind: d.kind.as_str().into(),
+            compat_hash: d.compat_hash.clone(),
+            rule: self.rule,
+            params: self.params,
+            max_new_tokens: self.max_new,
+            mode: self.mode,
+            policy: parse_policy(self.policy).unwrap(),
+            timeout: PATIENCE,
+        }
+    }
+
+    fn drafter(&self) -> Option<Drafter> {
+        (self.mode == Mode::Speculative).then(|| {
+            let sampling =
+                DraftSampling { rule: self.rule, params: self.params, dist_top_k: self.dist.0, dist_bits: self.dist.1 };
+            Drafter::new(Session::new(self.draft.draft().transformer.clone()), sampling)
+        })
+    }
+
+    /// The Hello the edge must send for this run.
+    fn hello(&self) -> Hello {
+        let d = self.draft.draft();
+        Hello {
+            protocol_version: u32::from(PROTOCOL_VERSION),
+            model_family: FAMILY.into(),
+            base_hash: d.compat_hash.clone(),
+            draft_kind: d.kind.as_str().into(),
+            temperature: self.params.temperature,
+            top_p: self.params.top_p,
+            top_k: self.params.top_k as u32,
+            seed: self.params.seed,
+            verify_mode: verify_mode(self.rule) as i32,
+            max_new_tokens: self.max_new as u32,
+            prompt: self.prompt.clone(),
+            autoregressive: self.mode == Mode::CloudOnly,
+        }
+    }
+}
+
+/// Temperature 0.8, no truncation.
+fn sampled_params(seed: u64) -> SamplingParams {
+    SamplingParams { temperature: 0.8, top_p: 1.0, top_k: 0, seed }
+}
+
+fn verify_mode(rule: VerifyRule) -> VerifyMode {
+    match rule {
+        VerifyRule::Greedy => VerifyMode::Greedy,
+        VerifyRule::Match => VerifyMode::Match,
+        VerifyRule::Rejection => VerifyMode::Rejection,
+    }
+}
+
+/// Records every byte the edge writes and reads, between the edge and its stream.
+struct Tap<S> {
+    inner: S,
+    sent: Arc<Mutex<Vec<u8>>>,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.received.lock().unwrap().extend_from_slice(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// What one edge generation produced.
+struct Outcome {
+    result: Result<Summary, EdgeError>,
+    /// Tokens handed to the commit callback, in order.
+    committed: Vec<u32>,
+    /// Bytes the edge wrote / read.
+    sent: Vec<u8>,
+    received: Vec<u8>,
+}
+
+impl Outcome {
+    fn summary(&self) -> &Summary {
+        match &self.result {
+            Ok(s) => s,
+            Err(e) => panic!("generation failed: {e}"),
+        }
+    }
+}
+
+async fn run_edge(addr: SocketAddr, run: &Run) -> Outcome {
+    run_edge_with(addr, run, |_| {}).await
+}
+
+/// Runs one generation against `addr`; `tweak` may change the edge's settings.
+async fn run_edge_with(addr: SocketAddr, run: &Run, tweak: impl FnOnce(&mut EdgeConfig)) -> Outcome {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut cfg = run.config();
+    tweak(&mut cfg);
+    let (sent, received) = (Arc::default(), Arc::default());
+    let mut committed = Vec::new();
+    let mut on_commit = |t: &[u32]| committed.extend_from_slice(t);
+    let fut = async {
+        match run.link {
+            Some((up, down, rtt)) => {
+                let (s, counters) = emulate(tcp, LinkConfig::constant(up, down, rtt).unwrap()).await;
+                let tap = Tap { inner: s, sent: Arc::clone(&sent), received: Arc::clone(&received) };
+                generate(tap, Some(counters), cfg, run.drafter(), run.prompt.clone(), &mut on_commit).await
+            }
+            None => {
+                let tap = Tap { inner: tcp, sent: Arc::clone(&sent), received: Arc::clone(&received) };
+                generate(tap, None, cfg, run.drafter(), run.prompt.clone(), &mut on_commit).await
+            }
+        }
+    };
+    let result = timeout(PATIENCE * 3, fut).await.expect("the generation hung");
+    let (sent, received) = (sent.lock().unwrap().clone(), received.lock().unwrap().clone());
+    if let Ok(s) = &result {
+        assert_eq!(committed, s.tokens, "the callback saw exactly the committed tokens");
+    }
+    Outcome { result, committed, sent, received }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Independent references.
+// ---------------------------------------------------------------------------------------------
+
+/// The target's own greedy continuation of `prompt`: `n` tokens, every token (prompt
+/// included) fed on its own; stop tokens are not special here.
+fn greedy_reference(model: &Arc<Transformer>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = Session::new(model.clone());
+    let mut row = Vec::new();
+    for &t in prompt {
+        row = s.forward(&[t], LogitsFor::Last).unwrap().last().to_vec();
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let t = argmax(&row);
+        out.push(t);
+        row = s.forward(&[t], LogitsFor::Last).unwrap().last().to_vec();
+    }
+    out
+}
+
+/// A reference long enough for any budget up to `max_new` plus a round of drafts.
+fn reference(prompt: &[u32], max_new: usize) -> Vec<u32> {
+    greedy_reference(&models().target.transformer, prompt, max_new + 70)
+}
+
+/// What the cloud commits under a budget: the reference up to the first stop token or
+/// `max_new` tokens.
+fn expected_output(reference: &[u32], max_new: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for &t in reference {
+        out.push(t);
+        if STOPS.contains(&t) || out.len() == max_new {
+            break;
+        }
+    }
+    out
+}
+
+/// The draft's greedy `k` tokens after `context`, from a fresh session.
+fn draft_greedy(draft: &Arc<Transformer>, context: &[u32], k: usize) -> Vec<u32> {
+    let mut s = Session::new(draft.clone());
+    let mut row = s.forward(context, LogitsFor::Last).unwrap().last().to_vec();
+    let mut out = Vec::with_capacity(k);
+    for i in 0..k {
+        let t = argmax(&row);
+        out.push(t);
+        if i + 1 < k {
+            row = s.forward(&[t], LogitsFor::Last).unwrap().last().to_vec();
+        }
+    }
+    out
+}
+
+/// One replayed greedy round.
+#[derive(Debug, Clone, PartialEq)]
+struct Replay {
+    drafted: Vec<u32>,
+    accepted: usize,
+    next_token: u32,
+    finished: bool,
+}
+
+/// Replays greedy speculative decoding for the draft lengths `ks` the edge chose: each round
+/// the draft's greedy tokens after the committed sequence are accepted while they equal the
+/// target's greedy tokens, then the target's token; everything cut at the first stop token or
+/// at `max_new` (lowering `accepted`).
+fn replay_greedy(
+    draft: &Arc<Transformer>,
+    prompt: &[u32],
+    reference: &[u32],
+    ks: &[usize],
+    max_new: usize,
+) -> Vec<Replay> {
+    let mut generated = vec![reference[0]];
+    let mut finished = STOPS.contains(&reference[0]) || max_new == 1;
+    let mut rounds = Vec::new();
+    for &k in ks {
+        assert!(!finished, "the edge ran a round after the end");
+        let g = generated.len();
+        let context: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
+        let drafted = draft_greedy(draft, &context, k);
+        let raw = drafted.iter().zip(&reference[g..]).take_while(|(d, r)| d == r).count();
+        let mut pushed = 0;
+        for &t in &reference[g..=g + raw] {
+            generated.push(t);
+            pushed += 1;
+            if STOPS.contains(&t) || generated.len() >= max_new {
+                finished = true;
+                break;
+            }
+        }
+        rounds.push(Replay { drafted, accepted: pushed - 1, next_token: generated[g + pushed - 1], finished });
+    }
+    assert!(finished, "the edge stopped before the end");
+    rounds
+}
+
+/// Checks the summary's counters against its own round records.
+fn check_counters(s: &Summary) {
+    let recs = &s.round_records;
+    assert_eq!(s.rounds, recs.len() as u64);
+    assert_eq!(s.target_forward_passes, s.rounds + 1);
+    assert_eq!(s.drafted_tokens, recs.iter().map(|r| r.k as u64).sum::<u64>());
+    assert_eq!(s.accepted_tokens, recs.iter().map(|r| r.accepted as u64).sum::<u64>());
+    assert!(recs.iter().all(|r| r.accepted <= r.k));
+    assert_eq!(s.generated_tokens, s.tokens.len());
+    // The first token comes with the HelloAck; every round commits accepted + 1.
+    assert_eq!(s.generated_tokens as u64, 1 + s.rounds + s.accepted_tokens);
+    assert_eq!(recs.iter().map(|r| r.round).collect::<Vec<_>>(), (1..=recs.len() as u32).collect::<Vec<_>>());
+    if s.accepted_tokens > 0 {
+        assert!(s.rounds < s.generated_tokens as u64 - 1, "accepted drafts save target rounds");
+    }
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<(u32, Message)> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = decode_frame(&mut buf).expect("valid frames") {
+        out.push(f);
+    }
+    assert!(buf.is_empty(), "{} bytes after the last whole frame", buf.len());
+    out
+}
+
+/// Compute time the edge recorded, back in the Verdict's microseconds.
+fn compute_us(seconds: f64) -> u64 {
+    (seconds * 1e6).round() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Lossless greedy decoding.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_tokens() {
+    let cloud = Cloud::default().await;
+    let max_new = 40;
+    // (drafted, accepted) over all runs of each draft.
+    let (mut same, mut partial, mut indep) = ((0, 0), (0, 0), (0, 0));
+    // Rounds that accepted some drafts but not all: the draft rolls back to the middle.
+    let mut partial_rounds = 0;
+    for prompt in prompts() {
+        let reference = reference(&prompt, max_new);
+        let expected = expected_output(&reference, max_new);
+
+        let c = run_edge(cloud.addr, &Run::cloud_only(&prompt, max_new)).await;
+        let s = c.summary();
+        assert_eq!(s.tokens, expected, "cloud-only output is the target's greedy output");
+        check_counters(s);
+        assert_eq!(s.rounds as usize, expected.len() - 1, "one target pass per token");
+        assert_eq!((s.drafted_tokens, s.mode.as_str(), s.target_version.as_str()), (0, "cloud-only", VERSION));
+
+        for draft in [DraftChoice::Same, DraftChoice::Partial, DraftChoice::Independent] {
+            for policy in ["fixed:1", "fixed:4", "adaptive"] {
+                let run = Run::greedy(&prompt, draft, policy, max_new);
+                let o = run_edge(cloud.addr, &run).await;
+                let s = o.summary();
+                let what = format!("{draft:?} {policy} prompt {prompt:?}");
+                assert_eq!(s.tokens, expected, "{what}: speculative output differs");
+                check_counters(s);
+                let ks: Vec<usize> = s.round_records.iter().map(|r| r.k).collect();
+                match policy {
+                    "fixed:1" => assert!(ks.iter().all(|&k| k == 1), "{what}: {ks:?}"),
+                    "fixed:4" => assert!(ks.iter().all(|&k| k == 4), "{what}: {ks:?}"),
+                    _ => assert!(ks.iter().all(|&k| (1..=8).contains(&k)), "{what}: {ks:?}"),
+                }
+                // Every round's acceptance is what an independent replay predicts.
+                let replay = replay_greedy(&draft.draft().transformer, &prompt, &reference, &ks, max_new);
+                let got: Vec<usize> = s.round_records.iter().map(|r| r.accepted).collect();
+                let want: Vec<usize> = replay.iter().map(|r| r.accepted).collect();
+                assert_eq!(got, want, "{what}: accepted per round");
+                if draft == DraftChoice::Same {
+                    // The draft is the target: everything accepted but what the budget cut.
+                    let (last, full) = s.round_records.split_last().unwrap();
+                    assert!(full.iter().all(|r| r.accepted == r.k), "{what}");
+                    let remaining = expected.len() - 1 - full.iter().map(|r| r.k + 1).sum::<usize>();
+                    assert_eq!(last.accepted, remaining - 1, "{what}: last round cut to the budget");
+                    same = (same.0 + s.drafted_tokens, same.1 + s.accepted_tokens);
+                } else if draft == DraftChoice::Partial {
+                    partial = (partial.0 + s.drafted_tokens, partial.1 + s.accepted_tokens);
+                    partial_rounds += s.round_records.iter().filter(|r| 0 < r.accepted && r.accepted < r.k).count();
+                } else {
+                    indep = (indep.0 + s.drafted_tokens, indep.1 + s.accepted_tokens);
+                }
+            }
+        }
+        // Greedy-equivalent rules: match and rejection at temperature 0 are greedy too.
+        for rule in [VerifyRule::Match, VerifyRule::Rejection] {
+            let run = Run { rule, ..Run::greedy(&prompt, DraftChoice::Partial, "fixed:3", max_new) };
+            assert_eq!(run_edge(cloud.addr, &run).await.summary().tokens, expected, "{rule:?} at T = 0");
+        }
+    }
+    let same_rate = same.1 as f64 / same.0 as f64;
+    let indep_rate = indep.1 as f64 / indep.0 as f64;
+    let partial_rate = partial.1 as f64 / partial.0 as f64;
+    assert!(same_rate > 0.85, "the target as its own draft loses only the cut drafts: {same_rate}");
+    assert!(indep_rate < 0.05, "an unrelated random draft is rarely right: {indep_rate}");
+    assert!(indep_rate < partial_rate && partial_rate < same_rate, "{indep_rate} {partial_rate} {same_rate}");
+    assert!(partial_rounds > 0, "some rounds accept part of the block");
+    cloud.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Byte accounting.
+// ---------------------------------------------------------------------------------------------
+
+/// A fast emulated link: 50 Mbit/s each way, 2 ms RTT.
+const FAST_LINK: Option<(f64, f64, f64)> = Some((50.0, 50.0, 2.0));
+
+/// The HelloAck of an accepted session of this server, first token `first`.
+fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u64) -> HelloAck {
+    HelloAck {
+        accepted: true,
+        reason: String::new(),
+        session_id,
+        target_version: VERSION.into(),
+        vocab_size: VOCAB as u32,
+        eos_token_ids: STOPS.to_vec(),
+        first_token: first,
+        finished,
+        prefill_us,
+    }
+}
+
+/// The prefill time the cloud reported, read from the one field of the HelloAck the test
+/// cannot know (it is a measurement).
+fn prefill_us(received: &[u8]) -> u64 {
+    match decode_all(received).first() {
+        Some((_, Message::HelloAck(a))) => a.prefill_us,
+        other => panic!("expected a HelloAck first, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_byte_counts_equal_the_frames_on_the_wire() {
+    let cloud = Cloud::default().await;
+    let prompt = prompts()[0].clone();
+    let max_new = 23;
+    let reference = reference(&prompt, max_new);
+    let expected = expected_output(&reference, max_new);
+    let mut session_id = 0;
+
+    // Greedy speculative: every frame is predictable from the replay.
+    for (draft, policy) in
+        [(DraftChoice::Partial, "fixed:3"), (DraftChoice::Same, "fixed:5"), (DraftChoice::Independent, "adaptive")]
+    {
+        session_id += 1;
+        let run = Run { link: FAST_LINK, ..Run::greedy(&prompt, draft, policy, max_new) };
+        let o = run_edge(cloud.addr, &run).await;
+        let s = o.summary();
+        assert_eq!(s.tokens, expected);
+        let ks: Vec<usize> = s.round_records.iter().map(|r| r.k).collect();
+        let replay = replay_greedy(&draft.draft().transformer, &prompt, &reference, &ks, max_new);
+
+        let hello = Message::Hello(run.hello());
+        let blocks: Vec<Message> = replay
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Message::DraftBlock(DraftBlock { round: i as u32 + 1, tokens: r.drafted.clone(), dists: vec![] })
+            })
+            .collect();
+        let close = Message::Close(Close {});
+        let up = frame_len(&hello) + blocks.iter().map(frame_len).sum::<usize>() + frame_len(&close);
+        assert_eq!(s.uplink_bytes, up as u64, "{draft:?} {policy}: uplink = Hello + DraftBlocks + Close");
+
+        let ack = Message::HelloAck(expected_ack(session_id, expected[0], false, prefill_us(&o.received)));
+        let verdicts: Vec<Message> = replay
+            .iter()
+            .zip(&s.round_records)
+            .map(|(r, rec)| {
+                Message::Verdict(Verdict {
+                    round: rec.round,
+                    accepted: r.accepted as u32,
+                    next_token: r.next_token,
+                    finished: r.finished,
+                    compute_us: compute_us(rec.cloud_compute_s),
+                })
+            })
+            .collect();
+        let down = frame_len(&ack) + verdicts.iter().map(frame_len).sum::<usize>();
+        assert_eq!(s.downlink_bytes, down as u64, "{draft:?} {policy}: downlink = HelloAck + Verdicts");
+
+        // Per round: exactly that round's DraftBlock up and Verdict down.
+        for ((rec, b), v) in s.round_records.iter().zip(&blocks).zip(&verdicts) {
+            assert_eq!(
+                (rec.uplink_bytes, rec.downlink_bytes),
+                (frame_len(b) as u64, frame_len(v) as u64),
+                "round {}",
+                rec.round
+            );
+        }
+        // And the frames themselves are those messages, byte for byte.
+        let sent: Vec<Message> = decode_all(&o.sent).into_iter().map(|(_, m)| m).collect();
+        let want: Vec<Message> = std::iter::once(hello).chain(blocks).chain([close]).collect();
+        assert_eq!(sent, want);
+        let got: Vec<Message> = decode_all(&o.received).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(got, std::iter::once(ack).chain(verdicts).collect::<Vec<_>>());
+        assert_eq!((o.sent.len() as u64, o.received.len() as u64), (s.uplink_bytes, s.downlink_bytes));
+    }
+
+    // Cloud-only: Hello and Close up; HelloAck and one Verdict per further token down.
+    session_id += 1;
+    let run = Run { link: FAST_LINK, ..Run::cloud_only(&prompt, max_new) };
+    let o = run_edge(cloud.addr, &run).await;
+    let s = o.summary();
+    assert_eq!(s.tokens, expected);
+    let up = frame_len(&Message::Hello(run.hello())) + frame_len(&Message::Close(Close {}));
+    assert_eq!(s.uplink_bytes, up as u64);
+    let ack = Message::HelloAck(expected_ack(session_id, expected[0], false, prefill_us(&o.received)));
+    let n = s.round_records.len();
+    let verdicts: usize = s
+        .round_records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            frame_len(&Message::Verdict(Verdict {
+                round: rec.round,
+                accepted: 0,
+                next_token: expected[i + 1],
+                finished: i + 1 == n,
+                compute_us: compute_us(rec.cloud_compute_s),
+            }))
+        })
+        .sum();
+    assert_eq!(s.downlink_bytes, (frame_len(&ack) + verdicts) as u64);
+
+    // Rejection sampling: each block carries one compact distribution per drafted token.
+    session_id += 1;
+    let run = Run {
+        link: FAST_LINK,
+        dist: (16, 8),
+        ..Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Rejection, 3, max_new)
+    };
+    let o = run_edge(cloud.addr, &run).await;
+    let s = o.summary();
+    let sent = decode_all(&o.sent);
+    assert_eq!(sent.len(), s.round_records.len() + 2);
+    assert_eq!(sent[0].1, Message::Hello(run.hello()));
+    assert_eq!(sent.last().unwrap().1, Message::Close(Close {}));
+    let mut pos = 1; // the first token came with the HelloAck
+    for ((_, m), rec) in sent[1..sent.len() - 1].iter().zip(&s.round_records) {
+        let Message::DraftBlock(b) = m else { panic!("expected a DraftBlock, got {m:?}") };
+        assert_eq!((b.round, b.tokens.len(), b.dists.len()), (rec.round, rec.k, rec.k));
+        for (t, d) in b.tokens.iter().zip(&b.dists) {
+            assert!(d.ids.contains(t) && d.ids.len() <= 16 && d.bits == 8, "{d:?}");
+        }
+        assert_eq!(b.tokens[..rec.accepted], s.tokens[pos..pos + rec.accepted], "accepted drafts are committed");
+        assert_eq!(rec.uplink_bytes, frame_len(m) as u64);
+        pos += rec.accepted + 1;
+    }
+    assert_eq!(pos, s.tokens.len());
+    let up: usize = sent.iter().map(|(_, m)| frame_len(m)).sum();
+    assert_eq!(s.uplink_bytes, up as u64);
+    let received = decode_all(&o.received);
+    let ack = Message::HelloAck(expected_ack(session_id, s.tokens[0], false, prefill_us(&o.received)));
+    assert_eq!(received[0].1, ack);
+    let down: usize = received.iter().map(|(_, m)| frame_len(m)).sum();
+    assert_eq!(s.downlink_bytes, down as u64);
+    assert_eq!((o.sent.len() as u64, o.received.len() as u64), (s.uplink_bytes, s.downlink_bytes));
+    cloud.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Sampling.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_generation_completes_in_vocabulary_and_is_deterministic_per_seed() {
+    let cloud = Cloud::default().await;
+    let max_new = 32;
+    let prompt = prompts()[0].clone();
+    let mut outputs = Vec::new();
+    for rule in [VerifyRule::Match, VerifyRule::Rejection] {
+        for draft in [DraftChoice::Same, DraftChoice::Independent] {
+            let mut run = Run::sampled(&prompt, draft, rule, 42, max_new);
+            if (rule, draft) == (VerifyRule::Rejection, DraftChoice::Same) {
+                // The whole distribution at 16 bits: q is p up to rounding.
+                run.dist = (VOCAB, 16);
+            }
+            let a = run_edge(cloud.addr, &run).await;
+            let b = run_edge(cloud.addr, &run).await;
+            let (sa, sb) = (a.summary(), b.summary());
+            let what = format!("{rule:?} {draft:?}");
+            check_counters(sa);
+            assert!(sa.tokens.iter().all(|&t| (t as usize) < VOCAB), "{what}: {:?}", sa.tokens);
+            let stopped = sa.tokens.last().is_some_and(|t| STOPS.contains(t));
+            assert!(sa.generated_tokens == max_new || stopped, "{what}: ended early without a stop token");
+            assert!(
+                sa.tokens[..sa.tokens.len() - 1].iter().all(|t| !STOPS.contains(t)),
+                "{what}: ran past a stop token"
+            );
+            assert_eq!(sa.tokens, sb.tokens, "{what}: same seed, same tokens");
+            let rounds = |s: &Summary| s.round_records.iter().map(|r| (r.k, r.accepted)).collect::<Vec<_>>();
+            assert_eq!(rounds(sa), rounds(sb), "{what}: same seed, same rounds");
+            if (rule, draft) == (VerifyRule::Rejection, DraftChoice::Same) {
+                // Rejection sampling accepts x with probability min(1, p(x)/q(x)), and q is p
+                // up to 16-bit rounding: every draft is accepted but those the budget cut.
+                let (_, full) = sa.round_records.split_last().unwrap();
+                assert!(full.iter().all(|r| r.accepted == r.k), "{what}: {:?}", rounds(sa));
+                assert!(sa.acceptance_rate > 0.8, "{what}: {}", sa.acceptance_rate);
+            } else {
+                // Match acceptance is Σ p·q: small for this near-flat random model at T = 0.8.
+                assert!(sa.acceptance_rate < 0.2, "{what}: {}", sa.acceptance_rate);
+            }
+            outputs.push((what, sa.tokens.clone()));
+        }
+    }
+    // Match verification draws one target sample per committed token, in order, whatever was
+    // drafted: the same seed gives the cloud-only output exactly.
+    let cloud_only = Run { params: sampled_params(42), rule: VerifyRule::Match, ..Run::cloud_only(&prompt, max_new) };
+    let c = run_edge(cloud.addr, &cloud_only).await;
+    assert_eq!(c.summary().tokens, outputs[0].1, "match mode follows the target's own sample path");
+    assert_eq!(c.summary().tokens, outputs[1].1);
+    // The seed matters.
+    let other = run_edge(cloud.addr, &Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Match, 43, max_new)).await;
+    assert_ne!(other.summary().tokens, outputs[0].1, "another seed, another sample");
+    // Sampling differs from greedy decoding.
+    assert_ne!(outputs[0].1, expected_output(&reference(&prompt, max_new), max_new));
+    cloud.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Handshake refusals.
+// ---------------------------------------------------------------------------------------------
+
+fn refusal(o: &Outcome) -> &str {
+    match &o.result {
+        Err(EdgeError::Refused(reason)) => reason,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(s) => panic!("expected a refusal, got {} tokens", s.generated_tokens),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_serving() {
+    let cloud = Cloud::default().await;
+    let m = models();
+    let prompt = prompts()[0].clone();
+    let run = Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 12);
+    let short = |h: &str| h[..12].to_string();
+
+    let o = run_edge_with(cloud.addr, &run, |c| c.family = "qwen-9000".into()).await;
+    let r = refusal(&o);
+    assert!(r.contains("`qwen-9000`") && r.contains(&format!("`{FAMILY}`")), "{r}");
+    assert!(o.committed.is_empty(), "nothing committed on a refusal");
+
+    // A shared-backbone draft built on another base.
+    let foreign = Draft::build(&DraftSpec::SharedBackbone { shared_layers: 2 }, &m.other).unwrap();
+    let o = run_edge_with(cloud.addr, &run, |c| c.compat_hash = foreign.compat_hash.clone()).await;
+    let r = refusal(&o);
+    assert!(r.contains("shared-backbone") && r.contains("base weights"), "{r}");
+    assert!(r.contains(&short(&m.other.base_hash)) && r.contains(&short(&m.target.base_hash)), "{r}");
+
+    // An independent draft with another vocabulary.
+    let o = run_edge_with(cloud.addr, &run, |c| {
+        c.draft_kind = "independent".into();
+        c.compat_hash = "0123456789abcdef".repeat(4);
+    })
+    .await;
+    let r = refusal(&o);
+    assert!(r.contains("vocabulary") && r.contains("0123456789ab"), "{r}");
+
+    let o = run_edge_with(cloud.addr, &run, |c| c.draft_kind = "medusa-heads".into()).await;
+    let r = refusal(&o);
+    assert!(r.contains("unknown draft kind `medusa-heads`"), "{r}");
+
+    // Another protocol version in the Hello (the edge always speaks this one: raw bytes).
+    let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+    let hello = Hello { protocol_version: 9, ..run.hello() };
+    tcp.write_all(&frame(&Message::Hello(hello), 3)).await.unwrap();
+    let frames = read_until_close(&mut tcp).await;
+    match &frames[..] {
+        [(3, Message::HelloAck(a))] => {
+            assert!(!a.accepted);
+            assert!(
+                a.reason.contains("protocol version 9") && a.reason.contains(&PROTOCOL_VERSION.to_string()),
+                "{}",
+                a.reason
+            );
+        }
+        other => panic!("expected one refusing HelloAck then a close, got {other:?}"),
+    }
+
+    // Bad session settings are refused too.
+    for (hello, why) in [
+        (Hello { prompt: vec![], ..run.hello() }, "the prompt is empty"),
+        (Hello { prompt: vec![1, 999], ..run.hello() }, "prompt token id 999"),
+        (Hello { max_new_tokens: 0, ..run.hello() }, "max_new_tokens"),
+        (Hello { verify_mode: 17, ..run.hello() }, "unknown verification mode 17"),
+        (Hello { temperature: -1.0, ..run.hello() }, "sampling settings"),
+        (Hello { prompt: vec![65; 500], ..run.hello() }, "context window is 512"),
+    ] {
+        let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+        tcp.write_all(&frame(&Message::Hello(hello), 1)).await.unwrap();
+        match &read_until_close(&mut tcp).await[..] {
+            [(1, Message::HelloAck(a))] => assert!(!a.accepted && a.reason.contains(why), "{why}: {}", a.reason),
+            other => panic!("{why}: got {other:?}"),
+        }
+    }
+
+    // The server still serves.
+    let o = run_edge(cloud.addr, &run).await;
+    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 12), 12));
+    cloud.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Bad frames, bad requests, concurrency, limits.
+// ---------------------------------------------------------------------------------------------
+
+fn frame(msg: &Message, request_id: u32) -> Vec<u8> {
+    encode_frame(msg, request_id).unwrap().to_vec()
+}
+
+/// Reads frames until the server closes the connection; a hang fails the test.
+async fn read_until_close(tcp: &mut TcpStream) -> Vec<(u32, Message)> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    timeout(PATIENCE, async {
+        loop {
+            while let Some(f) = decode_frame(&mut buf).expect("the server sends valid frames") {
+                out.push(f);
+            }
+            if tcp.read_buf(&mut buf).await.expect("read") == 0 {
+                assert!(buf.is_empty(), "the server closed inside a frame");
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the server neither answered nor closed");
+    out
+}
+
+/// Reads the next frame; a hang fails the test.
+async fn read_frame(tcp: &mut TcpStream, buf: &mut BytesMut) -> (u32, Message) {
+    timeout(PATIENCE, async {
+        loop {
+            if let Some(f) = decode_frame(buf).expect("the server sends valid frames") {
+                return f;
+            }
+            assert_ne!(tcp.read_buf(buf).await.expect("read"), 0, "closed while a frame was expected");
+        }
+    })
+    .await
+    .expect("no frame from the server")
+}
+
+/// Sends `bytes` (then half-closes if `close`), and expects one ErrorReply with `code`, then
+/// the server's close. Returns the reply's request id and message.
+async fn expect_error_then_close(addr: SocketAddr, bytes: &[u8], close: bool, code: ErrorCode) -> (u32, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    if close {
+        tcp.shutdown().await.unwrap();
+    }
+    match &read_until_close(&mut tcp).await[..] {
+        [(req, Message::ErrorReply(e))] => {
+            assert_eq!(e.code(), code, "{}", e.message);
+            (*req, e.message.clone())
+        }
+        other => panic!("expected one ErrorReply then a close, got {other:?}"),
+    }
+}
+
+fn header(len_after_prefix: u32, version: u8, message_type: u8, request_id: u32) -> Vec<u8> {
+    let mut h = len_after_prefix.to_be_bytes().to_vec();
+    h.extend([version, message_type]);
+    h.extend(request_id.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_frame_and_a_close_while_other_sessions_go_on() {
+    let cloud = Cloud::default().await;
+    let addr = cloud.addr;
+    let prompt = prompts()[1].clone();
+    let expected = expected_output(&reference(&prompt, 24), 24);
+    // A slow session (1 token a round over a 20 ms link) that spans every bad connection.
+    let slow = Run { link: Some((10.0, 10.0, 20.0)), ..Run::greedy(&prompt, DraftChoice::Independent, "fixed:1", 24) };
+    let before = tokio::spawn(async move { run_edge(addr, &slow).await.summary().tokens.clone() });
+
+    // (a) Garbage: an HTTP request reads as a length prefix far over the maximum.
+    let (req, msg) =
+        expect_error_then_close(addr, b"GET / HTTP/1.1\r\nHost: cloud\r\n\r\n", false, ErrorCode::BadFrame).await;
+    assert!(msg.contains("exceeds the maximum"), "{msg}");
+    assert_eq!(req, 0, "an unreadable frame is answered with request id 0");
+    // Garbage whose length prefix is shorter than a header.
+    let (_, msg) = expect_error_then_close(addr, &[0, 0, 0, 2, 0xde, 0xad], false, ErrorCode::BadFrame).await;
+    assert!(msg.contains("shorter than"), "{msg}");
+    // (b) A length prefix over MAX_FRAME_LEN, and nothing else: answered without waiting.
+    let too_long = (MAX_FRAME_LEN as u32 - 4 + 1).to_be_bytes();
+    let (_, msg) = expect_error_then_close(addr, &too_long, false, ErrorCode::BadFrame).await;
+    assert!(msg.contains(&format!("{} bytes exceeds the maximum of {MAX_FRAME_LEN}", MAX_FRAME_LEN + 1)), "{msg}");
+    // Another version in the frame header.
+    let (_, msg) = expect_error_then_close(addr, &header(6, 9, 1, 4), false, ErrorCode::UnsupportedVersion).await;
+    assert!(msg.contains("unsupported protocol version 9"), "{msg}");
+    // (c) An unknown message type: the reply echoes the frame's request id.
+    let (req, msg) =
+        expect_error_then_close(addr, &header(6, PROTOCOL_VERSION, 99, 77), false, ErrorCode::BadFrame).await;
+    assert!(msg.contains("unknown message type 99"), "{msg}");
+    assert_eq!(req, 77);
+    // A payload that does not decode as a Hello.
+    let mut bad = header(6 + 3, PROTOCOL_VERSION, 1, 78);
+    bad.extend([0xff, 0xff, 0xff]);
+    let (req, _) = expect_error_then_close(addr, &bad, false, ErrorCode::BadFrame).await;
+    assert_eq!(req, 78);
+    // (d) Half a frame, then the client closes.
+    let hello = frame(&Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 8).hello()), 1);
+    let (_, msg) = expect_error_then_close(addr, &hello[..hello.len() / 2], true, ErrorCode::BadFrame).await;
+    assert!(msg.contains("stream ended inside a frame"), "{msg}");
+    // A close before any byte is a clean end: no reply.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    assert!(read_until_close(&mut tcp).await.is_empty());
+    // (e) A DraftBlock before the Hello.
+    let block = frame(&Message::DraftBlock(DraftBlock { round: 1, tokens: vec![1, 2], dists: vec![] }), 5);
+    let (req, msg) = expect_error_then_close(addr, &block, false, ErrorCode::BadRequest).await;
+    assert!(msg.contains("expected Hello"), "{msg}");
+    assert_eq!(req, 5);
+
+    // A session started after all that.
+    let after = run_edge(addr, &Run::greedy(&prompt, DraftChoice::Same, "adaptive", 24)).await;
+    assert_eq!(after.summary().tokens, expected);
+    let before = timeout(PATIENCE * 3, before).await.expect("the concurrent session finishes").unwrap();
+    assert_eq!(before, expected, "the session that ran through it all is unaffected");
+    cloud.stop().await;
+}
+
+/// Opens a session with `hello`; returns the connection, its buffer and the HelloAck.
+async fn open_session(addr: SocketAddr, hello: Hello) -> (TcpStream, BytesMut, HelloAck) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&frame(&Message::Hello(hello), 1)).await.unwrap();
+    let mut buf = BytesMut::new();
+    match read_frame(&mut tcp, &mut buf).await {
+        (1, Message::HelloAck(a)) if a.accepted => (tcp, buf, a),
+        other => panic!("expected an accepting HelloAck, got {other:?}"),
+    }
+}
+
+async fn send(tcp: &mut TcpStream, msg: Message, request_id: u32) {
+    tcp.write_all(&frame(&msg, request_id)).await.unwrap();
+}
+
+fn block(round: u32, tokens: Vec<u32>, dists: Vec<WireDist>) -> Message {
+    Message::DraftBlock(DraftBlock { round, tokens, dists })
+}
+
+/// A point mass on `id`: 8-bit level 255 of 255.
+fn point_mass(id: u32) -> WireDist {
+    WireDist { ids: vec![id], probs: vec![255], bits: 8 }
+}
+
+fn expect_error(f: (u32, Message), request_id: u32, needle: &str) {
+    match f {
+        (req, Message::ErrorReply(e)) => {
+            assert_eq!((req, e.code()), (request_id, ErrorCode::BadRequest), "{}", e.message);
+            assert!(e.message.contains(needle), "expected {needle:?} in {:?}", e.message);
+        }
+        other => panic!("expected an ErrorReply about {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
+    let cloud = Cloud::default().await;
+    let prompt = prompts()[0].clone();
+    let r = reference(&prompt, 30);
+    assert!(r[..6].iter().all(|t| !STOPS.contains(t)));
+
+    // (g) Greedy: out-of-vocabulary draft ids, then a good block continues where it was.
+    let hello = Run::greedy(&prompt, DraftChoice::Same, "fixed:2", 30).hello();
+    let (mut tcp, mut buf, ack) = open_session(cloud.addr, hello).await;
+    assert_eq!(ack.first_token, r[0]);
+    send(&mut tcp, block(1, vec![r[1], 300], vec![]), 10).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 10, "300");
+    send(&mut tcp, block(1, vec![u32::MAX], vec![]), 11).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 11, &u32::MAX.to_string());
+    // Distributions are not allowed in greedy mode.
+    send(&mut tcp, block(1, vec![r[1]], vec![point_mass(r[1])]), 12).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 12, "1 draft distributions for 1 drafted tokens");
+    send(&mut tcp, block(1, vec![r[1], r[2]], vec![]), 13).await;
+    let want = Verdict { round: 1, accepted: 2, next_token: r[3], finished: false, compute_us: 0 };
+    match read_frame(&mut tcp, &mut buf).await {
+        (13, Message::Verdict(v)) => assert_eq!(Verdict { compute_us: 0, ..v }, want),
+        other => panic!("expected the verdict, got {other:?}"),
+    }
+    // A wrong guess is corrected by the target.
+    send(&mut tcp, block(2, vec![(r[4] + 1) % 256, r[5]], vec![]), 14).await;
+    match read_frame(&mut tcp, &mut buf).await {
+        (14, Message::Verdict(v)) => assert_eq!((v.round, v.accepted, v.next_token, v.finished), (2, 0, r[4], false)),
+        other => panic!("expected the verdict, got {other:?}"),
+    }
+    // A second Hello mid-session ends it.
+    send(&mut tcp, Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:2", 30).hello()), 15).await;
+    let rest = read_until_close(&mut tcp).await;
+    assert!(matches!(&rest[..], [(15, Message::ErrorReply(e))] if e.code() == ErrorCode::BadRequest), "{rest:?}");
+
+    // (f) Rejection sampling: wrong distribution counts and bad distributions are refused,
+    // consume no randomness, and the session goes on exactly as one that never saw them.
+    let hello = Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Rejection, 5, 30).hello();
+    let (mut tcp, mut buf, _) = open_session(cloud.addr, hello.clone()).await;
+    let x = [r[1], r[2]];
+    send(&mut tcp, block(1, x.to_vec(), vec![point_mass(x[0])]), 20).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 20, "1 draft distributions for 2 drafted tokens");
+    send(&mut tcp, block(1, x.to_vec(), vec![]), 21).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 21, "0 draft distributions for 2 drafted tokens");
+    send(&mut tcp, block(1, x.to_vec(), vec![point_mass(x[0]), point_mass(300)]), 22).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 22, "draft distribution");
+    let unpacked = WireDist { ids: vec![x[0]], probs: vec![255], bits: 0 };
+    send(&mut tcp, block(1, vec![x[0]], vec![unpacked]), 23).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 23, "draft distribution");
+    let half = WireDist { ids: vec![x[0], 7], probs: vec![100, 100], bits: 8 };
+    send(&mut tcp, block(1, vec![x[0]], vec![half]), 24).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 24, "draft distribution");
+    // A drafted token its own distribution gives no mass.
+    // After the forward pass: the KV cache must be rolled back.
+    send(&mut tcp, block(1, vec![x[0]], vec![point_mass((x[0] + 1) % 256)]), 25).await;
+    expect_error(read_frame(&mut tcp, &mut buf).await, 25, "has probability 0 in its draft distribution");
+    let good = || block(1, x.to_vec(), vec![point_mass(x[0]), point_mass(x[1])]);
+    send(&mut tcp, good(), 26).await;
+    let after_errors = match read_frame(&mut tcp, &mut buf).await {
+        (26, Message::Verdict(v)) => v,
+        other => panic!("expected the verdict, got {other:?}"),
+    };
+    let (mut fresh, mut fbuf, _) = open_session(cloud.addr, hello).await;
+    send(&mut fresh, good(), 1).await;
+    let clean = match read_frame(&mut fresh, &mut fbuf).await {
+        (1, Message::Verdict(v)) => v,
+        other => panic!("expected the verdict, got {other:?}"),
+    };
+    assert!(after_errors.accepted <= 2 && (after_errors.next_token as usize) < VOCAB);
+    assert_eq!((after_errors.accepted, after_errors.next_token), (clean.accepted, clean.next_token));
+    for mut t in [tcp, fresh] {
+        send(&mut t, Message::Close(Close {}), 99).await;
+        assert!(read_until_close(&mut t).await.is_empty(), "Close ends the session without a reply");
+    }
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_each_get_their_own_output() {
+    let cloud = Cloud::default().await;
+    let addr = cloud.addr;
+    let p = prompts();
+    let runs = vec![
+        Run::greedy(&p[0], DraftChoice::Same, "fixed:4", 30),
+        Run::greedy(&p[1], DraftChoice::Independent, "adaptive", 30),
+        Run { link: FAST_LINK, ..Run::greedy(&p[2], DraftChoice::Independent, "fixed:2", 30) },
+        Run::cloud_only(&p[1], 25),
+        Run { link: FAST_LINK, ..Run::greedy(&p[0], DraftChoice::Same, "fixed:1", 17) },
+    ];
+    let expected: Vec<Vec<u32>> =
+        runs.iter().map(|r| expected_output(&reference(&r.prompt, r.max_new), r.max_new)).collect();
+    let tasks: Vec<_> = runs
+        .into_iter()
+        .map(|run| tokio::spawn(async move { run_edge(addr, &run).await.summary().tokens.clone() }))
+        .collect();
+    for (task, want) in tasks.into_iter().zip(expected) {
+        assert_eq!(timeout(PATIENCE * 3, task).await.expect("finishes").unwrap(), want);
+    }
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_with_an_error_frame_until_a_slot_frees() {
+    let cloud =
+        Cloud::start(ServerConfig { max_sessions: 1, shutdown_grace: Duration::from_secs(1), ..Default::default() })
+            .await;
+    let prompt = prompts()[0].clone();
+    let hello = Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10).hello();
+    let (mut first, _, _) = open_session(cloud.addr, hello.clone()).await;
+    // (The client sends nothing: the server never reads from a connection it refuses.)
+    let (req, msg) = expect_error_then_close(cloud.addr, &[], false, ErrorCode::Internal).await;
+    assert!(msg.contains("busy") && msg.contains("all 1 session slots"), "{msg}");
+    assert_eq!(req, 0, "the busy reply answers no frame");
+    send(&mut first, Message::Close(Close {}), 2).await;
+    assert!(read_until_close(&mut first).await.is_empty());
+    // The slot is released when the first session's task ends, just after its socket closes.
+    let mut served = false;
+    for _ in 0..100 {
+        let o = run_edge(cloud.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10)).await;
+        if let Ok(s) = &o.result {
+            assert_eq!(s.tokens, expected_output(&reference(&prompt, 10), 10));
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "the freed slot serves a new session");
+    cloud.stop().await;
+}
+
+/// Idle sessions are closed after `idle_timeout`, measured on a paused clock (no real waiting).
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let idle = Duration::from_secs(30);
+    let cloud =
+        Cloud::start(ServerConfig { idle_timeout: idle, shutdown_grace: Duration::from_secs(1), ..Default::default() })
+            .await;
+    // Before the Hello.
+    let t0 = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+    let frames = timeout(Duration::from_secs(600), read_until_close_unbounded(&mut tcp)).await.expect("closed");
+    assert!(frames.is_empty());
+    let waited = t0.elapsed();
+    assert!(waited >= idle && waited < idle * 2, "{waited:?}");
+    // Mid-session.
+    let hello = Run::greedy(&prompts()[0], DraftChoice::Same, "fixed:4", 10).hello();
+    let (mut tcp, _, _) = open_session(cloud.addr, hello).await;
+    let t0 = tokio::time::Instant::now();
+    let frames = timeout(Duration::from_secs(600), read_until_close_unbounded(&mut tcp)).await.expect("closed");
+    assert!(frames.is_empty());
+    let waited = t0.elapsed();
+    assert!(waited >= idle && waited < idle * 2, "{waited:?}");
+    cloud.stop().await;
+}
+
+/// [`read_until_close`] without its own timer (under a paused clock the caller's timer rules).
+async fn read_until_close_unbounded(tcp: &mut TcpStream) -> Vec<(u32, Message)> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        while let Some(f) = decode_frame(&mut buf).expect("valid frames") {
+            out.push(f);
+        }
+        if tcp.read_buf(&mut buf).await.expect("read") == 0 {
+            return out;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The token budget.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_cuts_the_last_round_exactly() {
+    let cloud = Cloud::default().await;
+    let prompt = prompts()[0].clone();
+    let r = reference(&prompt, 40);
+    assert!(r[..40].iter().all(|t| !STOPS.contains(t)), "this prompt's first 40 greedy tokens have no stop token");
+    for max_new in [1, 2, 5, 6, 7, 10, 13, 40] {
+        let s = run_edge(cloud.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", max_new)).await;
+        let s = s.summary();
+        let c = run_edge(cloud.addr, &Run::cloud_only(&prompt, max_new)).await;
+        assert_eq!(s.generated_tokens, max_new);
+        assert_eq!(s.tokens, r[..max_new]);
+        assert_eq!(c.summary().tokens, r[..max_new], "cloud-only truncated to the budget");
+        check_counters(s);
+        // Each full round commits 4 drafts + 1; the last commits what is left of the budget.
+        let rounds = (max_new - 1).div_ceil(5);
+        assert_eq!(s.rounds as usize, rounds, "budget {max_new}");
+        if let Some((last, full)) = s.round_records.split_last() {
+            assert!(full.iter().all(|r| (r.k, r.accepted) == (4, 4)));
+            let left = max_new - 1 - 5 * full.len();
+            assert_eq!((last.k, last.accepted), (4, left - 1), "budget {max_new}: accepted lowered to the cut");
+        }
+    }
+    // The server's own cap cuts the same way.
+    let capped =
+        Cloud::start(ServerConfig { max_new_tokens: 8, shutdown_grace: Duration::from_secs(1), ..Default::default() })
+            .await;
+    let s = run_edge(capped.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 30)).await;
+    let s = s.summary();
+    assert_eq!(s.tokens, r[..8]);
+    assert_eq!(s.round_records.iter().map(|r| r.accepted).collect::<Vec<_>>(), [4, 1]);
+    capped.stop().await;
+    cloud.stop().await;
+}
