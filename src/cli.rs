@@ -11,9 +11,9 @@ pub struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); also read from RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
-    /// Compute threads for model kernels [default: $ECSPEC_THREADS, else 1]. One thread is the
-    /// robust choice on a 2-core machine running edge and cloud in one process: fork-join
-    /// kernels stall badly when their threads compete with other work for the cores.
+    /// Compute threads for model kernels [default: $ECSPEC_THREADS, else 1; `family` training:
+    /// all cores]. One thread is the robust choice on a 2-core machine running edge and cloud in
+    /// one process: fork-join kernels stall badly when their threads compete for the cores.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -38,6 +38,11 @@ pub enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Model family: train the static draft, evolve target versions (CPU training).
+    Family {
+        #[command(subcommand)]
+        command: crate::family_cmd::FamilyCommand,
     },
 }
 
@@ -177,8 +182,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub raw: bool,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
     /// Generation mode.
     #[arg(long, value_enum, default_value = "speculative")]
     pub mode: ModeArg,
@@ -203,8 +208,8 @@ pub struct GenerateArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Most tokens per prompt.
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
     /// Draft length policy: adaptive, adaptive:KMAX or fixed:K.
     #[arg(long, default_value = "adaptive")]
     pub draft_len: String,
@@ -226,8 +231,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: String,
     /// Most sessions at once.
-    #[arg(long, default_value_t = 64)]
-    pub max_sessions: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_sessions: u32,
     /// Target version name reported to edges.
     #[arg(long, default_value = "v0")]
     pub version: String,

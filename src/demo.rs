@@ -49,7 +49,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             mode,
             draft_len: &args.draft_len,
             sampling: &args.sampling,
-            max_tokens: args.max_tokens,
+            max_tokens: args.max_tokens as usize,
             link: link_config(&args.link).ok().flatten(),
             cloud: Some(cloud.addr),
         };

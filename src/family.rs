@@ -43,14 +43,20 @@ pub fn info(f: FamilyName) -> FamilyInfo {
 /// A local path, or the registry model fetched (with progress) into the cache.
 pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBuf> {
     if let Some(p) = explicit {
-        if !p.is_file() {
+        if !p.exists() {
             anyhow::bail!("model file {} does not exist", p.display());
+        }
+        if !p.is_file() {
+            anyhow::bail!("model path {} is not a file (give the path of a .gguf file)", p.display());
         }
         return Ok(p.to_path_buf());
     }
     let cache = ecspec_weights::Cache::from_env().context("finding the model cache directory")?;
     let spec = ecspec_weights::find_model(registry_name)
-        .with_context(|| format!("`{registry_name}` is not a known model"))?;
+        .with_context(|| {
+            let known: Vec<&str> = ecspec_weights::MODELS.iter().map(|m| m.name).collect();
+            format!("`{registry_name}` is not a known model (known: {}; families: smollm2, qwen2.5-coder)", known.join(", "))
+        })?;
     let mut reporter = BarReporter::new();
     let path = ecspec_weights::fetch(spec, &cache, &mut reporter)
         .with_context(|| format!("fetching model {registry_name}"))?;

@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod family;
+mod family_cmd;
 mod profile;
 mod progress;
 mod run;
@@ -18,11 +19,18 @@ use cli::{Cli, CloudCommand, Command, GenerateArgs, ModelsCommand, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = cli
-        .threads
-        .or_else(|| std::env::var("ECSPEC_THREADS").ok().and_then(|v| v.parse().ok()))
-        .unwrap_or(1)
-        .max(1);
+    // Training runs alone: it uses every core unless told otherwise.
+    let default_threads = match cli.command {
+        Command::Family { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => 1,
+    };
+    let threads = match threads_setting(cli.threads, default_threads) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ecspec: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // candle's kernels and rayon both read this before their thread pools start.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -38,10 +46,41 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ecspec: error: {e:#}");
+            eprintln!("ecspec: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Most compute threads accepted (beyond the cores they only cost memory and stalls).
+const MAX_THREADS: usize = 256;
+
+/// The compute thread count: `--threads`, else `ECSPEC_THREADS`, else `default`.
+fn threads_setting(flag: Option<usize>, default: usize) -> Result<usize> {
+    let n = match (flag, std::env::var("ECSPEC_THREADS")) {
+        (Some(n), _) => n,
+        (None, Ok(v)) => v.trim().parse().with_context(|| format!("ECSPEC_THREADS={v:?} is not a number of threads"))?,
+        (None, Err(_)) => default,
+    };
+    if !(1..=MAX_THREADS).contains(&n) {
+        bail!("compute threads must be between 1 and {MAX_THREADS}, got {n}");
+    }
+    Ok(n)
+}
+
+/// An error and its causes on one line, leaving out a cause its parent already quotes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !last.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+        last = c;
+    }
+    out
 }
 
 async fn dispatch(cmd: Command) -> Result<()> {
@@ -51,6 +90,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Cloud { command: CloudCommand::Serve(a) } => serve(a).await,
         Command::Profile(a) => profile::run(a),
         Command::Models { command } => models(command),
+        Command::Family { command } => family_cmd::run(command),
     }
 }
 
@@ -95,7 +135,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         mode: a.mode,
         draft_len: &a.draft_len,
         sampling: &a.sampling,
-        max_tokens: a.max_tokens,
+        max_tokens: a.max_tokens as usize,
         link,
         cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
     };
@@ -109,11 +149,24 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(c) = local {
         c.stop().await;
     }
-    let summary = result?;
-    if json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        run::print_now(&format!("\n{}", run::format_summary(&summary)));
+    match result {
+        Ok(summary) if json => println!("{}", serde_json::to_string(&summary)?),
+        Ok(summary) => run::print_now(&format!("\n{}", run::format_summary(&summary))),
+        Err(e) => {
+            // What was committed before the failure is kept: streamed already, or in the JSON.
+            if json {
+                let partial = serde_json::json!({
+                    "error": format!("{:#}", e.error),
+                    "text": e.partial_text,
+                    "tokens": e.partial_tokens,
+                    "generated_tokens": e.partial_tokens.len(),
+                });
+                println!("{partial}");
+            } else if !e.partial_tokens.is_empty() {
+                println!();
+            }
+            return Err(e.error);
+        }
     }
     Ok(())
 }
@@ -131,7 +184,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         &model.base_hash[..12],
         &model.vocab_hash[..12]
     );
-    let config = ecspec_cloud::ServerConfig { max_sessions: a.max_sessions, ..Default::default() };
+    let config = ecspec_cloud::ServerConfig { max_sessions: a.max_sessions as usize, ..Default::default() };
     let server = ecspec_cloud::CloudServer::new(model, config);
     let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     ecspec_cloud::serve(listener, server, async {

@@ -21,8 +21,20 @@ pub struct ModelProfile {
     pub prefill_tok_s: f64,
     /// Decode throughput, single-token steps at ~130 positions (tokens/s), median.
     pub decode_tok_s: f64,
-    /// (K, ms for one forward pass over K tokens, ms for K single-token passes), medians.
-    pub verify_ms: Vec<(usize, f64, f64)>,
+    /// Verification cost per draft length, medians.
+    pub verify: Vec<VerifyCost>,
+}
+
+/// What verifying K drafted tokens costs the target: one forward pass over K + 1 positions
+/// (the last committed token and the K drafts), against K + 1 one-token passes.
+#[derive(Debug, Serialize)]
+pub struct VerifyCost {
+    /// Draft length K.
+    pub k: usize,
+    /// One pass over K + 1 positions (ms).
+    pub block_ms: f64,
+    /// K + 1 one-token passes (ms).
+    pub stepwise_ms: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,7 +61,7 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
         decode.push(32.0 / t0.elapsed().as_secs_f64());
         let base = s.kv_len();
         for (j, &k) in ks.iter().enumerate() {
-            let toks: Vec<u32> = (0..k as u32).map(|i| 400 + i).collect();
+            let toks: Vec<u32> = (0..=k as u32).map(|i| 400 + i).collect();
             let t0 = Instant::now();
             s.forward(&toks, LogitsFor::All)?;
             block[j].push(t0.elapsed().as_secs_f64() * 1e3);
@@ -67,7 +79,11 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
         threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
         prefill_tok_s: median(prefill),
         decode_tok_s: median(decode),
-        verify_ms: ks.iter().enumerate().map(|(j, &k)| (k, median(block[j].clone()), median(single[j].clone()))).collect(),
+        verify: ks
+            .iter()
+            .enumerate()
+            .map(|(j, &k)| VerifyCost { k, block_ms: median(block[j].clone()), stepwise_ms: median(single[j].clone()) })
+            .collect(),
     })
 }
 
@@ -88,8 +104,15 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                 "{:<30} threads {}  prefill {:>7.1} tok/s  decode {:>6.1} tok/s",
                 p.model, p.threads, p.prefill_tok_s, p.decode_tok_s
             );
-            for (k, b, s) in &p.verify_ms {
-                println!("    verify K={k:<2}: one pass {b:>8.1} ms   {k} single passes {s:>8.1} ms");
+            for v in &p.verify {
+                println!(
+                    "    verify K={:<2}: one pass over {:>2} positions {:>8.1} ms   vs {:>2} one-token passes {:>8.1} ms",
+                    v.k,
+                    v.k + 1,
+                    v.block_ms,
+                    v.k + 1,
+                    v.stepwise_ms
+                );
             }
         }
         out.push(p);

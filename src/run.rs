@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary};
 use ecspec_link::{emulate, LinkConfig, LinkOptions};
-use ecspec_model::{ChatMessage, Role, Session, TextStream};
+use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
 use ecspec_spec::policy::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
@@ -74,10 +74,22 @@ pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
     Ok((params, rule))
 }
 
-/// The link configuration from the command line (None: `--no-link`).
+/// The link configuration from the command line. `--no-link` still passes the bytes through
+/// the link (at 1 Tbit/s and no delay, i.e. no emulation) so they are counted in one place.
 pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
     if args.no_link {
-        return Ok(None);
+        let shaped = args.link_up_mbps.is_some()
+            || args.link_down_mbps.is_some()
+            || args.rtt_ms.is_some()
+            || args.link_trace_up.is_some()
+            || args.link_trace_down.is_some();
+        if shaped {
+            bail!("--no-link cannot be combined with link settings (--link-*, --rtt-ms)");
+        }
+        return Ok(Some(LinkConfig::constant(1e6, 1e6, 0.0).context("the unshaped link")?));
+    }
+    if args.link_trace_up.is_some() != args.link_trace_down.is_some() {
+        bail!("give both --link-trace-up and --link-trace-down (a trace for each direction)");
     }
     let opts = LinkOptions {
         up_mbps: args.link_up_mbps,
@@ -90,42 +102,25 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
     Ok(Some(LinkConfig::from_options(&opts).context("invalid link settings")?))
 }
 
-/// Token ids of a user prompt (chat template applied unless `raw`).
+/// Token ids of a user prompt (chat template applied unless `raw`). Control tokens come only
+/// from the template's markup, never from what the user typed.
+///
+/// # Errors
+/// An empty prompt, or one that leaves no room in the draft's context window.
 pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty");
     }
     let m = &loaded.edge_model;
-    let text = match (&m.chat_template, raw) {
-        (Some(t), false) => t.render(&[ChatMessage { role: Role::User, content: prompt.to_string() }], true),
-        _ => prompt.to_string(),
+    let msgs = [ChatMessage { role: Role::User, content: prompt.to_string() }];
+    let ids = match (&m.chat_template, raw) {
+        (Some(t), false) => encode_chat(&m.tokenizer, &t.render_parts(&msgs, true))?,
+        _ => m.tokenizer.encode(prompt, false)?,
     };
-    // Control tokens are parsed only from the template's own markers, never from user text.
-    let ids = if raw { m.tokenizer.encode(&text, false)? } else { encode_chat(m, &text)? };
-    Ok(ids)
-}
-
-/// Encodes a rendered chat prompt: the template's `<|im_start|>`/`<|im_end|>` markers become
-/// control tokens, while anything the user typed is tokenized as plain text.
-fn encode_chat(m: &ecspec_model::LoadedModel, text: &str) -> Result<Vec<u32>> {
-    let tk = &m.tokenizer;
-    let mut ids = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let next = ["<|im_start|>", "<|im_end|>"].iter().filter_map(|mk| rest.find(mk).map(|i| (i, *mk))).min();
-        match next {
-            Some((i, mk)) => {
-                if i > 0 {
-                    ids.extend(tk.encode(&rest[..i], false)?);
-                }
-                ids.push(tk.token_id(mk).with_context(|| format!("the vocabulary has no {mk} token"))?);
-                rest = &rest[i + mk.len()..];
-            }
-            None => {
-                ids.extend(tk.encode(rest, false)?);
-                rest = "";
-            }
-        }
+    // Leave room for generation and one round of drafts.
+    let window = loaded.draft.transformer.config().context_length;
+    if ids.len() + 64 >= window {
+        bail!("the prompt is {} tokens; the model's context window is {window} (including the answer)", ids.len());
     }
     Ok(ids)
 }
@@ -146,12 +141,46 @@ pub struct RunSpec<'a> {
     pub cloud: Option<SocketAddr>,
 }
 
+/// A failed generation, with what was committed before the failure (never lost).
+#[derive(Debug)]
+pub struct RunError {
+    /// What went wrong.
+    pub error: anyhow::Error,
+    /// Tokens committed before the failure.
+    pub partial_tokens: Vec<u32>,
+    /// Their text.
+    pub partial_text: String,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<anyhow::Error> for RunError {
+    fn from(error: anyhow::Error) -> Self {
+        Self { error, partial_tokens: Vec::new(), partial_text: String::new() }
+    }
+}
+
 /// Runs one generation; `echo` receives committed text as it is committed.
-pub async fn run_one(loaded: &Loaded, prompt: Vec<u32>, spec: RunSpec<'_>, echo: &mut (dyn FnMut(&str) + Send)) -> Result<Summary> {
-    let (params, rule) = sampling(spec.sampling)?;
+///
+/// # Errors
+/// A [`RunError`] holding the tokens committed before the failure.
+pub async fn run_one(
+    loaded: &Loaded,
+    prompt: Vec<u32>,
+    spec: RunSpec<'_>,
+    echo: &mut (dyn FnMut(&str) + Send),
+) -> Result<Summary, RunError> {
     let tokenizer = loaded.edge_model.tokenizer.clone();
     let mut stream = TextStream::default();
+    let mut partial = Vec::new();
     let mut on_commit = |ids: &[u32]| {
+        partial.extend_from_slice(ids);
         for &id in ids {
             let s = stream.push(&tokenizer, id);
             if !s.is_empty() {
@@ -159,6 +188,31 @@ pub async fn run_one(loaded: &Loaded, prompt: Vec<u32>, spec: RunSpec<'_>, echo:
             }
         }
     };
+    let result = run_inner(loaded, prompt, spec, &mut on_commit).await;
+    match result {
+        Ok(mut summary) => {
+            let tail = stream.finish();
+            if !tail.is_empty() {
+                echo(&tail);
+            }
+            summary.text = tokenizer.decode(&summary.tokens);
+            Ok(summary)
+        }
+        Err(error) => {
+            let partial_text = tokenizer.decode(&partial);
+            Err(RunError { error, partial_tokens: partial, partial_text })
+        }
+    }
+}
+
+async fn run_inner(
+    loaded: &Loaded,
+    prompt: Vec<u32>,
+    spec: RunSpec<'_>,
+    on_commit: &mut (dyn FnMut(&[u32]) + Send),
+) -> Result<Summary> {
+    let (params, rule) = sampling(spec.sampling)?;
+    let tokenizer = loaded.edge_model.tokenizer.clone();
     let drafter = || {
         Drafter::new(
             Session::new(loaded.draft.transformer.clone()),
@@ -169,8 +223,8 @@ pub async fn run_one(loaded: &Loaded, prompt: Vec<u32>, spec: RunSpec<'_>, echo:
         let mut d = drafter();
         let stops = tokenizer.stop_tokens().to_vec();
         let p = prompt.clone();
-        let (tokens, ttft, total) = tokio::task::block_in_place(|| generate_edge_only(&mut d, &p, spec.max_tokens, &stops, &mut on_commit))?;
-        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total, rule));
+        let (tokens, ttft, total) = tokio::task::block_in_place(|| generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit))?;
+        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
     }
     let addr = spec.cloud.context("no cloud address")?;
     let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to the cloud at {addr}"))?;
@@ -189,20 +243,16 @@ pub async fn run_one(loaded: &Loaded, prompt: Vec<u32>, spec: RunSpec<'_>, echo:
         mode,
         policy: parse_policy(spec.draft_len).context("invalid --draft-len")?,
         timeout: Duration::from_secs(120),
+        vocab_size: tokenizer.vocab_size(),
     };
     let d = (mode == Mode::Speculative).then(drafter);
-    let mut summary = match spec.link {
+    let summary = match spec.link {
         Some(link) => {
             let (s, counters) = emulate(tcp, link).await;
-            generate(s, Some(counters), cfg, d, prompt, &mut on_commit).await?
+            generate(s, Some(counters), cfg, d, prompt, on_commit).await?
         }
-        None => generate(tcp, None, cfg, d, prompt, &mut on_commit).await?,
+        None => generate(tcp, None, cfg, d, prompt, on_commit).await?,
     };
-    let tail = stream.finish();
-    if !tail.is_empty() {
-        echo(&tail);
-    }
-    summary.text = tokenizer.decode(&summary.tokens);
     Ok(summary)
 }
 
@@ -212,7 +262,6 @@ fn edge_only_summary(
     tokens: Vec<u32>,
     ttft: Duration,
     total: Duration,
-    rule: VerifyRule,
 ) -> Summary {
     let n = tokens.len();
     Summary {
@@ -236,7 +285,7 @@ fn edge_only_summary(
         uplink_bytes_per_token: 0.0,
         downlink_bytes_per_token: 0.0,
         mode: Mode::EdgeOnly.as_str().into(),
-        verify: rule.name().into(),
+        verify: "none".into(),
         draft_len: "none".into(),
         model_family: loaded.info.wire_name.into(),
         target_version: "none".into(),
@@ -262,10 +311,14 @@ pub fn format_summary(s: &Summary) -> String {
         "generated tokens {:>6}   rounds {:>5}   target forward passes {:>5}\n",
         s.generated_tokens, s.rounds, s.target_forward_passes
     ));
-    o.push_str(&format!(
-        "mean accepted tokens {:.2}/round   acceptance rate {:.3} ({} of {} drafted)\n",
-        s.mean_accepted_tokens, s.acceptance_rate, s.accepted_tokens, s.drafted_tokens
-    ));
+    if s.drafted_tokens > 0 {
+        o.push_str(&format!(
+            "mean accepted tokens {:.2}/round   acceptance rate {:.3} ({} of {} drafted)\n",
+            s.mean_accepted_tokens, s.acceptance_rate, s.accepted_tokens, s.drafted_tokens
+        ));
+    } else if s.rounds > 0 {
+        o.push_str(&format!("mean accepted tokens {:.2}/round   acceptance rate n/a (nothing drafted)\n", s.mean_accepted_tokens));
+    }
     o.push_str(&format!(
         "goodput {:.1} tok/s   TTFT {:.3} s   TPOT {:.4} s   total {:.2} s   drafting {:.2} s\n",
         s.goodput_tok_s, s.ttft_s, s.tpot_s, s.total_s, s.draft_s

@@ -35,7 +35,15 @@ fn refuse(code: ErrorCode, message: String) -> Refusal {
 }
 
 fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
+    h.char_indices().nth(12).map_or(h, |(i, _)| &h[..i])
+}
+
+/// A peer-supplied name, cut for echoing back in a refusal.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// Checks a [`Hello`] against the served model. `max_new_cap` bounds the token budget.
@@ -55,11 +63,11 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
     if h.model_family != m.family {
         return Err(refuse(
             ErrorCode::IncompatibleDraft,
-            format!("the draft is for model family `{}`, this cloud serves `{}`", h.model_family, m.family),
+            format!("the draft is for model family `{}`, this cloud serves `{}`", clip(&h.model_family), m.family),
         ));
     }
     let kind = DraftKind::parse(&h.draft_kind).ok_or_else(|| {
-        refuse(ErrorCode::BadRequest, format!("unknown draft kind `{}` (independent, shared-backbone)", h.draft_kind))
+        refuse(ErrorCode::BadRequest, format!("unknown draft kind `{}` (independent, shared-backbone)", clip(&h.draft_kind)))
     })?;
     let (expected, what) = match kind {
         DraftKind::SharedBackbone => (&m.base_hash, "base weights"),
@@ -82,7 +90,9 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
         Ok(VerifyMode::Rejection) => VerifyRule::Rejection,
         _ => return Err(refuse(ErrorCode::BadRequest, format!("unknown verification mode {}", h.verify_mode))),
     };
-    let params = SamplingParams { temperature: h.temperature, top_p: h.top_p, top_k: h.top_k as usize, seed: h.seed };
+    // proto3 leaves an unset top_p at 0, which the schema defines as "off".
+    let top_p = if h.top_p == 0.0 { 1.0 } else { h.top_p };
+    let params = SamplingParams { temperature: h.temperature, top_p, top_k: h.top_k as usize, seed: h.seed };
     params.validate().map_err(|e| refuse(ErrorCode::BadRequest, format!("sampling settings: {e}")))?;
     if h.prompt.is_empty() {
         return Err(refuse(ErrorCode::BadRequest, "the prompt is empty".into()));

@@ -6,7 +6,7 @@
 //! - [`check_hello`]: the handshake check (protocol version, family, base or vocabulary hash,
 //!   settings), pure.
 //! - [`TargetSession`]: one session's target KV cache; prefill, then one forward pass over
-//!   K + 1 positions per round and the verification rule of DESIGN.md §4.
+//!   K + 1 positions per round and the verification rule of design.md §4.
 //! - [`serve`]: the accept loop; one task per connection, compute on blocking threads. A
 //!   connection from loopback may open with `SetVersion` instead of `Hello` to switch the
 //!   active version ([`set_version`] is the client side).

@@ -22,8 +22,12 @@ use crate::target::{RoundError, RoundOutcome, TargetSession};
 /// Server limits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Sessions served at once; further connections get a `Busy`-style error and are closed.
+    /// Sessions served at once; a Hello beyond them gets a "busy" error and a close.
     pub max_sessions: usize,
+    /// Connections that have not opened a session yet; more get a "busy" error at once.
+    pub max_pending: usize,
+    /// A connection must send its first whole frame within this time.
+    pub handshake_timeout: Duration,
     /// A session with no frame for this long is closed.
     pub idle_timeout: Duration,
     /// Cap on any session's token budget.
@@ -36,7 +40,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_sessions: 64,
-            idle_timeout: Duration::from_secs(300),
+            max_pending: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             max_new_tokens: 4096,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -51,15 +57,21 @@ pub struct CloudServer {
     config: ServerConfig,
     /// Session ids handed out so far.
     next_session: AtomicU64,
-    /// One permit per live session.
+    /// One permit per live session, taken once its Hello is accepted (so idle sockets that
+    /// never open a session cannot lock real sessions out).
     slots: Arc<Semaphore>,
+    /// One permit per connection still before its handshake.
+    pending: Arc<Semaphore>,
 }
 
 impl CloudServer {
     /// A server for `model`.
     pub fn new(model: CloudModel, config: ServerConfig) -> Arc<Self> {
-        let slots = Arc::new(Semaphore::new(config.max_sessions));
-        Arc::new(Self { model: Arc::new(model), config, next_session: AtomicU64::new(1), slots })
+        // tokio caps a semaphore's permits; more sessions than that could never be served anyway.
+        let cap = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let slots = Arc::new(Semaphore::new(cap(config.max_sessions)));
+        let pending = Arc::new(Semaphore::new(cap(config.max_pending)));
+        Arc::new(Self { model: Arc::new(model), config, next_session: AtomicU64::new(1), slots, pending })
     }
 
     /// The served model.
@@ -144,7 +156,7 @@ pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: im
                     backoff = Duration::from_millis(10);
                     let _ = stream.set_nodelay(true);
                     let server = server.clone();
-                    match server.slots.clone().try_acquire_owned() {
+                    match server.pending.clone().try_acquire_owned() {
                         Ok(permit) => {
                             sessions.spawn(async move {
                                 if let Err(e) = handle_connection(stream, server, permit).await {
@@ -153,7 +165,11 @@ pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: im
                             });
                         }
                         Err(_) => {
-                            sessions.spawn(refuse_busy(stream, server.config.max_sessions));
+                            let m = format!(
+                                "the server is busy: {} connections are waiting to open a session",
+                                server.config.max_pending
+                            );
+                            sessions.spawn(refuse_busy(stream, m));
                         }
                     }
                 }
@@ -171,12 +187,9 @@ pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: im
     }
 }
 
-async fn refuse_busy(stream: TcpStream, max: usize) {
+async fn refuse_busy(stream: TcpStream, message: String) {
     let mut conn = Connection::new(stream);
-    let msg = Message::ErrorReply(ErrorReply {
-        code: ErrorCode::Internal as i32,
-        message: format!("the server is busy: all {max} session slots are taken"),
-    });
+    let msg = Message::ErrorReply(ErrorReply { code: ErrorCode::Internal as i32, message });
     // Request id 0: this reply answers no frame (the connection's frames are never read).
     let _ = conn.reply(&msg, 0).await;
     let _ = conn.shutdown().await;
@@ -234,13 +247,13 @@ fn dist_from_wire(d: &ecspec_proto::CompactDist, vocab: usize) -> Result<Compact
 async fn handle_connection(
     stream: TcpStream,
     server: Arc<CloudServer>,
-    _permit: OwnedSemaphorePermit,
+    pending: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn = Connection::new(stream);
     let idle = Some(server.config.idle_timeout);
     let model = server.model.clone();
-    let (req, hello) = match conn.read_message(idle).await {
+    let (req, hello) = match conn.read_message(Some(server.config.handshake_timeout)).await {
         Ok(Some((req, Message::Hello(h)))) => (req, h),
         Ok(Some((req, Message::SetVersion(v)))) => return manage(&mut conn, &server, peer, req, v).await,
         Ok(Some((req, other))) => {
@@ -275,6 +288,12 @@ async fn handle_connection(
             return Ok(());
         }
     };
+    let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
+        let m = format!("the server is busy: all {} session slots are taken", server.config.max_sessions);
+        conn.reply(&error_reply(ErrorCode::Internal, m), req).await?;
+        return Ok(());
+    };
+    drop(pending);
     let started = {
         let (m, prompt, stops, p) = (version.transformer.clone(), hello.prompt, model.stop_tokens.clone(), plan.clone());
         tokio::task::spawn_blocking(move || TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens))

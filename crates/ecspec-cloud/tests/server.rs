@@ -205,6 +205,7 @@ impl Run {
             mode: self.mode,
             policy: parse_policy(self.policy).unwrap(),
             timeout: PATIENCE,
+            vocab_size: d.transformer.config().vocab_size,
         }
     }
 
@@ -1114,10 +1115,10 @@ async fn a_full_server_refuses_with_an_error_frame_until_a_slot_frees() {
     let prompt = prompts()[0].clone();
     let hello = Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10).hello();
     let (mut first, _, _) = open_session(cloud.addr, hello.clone()).await;
-    // (The client sends nothing: the server never reads from a connection it refuses.)
-    let (req, msg) = expect_error_then_close(cloud.addr, &[], false, ErrorCode::Internal).await;
+    // A slot is taken only by an accepted Hello, so the refusal answers the second Hello.
+    let (req, msg) = expect_error_then_close(cloud.addr, &frame(&Message::Hello(hello.clone()), 9), false, ErrorCode::Internal).await;
     assert!(msg.contains("busy") && msg.contains("all 1 session slots"), "{msg}");
-    assert_eq!(req, 0, "the busy reply answers no frame");
+    assert_eq!(req, 9, "the busy reply answers the Hello");
     send(&mut first, Message::Close(Close {}), 2).await;
     assert!(read_until_close(&mut first).await.is_empty());
     // The slot is released when the first session's task ends, just after its socket closes.
@@ -1138,17 +1139,21 @@ async fn a_full_server_refuses_with_an_error_frame_until_a_slot_frees() {
 /// Idle sessions are closed after `idle_timeout`, measured on a paused clock (no real waiting).
 #[tokio::test(start_paused = true)]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
-    let idle = Duration::from_secs(30);
-    let cloud =
-        Cloud::start(ServerConfig { idle_timeout: idle, shutdown_grace: Duration::from_secs(1), ..Default::default() })
-            .await;
-    // Before the Hello.
+    let (idle, handshake) = (Duration::from_secs(30), Duration::from_secs(5));
+    let cloud = Cloud::start(ServerConfig {
+        idle_timeout: idle,
+        handshake_timeout: handshake,
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    // Before the Hello: the handshake deadline, not the idle timeout, applies.
     let t0 = tokio::time::Instant::now();
     let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
     let frames = timeout(Duration::from_secs(600), read_until_close_unbounded(&mut tcp)).await.expect("closed");
     assert!(frames.is_empty());
     let waited = t0.elapsed();
-    assert!(waited >= idle && waited < idle * 2, "{waited:?}");
+    assert!(waited >= handshake && waited < handshake * 2, "{waited:?}");
     // Mid-session.
     let hello = Run::greedy(&prompts()[0], DraftChoice::Same, "fixed:4", 10).hello();
     let (mut tcp, _, _) = open_session(cloud.addr, hello).await;

@@ -57,7 +57,7 @@ impl DecayingLineFit {
     }
 }
 
-/// The edge's running estimate of every term of T_round(K) (DESIGN.md §2).
+/// The edge's running estimate of every term of T_round(K) (design.md §2).
 #[derive(Debug, Clone)]
 pub struct RoundEstimator {
     /// EWMA of drafting time per token (s).

@@ -59,6 +59,8 @@ pub struct EdgeConfig {
     pub policy: Box<dyn DraftLengthPolicy>,
     /// How long to wait for any cloud frame.
     pub timeout: Duration,
+    /// The edge's vocabulary size; the cloud's must match and every token it sends must fit.
+    pub vocab_size: usize,
 }
 
 /// One round as the edge saw it.
@@ -125,7 +127,7 @@ pub struct Summary {
     pub downlink_bytes_per_token: f64,
     /// Mode name.
     pub mode: String,
-    /// Verification rule name.
+    /// Verification rule name (`none` when nothing is verified: cloud-only, edge-only).
     pub verify: String,
     /// Draft-length policy name.
     pub draft_len: String,
@@ -218,7 +220,8 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         top_k: cfg.params.top_k as u32,
         seed: cfg.params.seed,
         verify_mode: verify_mode(cfg.rule) as i32,
-        max_new_tokens: cfg.max_new_tokens as u32,
+        max_new_tokens: u32::try_from(cfg.max_new_tokens)
+            .map_err(|_| EdgeError::Protocol(format!("max_new_tokens {} does not fit the protocol's 32 bits", cfg.max_new_tokens)))?,
         prompt: prompt.clone(),
         autoregressive: cfg.mode == Mode::CloudOnly,
     };
@@ -236,7 +239,18 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         None => return Err(EdgeError::Protocol("the cloud closed the connection during the handshake".into())),
     };
     if !ack.accepted {
-        return Err(EdgeError::Refused(ack.reason));
+        let reason = if ack.reason.is_empty() { "(no reason given)".to_string() } else { ack.reason };
+        return Err(EdgeError::Refused(reason));
+    }
+    let vocab = cfg.vocab_size;
+    if ack.vocab_size as usize != vocab {
+        return Err(EdgeError::Protocol(format!(
+            "the cloud's vocabulary has {} tokens, the edge's {vocab}",
+            ack.vocab_size
+        )));
+    }
+    if ack.first_token as usize >= vocab {
+        return Err(EdgeError::Protocol(format!("first token {} is outside the vocabulary", ack.first_token)));
     }
     let ttft = t_start.elapsed();
     let mut committed = prompt.clone();
@@ -275,6 +289,12 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             None => return Err(EdgeError::Protocol("the cloud closed the connection mid-generation".into())),
         };
         let wait = t_send.elapsed();
+        if v.round != round {
+            return Err(EdgeError::Protocol(format!("verdict for round {}, expected round {round}", v.round)));
+        }
+        if v.next_token as usize >= vocab {
+            return Err(EdgeError::Protocol(format!("next token {} is outside the vocabulary", v.next_token)));
+        }
         let a = v.accepted as usize;
         if a > k {
             return Err(EdgeError::Protocol(format!("verdict accepts {a} of {k} drafted tokens")));
@@ -334,7 +354,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
         downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
         mode: cfg.mode.as_str().into(),
-        verify: cfg.rule.name().into(),
+        verify: if speculative { cfg.rule.name().into() } else { "none".into() },
         draft_len: if speculative { cfg.policy.name() } else { "none".into() },
         model_family: std::mem::take(&mut cfg.family),
         target_version: ack.target_version,

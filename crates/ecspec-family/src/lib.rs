@@ -1,4 +1,4 @@
-//! Shared-backbone model families (DESIGN.md §5): one frozen base, one static edge draft built
+//! Shared-backbone model families (design.md §5): one frozen base, one static edge draft built
 //! on it, and target versions that are LoRA adapters on the base.
 //!
 //! - [`FamilyManifest`]: the TOML file describing a family (format in

@@ -75,7 +75,7 @@ pub enum FrozenPart {
 }
 
 impl FrozenPart {
-    /// All parts; the shared-backbone contract of DESIGN.md §5 needs every one frozen.
+    /// All parts; the shared-backbone contract of design.md §5 needs every one frozen.
     pub const ALL: [FrozenPart; 4] = [Self::Embedding, Self::FinalNorm, Self::LmHead, Self::BaseLayers];
 
     fn as_str(self) -> &'static str {

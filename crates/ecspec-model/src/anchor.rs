@@ -1,4 +1,4 @@
-//! The shared-backbone draft's anchor layer (DESIGN.md §5) as a file: one decoder layer's
+//! The shared-backbone draft's anchor layer (design.md §5) as a file: one decoder layer's
 //! tensors in safetensors format, so a trained anchor ships apart from the base GGUF.
 //!
 //! Tensor names are the GGUF suffixes after `blk.{i}.` ([`layer_tensors`]): `attn_norm.weight`,

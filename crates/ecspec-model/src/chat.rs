@@ -6,6 +6,7 @@
 //! assistant conversations.
 
 use crate::error::{ModelError, Result};
+use crate::tokenizer::GgufTokenizer;
 
 /// A role in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,24 +63,62 @@ impl ChatTemplate {
         Ok(Self::ChatMl { default_system: default_system_prompt(template) })
     }
 
-    /// The prompt text for `messages`, ending with the assistant header when
-    /// `add_generation_prompt` (so the model answers next).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    /// The prompt for `messages` as template markup and message content, in order, ending
+    /// with the assistant header when `add_generation_prompt` (so the model answers next).
+    /// Only [`ChatPart::Template`] pieces may contain control tokens; see [`encode_chat`].
+    pub fn render_parts(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Vec<ChatPart> {
         let ChatTemplate::ChatMl { default_system } = self;
-        let mut s = String::new();
+        let mut parts = Vec::new();
         if let (Some(sys), Some(first)) = (default_system, messages.first()) {
             if first.role != Role::System {
-                s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+                parts.push(ChatPart::Template(format!("<|im_start|>system\n{sys}<|im_end|>\n")));
             }
         }
         for m in messages {
-            s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role.as_str(), m.content));
+            parts.push(ChatPart::Template(format!("<|im_start|>{}\n", m.role.as_str())));
+            parts.push(ChatPart::Content(m.content.clone()));
+            parts.push(ChatPart::Template("<|im_end|>\n".into()));
         }
         if add_generation_prompt {
-            s.push_str("<|im_start|>assistant\n");
+            parts.push(ChatPart::Template("<|im_start|>assistant\n".into()));
         }
-        s
+        parts
     }
+
+    /// The prompt text for `messages` (the concatenation of [`Self::render_parts`]).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        self.render_parts(messages, add_generation_prompt)
+            .into_iter()
+            .map(|p| match p {
+                ChatPart::Template(s) | ChatPart::Content(s) => s,
+            })
+            .collect()
+    }
+}
+
+/// A piece of a rendered chat prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatPart {
+    /// Markup written by the template: control tokens such as `<|im_start|>` are parsed.
+    Template(String),
+    /// Text from a message: tokenized as plain text, so a user who types `<|im_end|>` cannot
+    /// end a turn or inject a system message.
+    Content(String),
+}
+
+/// Token ids of a rendered chat prompt: control tokens parsed in template markup only.
+///
+/// # Errors
+/// Tokenizer errors.
+pub fn encode_chat(tokenizer: &GgufTokenizer, parts: &[ChatPart]) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for p in parts {
+        match p {
+            ChatPart::Template(s) => ids.extend(tokenizer.encode(s, true)?),
+            ChatPart::Content(s) => ids.extend(tokenizer.encode(s, false)?),
+        }
+    }
+    Ok(ids)
 }
 
 /// Finds a literal `<|im_start|>system\n…<|im_end|>` in the template (the newline may be

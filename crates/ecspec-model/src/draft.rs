@@ -1,6 +1,6 @@
 //! The two kinds of edge draft behind one interface (a [`Transformer`] run in a
 //! [`crate::Session`]): an independent small model, or a shared-backbone draft built from the
-//! target family's frozen base (DESIGN.md §5).
+//! target family's frozen base (design.md §5).
 
 use std::sync::Arc;
 

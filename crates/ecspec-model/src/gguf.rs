@@ -115,7 +115,7 @@ impl Metadata {
 }
 
 /// Tensor types candle's CPU kernels run without SIMD; converted to Q8_0 at load so that
-/// matrix products use the AVX2/AVX-512 paths (DESIGN.md §7: Q4_1 at 23 tok/s vs 62–68 after
+/// matrix products use the AVX2/AVX-512 paths (design.md §7: Q4_1 at 23 tok/s vs 62–68 after
 /// conversion on SmolLM2-135M).
 const CONVERT_TO_Q8_0: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
 

@@ -34,7 +34,7 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;
 
-pub use chat::{ChatMessage, ChatTemplate, Role};
+pub use chat::{encode_chat, ChatMessage, ChatPart, ChatTemplate, Role};
 pub use config::{Architecture, ModelConfig};
 pub use draft::{Draft, DraftKind, DraftSpec};
 pub use error::{ModelError, Result};

@@ -9,7 +9,7 @@ use crate::gguf::GgufFile;
 use crate::tokenizer::GgufTokenizer;
 use crate::transformer::Transformer;
 
-/// The frozen tensors that name a base model: embedding, final norm and LM head (DESIGN.md
+/// The frozen tensors that name a base model: embedding, final norm and LM head (design.md
 /// §5: these never change across the versions of a family).
 const BASE_TENSORS: [&str; 3] = ["token_embd.weight", "output_norm.weight", "output.weight"];
 

@@ -303,7 +303,7 @@ impl Transformer {
         self.lora.iter().any(Option::is_some)
     }
 
-    /// The shared-backbone draft of DESIGN.md §5: the base's frozen embedding, its first
+    /// The shared-backbone draft of design.md §5: the base's frozen embedding, its first
     /// `shared_layers` decoder layers, one anchor layer (here the base's last layer, or the
     /// given trained one), the base's final norm and LM head. Shares the base's weight memory.
     ///

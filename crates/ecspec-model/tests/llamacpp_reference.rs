@@ -81,6 +81,11 @@ fn chat_prompts_and_greedy_continuations_match_llama_cpp() {
             assert_eq!(text, case["prompt_text"].as_str().unwrap(), "{key}: chat template");
             let prompt = m.tokenizer.encode(&text, true).unwrap();
             assert_eq!(prompt, ids(&case["prompt_ids"]), "{key}: prompt ids");
+            // Encoding markup and content apart (so user text never yields control tokens)
+            // gives the same ids for an ordinary message.
+            let msgs = [ChatMessage { role: Role::User, content: user.into() }];
+            let parts = template.render_parts(&msgs, true);
+            assert_eq!(ecspec_model::encode_chat(&m.tokenizer, &parts).unwrap(), prompt, "{key}: chat parts");
             // Greedy decoding agrees with llama.cpp's up to the first near-tie: our Q4_1 → Q8_0
             // conversion and kernels round differently, so a step whose top-two margin (in
             // llama.cpp's logits) is under 0.5 may legitimately go the other way.

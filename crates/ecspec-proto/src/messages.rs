@@ -7,7 +7,7 @@
 
 use crate::DistError;
 
-/// How the cloud verifies drafted tokens (DESIGN.md §4). All three modes are exact: the
+/// How the cloud verifies drafted tokens (design.md §4). All three modes are exact: the
 /// committed text is distributed as the target's own output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
@@ -140,7 +140,7 @@ pub struct HelloAck {
 ///
 /// Wire meaning: `q(ids[i]) = level[i] / Σ level`, where `level[i]` is the i-th `bits`-bit
 /// value packed in `probs`; every other token has `q = 0`. Rejection stays exact only if the
-/// edge sampled its drafted token from exactly this `q` (DESIGN.md §4). Build and read the
+/// edge sampled its drafted token from exactly this `q` (design.md §4). Build and read the
 /// packing with [`CompactDist::from_levels`] and [`CompactDist::levels`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CompactDist {
@@ -199,7 +199,7 @@ pub struct Verdict {
     #[prost(bool, tag = "4")]
     pub finished: bool,
     /// Cloud compute time of this round's forward pass and verification, in microseconds
-    /// (t_v of DESIGN.md §2 as measured by the cloud).
+    /// (t_v of design.md §2 as measured by the cloud).
     #[prost(uint64, tag = "5")]
     pub compute_us: u64,
 }

@@ -1,4 +1,4 @@
-//! Online estimate of the per-token acceptance rate α (DESIGN.md §1) and running totals.
+//! Online estimate of the per-token acceptance rate α (design.md §1) and running totals.
 //!
 //! Model (the i.i.d. approximation of Leviathan et al. 2023, arXiv 2211.17192, §3.1): each
 //! drafted token is accepted with probability α given that all before it were, so a round that
@@ -164,7 +164,7 @@ impl AcceptanceEstimator {
         self.accepted + self.rounds
     }
 
-    /// Mean accepted tokens in the sense of DESIGN.md §1 (vLLM, Spec-Bench): committed tokens
+    /// Mean accepted tokens in the sense of design.md §1 (vLLM, Spec-Bench): committed tokens
     /// per verification round, `(accepted + rounds) / rounds`, 1.0 for autoregressive decoding.
     /// 0.0 before the first round.
     pub fn mean_accepted_tokens(&self) -> f64 {

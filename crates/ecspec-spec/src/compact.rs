@@ -1,6 +1,6 @@
 //! The compact draft distribution sent on the uplink in rejection mode.
 //!
-//! DESIGN.md §4; quantize-then-sample after Zhang et al., arXiv 2507.00605: the edge keeps the
+//! design.md §4; quantize-then-sample after Zhang et al., arXiv 2507.00605: the edge keeps the
 //! top-k tokens of its draft distribution q, quantises their probabilities to b-bit levels, and
 //! then *samples its draft token from that quantised distribution*. The cloud verifies against
 //! exactly the distribution it received, so rejection sampling stays exact however coarse the

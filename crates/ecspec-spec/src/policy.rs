@@ -1,6 +1,6 @@
 //! Draft-length policies: how many tokens K the edge drafts in the next round.
 //!
-//! The latency model of DESIGN.md §2:
+//! The latency model of design.md §2:
 //! - `T_round(K) = K·t_d + S_u(K)·8/R_u + RTT + t_v(K) + S_d·8/R_d` (s), with
 //!   `S_u(K) = base + per_token·K` (bytes) and `t_v(K) = a + b·K` (s);
 //! - `E[N(K)] = (1 − α^(K+1)) / (1 − α)` (K + 1 when α = 1), Leviathan et al. 2023,
@@ -18,7 +18,7 @@ pub const DEFAULT_K_MAX: usize = 8;
 /// Largest K any policy parsed by [`parse_policy`] may draft.
 pub const MAX_K: usize = 64;
 
-/// What a policy knows when choosing the next round's K (DESIGN.md §1 symbols, SI units).
+/// What a policy knows when choosing the next round's K (design.md §1 symbols, SI units).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RoundState {
     /// Per-token acceptance rate α ∈ [0, 1] (e.g. [`crate::AcceptanceEstimator::alpha`]).
@@ -101,7 +101,7 @@ impl RoundState {
 /// Expected tokens committed by a round that drafts `k` tokens, E[N(K)] (tokens).
 ///
 /// `(1 − α^(K+1)) / (1 − α)` for α < 1, `K + 1` for α = 1 (Leviathan et al. 2023,
-/// arXiv 2211.17192, eq. 1; DESIGN.md §2), evaluated as the geometric sum `Σ_{i=0..K} α^i`
+/// arXiv 2211.17192, eq. 1; design.md §2), evaluated as the geometric sum `Σ_{i=0..K} α^i`
 /// (Horner) for K ≤ 4096, which is stable as α → 1. α is clamped to [0, 1]; NaN counts as 0.
 /// E[N(0)] = 1 (a cloud-only step commits one token).
 pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
@@ -120,7 +120,7 @@ pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
     }
 }
 
-/// Wall-clock time of one round that drafts `k` tokens, T_round(K) (s), DESIGN.md §2:
+/// Wall-clock time of one round that drafts `k` tokens, T_round(K) (s), design.md §2:
 /// `K·t_d + (base + per_token·K)·8/R_u + RTT + (a + b·K) + S_d·8/R_d`.
 pub fn round_time(state: &RoundState, k: usize) -> f64 {
     let k = k as f64;
@@ -134,7 +134,7 @@ pub fn round_time(state: &RoundState, k: usize) -> f64 {
 }
 
 /// Expected goodput of drafting `k` tokens per round, `E[N(K)] / T_round(K)` (tokens/s),
-/// DESIGN.md §2.
+/// design.md §2.
 pub fn expected_goodput(state: &RoundState, k: usize) -> f64 {
     expected_tokens(state.alpha, k) / round_time(state, k)
 }
@@ -178,7 +178,7 @@ impl DraftLengthPolicy for Fixed {
 }
 
 /// Drafts the K ∈ [1, k_max] that maximises expected goodput under the current state
-/// ([`best_k`], DESIGN.md §2). A `k_max` of 0 behaves as 1.
+/// ([`best_k`], design.md §2). A `k_max` of 0 behaves as 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoodputAdaptive {
     /// Largest K considered.

@@ -1,4 +1,4 @@
-//! The three exact verification rules of DESIGN.md §4.
+//! The three exact verification rules of design.md §4.
 //!
 //! Inputs, for a round that drafted K ≥ 0 tokens `x_1..x_K`:
 //! - `draft`: the K drafted token ids;
@@ -16,7 +16,7 @@
 //! one at a time from [`target_distribution`] with the same [`SamplingParams`] (greedy: equal to
 //! the target's greedy tokens). The statistical tests in `tests/exactness.rs` check this.
 //!
-//! A K = 0 round ("no drafting", DESIGN.md §2) takes one row and returns the target's token.
+//! A K = 0 round ("no drafting", design.md §2) takes one row and returns the target's token.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,7 +43,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Tokens this round commits: `accepted + 1` (tokens/round, DESIGN.md §1 N(K)).
+    /// Tokens this round commits: `accepted + 1` (tokens/round, design.md §1 N(K)).
     pub fn committed(&self) -> usize {
         self.accepted + 1
     }
@@ -56,7 +56,7 @@ impl Verdict {
     }
 }
 
-/// Which verification rule a session uses (DESIGN.md §4).
+/// Which verification rule a session uses (design.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VerifyRule {
     /// [`verify_greedy`]: temperature 0 only; uplink carries token ids.
@@ -235,7 +235,7 @@ fn row_err(row: usize) -> impl Fn(SamplingError) -> VerifyError {
     move |source| VerifyError::Row { row, source }
 }
 
-/// Greedy verification (DESIGN.md §4, temperature 0): accept `x_i` while it equals the argmax
+/// Greedy verification (design.md §4, temperature 0): accept `x_i` while it equals the argmax
 /// of row i−1; the next token is the argmax of the row where acceptance stopped (row K if all
 /// were accepted). Ties: lowest id (see [`crate::sampling::argmax`]). Uses no randomness.
 ///
@@ -270,7 +270,7 @@ fn greedy_unchecked<R: AsRef<[f32]>>(draft: &[u32], rows: &[R]) -> Result<Verdic
     })
 }
 
-/// Match verification (DESIGN.md §4, any temperature): at each position the target samples its
+/// Match verification (design.md §4, any temperature): at each position the target samples its
 /// own token `y_i ~ p_i` with `p_i = target_distribution(row i, params)`; `x_{i+1}` is accepted
 /// while it equals `y_i`, and the next token is `y` at the row where acceptance stopped.
 ///
@@ -326,7 +326,7 @@ pub fn verify_match<R: AsRef<[f32]>>(
 ///
 /// Exact (Leviathan et al., Appendix A.1): the committed token is distributed as p, provided the
 /// drafted token really was drawn from `q` — which is why the edge samples from the quantised
-/// [`CompactDist`] it sends (DESIGN.md §4, Zhang et al., arXiv 2507.00605), not from its full
+/// [`CompactDist`] it sends (design.md §4, Zhang et al., arXiv 2507.00605), not from its full
 /// distribution. The target's top-k/top-p truncation is part of p, so p(x) = 0 for a truncated
 /// token (always rejected) and tokens with q = 0 are reached through the residual.
 ///

