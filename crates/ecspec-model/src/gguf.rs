@@ -114,10 +114,11 @@ impl Metadata {
     }
 }
 
-/// Tensor types candle's CPU kernels run without SIMD; converted to Q8_0 at load so that
-/// matrix products use the AVX2/AVX-512 paths (design.md §7: Q4_1 at 23 tok/s vs 62–68 after
-/// conversion on SmolLM2-135M).
-const CONVERT_TO_Q8_0: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+/// Tensor types converted to Q8_0 at load. Q4_1, Q5_0 and Q5_1: candle's CPU kernels run them
+/// without SIMD (docs/design.md §7). Q6_K: candle multiplies one row by another kernel than
+/// several rows, which rounds differently; a block forward would then not be bit-identical to
+/// token-by-token decoding and speculative greedy output could differ from the target's own.
+const CONVERT_TO_Q8_0: [GgmlDType; 4] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q6K];
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -152,7 +153,7 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Loads a tensor as stored, converting Q4_1/Q5_0/Q5_1 to Q8_0 (see [`CONVERT_TO_Q8_0`]).
+    /// Loads a tensor as stored, converting Q4_1/Q5_0/Q5_1/Q6_K to Q8_0 (see [`CONVERT_TO_Q8_0`]).
     /// `shape` is the expected shape in candle's (rows, cols) order, checked.
     pub fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let t = self
