@@ -51,6 +51,15 @@ pub enum Command {
 pub enum CloudCommand {
     /// Serve a target model to edge sessions over TCP.
     Serve(ServeArgs),
+    /// Make VERSION the version new sessions get on a running server (loopback only); without
+    /// VERSION, print the active version and the versions served.
+    SetVersion {
+        /// The server (host:port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+        cloud: String,
+        /// Version name from the family manifest.
+        version: Option<String>,
+    },
 }
 
 /// `ecspec models …`
@@ -140,6 +149,10 @@ pub struct ModelArgs {
     /// Base layers a shared-backbone draft reuses before its anchor layer.
     #[arg(long, default_value_t = 4)]
     pub shared_layers: usize,
+    /// A trained anchor layer for the shared-backbone draft (safetensors, as written by
+    /// `ecspec family train-draft`); without it the anchor is a copy of the base's last layer.
+    #[arg(long, value_name = "FILE")]
+    pub anchor: Option<PathBuf>,
 }
 
 /// Sampling and verification.
@@ -233,9 +246,13 @@ pub struct ServeArgs {
     /// Most sessions at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_sessions: u32,
-    /// Target version name reported to edges.
+    /// Target version name reported to edges (single-model serving).
     #[arg(long, default_value = "v0")]
     pub version: String,
+    /// Serve every version of a family manifest (TOML, see docs/family-manifest.md); the
+    /// manifest's active version is served first, `cloud set-version` switches it.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     #[command(flatten)]
     pub models: ModelArgs,
 }

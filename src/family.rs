@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ecspec_model::{Draft, DraftSpec, LoadedModel};
 
 use crate::cli::{FamilyName, ModelArgs};
@@ -97,11 +97,19 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         Some(p) => Some(load(&p)?),
         None => None,
     };
-    let spec = if info.shared_backbone {
-        DraftSpec::SharedBackbone { shared_layers: args.shared_layers }
-    } else {
-        DraftSpec::Independent
+    let draft = match (info.shared_backbone, &args.anchor) {
+        (true, anchor) => {
+            let anchor = match anchor {
+                Some(p) => Some(
+                    ecspec_model::anchor::load_anchor(p, edge_model.transformer.config())
+                        .with_context(|| format!("loading the anchor layer {}", p.display()))?,
+                ),
+                None => None,
+            };
+            Draft::shared_backbone(&edge_model, args.shared_layers, anchor).context("building the draft")?
+        }
+        (false, Some(_)) => bail!("--anchor applies to a shared-backbone draft; the {} family's draft is independent", info.wire_name),
+        (false, None) => Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?,
     };
-    let draft = Draft::build(&spec, &edge_model).context("building the draft")?;
     Ok(Loaded { info, edge_model, draft, target })
 }

@@ -88,6 +88,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo::run(a).await,
         Command::Generate(a) => generate(a).await,
         Command::Cloud { command: CloudCommand::Serve(a) } => serve(a).await,
+        Command::Cloud { command: CloudCommand::SetVersion { cloud, version } } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
         Command::Models { command } => models(command),
         Command::Family { command } => family_cmd::run(command),
@@ -171,15 +172,48 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve(a: ServeArgs) -> Result<()> {
+async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
+    let addr = tokio::net::lookup_host(cloud)
+        .await
+        .with_context(|| format!("resolving --cloud {cloud}"))?
+        .next()
+        .with_context(|| format!("--cloud {cloud} resolves to no address"))?;
+    let ack = ecspec_cloud::set_version(addr, version.as_deref().unwrap_or(""), std::time::Duration::from_secs(10)).await?;
+    println!("active version: {} (was {}) · versions served: {}", ack.active, ack.previous, ack.versions.join(", "));
+    Ok(())
+}
+
+/// The served model: every version of a manifest, or one model file.
+fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
+    if let Some(path) = &a.manifest {
+        let manifest = ecspec_family::FamilyManifest::load(path)?;
+        let base_file = match (&a.models.model, manifest.base_file()) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(family::model_path(None, family::info(a.models.family).target)?),
+        };
+        let fam = ecspec_family::Family::open(manifest, base_file.as_deref())?;
+        let versions = fam
+            .versions()
+            .iter()
+            .map(|v| ecspec_cloud::TargetVersion { name: v.spec.name.clone(), transformer: v.transformer.clone() })
+            .collect();
+        let model = ecspec_cloud::CloudModel::with_versions(&fam.manifest.name, &fam.base, versions, fam.manifest.active_version())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok((model, fam.base.name.clone()));
+    }
     let loaded = family::load_family(&a.models, true)?;
     let target = loaded.target.as_ref().context("no target model")?;
-    let model = ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target);
+    Ok((ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target), target.name.clone()))
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let (model, model_name) = cloud_model(&a)?;
     eprintln!(
-        "ecspec cloud: serving {} ({}) version {} on {} · base {}… · vocab {}…",
-        loaded.info.wire_name,
-        target.name,
-        a.version,
+        "ecspec cloud: serving {} ({model_name}) versions [{}], active {}, on {} · base {}… · vocab {}…",
+        model.family,
+        model.version_names().join(", "),
+        model.active_name(),
         a.listen,
         &model.base_hash[..12],
         &model.vocab_hash[..12]
