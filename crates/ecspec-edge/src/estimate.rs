@@ -4,12 +4,27 @@
 
 use ecspec_spec::policy::RoundState;
 
-/// Least-squares line y = a + b·x with exponential forgetting (weight λ per new sample),
-/// starting from a prior worth `prior_weight` samples at two points. Used for t_v(K) and for
-/// network time vs uplink bytes.
+/// The prior on a line's slope.
+#[derive(Debug, Clone, Copy)]
+pub enum SlopePrior {
+    /// b₀ in y-units per x-unit (e.g. seconds per uplink byte).
+    Absolute(f64),
+    /// b₀ as a fraction of the current mean of y (e.g. "each drafted token adds 15% of a
+    /// verification"): scale-free, so no guess of the absolute cost is needed.
+    RelativeToMean(f64),
+}
+
+/// Least-squares line y = a + b·x over exponentially decayed observations (weight λ_d per new
+/// sample), with a ridge prior pulling the slope towards b₀ with strength `lambda` (in units
+/// of weight × x²). Observations that all sit at nearly the same x say nothing about the
+/// slope, so the prior keeps it sane instead of fitting noise; observations spread in x
+/// outweigh it. Before any observation the line is (a₀, b₀).
 #[derive(Debug, Clone)]
 pub struct DecayingLineFit {
     decay: f64,
+    a0: f64,
+    slope: SlopePrior,
+    lambda: f64,
     sw: f64,
     sx: f64,
     sy: f64,
@@ -18,42 +33,40 @@ pub struct DecayingLineFit {
 }
 
 impl DecayingLineFit {
-    /// A fit with prior line `a + b·x` asserted at x = `x0` and x = `x1`, each with weight
-    /// `prior_weight / 2`; `decay` ∈ (0, 1] per sample.
-    pub fn new(a: f64, b: f64, x0: f64, x1: f64, prior_weight: f64, decay: f64) -> Self {
-        let mut f = Self { decay, sw: 0.0, sx: 0.0, sy: 0.0, sxx: 0.0, sxy: 0.0 };
-        for x in [x0, x1] {
-            f.add(x, a + b * x, prior_weight / 2.0);
-        }
-        f
-    }
-
-    fn add(&mut self, x: f64, y: f64, w: f64) {
-        self.sw += w;
-        self.sx += w * x;
-        self.sy += w * y;
-        self.sxx += w * x * x;
-        self.sxy += w * x * y;
+    /// A fit with prior intercept `a0` (used until the first observation), slope prior,
+    /// prior strength `lambda` ≥ 0 and `decay` ∈ (0, 1] per observation.
+    pub fn new(a0: f64, slope: SlopePrior, lambda: f64, decay: f64) -> Self {
+        Self { decay, a0, slope, lambda, sw: 0.0, sx: 0.0, sy: 0.0, sxx: 0.0, sxy: 0.0 }
     }
 
     /// Adds one observation, discounting the past by `decay`.
     pub fn observe(&mut self, x: f64, y: f64) {
         let d = self.decay;
-        self.sw *= d;
-        self.sx *= d;
-        self.sy *= d;
-        self.sxx *= d;
-        self.sxy *= d;
-        self.add(x, y, 1.0);
+        self.sw = self.sw * d + 1.0;
+        self.sx = self.sx * d + x;
+        self.sy = self.sy * d + y;
+        self.sxx = self.sxx * d + x * x;
+        self.sxy = self.sxy * d + x * y;
     }
 
-    /// Current (intercept a, slope b), slope clamped ≥ 0 and intercept ≥ 0 (times).
+    /// Current (intercept a, slope b), both clamped ≥ 0 (they are times).
     pub fn line(&self) -> (f64, f64) {
-        let var = self.sw * self.sxx - self.sx * self.sx;
-        let b = if var.abs() < 1e-12 { 0.0 } else { (self.sw * self.sxy - self.sx * self.sy) / var };
-        let b = b.max(0.0);
-        let a = ((self.sy - b * self.sx) / self.sw).max(0.0);
-        (a, b)
+        if self.sw <= 0.0 {
+            let b0 = match self.slope {
+                SlopePrior::Absolute(b) => b,
+                SlopePrior::RelativeToMean(r) => r * self.a0,
+            };
+            return (self.a0.max(0.0), b0.max(0.0));
+        }
+        let (mx, my) = (self.sx / self.sw, self.sy / self.sw);
+        let var = (self.sxx / self.sw - mx * mx).max(0.0);
+        let cov = self.sxy / self.sw - mx * my;
+        let b0 = match self.slope {
+            SlopePrior::Absolute(b) => b,
+            SlopePrior::RelativeToMean(r) => r * my,
+        };
+        let b = ((self.sw * cov + self.lambda * b0) / (self.sw * var + self.lambda).max(1e-300)).max(0.0);
+        ((my - b * mx).max(0.0), b)
     }
 }
 
@@ -76,12 +89,16 @@ pub struct RoundEstimator {
 
 impl RoundEstimator {
     /// Priors: drafting `t_draft` s/token, a 60 ms RTT and 10 Mbit/s uplink, a verification
-    /// costing `t_verify` s plus 10% per drafted token, 2-byte ids in a 14-byte frame.
+    /// costing `t_verify` s plus 15% per drafted token, 2-byte ids in a 14-byte frame. The
+    /// intercepts are replaced by the first measurements; the slopes stay near their priors
+    /// until rounds of different K spread the data.
     pub fn new(t_draft: f64, t_verify: f64) -> Self {
         Self {
             t_draft,
-            verify: DecayingLineFit::new(t_verify, 0.1 * t_verify, 0.0, 8.0, 2.0, 0.9),
-            network: DecayingLineFit::new(0.060, 8.0 / 10e6, 20.0, 200.0, 2.0, 0.9),
+            // A drafted token adds ~15% of a verification pass until spread-out K say otherwise.
+            verify: DecayingLineFit::new(t_verify, SlopePrior::RelativeToMean(0.15), 20.0, 0.9),
+            // 10 Mbit/s until rounds of different sizes say otherwise.
+            network: DecayingLineFit::new(0.060, SlopePrior::Absolute(8.0 / 10e6), 200.0, 0.9),
             up_per_token: 2.0,
             up_base: 14.0,
             down: 19.0,
@@ -135,7 +152,7 @@ mod tests {
 
     #[test]
     fn line_fit_recovers_exact_line() {
-        let mut f = DecayingLineFit::new(0.0, 0.0, 0.0, 1.0, 1e-9, 1.0);
+        let mut f = DecayingLineFit::new(0.0, SlopePrior::Absolute(0.0), 1e-9, 1.0);
         for x in 0..10 {
             f.observe(x as f64, 0.05 + 0.002 * x as f64);
         }
@@ -144,15 +161,29 @@ mod tests {
     }
 
     #[test]
+    fn clustered_x_keeps_the_prior_slope() {
+        // Every round at K = 1 with noisy times: the slope stays at the prior (15% of the
+        // mean), the intercept follows the data.
+        let mut f = DecayingLineFit::new(1.0, SlopePrior::RelativeToMean(0.15), 20.0, 0.9);
+        for i in 0..50 {
+            f.observe(1.0, 0.060 + if i % 2 == 0 { 0.004 } else { -0.004 });
+        }
+        let (a, b) = f.line();
+        assert!((b - 0.15 * 0.060).abs() < 1e-3, "slope {b}");
+        assert!((a + b - 0.060).abs() < 1e-3, "a + b = {}", a + b);
+    }
+
+    #[test]
     fn network_fit_learns_rtt_and_rate() {
         let mut e = RoundEstimator::new(0.01, 0.02);
-        // 100 ms RTT, 1 Mbit/s uplink: 8 µs per byte.
+        // 100 ms RTT, 1 Mbit/s uplink: 8 µs per byte. Rounds of 20–90 bytes outweigh the
+        // 10 Mbit/s prior; the ridge leaves a few percent of bias.
         for i in 0..200 {
             let bytes = 20.0 + (i % 8) as f64 * 10.0;
             e.observe(1 + i % 8, 0.01, bytes, 19.0, 0.1 + bytes * 8e-6 + 0.02, 0.02);
         }
         let s = e.state(0.5);
-        assert!((s.rtt_s - 0.1).abs() < 1e-3, "rtt {}", s.rtt_s);
-        assert!((s.uplink_bps - 1e6).abs() / 1e6 < 0.01, "rate {}", s.uplink_bps);
+        assert!((s.rtt_s - 0.1).abs() < 2e-3, "rtt {}", s.rtt_s);
+        assert!((s.uplink_bps - 1e6).abs() / 1e6 < 0.05, "rate {}", s.uplink_bps);
     }
 }

@@ -45,6 +45,11 @@ impl LoadedModel {
         let names: Vec<String> = BASE_TENSORS.iter().filter(|n| f.has_tensor(n)).map(|n| n.to_string()).collect();
         let base_hash = f.hash_tensors(&names)?;
         let transformer = Transformer::load(&mut f)?;
+        // candle repacks quantized weights on their first product (seconds for a 1.5B model);
+        // do it now, for one-row and multi-row products, rather than inside the first request.
+        let mut cache = transformer.new_cache();
+        transformer.forward(&mut cache, &[0, 0], crate::LogitsFor::All)?;
+        transformer.forward(&mut cache, &[0], crate::LogitsFor::All)?;
         Ok(Self {
             path: path.to_path_buf(),
             transformer: Arc::new(transformer),
