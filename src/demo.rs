@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::cli::{DemoArgs, ModeArg};
 use crate::family::load_family;
-use crate::run::{format_summary, link_config, print_now, prompt_ids, run_one, LocalCloud, RunSpec};
+use crate::run::{
+    format_summary, link_config, print_now, prompt_ids, run_one, LocalCloud, RunSpec,
+};
 
 /// The demo's prompts: explanation, code, translation, advice, arithmetic.
 pub const PROMPTS: [&str; 5] = [
@@ -72,7 +74,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 if same { "yes" } else { "NO" }
             ));
         }
-        rows.push(DemoRow { prompt: p.to_string(), speculative: spec_sum, cloud_only: cloud_sum, same_text: same });
+        rows.push(DemoRow {
+            prompt: p.to_string(),
+            speculative: spec_sum,
+            cloud_only: cloud_sum,
+            same_text: same,
+        });
     }
     cloud.stop().await;
     if args.json {
@@ -93,7 +100,8 @@ fn link_text(args: &DemoArgs) -> String {
         _ => format!(
             "{} Mbit/s up, {} Mbit/s down, {} ms RTT",
             l.link_up_mbps.unwrap_or(ecspec_link::DEFAULT_UPLINK_MBPS),
-            l.link_down_mbps.unwrap_or(ecspec_link::DEFAULT_DOWNLINK_MBPS),
+            l.link_down_mbps
+                .unwrap_or(ecspec_link::DEFAULT_DOWNLINK_MBPS),
             l.rtt_ms.unwrap_or(ecspec_link::DEFAULT_RTT_MS)
         ),
     }
@@ -103,9 +111,19 @@ fn table(rows: &[DemoRow]) -> String {
     let mut o = String::from("\n=== Summary (speculative vs cloud-only)\n");
     o.push_str(&format!(
         "{:<4} {:>7} {:>7} {:>9} {:>9} {:>11} {:>11} {:>9} {:>9} {:>6}\n",
-        "#", "tokens", "rounds", "mean acc", "accept", "goodput SD", "goodput CO", "TTFT SD", "TTFT CO", "same"
+        "#",
+        "tokens",
+        "rounds",
+        "mean acc",
+        "accept",
+        "goodput SD",
+        "goodput CO",
+        "TTFT SD",
+        "TTFT CO",
+        "same"
     ));
-    let (mut gen, mut t_sd, mut t_co, mut rounds, mut drafted, mut acc, mut up, mut down) = (0, 0.0, 0.0, 0, 0, 0, 0, 0);
+    let (mut gen, mut t_sd, mut t_co, mut rounds, mut drafted, mut acc, mut up, mut down) =
+        (0, 0.0, 0.0, 0, 0, 0, 0, 0);
     for (i, r) in rows.iter().enumerate() {
         let (s, c) = (&r.speculative, &r.cloud_only);
         o.push_str(&format!(
@@ -130,7 +148,11 @@ fn table(rows: &[DemoRow]) -> String {
         up += s.uplink_bytes;
         down += s.downlink_bytes;
     }
-    let rate = if drafted > 0 { acc as f64 / drafted as f64 } else { 0.0 };
+    let rate = if drafted > 0 {
+        acc as f64 / drafted as f64
+    } else {
+        0.0
+    };
     o.push_str(&format!(
         "overall: {gen} tokens · speculative {:.1} tok/s vs cloud-only {:.1} tok/s · acceptance rate {rate:.3} · mean accepted tokens {:.2}/round · uplink {up} B, downlink {down} B\n",
         gen as f64 / t_sd,

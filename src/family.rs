@@ -47,16 +47,21 @@ pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBu
             anyhow::bail!("model file {} does not exist", p.display());
         }
         if !p.is_file() {
-            anyhow::bail!("model path {} is not a file (give the path of a .gguf file)", p.display());
+            anyhow::bail!(
+                "model path {} is not a file (give the path of a .gguf file)",
+                p.display()
+            );
         }
         return Ok(p.to_path_buf());
     }
     let cache = ecspec_weights::Cache::from_env().context("finding the model cache directory")?;
-    let spec = ecspec_weights::find_model(registry_name)
-        .with_context(|| {
-            let known: Vec<&str> = ecspec_weights::MODELS.iter().map(|m| m.name).collect();
-            format!("`{registry_name}` is not a known model (known: {}; families: smollm2, qwen2.5-coder)", known.join(", "))
-        })?;
+    let spec = ecspec_weights::find_model(registry_name).with_context(|| {
+        let known: Vec<&str> = ecspec_weights::MODELS.iter().map(|m| m.name).collect();
+        format!(
+            "`{registry_name}` is not a known model (known: {}; families: smollm2, qwen2.5-coder)",
+            known.join(", ")
+        )
+    })?;
     let mut reporter = BarReporter::new();
     let path = ecspec_weights::fetch(spec, &cache, &mut reporter)
         .with_context(|| format!("fetching model {registry_name}"))?;
@@ -65,7 +70,9 @@ pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBu
 }
 
 fn load(path: &Path) -> Result<Arc<LoadedModel>> {
-    Ok(Arc::new(LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))?))
+    Ok(Arc::new(LoadedModel::load(path).with_context(|| {
+        format!("loading model {}", path.display())
+    })?))
 }
 
 /// The models one process needs: the edge's draft (and its tokenizer), and the target when
@@ -84,7 +91,11 @@ pub struct Loaded {
 /// Loads the family's draft, and its target when `with_target`.
 pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
     let info = info(args.family);
-    let target_path = if with_target { Some(model_path(args.model.as_deref(), info.target)?) } else { None };
+    let target_path = if with_target {
+        Some(model_path(args.model.as_deref(), info.target)?)
+    } else {
+        None
+    };
     let draft_path = match (&args.draft_model, info.shared_backbone, &target_path) {
         (Some(p), _, _) => model_path(Some(p), info.draft_file)?,
         // A shared-backbone draft is built from the target family's own base file.
@@ -106,10 +117,21 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
                 ),
                 None => None,
             };
-            Draft::shared_backbone(&edge_model, args.shared_layers, anchor).context("building the draft")?
+            Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
+                .context("building the draft")?
         }
-        (false, Some(_)) => bail!("--anchor applies to a shared-backbone draft; the {} family's draft is independent", info.wire_name),
-        (false, None) => Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?,
+        (false, Some(_)) => bail!(
+            "--anchor applies to a shared-backbone draft; the {} family's draft is independent",
+            info.wire_name
+        ),
+        (false, None) => {
+            Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?
+        }
     };
-    Ok(Loaded { info, edge_model, draft, target })
+    Ok(Loaded {
+        info,
+        edge_model,
+        draft,
+        target,
+    })
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ecspec_model::{LoadedModel, LoraAdapter, Transformer};
-use ecspec_train::{corpus, CorpusSpec, DraftTrainConfig, EvolveConfig, Schedule, Split, StepReport, TrainReporter};
+use ecspec_train::{
+    corpus, CorpusSpec, DraftTrainConfig, EvolveConfig, Schedule, Split, StepReport, TrainReporter,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::FamilyName;
@@ -106,7 +108,11 @@ pub struct EvolveArgs {
     #[arg(long, default_value_t = 16.0)]
     pub alpha: f32,
     /// Projections adapted (PEFT names).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj"
+    )]
     pub modules: Vec<String>,
     /// Layers adapted, inclusive: FIRST-LAST (default: the upper half).
     #[arg(long, value_name = "FIRST-LAST")]
@@ -125,7 +131,12 @@ struct TrainBars {
 
 impl TrainBars {
     fn new() -> Self {
-        Self { bar: None, tty: std::io::stderr().is_terminal(), total: 0, last_line: Instant::now() }
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            total: 0,
+            last_line: Instant::now(),
+        }
     }
     fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
@@ -142,8 +153,10 @@ impl TrainReporter for TrainBars {
         if self.tty && total > 0 {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             self.bar = Some(b);
         }
@@ -161,7 +174,12 @@ impl TrainReporter for TrainBars {
     }
 
     fn step(&mut self, r: &StepReport<'_>) {
-        let parts: Vec<String> = r.record.parts.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        let parts: Vec<String> = r
+            .record
+            .parts
+            .iter()
+            .map(|(n, v)| format!("{n} {v:.4}"))
+            .collect();
         let msg = format!(
             "loss {:.4} ({}) lr {:.1e} {:.0} tok/s",
             r.record.loss,
@@ -175,7 +193,10 @@ impl TrainReporter for TrainBars {
                 b.set_message(msg);
             }
             None => {
-                if self.last_line.elapsed().as_secs() >= 10 || r.record.step == r.total_steps || r.record.step <= 1 {
+                if self.last_line.elapsed().as_secs() >= 10
+                    || r.record.step == r.total_steps
+                    || r.record.step <= 1
+                {
                     self.last_line = Instant::now();
                     eprintln!("ecspec:   step {}/{} {msg}", r.record.step, r.total_steps);
                 }
@@ -216,7 +237,10 @@ fn default_corpus() -> Vec<PathBuf> {
         v.push(h.join("registry/src"));
     }
     if let Ok(out) = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
         .output()
     {
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -236,17 +260,29 @@ struct Windows {
 }
 
 /// Train and held-out windows: each corpus path gets an equal share of the token budgets.
-fn corpus_windows(base: &LoadedModel, c: &CommonTrainArgs, paths: &[PathBuf], seq_len: usize) -> Result<Windows> {
+fn corpus_windows(
+    base: &LoadedModel,
+    c: &CommonTrainArgs,
+    paths: &[PathBuf],
+    seq_len: usize,
+) -> Result<Windows> {
     if paths.is_empty() {
         bail!("no corpus: give --corpus PATH… (see the ecspec-train crate docs for the packages)");
     }
     let (mut train, mut held) = (Vec::new(), Vec::new());
     for p in paths {
         let spec = CorpusSpec::new(vec![p.clone()], c.ext.clone());
-        let units = corpus::read_units(&spec).with_context(|| format!("reading the corpus {}", p.display()))?;
+        let units = corpus::read_units(&spec)
+            .with_context(|| format!("reading the corpus {}", p.display()))?;
         let n_held = units.iter().filter(|u| u.split == Split::HeldOut).count();
-        let tr = corpus::token_windows(&base.tokenizer, &units, Split::Train, seq_len, c.max_tokens / paths.len())
-            .with_context(|| format!("tokenizing {}", p.display()))?;
+        let tr = corpus::token_windows(
+            &base.tokenizer,
+            &units,
+            Split::Train,
+            seq_len,
+            c.max_tokens / paths.len(),
+        )
+        .with_context(|| format!("tokenizing {}", p.display()))?;
         eprintln!(
             "ecspec: corpus {}: {} units ({} held out), {} training windows",
             p.display(),
@@ -256,10 +292,19 @@ fn corpus_windows(base: &LoadedModel, c: &CommonTrainArgs, paths: &[PathBuf], se
         );
         train.extend(tr);
         if c.eval_tokens > 0 && n_held > 0 {
-            held.extend(corpus::token_windows(&base.tokenizer, &units, Split::HeldOut, seq_len, c.eval_tokens / paths.len())?);
+            held.extend(corpus::token_windows(
+                &base.tokenizer,
+                &units,
+                Split::HeldOut,
+                seq_len,
+                c.eval_tokens / paths.len(),
+            )?);
         }
     }
-    Ok(Windows { train, held_out: held })
+    Ok(Windows {
+        train,
+        held_out: held,
+    })
 }
 
 fn schedule(c: &CommonTrainArgs, default_lr: f64) -> Schedule {
@@ -277,8 +322,15 @@ fn schedule(c: &CommonTrainArgs, default_lr: f64) -> Schedule {
 fn train_draft(a: TrainDraftArgs) -> Result<()> {
     let c = &a.common;
     let base = load_base(c)?;
-    let paths = if c.corpus.is_empty() { default_corpus() } else { c.corpus.clone() };
-    let Windows { train, held_out: held } = corpus_windows(&base, c, &paths, c.seq_len)?;
+    let paths = if c.corpus.is_empty() {
+        default_corpus()
+    } else {
+        c.corpus.clone()
+    };
+    let Windows {
+        train,
+        held_out: held,
+    } = corpus_windows(&base, c, &paths, c.seq_len)?;
     let cfg = DraftTrainConfig {
         shared_layers: a.shared_layers,
         seq_len: c.seq_len,
@@ -299,10 +351,15 @@ fn train_draft(a: TrainDraftArgs) -> Result<()> {
         r.tokens_per_sec
     );
     if !held.is_empty() {
-        eprintln!("ecspec: measuring teacher-forced greedy agreement on {} held-out windows", held.len());
+        eprintln!(
+            "ecspec: measuring teacher-forced greedy agreement on {} held-out windows",
+            held.len()
+        );
         let anchor = ecspec_model::anchor::load_anchor(&r.anchor_path, base.transformer.config())?;
-        let trained = Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, Some(anchor))?;
-        let untrained = Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, None)?;
+        let trained =
+            Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, Some(anchor))?;
+        let untrained =
+            Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, None)?;
         let at = ecspec_train::eval_alpha(&base.transformer, &trained, &held)?;
         let au = ecspec_train::eval_alpha(&base.transformer, &untrained, &held)?;
         println!(
@@ -311,16 +368,21 @@ fn train_draft(a: TrainDraftArgs) -> Result<()> {
             at.alpha(),
             au.alpha()
         );
-        write_json(&c.out.join("eval.json"), &serde_json::json!({
-            "held_out_windows": held.len(), "positions": at.positions,
-            "alpha_trained": at.alpha(), "alpha_untrained": au.alpha(),
-        }))?;
+        write_json(
+            &c.out.join("eval.json"),
+            &serde_json::json!({
+                "held_out_windows": held.len(), "positions": at.positions,
+                "alpha_trained": at.alpha(), "alpha_untrained": au.alpha(),
+            }),
+        )?;
     }
     Ok(())
 }
 
 fn parse_layers(s: &str) -> Result<std::ops::Range<usize>> {
-    let (a, b) = s.split_once('-').with_context(|| format!("--layers {s}: expected FIRST-LAST, e.g. 15-29"))?;
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--layers {s}: expected FIRST-LAST, e.g. 15-29"))?;
     let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
     if b < a {
         bail!("--layers {s}: the last layer comes before the first");
@@ -335,7 +397,10 @@ fn evolve(a: EvolveArgs) -> Result<()> {
     }
     let base = load_base(c)?;
     // A window of seq_len + 1 tokens predicts seq_len next tokens.
-    let Windows { train, held_out: held } = corpus_windows(&base, c, &c.corpus, c.seq_len + 1)?;
+    let Windows {
+        train,
+        held_out: held,
+    } = corpus_windows(&base, c, &c.corpus, c.seq_len + 1)?;
     let cfg = EvolveConfig {
         version: a.version.clone(),
         rank: a.rank,
@@ -362,14 +427,22 @@ fn evolve(a: EvolveArgs) -> Result<()> {
         let target = Transformer::with_adapter(&base.transformer, &adapter)?;
         let before = ecspec_train::mean_cross_entropy(&base.transformer, &held)?;
         let after = ecspec_train::mean_cross_entropy(&target, &held)?;
-        println!("held-out cross-entropy ({} windows): base {before:.4} → {} {after:.4} nats/token", held.len(), a.version);
-        write_json(&c.out.join("eval.json"), &serde_json::json!({
-            "held_out_windows": held.len(), "ce_base": before, "ce_version": after,
-        }))?;
+        println!(
+            "held-out cross-entropy ({} windows): base {before:.4} → {} {after:.4} nats/token",
+            held.len(),
+            a.version
+        );
+        write_json(
+            &c.out.join("eval.json"),
+            &serde_json::json!({
+                "held_out_windows": held.len(), "ce_base": before, "ce_version": after,
+            }),
+        )?;
     }
     Ok(())
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(v)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -35,8 +35,14 @@ fn main() -> ExitCode {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ecspec: cannot start the async runtime: {e}");
@@ -59,7 +65,10 @@ const MAX_THREADS: usize = 256;
 fn threads_setting(flag: Option<usize>, default: usize) -> Result<usize> {
     let n = match (flag, std::env::var("ECSPEC_THREADS")) {
         (Some(n), _) => n,
-        (None, Ok(v)) => v.trim().parse().with_context(|| format!("ECSPEC_THREADS={v:?} is not a number of threads"))?,
+        (None, Ok(v)) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("ECSPEC_THREADS={v:?} is not a number of threads"))?,
         (None, Err(_)) => default,
     };
     if !(1..=MAX_THREADS).contains(&n) {
@@ -87,8 +96,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Demo(a) => demo::run(a).await,
         Command::Generate(a) => generate(a).await,
-        Command::Cloud { command: CloudCommand::Serve(a) } => serve(a).await,
-        Command::Cloud { command: CloudCommand::SetVersion { cloud, version } } => set_version(&cloud, version).await,
+        Command::Cloud {
+            command: CloudCommand::Serve(a),
+        } => serve(a).await,
+        Command::Cloud {
+            command: CloudCommand::SetVersion { cloud, version },
+        } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
         Command::Models { command } => models(command),
         Command::Family { command } => family_cmd::run(command),
@@ -102,13 +115,16 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
     let mut s = String::new();
     match &a.prompt_file {
         Some(f) if f.as_os_str() != "-" => {
-            s = std::fs::read_to_string(f).with_context(|| format!("reading the prompt file {}", f.display()))?;
+            s = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the prompt file {}", f.display()))?;
         }
         _ => {
             if std::io::stdin().is_terminal() && a.prompt_file.is_none() {
                 bail!("no prompt: give --prompt TEXT, --prompt-file FILE, or pipe it on stdin");
             }
-            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
         }
     }
     Ok(s)
@@ -131,7 +147,11 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     let need_target = a.cloud.is_none() && a.mode != cli::ModeArg::EdgeOnly;
     let loaded = family::load_family(&a.models, need_target)?;
     let ids = run::prompt_ids(&loaded, &prompt, a.raw)?;
-    let local = if need_target { Some(run::LocalCloud::start(&loaded).await?) } else { None };
+    let local = if need_target {
+        Some(run::LocalCloud::start(&loaded).await?)
+    } else {
+        None
+    };
     let spec = run::RunSpec {
         mode: a.mode,
         draft_len: &a.draft_len,
@@ -178,8 +198,18 @@ async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
         .with_context(|| format!("resolving --cloud {cloud}"))?
         .next()
         .with_context(|| format!("--cloud {cloud} resolves to no address"))?;
-    let ack = ecspec_cloud::set_version(addr, version.as_deref().unwrap_or(""), std::time::Duration::from_secs(10)).await?;
-    println!("active version: {} (was {}) · versions served: {}", ack.active, ack.previous, ack.versions.join(", "));
+    let ack = ecspec_cloud::set_version(
+        addr,
+        version.as_deref().unwrap_or(""),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    println!(
+        "active version: {} (was {}) · versions served: {}",
+        ack.active,
+        ack.previous,
+        ack.versions.join(", ")
+    );
     Ok(())
 }
 
@@ -190,21 +220,35 @@ fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
         let base_file = match (&a.models.model, manifest.base_file()) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(_)) => None,
-            (None, None) => Some(family::model_path(None, family::info(a.models.family).target)?),
+            (None, None) => Some(family::model_path(
+                None,
+                family::info(a.models.family).target,
+            )?),
         };
         let fam = ecspec_family::Family::open(manifest, base_file.as_deref())?;
         let versions = fam
             .versions()
             .iter()
-            .map(|v| ecspec_cloud::TargetVersion { name: v.spec.name.clone(), transformer: v.transformer.clone() })
+            .map(|v| ecspec_cloud::TargetVersion {
+                name: v.spec.name.clone(),
+                transformer: v.transformer.clone(),
+            })
             .collect();
-        let model = ecspec_cloud::CloudModel::with_versions(&fam.manifest.name, &fam.base, versions, fam.manifest.active_version())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let model = ecspec_cloud::CloudModel::with_versions(
+            &fam.manifest.name,
+            &fam.base,
+            versions,
+            fam.manifest.active_version(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok((model, fam.base.name.clone()));
     }
     let loaded = family::load_family(&a.models, true)?;
     let target = loaded.target.as_ref().context("no target model")?;
-    Ok((ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target), target.name.clone()))
+    Ok((
+        ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target),
+        target.name.clone(),
+    ))
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
@@ -218,9 +262,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         &model.base_hash[..12],
         &model.vocab_hash[..12]
     );
-    let config = ecspec_cloud::ServerConfig { max_sessions: a.max_sessions as usize, ..Default::default() };
+    let config = ecspec_cloud::ServerConfig {
+        max_sessions: a.max_sessions as usize,
+        ..Default::default()
+    };
     let server = ecspec_cloud::CloudServer::new(model, config);
-    let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
     ecspec_cloud::serve(listener, server, async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -248,7 +297,9 @@ fn models(cmd: ModelsCommand) -> Result<()> {
             let names: Vec<&str> = match name.as_deref() {
                 None | Some("all") => ecspec_weights::MODELS.iter().map(|m| m.name).collect(),
                 Some("smollm2") => vec!["smollm2-135m-instruct"],
-                Some("qwen2.5-coder") => vec!["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"],
+                Some("qwen2.5-coder") => {
+                    vec!["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
+                }
                 Some(n) => vec![n],
             };
             for n in names {

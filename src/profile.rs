@@ -76,13 +76,20 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
     }
     Ok(ModelProfile {
         model: name.to_string(),
-        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        threads: std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         prefill_tok_s: median(prefill),
         decode_tok_s: median(decode),
         verify: ks
             .iter()
             .enumerate()
-            .map(|(j, &k)| VerifyCost { k, block_ms: median(block[j].clone()), stepwise_ms: median(single[j].clone()) })
+            .map(|(j, &k)| VerifyCost {
+                k,
+                block_ms: median(block[j].clone()),
+                stepwise_ms: median(single[j].clone()),
+            })
             .collect(),
     })
 }
@@ -97,7 +104,8 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let mut out = Vec::new();
     for name in names {
         let path = model_path(None, name)?;
-        let m = ecspec_model::LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let m = ecspec_model::LoadedModel::load(&path)
+            .with_context(|| format!("loading {}", path.display()))?;
         let p = profile(name, &m.transformer, args.repeats.max(1))?;
         if !args.json {
             println!(

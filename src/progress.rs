@@ -16,7 +16,11 @@ pub struct BarReporter {
 impl BarReporter {
     /// A reporter.
     pub fn new() -> Self {
-        Self { bar: None, tty: std::io::stderr().is_terminal(), last_pct: 0 }
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_pct: 0,
+        }
     }
 
     /// Clears the last bar.
@@ -46,8 +50,10 @@ impl FetchReporter for BarReporter {
         let bar = self.bar.get_or_insert_with(|| {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b
         });

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
-use ecspec_edge::{generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary};
+use ecspec_edge::{
+    generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary,
+};
 use ecspec_link::{emulate, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
 use ecspec_spec::policy::parse_policy;
@@ -30,16 +32,25 @@ pub struct LocalCloud {
 impl LocalCloud {
     /// Starts a server for the loaded target on 127.0.0.1 (a real TCP listener).
     pub async fn start(loaded: &Loaded) -> Result<Self> {
-        let target = loaded.target.as_ref().context("the in-process cloud needs the target model")?;
+        let target = loaded
+            .target
+            .as_ref()
+            .context("the in-process cloud needs the target model")?;
         let model = CloudModel::new(loaded.info.wire_name, "v0", target);
         let server = CloudServer::new(model, ServerConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the loopback cloud")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the loopback cloud")?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, server, async {
             let _ = rx.await;
         }));
-        Ok(Self { addr, stop: Some(tx), task })
+        Ok(Self {
+            addr,
+            stop: Some(tx),
+            task,
+        })
     }
 
     /// Stops the server and waits for it.
@@ -53,7 +64,12 @@ impl LocalCloud {
 
 /// Validated sampling settings and verification rule.
 pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
-    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, seed: args.seed };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
     params.validate().context("invalid sampling settings")?;
     let rule = match args.verify {
         VerifyArg::Auto if params.is_greedy() => VerifyRule::Greedy,
@@ -66,7 +82,10 @@ pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
         VerifyArg::Rejection => VerifyRule::Rejection,
     };
     if !(1..=16).contains(&args.dist_bits) {
-        bail!("--dist-bits must be between 1 and 16, got {}", args.dist_bits);
+        bail!(
+            "--dist-bits must be between 1 and 16, got {}",
+            args.dist_bits
+        );
     }
     if args.dist_top_k == 0 {
         bail!("--dist-top-k must be at least 1");
@@ -86,7 +105,9 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
         if shaped {
             bail!("--no-link cannot be combined with link settings (--link-*, --rtt-ms)");
         }
-        return Ok(Some(LinkConfig::constant(1e6, 1e6, 0.0).context("the unshaped link")?));
+        return Ok(Some(
+            LinkConfig::constant(1e6, 1e6, 0.0).context("the unshaped link")?,
+        ));
     }
     if args.link_trace_up.is_some() != args.link_trace_down.is_some() {
         bail!("give both --link-trace-up and --link-trace-down (a trace for each direction)");
@@ -99,7 +120,9 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
         down_trace: args.link_trace_down.clone(),
         ..Default::default()
     };
-    Ok(Some(LinkConfig::from_options(&opts).context("invalid link settings")?))
+    Ok(Some(
+        LinkConfig::from_options(&opts).context("invalid link settings")?,
+    ))
 }
 
 /// Token ids of a user prompt (chat template applied unless `raw`). Control tokens come only
@@ -112,7 +135,10 @@ pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> 
         bail!("the prompt is empty");
     }
     let m = &loaded.edge_model;
-    let msgs = [ChatMessage { role: Role::User, content: prompt.to_string() }];
+    let msgs = [ChatMessage {
+        role: Role::User,
+        content: prompt.to_string(),
+    }];
     let ids = match (&m.chat_template, raw) {
         (Some(t), false) => encode_chat(&m.tokenizer, &t.render_parts(&msgs, true))?,
         _ => m.tokenizer.encode(prompt, false)?,
@@ -162,7 +188,11 @@ impl std::error::Error for RunError {}
 
 impl From<anyhow::Error> for RunError {
     fn from(error: anyhow::Error) -> Self {
-        Self { error, partial_tokens: Vec::new(), partial_text: String::new() }
+        Self {
+            error,
+            partial_tokens: Vec::new(),
+            partial_text: String::new(),
+        }
     }
 }
 
@@ -200,7 +230,11 @@ pub async fn run_one(
         }
         Err(error) => {
             let partial_text = tokenizer.decode(&partial);
-            Err(RunError { error, partial_tokens: partial, partial_text })
+            Err(RunError {
+                error,
+                partial_tokens: partial,
+                partial_text,
+            })
         }
     }
 }
@@ -216,18 +250,27 @@ async fn run_inner(
     let drafter = || {
         Drafter::new(
             Session::new(loaded.draft.transformer.clone()),
-            DraftSampling { rule, params, dist_top_k: spec.sampling.dist_top_k, dist_bits: spec.sampling.dist_bits },
+            DraftSampling {
+                rule,
+                params,
+                dist_top_k: spec.sampling.dist_top_k,
+                dist_bits: spec.sampling.dist_bits,
+            },
         )
     };
     if spec.mode == ModeArg::EdgeOnly {
         let mut d = drafter();
         let stops = tokenizer.stop_tokens().to_vec();
         let p = prompt.clone();
-        let (tokens, ttft, total) = tokio::task::block_in_place(|| generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit))?;
+        let (tokens, ttft, total) = tokio::task::block_in_place(|| {
+            generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit)
+        })?;
         return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
     }
     let addr = spec.cloud.context("no cloud address")?;
-    let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to the cloud at {addr}"))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the cloud at {addr}"))?;
     tcp.set_nodelay(true)?;
     let mode = match spec.mode {
         ModeArg::Speculative => Mode::Speculative,
@@ -277,7 +320,11 @@ fn edge_only_summary(
         acceptance_rate: 0.0,
         goodput_tok_s: n as f64 / total.as_secs_f64(),
         ttft_s: ttft.as_secs_f64(),
-        tpot_s: if n > 1 { (total - ttft).as_secs_f64() / (n - 1) as f64 } else { 0.0 },
+        tpot_s: if n > 1 {
+            (total - ttft).as_secs_f64() / (n - 1) as f64
+        } else {
+            0.0
+        },
         total_s: total.as_secs_f64(),
         draft_s: total.as_secs_f64(),
         uplink_bytes: 0,
@@ -317,7 +364,10 @@ pub fn format_summary(s: &Summary) -> String {
             s.mean_accepted_tokens, s.acceptance_rate, s.accepted_tokens, s.drafted_tokens
         ));
     } else if s.rounds > 0 {
-        o.push_str(&format!("mean accepted tokens {:.2}/round   acceptance rate n/a (nothing drafted)\n", s.mean_accepted_tokens));
+        o.push_str(&format!(
+            "mean accepted tokens {:.2}/round   acceptance rate n/a (nothing drafted)\n",
+            s.mean_accepted_tokens
+        ));
     }
     o.push_str(&format!(
         "goodput {:.1} tok/s   TTFT {:.3} s   TPOT {:.4} s   total {:.2} s   drafting {:.2} s\n",

@@ -15,29 +15,61 @@ fn cached(name: &str) -> bool {
 
 fn generate(family: &str, mode: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
-        .args(["generate", "--family", family, "--mode", mode, "--temperature", "0", "--json"])
+        .args([
+            "generate",
+            "--family",
+            family,
+            "--mode",
+            mode,
+            "--temperature",
+            "0",
+            "--json",
+        ])
         .args(["--max-tokens", &max_tokens.to_string(), "--prompt", prompt])
         .args(extra)
         .output()
         .expect("run ecspec");
-    assert!(out.status.success(), "ecspec failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ecspec failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
 fn check_family(family: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> (Value, Value) {
     let spec = generate(family, "speculative", prompt, max_tokens, extra);
     let cloud = generate(family, "cloud-only", prompt, max_tokens, &[]);
-    assert_eq!(spec["tokens"], cloud["tokens"], "{family}: speculative and cloud-only differ");
+    assert_eq!(
+        spec["tokens"], cloud["tokens"],
+        "{family}: speculative and cloud-only differ"
+    );
     assert_eq!(spec["text"], cloud["text"]);
     let n = spec["generated_tokens"].as_u64().unwrap();
     assert!(n > 0 && n <= max_tokens as u64);
-    assert_eq!(cloud["rounds"].as_u64().unwrap() + 1, n, "cloud-only: one target pass per token");
+    assert_eq!(
+        cloud["rounds"].as_u64().unwrap() + 1,
+        n,
+        "cloud-only: one target pass per token"
+    );
     if spec["accepted_tokens"].as_u64().unwrap() > 0 {
-        assert!(spec["target_forward_passes"].as_u64().unwrap() < n, "{family}: no saving in target passes");
+        assert!(
+            spec["target_forward_passes"].as_u64().unwrap() < n,
+            "{family}: no saving in target passes"
+        );
     }
     for v in [&spec, &cloud] {
-        assert!(v["uplink_bytes"].as_u64().unwrap() > 0 && v["downlink_bytes"].as_u64().unwrap() > 0);
-        assert_eq!(v["model_family"], if family == "smollm2" { "smollm2-135m" } else { "qwen2.5-coder" });
+        assert!(
+            v["uplink_bytes"].as_u64().unwrap() > 0 && v["downlink_bytes"].as_u64().unwrap() > 0
+        );
+        assert_eq!(
+            v["model_family"],
+            if family == "smollm2" {
+                "smollm2-135m"
+            } else {
+                "qwen2.5-coder"
+            }
+        );
     }
     (spec, cloud)
 }
@@ -53,7 +85,12 @@ fn smollm2_speculative_equals_cloud_only() {
     // everything: both must reproduce the target's greedy output.
     let (spec, _) = check_family("smollm2", prompt, 40, &[]);
     assert_eq!(spec["verify"], "greedy");
-    let (deep, _) = check_family("smollm2", prompt, 40, &["--shared-layers", "29", "--draft-len", "fixed:4"]);
+    let (deep, _) = check_family(
+        "smollm2",
+        prompt,
+        40,
+        &["--shared-layers", "29", "--draft-len", "fixed:4"],
+    );
     assert!(deep["acceptance_rate"].as_f64().unwrap() > 0.9, "{deep}");
 }
 
@@ -63,20 +100,43 @@ fn qwen_pair_speculative_equals_cloud_only() {
         eprintln!("skipped: the Qwen2.5-Coder models are not in the cache (run `ecspec models fetch qwen2.5-coder`)");
         return;
     }
-    let (spec, _) = check_family("qwen2.5-coder", "Write a Rust function that adds two numbers.", 24, &[]);
-    assert!(spec["mean_accepted_tokens"].as_f64().unwrap() > 1.0, "{spec}");
+    let (spec, _) = check_family(
+        "qwen2.5-coder",
+        "Write a Rust function that adds two numbers.",
+        24,
+        &[],
+    );
+    assert!(
+        spec["mean_accepted_tokens"].as_f64().unwrap() > 1.0,
+        "{spec}"
+    );
 }
 
 #[test]
 fn bad_arguments_are_clear_errors() {
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ecspec")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(run(&["generate", "--prompt", "hi", "--draft-len", "fixed:x"]).contains("fixed:x"));
     assert!(run(&["generate", "--prompt", "hi", "--temperature=-1"]).contains("temperature"));
-    assert!(run(&["generate", "--prompt", "hi", "--model", "/nonexistent.gguf"]).contains("/nonexistent.gguf"));
-    assert!(run(&["generate", "--prompt", "hi", "--link-trace-up", "/nonexistent.up", "--link-trace-down", "/x"]).contains("/nonexistent.up"));
+    assert!(
+        run(&["generate", "--prompt", "hi", "--model", "/nonexistent.gguf"])
+            .contains("/nonexistent.gguf")
+    );
+    assert!(run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--link-trace-up",
+        "/nonexistent.up",
+        "--link-trace-down",
+        "/x"
+    ])
+    .contains("/nonexistent.up"));
     assert!(run(&["generate", "--prompt", "  "]).contains("empty"));
 }

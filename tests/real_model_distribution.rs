@@ -28,14 +28,30 @@ fn speculative_rounds_commit_the_targets_distribution() {
     };
     let m = LoadedModel::load(&path).unwrap();
     let text = m.chat_template.as_ref().unwrap().render(
-        &[ChatMessage { role: Role::User, content: "Name one colour of the rainbow.".into() }],
+        &[ChatMessage {
+            role: Role::User,
+            content: "Name one colour of the rainbow.".into(),
+        }],
         true,
     );
     let prompt = m.tokenizer.encode(&text, true).unwrap();
     let draft = Draft::build(&DraftSpec::SharedBackbone { shared_layers: 28 }, &m).unwrap();
-    let p_row = Session::new(m.transformer.clone()).forward(&prompt, LogitsFor::Last).unwrap().last().to_vec();
-    let q_row = Session::new(draft.transformer.clone()).forward(&prompt, LogitsFor::Last).unwrap().last().to_vec();
-    let params = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 20, seed: 7 };
+    let p_row = Session::new(m.transformer.clone())
+        .forward(&prompt, LogitsFor::Last)
+        .unwrap()
+        .last()
+        .to_vec();
+    let q_row = Session::new(draft.transformer.clone())
+        .forward(&prompt, LogitsFor::Last)
+        .unwrap()
+        .last()
+        .to_vec();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 20,
+        seed: 7,
+    };
     let p = target_distribution(&p_row, &params).unwrap();
     let q = target_distribution(&q_row, &params).unwrap();
     let compact = CompactDist::quantize(&q, 8, 8).unwrap();
@@ -54,19 +70,48 @@ fn speculative_rounds_commit_the_targets_distribution() {
                 (x, verify_match(&[x], &rows, &params, &mut cloud).unwrap())
             } else {
                 let x = compact.sample(&mut edge);
-                (x, verify_rejection(&[x], std::slice::from_ref(&compact), &rows, &params, &mut cloud).unwrap())
+                (
+                    x,
+                    verify_rejection(
+                        &[x],
+                        std::slice::from_ref(&compact),
+                        &rows,
+                        &params,
+                        &mut cloud,
+                    )
+                    .unwrap(),
+                )
             };
             let first = if v.accepted >= 1 { x } else { v.next_token };
             counts[first as usize] += 1;
             accepted += v.accepted;
         }
-        let outside: usize = (0..p.len()).filter(|i| p[*i] == 0.0).map(|i| counts[i]).sum();
-        assert_eq!(outside, 0, "{rule}: committed a token the target cannot produce");
+        let outside: usize = (0..p.len())
+            .filter(|i| p[*i] == 0.0)
+            .map(|i| counts[i])
+            .sum();
+        assert_eq!(
+            outside, 0,
+            "{rule}: committed a token the target cannot produce"
+        );
         let n = TRIALS as f64;
-        let chi2: f64 = support.iter().map(|&i| (counts[i] as f64 - n * p[i] as f64).powi(2) / (n * p[i] as f64)).sum();
-        let tv: f64 = support.iter().map(|&i| (counts[i] as f64 / n - p[i] as f64).abs()).sum::<f64>() / 2.0;
-        eprintln!("{rule}: chi2 = {chi2:.2} (df 19), TV = {tv:.4}, acceptance = {:.3}", accepted as f64 / n);
-        assert!(chi2 < CHI2_CRIT_DF19, "{rule}: chi-square {chi2:.2} ≥ {CHI2_CRIT_DF19}");
+        let chi2: f64 = support
+            .iter()
+            .map(|&i| (counts[i] as f64 - n * p[i] as f64).powi(2) / (n * p[i] as f64))
+            .sum();
+        let tv: f64 = support
+            .iter()
+            .map(|&i| (counts[i] as f64 / n - p[i] as f64).abs())
+            .sum::<f64>()
+            / 2.0;
+        eprintln!(
+            "{rule}: chi2 = {chi2:.2} (df 19), TV = {tv:.4}, acceptance = {:.3}",
+            accepted as f64 / n
+        );
+        assert!(
+            chi2 < CHI2_CRIT_DF19,
+            "{rule}: chi-square {chi2:.2} ≥ {CHI2_CRIT_DF19}"
+        );
         assert!(tv < 0.03, "{rule}: total variation {tv:.4}");
     }
 }

@@ -14,10 +14,17 @@ use tokio::net::TcpStream;
 pub enum AdminError {
     /// Connecting, sending or receiving failed.
     #[error("management connection to {addr}: {source}")]
-    Transport { addr: SocketAddr, source: TransportError },
+    Transport {
+        addr: SocketAddr,
+        source: TransportError,
+    },
     /// The cloud refused the request (unknown version, non-loopback peer, …).
     #[error("the cloud at {addr} refused: {message} ({code:?})")]
-    Refused { addr: SocketAddr, code: ErrorCode, message: String },
+    Refused {
+        addr: SocketAddr,
+        code: ErrorCode,
+        message: String,
+    },
     /// The cloud answered something else, or closed the connection.
     #[error("the cloud at {addr} answered {answer} to SetVersion")]
     Unexpected { addr: SocketAddr, answer: String },
@@ -28,20 +35,38 @@ pub enum AdminError {
 ///
 /// # Errors
 /// [`AdminError`]; nothing changes on the cloud unless a `VersionAck` came back.
-pub async fn set_version(addr: SocketAddr, version: &str, timeout: Duration) -> Result<VersionAck, AdminError> {
+pub async fn set_version(
+    addr: SocketAddr,
+    version: &str,
+    timeout: Duration,
+) -> Result<VersionAck, AdminError> {
     let t = |source: TransportError| AdminError::Transport { addr, source };
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| t(TransportError::Timeout(timeout)))?
         .map_err(|e| t(e.into()))?;
     let mut conn = Connection::new(stream);
-    conn.write_message(&Message::SetVersion(SetVersion { version: version.to_string() })).await.map_err(t)?;
+    conn.write_message(&Message::SetVersion(SetVersion {
+        version: version.to_string(),
+    }))
+    .await
+    .map_err(t)?;
     let answer = conn.read_message(Some(timeout)).await.map_err(t)?;
     let _ = conn.write_message(&Message::Close(Close {})).await;
     match answer {
         Some((_, Message::VersionAck(ack))) => Ok(ack),
-        Some((_, Message::ErrorReply(e))) => Err(AdminError::Refused { addr, code: e.code(), message: e.message }),
-        Some((_, other)) => Err(AdminError::Unexpected { addr, answer: format!("{:?}", other.message_type()) }),
-        None => Err(AdminError::Unexpected { addr, answer: "a closed connection".into() }),
+        Some((_, Message::ErrorReply(e))) => Err(AdminError::Refused {
+            addr,
+            code: e.code(),
+            message: e.message,
+        }),
+        Some((_, other)) => Err(AdminError::Unexpected {
+            addr,
+            answer: format!("{:?}", other.message_type()),
+        }),
+        None => Err(AdminError::Unexpected {
+            addr,
+            answer: "a closed connection".into(),
+        }),
     }
 }

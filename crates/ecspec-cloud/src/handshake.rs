@@ -57,17 +57,30 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
     if h.protocol_version != PROTOCOL_VERSION as u32 {
         return Err(refuse(
             ErrorCode::UnsupportedVersion,
-            format!("protocol version {} is not supported (this cloud speaks {PROTOCOL_VERSION})", h.protocol_version),
+            format!(
+                "protocol version {} is not supported (this cloud speaks {PROTOCOL_VERSION})",
+                h.protocol_version
+            ),
         ));
     }
     if h.model_family != m.family {
         return Err(refuse(
             ErrorCode::IncompatibleDraft,
-            format!("the draft is for model family `{}`, this cloud serves `{}`", clip(&h.model_family), m.family),
+            format!(
+                "the draft is for model family `{}`, this cloud serves `{}`",
+                clip(&h.model_family),
+                m.family
+            ),
         ));
     }
     let kind = DraftKind::parse(&h.draft_kind).ok_or_else(|| {
-        refuse(ErrorCode::BadRequest, format!("unknown draft kind `{}` (independent, shared-backbone)", clip(&h.draft_kind)))
+        refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "unknown draft kind `{}` (independent, shared-backbone)",
+                clip(&h.draft_kind)
+            ),
+        )
     })?;
     let (expected, what) = match kind {
         DraftKind::SharedBackbone => (&m.base_hash, "base weights"),
@@ -88,30 +101,52 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
         Ok(VerifyMode::Greedy) => VerifyRule::Greedy,
         Ok(VerifyMode::Match) => VerifyRule::Match,
         Ok(VerifyMode::Rejection) => VerifyRule::Rejection,
-        _ => return Err(refuse(ErrorCode::BadRequest, format!("unknown verification mode {}", h.verify_mode))),
+        _ => {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!("unknown verification mode {}", h.verify_mode),
+            ))
+        }
     };
     // proto3 leaves an unset top_p at 0, which the schema defines as "off".
     let top_p = if h.top_p == 0.0 { 1.0 } else { h.top_p };
-    let params = SamplingParams { temperature: h.temperature, top_p, top_k: h.top_k as usize, seed: h.seed };
-    params.validate().map_err(|e| refuse(ErrorCode::BadRequest, format!("sampling settings: {e}")))?;
+    let params = SamplingParams {
+        temperature: h.temperature,
+        top_p,
+        top_k: h.top_k as usize,
+        seed: h.seed,
+    };
+    params
+        .validate()
+        .map_err(|e| refuse(ErrorCode::BadRequest, format!("sampling settings: {e}")))?;
     if h.prompt.is_empty() {
         return Err(refuse(ErrorCode::BadRequest, "the prompt is empty".into()));
     }
     if let Some(&bad) = h.prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
         return Err(refuse(
             ErrorCode::BadRequest,
-            format!("prompt token id {bad} is outside the target's vocabulary of {}", m.vocab_size),
+            format!(
+                "prompt token id {bad} is outside the target's vocabulary of {}",
+                m.vocab_size
+            ),
         ));
     }
     if h.max_new_tokens == 0 {
-        return Err(refuse(ErrorCode::BadRequest, "max_new_tokens must be at least 1".into()));
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "max_new_tokens must be at least 1".into(),
+        ));
     }
     // Room for the prompt, the generated tokens and one round of drafts (≤ 64) in the window.
     let room = m.context_length.saturating_sub(h.prompt.len() + 64);
     if room == 0 {
         return Err(refuse(
             ErrorCode::BadRequest,
-            format!("the prompt has {} tokens; the target's context window is {}", h.prompt.len(), m.context_length),
+            format!(
+                "the prompt has {} tokens; the target's context window is {}",
+                h.prompt.len(),
+                m.context_length
+            ),
         ));
     }
     Ok(SessionPlan {

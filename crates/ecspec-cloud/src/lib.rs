@@ -19,8 +19,8 @@ pub mod model;
 pub mod server;
 pub mod target;
 
-pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use admin::{set_version, AdminError};
+pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};
 pub use server::{management_allowed, serve, CloudServer, ServerConfig};
 pub use target::{RoundOutcome, TargetSession};

@@ -57,7 +57,10 @@ pub struct CloudModel {
 impl CloudModel {
     /// Serves `model` alone as version `version` of `family`.
     pub fn new(family: &str, version: &str, model: &LoadedModel) -> Self {
-        let v = TargetVersion { name: version.to_string(), transformer: model.transformer.clone() };
+        let v = TargetVersion {
+            name: version.to_string(),
+            transformer: model.transformer.clone(),
+        };
         Self::build(family, model, vec![v], 0)
     }
 
@@ -74,16 +77,31 @@ impl CloudModel {
         active: &str,
     ) -> Result<Self, UnknownVersion> {
         let names: Vec<String> = versions.iter().map(|v| v.name.clone()).collect();
-        if let Some((_, dup)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
-            return Err(UnknownVersion { requested: format!("{dup} (listed twice)"), available: names.clone() });
+        if let Some((_, dup)) = names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+        {
+            return Err(UnknownVersion {
+                requested: format!("{dup} (listed twice)"),
+                available: names.clone(),
+            });
         }
         let Some(idx) = names.iter().position(|n| n == active) else {
-            return Err(UnknownVersion { requested: active.to_string(), available: names });
+            return Err(UnknownVersion {
+                requested: active.to_string(),
+                available: names,
+            });
         };
         Ok(Self::build(family, base, versions, idx))
     }
 
-    fn build(family: &str, base: &LoadedModel, versions: Vec<TargetVersion>, active: usize) -> Self {
+    fn build(
+        family: &str,
+        base: &LoadedModel,
+        versions: Vec<TargetVersion>,
+        active: usize,
+    ) -> Self {
         Self {
             family: family.to_string(),
             versions,
@@ -126,7 +144,10 @@ impl CloudModel {
             .versions
             .iter()
             .position(|v| v.name == name)
-            .ok_or_else(|| UnknownVersion { requested: name.to_string(), available: self.version_names() })?;
+            .ok_or_else(|| UnknownVersion {
+                requested: name.to_string(),
+                available: self.version_names(),
+            })?;
         let prev = self.active.swap(idx, Ordering::AcqRel);
         Ok(self.versions[prev].name.clone())
     }

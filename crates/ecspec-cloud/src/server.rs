@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
-use ecspec_proto::{ErrorCode, ErrorReply, FrameError, HelloAck, Message, SetVersion, Verdict, VersionAck};
+use ecspec_proto::{
+    ErrorCode, ErrorReply, FrameError, HelloAck, Message, SetVersion, Verdict, VersionAck,
+};
 use ecspec_spec::compact::CompactDist;
 use ecspec_transport::{Connection, TransportError};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,7 +73,13 @@ impl CloudServer {
         let cap = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(cap(config.max_sessions)));
         let pending = Arc::new(Semaphore::new(cap(config.max_pending)));
-        Arc::new(Self { model: Arc::new(model), config, next_session: AtomicU64::new(1), slots, pending })
+        Arc::new(Self {
+            model: Arc::new(model),
+            config,
+            next_session: AtomicU64::new(1),
+            slots,
+            pending,
+        })
     }
 
     /// The served model.
@@ -100,8 +108,11 @@ async fn manage(
     if !peer.is_some_and(management_allowed) {
         let who = peer.map_or("an unknown address".to_string(), |p| p.to_string());
         tracing::warn!("refused a management request from {who}");
-        let m = format!("management requests are accepted only from loopback; this one came from {who}");
-        conn.reply(&error_reply(ErrorCode::Forbidden, m), req).await?;
+        let m = format!(
+            "management requests are accepted only from loopback; this one came from {who}"
+        );
+        conn.reply(&error_reply(ErrorCode::Forbidden, m), req)
+            .await?;
         return Ok(());
     }
     let idle = Some(server.config.idle_timeout);
@@ -109,12 +120,20 @@ async fn manage(
         let model = &server.model;
         let reply = if request.version.is_empty() {
             let active = model.active_name().to_string();
-            Message::VersionAck(VersionAck { previous: active.clone(), active, versions: model.version_names() })
+            Message::VersionAck(VersionAck {
+                previous: active.clone(),
+                active,
+                versions: model.version_names(),
+            })
         } else {
             match model.set_active(&request.version) {
                 Ok(previous) => {
                     tracing::info!("active target version: {previous} → {}", request.version);
-                    Message::VersionAck(VersionAck { active: request.version.clone(), previous, versions: model.version_names() })
+                    Message::VersionAck(VersionAck {
+                        active: request.version.clone(),
+                        previous,
+                        versions: model.version_names(),
+                    })
                 }
                 Err(e) => error_reply(ErrorCode::BadRequest, e.to_string()),
             }
@@ -124,8 +143,12 @@ async fn manage(
             Ok(Some((r, Message::SetVersion(next)))) => (req, request) = (r, next),
             Ok(Some((_, Message::Close(_)))) | Ok(None) => return Ok(()),
             Ok(Some((r, other))) => {
-                let m = format!("unexpected {:?} on a management connection", other.message_type());
-                conn.reply(&error_reply(ErrorCode::BadRequest, m), r).await?;
+                let m = format!(
+                    "unexpected {:?} on a management connection",
+                    other.message_type()
+                );
+                conn.reply(&error_reply(ErrorCode::BadRequest, m), r)
+                    .await?;
                 return Ok(());
             }
             Err(TransportError::Frame(e)) => {
@@ -143,7 +166,11 @@ async fn manage(
 ///
 /// # Errors
 /// None at run time: accept errors are logged and retried with back-off.
-pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<CloudServer>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut sessions = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
@@ -182,21 +209,32 @@ pub async fn serve(listener: TcpListener, server: Arc<CloudServer>, shutdown: im
         }
     }
     let grace = server.config.shutdown_grace;
-    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         sessions.shutdown().await;
     }
 }
 
 async fn refuse_busy(stream: TcpStream, message: String) {
     let mut conn = Connection::new(stream);
-    let msg = Message::ErrorReply(ErrorReply { code: ErrorCode::Internal as i32, message });
+    let msg = Message::ErrorReply(ErrorReply {
+        code: ErrorCode::Internal as i32,
+        message,
+    });
     // Request id 0: this reply answers no frame (the connection's frames are never read).
     let _ = conn.reply(&msg, 0).await;
     let _ = conn.shutdown().await;
 }
 
 fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::ErrorReply(ErrorReply { code: code as i32, message: message.into() })
+    Message::ErrorReply(ErrorReply {
+        code: code as i32,
+        message: message.into(),
+    })
 }
 
 /// The reply to a frame that could not be read: `UnsupportedVersion` for another header
@@ -205,9 +243,8 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
 fn frame_error_reply(e: &FrameError) -> (Message, u32) {
     let (code, request_id) = match e {
         FrameError::UnsupportedVersion { .. } => (ErrorCode::UnsupportedVersion, 0),
-        FrameError::UnknownMessageType { request_id, .. } | FrameError::Payload { request_id, .. } => {
-            (ErrorCode::BadFrame, *request_id)
-        }
+        FrameError::UnknownMessageType { request_id, .. }
+        | FrameError::Payload { request_id, .. } => (ErrorCode::BadFrame, *request_id),
         _ => (ErrorCode::BadFrame, 0),
     };
     (error_reply(code, e.to_string()), request_id)
@@ -235,7 +272,11 @@ async fn run_round(
         (target, r)
     })
     .await
-    .map_err(|e| TransportError::Io(std::io::Error::other(format!("verification thread failed: {e}"))))
+    .map_err(|e| {
+        TransportError::Io(std::io::Error::other(format!(
+            "verification thread failed: {e}"
+        )))
+    })
 }
 
 /// Converts a wire distribution to the verifier's type, checking it against the vocabulary.
@@ -253,12 +294,21 @@ async fn handle_connection(
     let mut conn = Connection::new(stream);
     let idle = Some(server.config.idle_timeout);
     let model = server.model.clone();
-    let (req, hello) = match conn.read_message(Some(server.config.handshake_timeout)).await {
+    let (req, hello) = match conn
+        .read_message(Some(server.config.handshake_timeout))
+        .await
+    {
         Ok(Some((req, Message::Hello(h)))) => (req, h),
-        Ok(Some((req, Message::SetVersion(v)))) => return manage(&mut conn, &server, peer, req, v).await,
+        Ok(Some((req, Message::SetVersion(v)))) => {
+            return manage(&mut conn, &server, peer, req, v).await
+        }
         Ok(Some((req, other))) => {
-            let m = format!("expected Hello to open the session, got {:?}", other.message_type());
-            conn.reply(&error_reply(ErrorCode::BadRequest, m), req).await?;
+            let m = format!(
+                "expected Hello to open the session, got {:?}",
+                other.message_type()
+            );
+            conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
+                .await?;
             return Ok(());
         }
         Ok(None) => return Ok(()),
@@ -289,21 +339,35 @@ async fn handle_connection(
         }
     };
     let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
-        let m = format!("the server is busy: all {} session slots are taken", server.config.max_sessions);
-        conn.reply(&error_reply(ErrorCode::Internal, m), req).await?;
+        let m = format!(
+            "the server is busy: all {} session slots are taken",
+            server.config.max_sessions
+        );
+        conn.reply(&error_reply(ErrorCode::Internal, m), req)
+            .await?;
         return Ok(());
     };
     drop(pending);
     let started = {
-        let (m, prompt, stops, p) = (version.transformer.clone(), hello.prompt, model.stop_tokens.clone(), plan.clone());
-        tokio::task::spawn_blocking(move || TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens))
-            .await
-            .map_err(|e| TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}"))))?
+        let (m, prompt, stops, p) = (
+            version.transformer.clone(),
+            hello.prompt,
+            model.stop_tokens.clone(),
+            plan.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens)
+        })
+        .await
+        .map_err(|e| {
+            TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}")))
+        })?
     };
     let (mut target, first) = match started {
         Ok(s) => s,
         Err(e) => {
-            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req).await?;
+            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
+                .await?;
             return Ok(());
         }
     };
@@ -329,7 +393,8 @@ async fn handle_connection(
             match r {
                 Ok(out) => conn.reply(&verdict(round, &out), round).await?,
                 Err(e) => {
-                    conn.write_message(&error_reply(ErrorCode::Internal, e.to_string())).await?;
+                    conn.write_message(&error_reply(ErrorCode::Internal, e.to_string()))
+                        .await?;
                     return Ok(());
                 }
             }
@@ -338,11 +403,19 @@ async fn handle_connection(
     loop {
         match conn.read_message(idle).await {
             Ok(Some((req, Message::DraftBlock(block)))) => {
-                let dists: Result<Vec<_>, _> = block.dists.iter().map(|d| dist_from_wire(d, model.vocab_size)).collect();
+                let dists: Result<Vec<_>, _> = block
+                    .dists
+                    .iter()
+                    .map(|d| dist_from_wire(d, model.vocab_size))
+                    .collect();
                 let dists = match dists {
                     Ok(d) => d,
                     Err(e) => {
-                        conn.reply(&error_reply(ErrorCode::BadRequest, format!("draft distribution: {e}")), req).await?;
+                        conn.reply(
+                            &error_reply(ErrorCode::BadRequest, format!("draft distribution: {e}")),
+                            req,
+                        )
+                        .await?;
                         continue;
                     }
                 };
@@ -351,7 +424,10 @@ async fn handle_connection(
                 match r {
                     Ok(out) => conn.reply(&verdict(block.round, &out), req).await?,
                     // The round committed nothing; the session stays usable.
-                    Err(e) => conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req).await?,
+                    Err(e) => {
+                        conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
+                            .await?
+                    }
                 }
             }
             Ok(Some((_, Message::Close(_)))) | Ok(None) => return Ok(()),
@@ -361,7 +437,8 @@ async fn handle_connection(
             }
             Ok(Some((req, other))) => {
                 let m = format!("unexpected {:?} in a running session", other.message_type());
-                conn.reply(&error_reply(ErrorCode::BadRequest, m), req).await?;
+                conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
+                    .await?;
                 return Ok(());
             }
             Err(TransportError::Frame(e)) => {

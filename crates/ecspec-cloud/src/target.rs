@@ -66,7 +66,9 @@ impl TargetSession {
             return Err(RoundError::BadRound("empty prompt".into()));
         }
         if max_new_tokens == 0 {
-            return Err(RoundError::BadRound("max_new_tokens must be at least 1".into()));
+            return Err(RoundError::BadRound(
+                "max_new_tokens must be at least 1".into(),
+            ));
         }
         let t0 = Instant::now();
         let mut session = Session::new(model);
@@ -84,14 +86,23 @@ impl TargetSession {
         };
         let first = me.pick(logits.last())?;
         let finished = me.commit(&[], first);
-        Ok((me, RoundOutcome { accepted: 0, next_token: first, finished, compute: t0.elapsed() }))
+        Ok((
+            me,
+            RoundOutcome {
+                accepted: 0,
+                next_token: first,
+                finished,
+                compute: t0.elapsed(),
+            },
+        ))
     }
 
     fn pick(&mut self, row: &[f32]) -> Result<u32, RoundError> {
         if self.rule == VerifyRule::Greedy || self.params.is_greedy() {
             return Ok(sampling::argmax(row));
         }
-        let p = sampling::target_distribution(row, &self.params).map_err(|e| RoundError::BadRound(e.to_string()))?;
+        let p = sampling::target_distribution(row, &self.params)
+            .map_err(|e| RoundError::BadRound(e.to_string()))?;
         sampling::sample(&p, &mut self.rng).map_err(|e| RoundError::BadRound(e.to_string()))
     }
 
@@ -131,9 +142,15 @@ impl TargetSession {
     /// # Errors
     /// A round after the end, wrong number of distributions, model errors. On error nothing is
     /// committed and the KV cache is as before.
-    pub fn round(&mut self, draft: &[u32], dists: &[CompactDist]) -> Result<RoundOutcome, RoundError> {
+    pub fn round(
+        &mut self,
+        draft: &[u32],
+        dists: &[CompactDist],
+    ) -> Result<RoundOutcome, RoundError> {
         if self.finished {
-            return Err(RoundError::BadRound("the session has already finished".into()));
+            return Err(RoundError::BadRound(
+                "the session has already finished".into(),
+            ));
         }
         let dists_ok = match (self.rule, self.params.is_greedy()) {
             (VerifyRule::Rejection, false) => dists.len() == draft.len(),
@@ -159,7 +176,9 @@ impl TargetSession {
             _ if self.params.is_greedy() => verify::verify_greedy(draft, &rows),
             VerifyRule::Greedy => verify::verify_greedy(draft, &rows),
             VerifyRule::Match => verify::verify_match(draft, &rows, &self.params, &mut self.rng),
-            VerifyRule::Rejection => verify::verify_rejection(draft, dists, &rows, &self.params, &mut self.rng),
+            VerifyRule::Rejection => {
+                verify::verify_rejection(draft, dists, &rows, &self.params, &mut self.rng)
+            }
         };
         let v = match v {
             Ok(v) => v,
@@ -175,6 +194,11 @@ impl TargetSession {
         // the newest committed token is fed next round.
         self.session.truncate(kv + added)?;
         let (accepted, next_token) = (added - 1, *self.committed.last().expect("just pushed"));
-        Ok(RoundOutcome { accepted, next_token, finished, compute: t0.elapsed() })
+        Ok(RoundOutcome {
+            accepted,
+            next_token,
+            finished,
+            compute: t0.elapsed(),
+        })
     }
 }

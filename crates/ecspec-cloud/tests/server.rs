@@ -20,8 +20,8 @@ use ecspec_link::{emulate, LinkConfig};
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
 use ecspec_model::{Draft, DraftSpec, LoadedModel, LogitsFor, Session, Transformer};
 use ecspec_proto::{
-    decode_frame, encode_frame, frame_len, Close, CompactDist as WireDist, DraftBlock, ErrorCode, Hello, HelloAck,
-    Message, Verdict, VerifyMode, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    decode_frame, encode_frame, frame_len, Close, CompactDist as WireDist, DraftBlock, ErrorCode,
+    Hello, HelloAck, Message, Verdict, VerifyMode, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use ecspec_spec::policy::parse_policy;
 use ecspec_spec::sampling::{argmax, SamplingParams};
@@ -72,24 +72,62 @@ fn models() -> &'static Models {
                 std::env::set_var(var, "1");
             }
         }
-        let dir = std::env::temp_dir().join(format!("ecspec-cloud-server-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ecspec-cloud-server-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let load = |name: &str, spec: TinySpec| {
             let path = dir.join(name);
             write_tiny_model(&path, spec).unwrap();
             LoadedModel::load(&path).unwrap()
         };
-        let target = load("target.gguf", TinySpec { seed: 11, layers: LAYERS, ..Default::default() });
-        let indep_model = load("indep.gguf", TinySpec { seed: 12, layers: 2, ..Default::default() });
-        let other = load("other.gguf", TinySpec { seed: 13, layers: LAYERS, ..Default::default() });
+        let target = load(
+            "target.gguf",
+            TinySpec {
+                seed: 11,
+                layers: LAYERS,
+                ..Default::default()
+            },
+        );
+        let indep_model = load(
+            "indep.gguf",
+            TinySpec {
+                seed: 12,
+                layers: 2,
+                ..Default::default()
+            },
+        );
+        let other = load(
+            "other.gguf",
+            TinySpec {
+                seed: 13,
+                layers: LAYERS,
+                ..Default::default()
+            },
+        );
         let _ = std::fs::remove_dir_all(&dir);
-        let same = Draft::build(&DraftSpec::SharedBackbone { shared_layers: LAYERS - 1 }, &target).unwrap();
-        let partial = Draft::build(&DraftSpec::SharedBackbone { shared_layers: 2 }, &target).unwrap();
+        let same = Draft::build(
+            &DraftSpec::SharedBackbone {
+                shared_layers: LAYERS - 1,
+            },
+            &target,
+        )
+        .unwrap();
+        let partial =
+            Draft::build(&DraftSpec::SharedBackbone { shared_layers: 2 }, &target).unwrap();
         let indep = Draft::build(&DraftSpec::Independent, &indep_model).unwrap();
         assert_eq!(target.transformer.config().vocab_size, VOCAB);
         assert_eq!(target.tokenizer.stop_tokens(), STOPS);
-        assert_ne!(other.base_hash, target.base_hash, "another seed is another base");
-        Models { target, same, partial, indep, other }
+        assert_ne!(
+            other.base_hash, target.base_hash,
+            "another seed is another base"
+        );
+        Models {
+            target,
+            same,
+            partial,
+            indep,
+            other,
+        }
     })
 }
 
@@ -127,13 +165,20 @@ impl Cloud {
     }
 
     async fn default() -> Self {
-        Self::start(ServerConfig { shutdown_grace: Duration::from_secs(1), ..Default::default() }).await
+        Self::start(ServerConfig {
+            shutdown_grace: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Shuts the server down; it must return within its grace period.
     async fn stop(self) {
         let _ = self.stop.send(());
-        timeout(PATIENCE, self.task).await.expect("serve returns after shutdown").unwrap();
+        timeout(PATIENCE, self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap();
     }
 }
 
@@ -186,11 +231,25 @@ impl Run {
     }
 
     fn cloud_only(prompt: &[u32], max_new: usize) -> Self {
-        Self { mode: Mode::CloudOnly, policy: "fixed:0", ..Self::greedy(prompt, DraftChoice::Same, "fixed:0", max_new) }
+        Self {
+            mode: Mode::CloudOnly,
+            policy: "fixed:0",
+            ..Self::greedy(prompt, DraftChoice::Same, "fixed:0", max_new)
+        }
     }
 
-    fn sampled(prompt: &[u32], draft: DraftChoice, rule: VerifyRule, seed: u64, max_new: usize) -> Self {
-        Self { rule, params: sampled_params(seed), ..Self::greedy(prompt, draft, "fixed:4", max_new) }
+    fn sampled(
+        prompt: &[u32],
+        draft: DraftChoice,
+        rule: VerifyRule,
+        seed: u64,
+        max_new: usize,
+    ) -> Self {
+        Self {
+            rule,
+            params: sampled_params(seed),
+            ..Self::greedy(prompt, draft, "fixed:4", max_new)
+        }
     }
 
     fn config(&self) -> EdgeConfig {
@@ -211,9 +270,16 @@ impl Run {
 
     fn drafter(&self) -> Option<Drafter> {
         (self.mode == Mode::Speculative).then(|| {
-            let sampling =
-                DraftSampling { rule: self.rule, params: self.params, dist_top_k: self.dist.0, dist_bits: self.dist.1 };
-            Drafter::new(Session::new(self.draft.draft().transformer.clone()), sampling)
+            let sampling = DraftSampling {
+                rule: self.rule,
+                params: self.params,
+                dist_top_k: self.dist.0,
+                dist_bits: self.dist.1,
+            };
+            Drafter::new(
+                Session::new(self.draft.draft().transformer.clone()),
+                sampling,
+            )
         })
     }
 
@@ -239,7 +305,12 @@ impl Run {
 
 /// Temperature 0.8, no truncation.
 fn sampled_params(seed: u64) -> SamplingParams {
-    SamplingParams { temperature: 0.8, top_p: 1.0, top_k: 0, seed }
+    SamplingParams {
+        temperature: 0.8,
+        top_p: 1.0,
+        top_k: 0,
+        seed,
+    }
 }
 
 fn verify_mode(rule: VerifyRule) -> VerifyMode {
@@ -258,19 +329,30 @@ struct Tap<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            this.received.lock().unwrap().extend_from_slice(&buf.filled()[before..]);
+            this.received
+                .lock()
+                .unwrap()
+                .extend_from_slice(&buf.filled()[before..]);
         }
         r
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
@@ -312,7 +394,11 @@ async fn run_edge(addr: SocketAddr, run: &Run) -> Outcome {
 }
 
 /// Runs one generation against `addr`; `tweak` may change the edge's settings.
-async fn run_edge_with(addr: SocketAddr, run: &Run, tweak: impl FnOnce(&mut EdgeConfig)) -> Outcome {
+async fn run_edge_with(
+    addr: SocketAddr,
+    run: &Run,
+    tweak: impl FnOnce(&mut EdgeConfig),
+) -> Outcome {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let mut cfg = run.config();
@@ -323,22 +409,60 @@ async fn run_edge_with(addr: SocketAddr, run: &Run, tweak: impl FnOnce(&mut Edge
     let fut = async {
         match run.link {
             Some((up, down, rtt)) => {
-                let (s, counters) = emulate(tcp, LinkConfig::constant(up, down, rtt).unwrap()).await;
-                let tap = Tap { inner: s, sent: Arc::clone(&sent), received: Arc::clone(&received) };
-                generate(tap, Some(counters), cfg, run.drafter(), run.prompt.clone(), &mut on_commit).await
+                let (s, counters) =
+                    emulate(tcp, LinkConfig::constant(up, down, rtt).unwrap()).await;
+                let tap = Tap {
+                    inner: s,
+                    sent: Arc::clone(&sent),
+                    received: Arc::clone(&received),
+                };
+                generate(
+                    tap,
+                    Some(counters),
+                    cfg,
+                    run.drafter(),
+                    run.prompt.clone(),
+                    &mut on_commit,
+                )
+                .await
             }
             None => {
-                let tap = Tap { inner: tcp, sent: Arc::clone(&sent), received: Arc::clone(&received) };
-                generate(tap, None, cfg, run.drafter(), run.prompt.clone(), &mut on_commit).await
+                let tap = Tap {
+                    inner: tcp,
+                    sent: Arc::clone(&sent),
+                    received: Arc::clone(&received),
+                };
+                generate(
+                    tap,
+                    None,
+                    cfg,
+                    run.drafter(),
+                    run.prompt.clone(),
+                    &mut on_commit,
+                )
+                .await
             }
         }
     };
-    let result = timeout(PATIENCE * 3, fut).await.expect("the generation hung");
-    let (sent, received) = (sent.lock().unwrap().clone(), received.lock().unwrap().clone());
+    let result = timeout(PATIENCE * 3, fut)
+        .await
+        .expect("the generation hung");
+    let (sent, received) = (
+        sent.lock().unwrap().clone(),
+        received.lock().unwrap().clone(),
+    );
     if let Ok(s) = &result {
-        assert_eq!(committed, s.tokens, "the callback saw exactly the committed tokens");
+        assert_eq!(
+            committed, s.tokens,
+            "the callback saw exactly the committed tokens"
+        );
     }
-    Outcome { result, committed, sent, received }
+    Outcome {
+        result,
+        committed,
+        sent,
+        received,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,7 +547,11 @@ fn replay_greedy(
         let g = generated.len();
         let context: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
         let drafted = draft_greedy(draft, &context, k);
-        let raw = drafted.iter().zip(&reference[g..]).take_while(|(d, r)| d == r).count();
+        let raw = drafted
+            .iter()
+            .zip(&reference[g..])
+            .take_while(|(d, r)| d == r)
+            .count();
         let mut pushed = 0;
         for &t in &reference[g..=g + raw] {
             generated.push(t);
@@ -433,7 +561,12 @@ fn replay_greedy(
                 break;
             }
         }
-        rounds.push(Replay { drafted, accepted: pushed - 1, next_token: generated[g + pushed - 1], finished });
+        rounds.push(Replay {
+            drafted,
+            accepted: pushed - 1,
+            next_token: generated[g + pushed - 1],
+            finished,
+        });
     }
     assert!(finished, "the edge stopped before the end");
     rounds
@@ -444,15 +577,27 @@ fn check_counters(s: &Summary) {
     let recs = &s.round_records;
     assert_eq!(s.rounds, recs.len() as u64);
     assert_eq!(s.target_forward_passes, s.rounds + 1);
-    assert_eq!(s.drafted_tokens, recs.iter().map(|r| r.k as u64).sum::<u64>());
-    assert_eq!(s.accepted_tokens, recs.iter().map(|r| r.accepted as u64).sum::<u64>());
+    assert_eq!(
+        s.drafted_tokens,
+        recs.iter().map(|r| r.k as u64).sum::<u64>()
+    );
+    assert_eq!(
+        s.accepted_tokens,
+        recs.iter().map(|r| r.accepted as u64).sum::<u64>()
+    );
     assert!(recs.iter().all(|r| r.accepted <= r.k));
     assert_eq!(s.generated_tokens, s.tokens.len());
     // The first token comes with the HelloAck; every round commits accepted + 1.
     assert_eq!(s.generated_tokens as u64, 1 + s.rounds + s.accepted_tokens);
-    assert_eq!(recs.iter().map(|r| r.round).collect::<Vec<_>>(), (1..=recs.len() as u32).collect::<Vec<_>>());
+    assert_eq!(
+        recs.iter().map(|r| r.round).collect::<Vec<_>>(),
+        (1..=recs.len() as u32).collect::<Vec<_>>()
+    );
     if s.accepted_tokens > 0 {
-        assert!(s.rounds < s.generated_tokens as u64 - 1, "accepted drafts save target rounds");
+        assert!(
+            s.rounds < s.generated_tokens as u64 - 1,
+            "accepted drafts save target rounds"
+        );
     }
 }
 
@@ -462,7 +607,11 @@ fn decode_all(bytes: &[u8]) -> Vec<(u32, Message)> {
     while let Some(f) = decode_frame(&mut buf).expect("valid frames") {
         out.push(f);
     }
-    assert!(buf.is_empty(), "{} bytes after the last whole frame", buf.len());
+    assert!(
+        buf.is_empty(),
+        "{} bytes after the last whole frame",
+        buf.len()
+    );
     out
 }
 
@@ -489,12 +638,26 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
 
         let c = run_edge(cloud.addr, &Run::cloud_only(&prompt, max_new)).await;
         let s = c.summary();
-        assert_eq!(s.tokens, expected, "cloud-only output is the target's greedy output");
+        assert_eq!(
+            s.tokens, expected,
+            "cloud-only output is the target's greedy output"
+        );
         check_counters(s);
-        assert_eq!(s.rounds as usize, expected.len() - 1, "one target pass per token");
-        assert_eq!((s.drafted_tokens, s.mode.as_str(), s.target_version.as_str()), (0, "cloud-only", VERSION));
+        assert_eq!(
+            s.rounds as usize,
+            expected.len() - 1,
+            "one target pass per token"
+        );
+        assert_eq!(
+            (s.drafted_tokens, s.mode.as_str(), s.target_version.as_str()),
+            (0, "cloud-only", VERSION)
+        );
 
-        for draft in [DraftChoice::Same, DraftChoice::Partial, DraftChoice::Independent] {
+        for draft in [
+            DraftChoice::Same,
+            DraftChoice::Partial,
+            DraftChoice::Independent,
+        ] {
             for policy in ["fixed:1", "fixed:4", "adaptive"] {
                 let run = Run::greedy(&prompt, draft, policy, max_new);
                 let o = run_edge(cloud.addr, &run).await;
@@ -509,7 +672,13 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
                     _ => assert!(ks.iter().all(|&k| (1..=8).contains(&k)), "{what}: {ks:?}"),
                 }
                 // Every round's acceptance is what an independent replay predicts.
-                let replay = replay_greedy(&draft.draft().transformer, &prompt, &reference, &ks, max_new);
+                let replay = replay_greedy(
+                    &draft.draft().transformer,
+                    &prompt,
+                    &reference,
+                    &ks,
+                    max_new,
+                );
                 let got: Vec<usize> = s.round_records.iter().map(|r| r.accepted).collect();
                 let want: Vec<usize> = replay.iter().map(|r| r.accepted).collect();
                 assert_eq!(got, want, "{what}: accepted per round");
@@ -517,12 +686,21 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
                     // The draft is the target: everything accepted but what the budget cut.
                     let (last, full) = s.round_records.split_last().unwrap();
                     assert!(full.iter().all(|r| r.accepted == r.k), "{what}");
-                    let remaining = expected.len() - 1 - full.iter().map(|r| r.k + 1).sum::<usize>();
-                    assert_eq!(last.accepted, remaining - 1, "{what}: last round cut to the budget");
+                    let remaining =
+                        expected.len() - 1 - full.iter().map(|r| r.k + 1).sum::<usize>();
+                    assert_eq!(
+                        last.accepted,
+                        remaining - 1,
+                        "{what}: last round cut to the budget"
+                    );
                     same = (same.0 + s.drafted_tokens, same.1 + s.accepted_tokens);
                 } else if draft == DraftChoice::Partial {
                     partial = (partial.0 + s.drafted_tokens, partial.1 + s.accepted_tokens);
-                    partial_rounds += s.round_records.iter().filter(|r| 0 < r.accepted && r.accepted < r.k).count();
+                    partial_rounds += s
+                        .round_records
+                        .iter()
+                        .filter(|r| 0 < r.accepted && r.accepted < r.k)
+                        .count();
                 } else {
                     indep = (indep.0 + s.drafted_tokens, indep.1 + s.accepted_tokens);
                 }
@@ -530,16 +708,32 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
         }
         // Greedy-equivalent rules: match and rejection at temperature 0 are greedy too.
         for rule in [VerifyRule::Match, VerifyRule::Rejection] {
-            let run = Run { rule, ..Run::greedy(&prompt, DraftChoice::Partial, "fixed:3", max_new) };
-            assert_eq!(run_edge(cloud.addr, &run).await.summary().tokens, expected, "{rule:?} at T = 0");
+            let run = Run {
+                rule,
+                ..Run::greedy(&prompt, DraftChoice::Partial, "fixed:3", max_new)
+            };
+            assert_eq!(
+                run_edge(cloud.addr, &run).await.summary().tokens,
+                expected,
+                "{rule:?} at T = 0"
+            );
         }
     }
     let same_rate = same.1 as f64 / same.0 as f64;
     let indep_rate = indep.1 as f64 / indep.0 as f64;
     let partial_rate = partial.1 as f64 / partial.0 as f64;
-    assert!(same_rate > 0.85, "the target as its own draft loses only the cut drafts: {same_rate}");
-    assert!(indep_rate < 0.05, "an unrelated random draft is rarely right: {indep_rate}");
-    assert!(indep_rate < partial_rate && partial_rate < same_rate, "{indep_rate} {partial_rate} {same_rate}");
+    assert!(
+        same_rate > 0.85,
+        "the target as its own draft loses only the cut drafts: {same_rate}"
+    );
+    assert!(
+        indep_rate < 0.05,
+        "an unrelated random draft is rarely right: {indep_rate}"
+    );
+    assert!(
+        indep_rate < partial_rate && partial_rate < same_rate,
+        "{indep_rate} {partial_rate} {same_rate}"
+    );
     assert!(partial_rounds > 0, "some rounds accept part of the block");
     cloud.stop().await;
 }
@@ -585,30 +779,54 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
     let mut session_id = 0;
 
     // Greedy speculative: every frame is predictable from the replay.
-    for (draft, policy) in
-        [(DraftChoice::Partial, "fixed:3"), (DraftChoice::Same, "fixed:5"), (DraftChoice::Independent, "adaptive")]
-    {
+    for (draft, policy) in [
+        (DraftChoice::Partial, "fixed:3"),
+        (DraftChoice::Same, "fixed:5"),
+        (DraftChoice::Independent, "adaptive"),
+    ] {
         session_id += 1;
-        let run = Run { link: FAST_LINK, ..Run::greedy(&prompt, draft, policy, max_new) };
+        let run = Run {
+            link: FAST_LINK,
+            ..Run::greedy(&prompt, draft, policy, max_new)
+        };
         let o = run_edge(cloud.addr, &run).await;
         let s = o.summary();
         assert_eq!(s.tokens, expected);
         let ks: Vec<usize> = s.round_records.iter().map(|r| r.k).collect();
-        let replay = replay_greedy(&draft.draft().transformer, &prompt, &reference, &ks, max_new);
+        let replay = replay_greedy(
+            &draft.draft().transformer,
+            &prompt,
+            &reference,
+            &ks,
+            max_new,
+        );
 
         let hello = Message::Hello(run.hello());
         let blocks: Vec<Message> = replay
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                Message::DraftBlock(DraftBlock { round: i as u32 + 1, tokens: r.drafted.clone(), dists: vec![] })
+                Message::DraftBlock(DraftBlock {
+                    round: i as u32 + 1,
+                    tokens: r.drafted.clone(),
+                    dists: vec![],
+                })
             })
             .collect();
         let close = Message::Close(Close {});
-        let up = frame_len(&hello) + blocks.iter().map(frame_len).sum::<usize>() + frame_len(&close);
-        assert_eq!(s.uplink_bytes, up as u64, "{draft:?} {policy}: uplink = Hello + DraftBlocks + Close");
+        let up =
+            frame_len(&hello) + blocks.iter().map(frame_len).sum::<usize>() + frame_len(&close);
+        assert_eq!(
+            s.uplink_bytes, up as u64,
+            "{draft:?} {policy}: uplink = Hello + DraftBlocks + Close"
+        );
 
-        let ack = Message::HelloAck(expected_ack(session_id, expected[0], false, prefill_us(&o.received)));
+        let ack = Message::HelloAck(expected_ack(
+            session_id,
+            expected[0],
+            false,
+            prefill_us(&o.received),
+        ));
         let verdicts: Vec<Message> = replay
             .iter()
             .zip(&s.round_records)
@@ -623,7 +841,10 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
             })
             .collect();
         let down = frame_len(&ack) + verdicts.iter().map(frame_len).sum::<usize>();
-        assert_eq!(s.downlink_bytes, down as u64, "{draft:?} {policy}: downlink = HelloAck + Verdicts");
+        assert_eq!(
+            s.downlink_bytes, down as u64,
+            "{draft:?} {policy}: downlink = HelloAck + Verdicts"
+        );
 
         // Per round: exactly that round's DraftBlock up and Verdict down.
         for ((rec, b), v) in s.round_records.iter().zip(&blocks).zip(&verdicts) {
@@ -636,22 +857,42 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
         }
         // And the frames themselves are those messages, byte for byte.
         let sent: Vec<Message> = decode_all(&o.sent).into_iter().map(|(_, m)| m).collect();
-        let want: Vec<Message> = std::iter::once(hello).chain(blocks).chain([close]).collect();
+        let want: Vec<Message> = std::iter::once(hello)
+            .chain(blocks)
+            .chain([close])
+            .collect();
         assert_eq!(sent, want);
-        let got: Vec<Message> = decode_all(&o.received).into_iter().map(|(_, m)| m).collect();
-        assert_eq!(got, std::iter::once(ack).chain(verdicts).collect::<Vec<_>>());
-        assert_eq!((o.sent.len() as u64, o.received.len() as u64), (s.uplink_bytes, s.downlink_bytes));
+        let got: Vec<Message> = decode_all(&o.received)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(
+            got,
+            std::iter::once(ack).chain(verdicts).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (o.sent.len() as u64, o.received.len() as u64),
+            (s.uplink_bytes, s.downlink_bytes)
+        );
     }
 
     // Cloud-only: Hello and Close up; HelloAck and one Verdict per further token down.
     session_id += 1;
-    let run = Run { link: FAST_LINK, ..Run::cloud_only(&prompt, max_new) };
+    let run = Run {
+        link: FAST_LINK,
+        ..Run::cloud_only(&prompt, max_new)
+    };
     let o = run_edge(cloud.addr, &run).await;
     let s = o.summary();
     assert_eq!(s.tokens, expected);
     let up = frame_len(&Message::Hello(run.hello())) + frame_len(&Message::Close(Close {}));
     assert_eq!(s.uplink_bytes, up as u64);
-    let ack = Message::HelloAck(expected_ack(session_id, expected[0], false, prefill_us(&o.received)));
+    let ack = Message::HelloAck(expected_ack(
+        session_id,
+        expected[0],
+        false,
+        prefill_us(&o.received),
+    ));
     let n = s.round_records.len();
     let verdicts: usize = s
         .round_records
@@ -674,7 +915,13 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
     let run = Run {
         link: FAST_LINK,
         dist: (16, 8),
-        ..Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Rejection, 3, max_new)
+        ..Run::sampled(
+            &prompt,
+            DraftChoice::Same,
+            VerifyRule::Rejection,
+            3,
+            max_new,
+        )
     };
     let o = run_edge(cloud.addr, &run).await;
     let s = o.summary();
@@ -684,12 +931,24 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
     assert_eq!(sent.last().unwrap().1, Message::Close(Close {}));
     let mut pos = 1; // the first token came with the HelloAck
     for ((_, m), rec) in sent[1..sent.len() - 1].iter().zip(&s.round_records) {
-        let Message::DraftBlock(b) = m else { panic!("expected a DraftBlock, got {m:?}") };
-        assert_eq!((b.round, b.tokens.len(), b.dists.len()), (rec.round, rec.k, rec.k));
+        let Message::DraftBlock(b) = m else {
+            panic!("expected a DraftBlock, got {m:?}")
+        };
+        assert_eq!(
+            (b.round, b.tokens.len(), b.dists.len()),
+            (rec.round, rec.k, rec.k)
+        );
         for (t, d) in b.tokens.iter().zip(&b.dists) {
-            assert!(d.ids.contains(t) && d.ids.len() <= 16 && d.bits == 8, "{d:?}");
+            assert!(
+                d.ids.contains(t) && d.ids.len() <= 16 && d.bits == 8,
+                "{d:?}"
+            );
         }
-        assert_eq!(b.tokens[..rec.accepted], s.tokens[pos..pos + rec.accepted], "accepted drafts are committed");
+        assert_eq!(
+            b.tokens[..rec.accepted],
+            s.tokens[pos..pos + rec.accepted],
+            "accepted drafts are committed"
+        );
         assert_eq!(rec.uplink_bytes, frame_len(m) as u64);
         pos += rec.accepted + 1;
     }
@@ -697,11 +956,19 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
     let up: usize = sent.iter().map(|(_, m)| frame_len(m)).sum();
     assert_eq!(s.uplink_bytes, up as u64);
     let received = decode_all(&o.received);
-    let ack = Message::HelloAck(expected_ack(session_id, s.tokens[0], false, prefill_us(&o.received)));
+    let ack = Message::HelloAck(expected_ack(
+        session_id,
+        s.tokens[0],
+        false,
+        prefill_us(&o.received),
+    ));
     assert_eq!(received[0].1, ack);
     let down: usize = received.iter().map(|(_, m)| frame_len(m)).sum();
     assert_eq!(s.downlink_bytes, down as u64);
-    assert_eq!((o.sent.len() as u64, o.received.len() as u64), (s.uplink_bytes, s.downlink_bytes));
+    assert_eq!(
+        (o.sent.len() as u64, o.received.len() as u64),
+        (s.uplink_bytes, s.downlink_bytes)
+    );
     cloud.stop().await;
 }
 
@@ -727,21 +994,39 @@ async fn sampled_generation_completes_in_vocabulary_and_is_deterministic_per_see
             let (sa, sb) = (a.summary(), b.summary());
             let what = format!("{rule:?} {draft:?}");
             check_counters(sa);
-            assert!(sa.tokens.iter().all(|&t| (t as usize) < VOCAB), "{what}: {:?}", sa.tokens);
-            let stopped = sa.tokens.last().is_some_and(|t| STOPS.contains(t));
-            assert!(sa.generated_tokens == max_new || stopped, "{what}: ended early without a stop token");
             assert!(
-                sa.tokens[..sa.tokens.len() - 1].iter().all(|t| !STOPS.contains(t)),
+                sa.tokens.iter().all(|&t| (t as usize) < VOCAB),
+                "{what}: {:?}",
+                sa.tokens
+            );
+            let stopped = sa.tokens.last().is_some_and(|t| STOPS.contains(t));
+            assert!(
+                sa.generated_tokens == max_new || stopped,
+                "{what}: ended early without a stop token"
+            );
+            assert!(
+                sa.tokens[..sa.tokens.len() - 1]
+                    .iter()
+                    .all(|t| !STOPS.contains(t)),
                 "{what}: ran past a stop token"
             );
             assert_eq!(sa.tokens, sb.tokens, "{what}: same seed, same tokens");
-            let rounds = |s: &Summary| s.round_records.iter().map(|r| (r.k, r.accepted)).collect::<Vec<_>>();
+            let rounds = |s: &Summary| {
+                s.round_records
+                    .iter()
+                    .map(|r| (r.k, r.accepted))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(rounds(sa), rounds(sb), "{what}: same seed, same rounds");
             if (rule, draft) == (VerifyRule::Rejection, DraftChoice::Same) {
                 // Rejection sampling accepts x with probability min(1, p(x)/q(x)), and q is p
                 // up to 16-bit rounding: every draft is accepted but those the budget cut.
                 let (_, full) = sa.round_records.split_last().unwrap();
-                assert!(full.iter().all(|r| r.accepted == r.k), "{what}: {:?}", rounds(sa));
+                assert!(
+                    full.iter().all(|r| r.accepted == r.k),
+                    "{what}: {:?}",
+                    rounds(sa)
+                );
                 assert!(sa.acceptance_rate > 0.8, "{what}: {}", sa.acceptance_rate);
             } else {
                 // Match acceptance is Σ p·q: small for this near-flat random model at T = 0.8.
@@ -752,15 +1037,34 @@ async fn sampled_generation_completes_in_vocabulary_and_is_deterministic_per_see
     }
     // Match verification draws one target sample per committed token, in order, whatever was
     // drafted: the same seed gives the cloud-only output exactly.
-    let cloud_only = Run { params: sampled_params(42), rule: VerifyRule::Match, ..Run::cloud_only(&prompt, max_new) };
+    let cloud_only = Run {
+        params: sampled_params(42),
+        rule: VerifyRule::Match,
+        ..Run::cloud_only(&prompt, max_new)
+    };
     let c = run_edge(cloud.addr, &cloud_only).await;
-    assert_eq!(c.summary().tokens, outputs[0].1, "match mode follows the target's own sample path");
+    assert_eq!(
+        c.summary().tokens,
+        outputs[0].1,
+        "match mode follows the target's own sample path"
+    );
     assert_eq!(c.summary().tokens, outputs[1].1);
     // The seed matters.
-    let other = run_edge(cloud.addr, &Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Match, 43, max_new)).await;
-    assert_ne!(other.summary().tokens, outputs[0].1, "another seed, another sample");
+    let other = run_edge(
+        cloud.addr,
+        &Run::sampled(&prompt, DraftChoice::Same, VerifyRule::Match, 43, max_new),
+    )
+    .await;
+    assert_ne!(
+        other.summary().tokens,
+        outputs[0].1,
+        "another seed, another sample"
+    );
     // Sampling differs from greedy decoding.
-    assert_ne!(outputs[0].1, expected_output(&reference(&prompt, max_new), max_new));
+    assert_ne!(
+        outputs[0].1,
+        expected_output(&reference(&prompt, max_new), max_new)
+    );
     cloud.stop().await;
 }
 
@@ -786,15 +1090,27 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
 
     let o = run_edge_with(cloud.addr, &run, |c| c.family = "qwen-9000".into()).await;
     let r = refusal(&o);
-    assert!(r.contains("`qwen-9000`") && r.contains(&format!("`{FAMILY}`")), "{r}");
+    assert!(
+        r.contains("`qwen-9000`") && r.contains(&format!("`{FAMILY}`")),
+        "{r}"
+    );
     assert!(o.committed.is_empty(), "nothing committed on a refusal");
 
     // A shared-backbone draft built on another base.
     let foreign = Draft::build(&DraftSpec::SharedBackbone { shared_layers: 2 }, &m.other).unwrap();
-    let o = run_edge_with(cloud.addr, &run, |c| c.compat_hash = foreign.compat_hash.clone()).await;
+    let o = run_edge_with(cloud.addr, &run, |c| {
+        c.compat_hash = foreign.compat_hash.clone()
+    })
+    .await;
     let r = refusal(&o);
-    assert!(r.contains("shared-backbone") && r.contains("base weights"), "{r}");
-    assert!(r.contains(&short(&m.other.base_hash)) && r.contains(&short(&m.target.base_hash)), "{r}");
+    assert!(
+        r.contains("shared-backbone") && r.contains("base weights"),
+        "{r}"
+    );
+    assert!(
+        r.contains(&short(&m.other.base_hash)) && r.contains(&short(&m.target.base_hash)),
+        "{r}"
+    );
 
     // An independent draft with another vocabulary.
     let o = run_edge_with(cloud.addr, &run, |c| {
@@ -803,7 +1119,10 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
     })
     .await;
     let r = refusal(&o);
-    assert!(r.contains("vocabulary") && r.contains("0123456789ab"), "{r}");
+    assert!(
+        r.contains("vocabulary") && r.contains("0123456789ab"),
+        "{r}"
+    );
 
     let o = run_edge_with(cloud.addr, &run, |c| c.draft_kind = "medusa-heads".into()).await;
     let r = refusal(&o);
@@ -811,14 +1130,20 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
 
     // Another protocol version in the Hello (the edge always speaks this one: raw bytes).
     let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
-    let hello = Hello { protocol_version: 9, ..run.hello() };
-    tcp.write_all(&frame(&Message::Hello(hello), 3)).await.unwrap();
+    let hello = Hello {
+        protocol_version: 9,
+        ..run.hello()
+    };
+    tcp.write_all(&frame(&Message::Hello(hello), 3))
+        .await
+        .unwrap();
     let frames = read_until_close(&mut tcp).await;
     match &frames[..] {
         [(3, Message::HelloAck(a))] => {
             assert!(!a.accepted);
             assert!(
-                a.reason.contains("protocol version 9") && a.reason.contains(&PROTOCOL_VERSION.to_string()),
+                a.reason.contains("protocol version 9")
+                    && a.reason.contains(&PROTOCOL_VERSION.to_string()),
                 "{}",
                 a.reason
             );
@@ -828,24 +1153,67 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
 
     // Bad session settings are refused too.
     for (hello, why) in [
-        (Hello { prompt: vec![], ..run.hello() }, "the prompt is empty"),
-        (Hello { prompt: vec![1, 999], ..run.hello() }, "prompt token id 999"),
-        (Hello { max_new_tokens: 0, ..run.hello() }, "max_new_tokens"),
-        (Hello { verify_mode: 17, ..run.hello() }, "unknown verification mode 17"),
-        (Hello { temperature: -1.0, ..run.hello() }, "sampling settings"),
-        (Hello { prompt: vec![65; 500], ..run.hello() }, "context window is 512"),
+        (
+            Hello {
+                prompt: vec![],
+                ..run.hello()
+            },
+            "the prompt is empty",
+        ),
+        (
+            Hello {
+                prompt: vec![1, 999],
+                ..run.hello()
+            },
+            "prompt token id 999",
+        ),
+        (
+            Hello {
+                max_new_tokens: 0,
+                ..run.hello()
+            },
+            "max_new_tokens",
+        ),
+        (
+            Hello {
+                verify_mode: 17,
+                ..run.hello()
+            },
+            "unknown verification mode 17",
+        ),
+        (
+            Hello {
+                temperature: -1.0,
+                ..run.hello()
+            },
+            "sampling settings",
+        ),
+        (
+            Hello {
+                prompt: vec![65; 500],
+                ..run.hello()
+            },
+            "context window is 512",
+        ),
     ] {
         let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
-        tcp.write_all(&frame(&Message::Hello(hello), 1)).await.unwrap();
+        tcp.write_all(&frame(&Message::Hello(hello), 1))
+            .await
+            .unwrap();
         match &read_until_close(&mut tcp).await[..] {
-            [(1, Message::HelloAck(a))] => assert!(!a.accepted && a.reason.contains(why), "{why}: {}", a.reason),
+            [(1, Message::HelloAck(a))] => {
+                assert!(!a.accepted && a.reason.contains(why), "{why}: {}", a.reason)
+            }
             other => panic!("{why}: got {other:?}"),
         }
     }
 
     // The server still serves.
     let o = run_edge(cloud.addr, &run).await;
-    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 12), 12));
+    assert_eq!(
+        o.summary().tokens,
+        expected_output(&reference(&prompt, 12), 12)
+    );
     cloud.stop().await;
 }
 
@@ -884,7 +1252,11 @@ async fn read_frame(tcp: &mut TcpStream, buf: &mut BytesMut) -> (u32, Message) {
             if let Some(f) = decode_frame(buf).expect("the server sends valid frames") {
                 return f;
             }
-            assert_ne!(tcp.read_buf(buf).await.expect("read"), 0, "closed while a frame was expected");
+            assert_ne!(
+                tcp.read_buf(buf).await.expect("read"),
+                0,
+                "closed while a frame was expected"
+            );
         }
     })
     .await
@@ -893,7 +1265,12 @@ async fn read_frame(tcp: &mut TcpStream, buf: &mut BytesMut) -> (u32, Message) {
 
 /// Sends `bytes` (then half-closes if `close`), and expects one ErrorReply with `code`, then
 /// the server's close. Returns the reply's request id and message.
-async fn expect_error_then_close(addr: SocketAddr, bytes: &[u8], close: bool, code: ErrorCode) -> (u32, String) {
+async fn expect_error_then_close(
+    addr: SocketAddr,
+    bytes: &[u8],
+    close: bool,
+    code: ErrorCode,
+) -> (u32, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(bytes).await.unwrap();
     if close {
@@ -922,27 +1299,53 @@ async fn malformed_frames_get_an_error_frame_and_a_close_while_other_sessions_go
     let prompt = prompts()[1].clone();
     let expected = expected_output(&reference(&prompt, 24), 24);
     // A slow session (1 token a round over a 20 ms link) that spans every bad connection.
-    let slow = Run { link: Some((10.0, 10.0, 20.0)), ..Run::greedy(&prompt, DraftChoice::Independent, "fixed:1", 24) };
+    let slow = Run {
+        link: Some((10.0, 10.0, 20.0)),
+        ..Run::greedy(&prompt, DraftChoice::Independent, "fixed:1", 24)
+    };
     let before = tokio::spawn(async move { run_edge(addr, &slow).await.summary().tokens.clone() });
 
     // (a) Garbage: an HTTP request reads as a length prefix far over the maximum.
-    let (req, msg) =
-        expect_error_then_close(addr, b"GET / HTTP/1.1\r\nHost: cloud\r\n\r\n", false, ErrorCode::BadFrame).await;
+    let (req, msg) = expect_error_then_close(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: cloud\r\n\r\n",
+        false,
+        ErrorCode::BadFrame,
+    )
+    .await;
     assert!(msg.contains("exceeds the maximum"), "{msg}");
     assert_eq!(req, 0, "an unreadable frame is answered with request id 0");
     // Garbage whose length prefix is shorter than a header.
-    let (_, msg) = expect_error_then_close(addr, &[0, 0, 0, 2, 0xde, 0xad], false, ErrorCode::BadFrame).await;
+    let (_, msg) =
+        expect_error_then_close(addr, &[0, 0, 0, 2, 0xde, 0xad], false, ErrorCode::BadFrame).await;
     assert!(msg.contains("shorter than"), "{msg}");
     // (b) A length prefix over MAX_FRAME_LEN, and nothing else: answered without waiting.
     let too_long = (MAX_FRAME_LEN as u32 - 4 + 1).to_be_bytes();
     let (_, msg) = expect_error_then_close(addr, &too_long, false, ErrorCode::BadFrame).await;
-    assert!(msg.contains(&format!("{} bytes exceeds the maximum of {MAX_FRAME_LEN}", MAX_FRAME_LEN + 1)), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{} bytes exceeds the maximum of {MAX_FRAME_LEN}",
+            MAX_FRAME_LEN + 1
+        )),
+        "{msg}"
+    );
     // Another version in the frame header.
-    let (_, msg) = expect_error_then_close(addr, &header(6, 9, 1, 4), false, ErrorCode::UnsupportedVersion).await;
+    let (_, msg) = expect_error_then_close(
+        addr,
+        &header(6, 9, 1, 4),
+        false,
+        ErrorCode::UnsupportedVersion,
+    )
+    .await;
     assert!(msg.contains("unsupported protocol version 9"), "{msg}");
     // (c) An unknown message type: the reply echoes the frame's request id.
-    let (req, msg) =
-        expect_error_then_close(addr, &header(6, PROTOCOL_VERSION, 99, 77), false, ErrorCode::BadFrame).await;
+    let (req, msg) = expect_error_then_close(
+        addr,
+        &header(6, PROTOCOL_VERSION, 99, 77),
+        false,
+        ErrorCode::BadFrame,
+    )
+    .await;
     assert!(msg.contains("unknown message type 99"), "{msg}");
     assert_eq!(req, 77);
     // A payload that does not decode as a Hello.
@@ -951,31 +1354,54 @@ async fn malformed_frames_get_an_error_frame_and_a_close_while_other_sessions_go
     let (req, _) = expect_error_then_close(addr, &bad, false, ErrorCode::BadFrame).await;
     assert_eq!(req, 78);
     // (d) Half a frame, then the client closes.
-    let hello = frame(&Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 8).hello()), 1);
-    let (_, msg) = expect_error_then_close(addr, &hello[..hello.len() / 2], true, ErrorCode::BadFrame).await;
+    let hello = frame(
+        &Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 8).hello()),
+        1,
+    );
+    let (_, msg) =
+        expect_error_then_close(addr, &hello[..hello.len() / 2], true, ErrorCode::BadFrame).await;
     assert!(msg.contains("stream ended inside a frame"), "{msg}");
     // A close before any byte is a clean end: no reply.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.shutdown().await.unwrap();
     assert!(read_until_close(&mut tcp).await.is_empty());
     // (e) A DraftBlock before the Hello.
-    let block = frame(&Message::DraftBlock(DraftBlock { round: 1, tokens: vec![1, 2], dists: vec![] }), 5);
+    let block = frame(
+        &Message::DraftBlock(DraftBlock {
+            round: 1,
+            tokens: vec![1, 2],
+            dists: vec![],
+        }),
+        5,
+    );
     let (req, msg) = expect_error_then_close(addr, &block, false, ErrorCode::BadRequest).await;
     assert!(msg.contains("expected Hello"), "{msg}");
     assert_eq!(req, 5);
 
     // A session started after all that.
-    let after = run_edge(addr, &Run::greedy(&prompt, DraftChoice::Same, "adaptive", 24)).await;
+    let after = run_edge(
+        addr,
+        &Run::greedy(&prompt, DraftChoice::Same, "adaptive", 24),
+    )
+    .await;
     assert_eq!(after.summary().tokens, expected);
-    let before = timeout(PATIENCE * 3, before).await.expect("the concurrent session finishes").unwrap();
-    assert_eq!(before, expected, "the session that ran through it all is unaffected");
+    let before = timeout(PATIENCE * 3, before)
+        .await
+        .expect("the concurrent session finishes")
+        .unwrap();
+    assert_eq!(
+        before, expected,
+        "the session that ran through it all is unaffected"
+    );
     cloud.stop().await;
 }
 
 /// Opens a session with `hello`; returns the connection, its buffer and the HelloAck.
 async fn open_session(addr: SocketAddr, hello: Hello) -> (TcpStream, BytesMut, HelloAck) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&frame(&Message::Hello(hello), 1)).await.unwrap();
+    tcp.write_all(&frame(&Message::Hello(hello), 1))
+        .await
+        .unwrap();
     let mut buf = BytesMut::new();
     match read_frame(&mut tcp, &mut buf).await {
         (1, Message::HelloAck(a)) if a.accepted => (tcp, buf, a),
@@ -988,19 +1414,36 @@ async fn send(tcp: &mut TcpStream, msg: Message, request_id: u32) {
 }
 
 fn block(round: u32, tokens: Vec<u32>, dists: Vec<WireDist>) -> Message {
-    Message::DraftBlock(DraftBlock { round, tokens, dists })
+    Message::DraftBlock(DraftBlock {
+        round,
+        tokens,
+        dists,
+    })
 }
 
 /// A point mass on `id`: 8-bit level 255 of 255.
 fn point_mass(id: u32) -> WireDist {
-    WireDist { ids: vec![id], probs: vec![255], bits: 8 }
+    WireDist {
+        ids: vec![id],
+        probs: vec![255],
+        bits: 8,
+    }
 }
 
 fn expect_error(f: (u32, Message), request_id: u32, needle: &str) {
     match f {
         (req, Message::ErrorReply(e)) => {
-            assert_eq!((req, e.code()), (request_id, ErrorCode::BadRequest), "{}", e.message);
-            assert!(e.message.contains(needle), "expected {needle:?} in {:?}", e.message);
+            assert_eq!(
+                (req, e.code()),
+                (request_id, ErrorCode::BadRequest),
+                "{}",
+                e.message
+            );
+            assert!(
+                e.message.contains(needle),
+                "expected {needle:?} in {:?}",
+                e.message
+            );
         }
         other => panic!("expected an ErrorReply about {needle:?}, got {other:?}"),
     }
@@ -1020,12 +1463,26 @@ async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
     send(&mut tcp, block(1, vec![r[1], 300], vec![]), 10).await;
     expect_error(read_frame(&mut tcp, &mut buf).await, 10, "300");
     send(&mut tcp, block(1, vec![u32::MAX], vec![]), 11).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 11, &u32::MAX.to_string());
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        11,
+        &u32::MAX.to_string(),
+    );
     // Distributions are not allowed in greedy mode.
     send(&mut tcp, block(1, vec![r[1]], vec![point_mass(r[1])]), 12).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 12, "1 draft distributions for 1 drafted tokens");
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        12,
+        "1 draft distributions for 1 drafted tokens",
+    );
     send(&mut tcp, block(1, vec![r[1], r[2]], vec![]), 13).await;
-    let want = Verdict { round: 1, accepted: 2, next_token: r[3], finished: false, compute_us: 0 };
+    let want = Verdict {
+        round: 1,
+        accepted: 2,
+        next_token: r[3],
+        finished: false,
+        compute_us: 0,
+    };
     match read_frame(&mut tcp, &mut buf).await {
         (13, Message::Verdict(v)) => assert_eq!(Verdict { compute_us: 0, ..v }, want),
         other => panic!("expected the verdict, got {other:?}"),
@@ -1033,13 +1490,24 @@ async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
     // A wrong guess is corrected by the target.
     send(&mut tcp, block(2, vec![(r[4] + 1) % 256, r[5]], vec![]), 14).await;
     match read_frame(&mut tcp, &mut buf).await {
-        (14, Message::Verdict(v)) => assert_eq!((v.round, v.accepted, v.next_token, v.finished), (2, 0, r[4], false)),
+        (14, Message::Verdict(v)) => assert_eq!(
+            (v.round, v.accepted, v.next_token, v.finished),
+            (2, 0, r[4], false)
+        ),
         other => panic!("expected the verdict, got {other:?}"),
     }
     // A second Hello mid-session ends it.
-    send(&mut tcp, Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:2", 30).hello()), 15).await;
+    send(
+        &mut tcp,
+        Message::Hello(Run::greedy(&prompt, DraftChoice::Same, "fixed:2", 30).hello()),
+        15,
+    )
+    .await;
     let rest = read_until_close(&mut tcp).await;
-    assert!(matches!(&rest[..], [(15, Message::ErrorReply(e))] if e.code() == ErrorCode::BadRequest), "{rest:?}");
+    assert!(
+        matches!(&rest[..], [(15, Message::ErrorReply(e))] if e.code() == ErrorCode::BadRequest),
+        "{rest:?}"
+    );
 
     // (f) Rejection sampling: wrong distribution counts and bad distributions are refused,
     // consume no randomness, and the session goes on exactly as one that never saw them.
@@ -1047,21 +1515,63 @@ async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
     let (mut tcp, mut buf, _) = open_session(cloud.addr, hello.clone()).await;
     let x = [r[1], r[2]];
     send(&mut tcp, block(1, x.to_vec(), vec![point_mass(x[0])]), 20).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 20, "1 draft distributions for 2 drafted tokens");
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        20,
+        "1 draft distributions for 2 drafted tokens",
+    );
     send(&mut tcp, block(1, x.to_vec(), vec![]), 21).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 21, "0 draft distributions for 2 drafted tokens");
-    send(&mut tcp, block(1, x.to_vec(), vec![point_mass(x[0]), point_mass(300)]), 22).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 22, "draft distribution");
-    let unpacked = WireDist { ids: vec![x[0]], probs: vec![255], bits: 0 };
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        21,
+        "0 draft distributions for 2 drafted tokens",
+    );
+    send(
+        &mut tcp,
+        block(1, x.to_vec(), vec![point_mass(x[0]), point_mass(300)]),
+        22,
+    )
+    .await;
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        22,
+        "draft distribution",
+    );
+    let unpacked = WireDist {
+        ids: vec![x[0]],
+        probs: vec![255],
+        bits: 0,
+    };
     send(&mut tcp, block(1, vec![x[0]], vec![unpacked]), 23).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 23, "draft distribution");
-    let half = WireDist { ids: vec![x[0], 7], probs: vec![100, 100], bits: 8 };
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        23,
+        "draft distribution",
+    );
+    let half = WireDist {
+        ids: vec![x[0], 7],
+        probs: vec![100, 100],
+        bits: 8,
+    };
     send(&mut tcp, block(1, vec![x[0]], vec![half]), 24).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 24, "draft distribution");
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        24,
+        "draft distribution",
+    );
     // A drafted token its own distribution gives no mass.
     // After the forward pass: the KV cache must be rolled back.
-    send(&mut tcp, block(1, vec![x[0]], vec![point_mass((x[0] + 1) % 256)]), 25).await;
-    expect_error(read_frame(&mut tcp, &mut buf).await, 25, "has probability 0 in its draft distribution");
+    send(
+        &mut tcp,
+        block(1, vec![x[0]], vec![point_mass((x[0] + 1) % 256)]),
+        25,
+    )
+    .await;
+    expect_error(
+        read_frame(&mut tcp, &mut buf).await,
+        25,
+        "has probability 0 in its draft distribution",
+    );
     let good = || block(1, x.to_vec(), vec![point_mass(x[0]), point_mass(x[1])]);
     send(&mut tcp, good(), 26).await;
     let after_errors = match read_frame(&mut tcp, &mut buf).await {
@@ -1075,10 +1585,16 @@ async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
         other => panic!("expected the verdict, got {other:?}"),
     };
     assert!(after_errors.accepted <= 2 && (after_errors.next_token as usize) < VOCAB);
-    assert_eq!((after_errors.accepted, after_errors.next_token), (clean.accepted, clean.next_token));
+    assert_eq!(
+        (after_errors.accepted, after_errors.next_token),
+        (clean.accepted, clean.next_token)
+    );
     for mut t in [tcp, fresh] {
         send(&mut t, Message::Close(Close {}), 99).await;
-        assert!(read_until_close(&mut t).await.is_empty(), "Close ends the session without a reply");
+        assert!(
+            read_until_close(&mut t).await.is_empty(),
+            "Close ends the session without a reply"
+        );
     }
     cloud.stop().await;
 }
@@ -1091,40 +1607,70 @@ async fn concurrent_sessions_each_get_their_own_output() {
     let runs = vec![
         Run::greedy(&p[0], DraftChoice::Same, "fixed:4", 30),
         Run::greedy(&p[1], DraftChoice::Independent, "adaptive", 30),
-        Run { link: FAST_LINK, ..Run::greedy(&p[2], DraftChoice::Independent, "fixed:2", 30) },
+        Run {
+            link: FAST_LINK,
+            ..Run::greedy(&p[2], DraftChoice::Independent, "fixed:2", 30)
+        },
         Run::cloud_only(&p[1], 25),
-        Run { link: FAST_LINK, ..Run::greedy(&p[0], DraftChoice::Same, "fixed:1", 17) },
+        Run {
+            link: FAST_LINK,
+            ..Run::greedy(&p[0], DraftChoice::Same, "fixed:1", 17)
+        },
     ];
-    let expected: Vec<Vec<u32>> =
-        runs.iter().map(|r| expected_output(&reference(&r.prompt, r.max_new), r.max_new)).collect();
+    let expected: Vec<Vec<u32>> = runs
+        .iter()
+        .map(|r| expected_output(&reference(&r.prompt, r.max_new), r.max_new))
+        .collect();
     let tasks: Vec<_> = runs
         .into_iter()
         .map(|run| tokio::spawn(async move { run_edge(addr, &run).await.summary().tokens.clone() }))
         .collect();
     for (task, want) in tasks.into_iter().zip(expected) {
-        assert_eq!(timeout(PATIENCE * 3, task).await.expect("finishes").unwrap(), want);
+        assert_eq!(
+            timeout(PATIENCE * 3, task)
+                .await
+                .expect("finishes")
+                .unwrap(),
+            want
+        );
     }
     cloud.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_refuses_with_an_error_frame_until_a_slot_frees() {
-    let cloud =
-        Cloud::start(ServerConfig { max_sessions: 1, shutdown_grace: Duration::from_secs(1), ..Default::default() })
-            .await;
+    let cloud = Cloud::start(ServerConfig {
+        max_sessions: 1,
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
     let prompt = prompts()[0].clone();
     let hello = Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10).hello();
     let (mut first, _, _) = open_session(cloud.addr, hello.clone()).await;
     // A slot is taken only by an accepted Hello, so the refusal answers the second Hello.
-    let (req, msg) = expect_error_then_close(cloud.addr, &frame(&Message::Hello(hello.clone()), 9), false, ErrorCode::Internal).await;
-    assert!(msg.contains("busy") && msg.contains("all 1 session slots"), "{msg}");
+    let (req, msg) = expect_error_then_close(
+        cloud.addr,
+        &frame(&Message::Hello(hello.clone()), 9),
+        false,
+        ErrorCode::Internal,
+    )
+    .await;
+    assert!(
+        msg.contains("busy") && msg.contains("all 1 session slots"),
+        "{msg}"
+    );
     assert_eq!(req, 9, "the busy reply answers the Hello");
     send(&mut first, Message::Close(Close {}), 2).await;
     assert!(read_until_close(&mut first).await.is_empty());
     // The slot is released when the first session's task ends, just after its socket closes.
     let mut served = false;
     for _ in 0..100 {
-        let o = run_edge(cloud.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10)).await;
+        let o = run_edge(
+            cloud.addr,
+            &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10),
+        )
+        .await;
         if let Ok(s) = &o.result {
             assert_eq!(s.tokens, expected_output(&reference(&prompt, 10), 10));
             served = true;
@@ -1150,7 +1696,12 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     // Before the Hello: the handshake deadline, not the idle timeout, applies.
     let t0 = tokio::time::Instant::now();
     let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
-    let frames = timeout(Duration::from_secs(600), read_until_close_unbounded(&mut tcp)).await.expect("closed");
+    let frames = timeout(
+        Duration::from_secs(600),
+        read_until_close_unbounded(&mut tcp),
+    )
+    .await
+    .expect("closed");
     assert!(frames.is_empty());
     let waited = t0.elapsed();
     assert!(waited >= handshake && waited < handshake * 2, "{waited:?}");
@@ -1158,7 +1709,12 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let hello = Run::greedy(&prompts()[0], DraftChoice::Same, "fixed:4", 10).hello();
     let (mut tcp, _, _) = open_session(cloud.addr, hello).await;
     let t0 = tokio::time::Instant::now();
-    let frames = timeout(Duration::from_secs(600), read_until_close_unbounded(&mut tcp)).await.expect("closed");
+    let frames = timeout(
+        Duration::from_secs(600),
+        read_until_close_unbounded(&mut tcp),
+    )
+    .await
+    .expect("closed");
     assert!(frames.is_empty());
     let waited = t0.elapsed();
     assert!(waited >= idle && waited < idle * 2, "{waited:?}");
@@ -1188,14 +1744,25 @@ async fn the_budget_cuts_the_last_round_exactly() {
     let cloud = Cloud::default().await;
     let prompt = prompts()[0].clone();
     let r = reference(&prompt, 40);
-    assert!(r[..40].iter().all(|t| !STOPS.contains(t)), "this prompt's first 40 greedy tokens have no stop token");
+    assert!(
+        r[..40].iter().all(|t| !STOPS.contains(t)),
+        "this prompt's first 40 greedy tokens have no stop token"
+    );
     for max_new in [1, 2, 5, 6, 7, 10, 13, 40] {
-        let s = run_edge(cloud.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", max_new)).await;
+        let s = run_edge(
+            cloud.addr,
+            &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", max_new),
+        )
+        .await;
         let s = s.summary();
         let c = run_edge(cloud.addr, &Run::cloud_only(&prompt, max_new)).await;
         assert_eq!(s.generated_tokens, max_new);
         assert_eq!(s.tokens, r[..max_new]);
-        assert_eq!(c.summary().tokens, r[..max_new], "cloud-only truncated to the budget");
+        assert_eq!(
+            c.summary().tokens,
+            r[..max_new],
+            "cloud-only truncated to the budget"
+        );
         check_counters(s);
         // Each full round commits 4 drafts + 1; the last commits what is left of the budget.
         let rounds = (max_new - 1).div_ceil(5);
@@ -1203,17 +1770,34 @@ async fn the_budget_cuts_the_last_round_exactly() {
         if let Some((last, full)) = s.round_records.split_last() {
             assert!(full.iter().all(|r| (r.k, r.accepted) == (4, 4)));
             let left = max_new - 1 - 5 * full.len();
-            assert_eq!((last.k, last.accepted), (4, left - 1), "budget {max_new}: accepted lowered to the cut");
+            assert_eq!(
+                (last.k, last.accepted),
+                (4, left - 1),
+                "budget {max_new}: accepted lowered to the cut"
+            );
         }
     }
     // The server's own cap cuts the same way.
-    let capped =
-        Cloud::start(ServerConfig { max_new_tokens: 8, shutdown_grace: Duration::from_secs(1), ..Default::default() })
-            .await;
-    let s = run_edge(capped.addr, &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 30)).await;
+    let capped = Cloud::start(ServerConfig {
+        max_new_tokens: 8,
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let s = run_edge(
+        capped.addr,
+        &Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 30),
+    )
+    .await;
     let s = s.summary();
     assert_eq!(s.tokens, r[..8]);
-    assert_eq!(s.round_records.iter().map(|r| r.accepted).collect::<Vec<_>>(), [4, 1]);
+    assert_eq!(
+        s.round_records
+            .iter()
+            .map(|r| r.accepted)
+            .collect::<Vec<_>>(),
+        [4, 1]
+    );
     capped.stop().await;
     cloud.stop().await;
 }

@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecspec_cloud::{
-    management_allowed, serve, set_version, AdminError, CloudModel, CloudServer, ServerConfig, TargetVersion,
+    management_allowed, serve, set_version, AdminError, CloudModel, CloudServer, ServerConfig,
+    TargetVersion,
 };
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
-use ecspec_model::{Draft, DraftSpec, LoadedModel, LogitsFor, LoraAdapter, LoraTarget, Session, Transformer};
+use ecspec_model::{
+    Draft, DraftSpec, LoadedModel, LogitsFor, LoraAdapter, LoraTarget, Session, Transformer,
+};
 use ecspec_proto::{
-    DraftBlock, ErrorCode, Hello, HelloAck, Message, SetVersion, Verdict, VerifyMode, PROTOCOL_VERSION,
+    DraftBlock, ErrorCode, Hello, HelloAck, Message, SetVersion, Verdict, VerifyMode,
+    PROTOCOL_VERSION,
 };
 use ecspec_spec::sampling::argmax;
 use ecspec_transport::Connection;
@@ -32,17 +36,32 @@ fn fixture() -> Fixture {
     // One directory per call: tests run in parallel in this process.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ecspec-cloud-versions-{}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("ecspec-cloud-versions-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("base.gguf");
-    write_tiny_model(&path, TinySpec { seed: 21, ..Default::default() }).unwrap();
+    write_tiny_model(
+        &path,
+        TinySpec {
+            seed: 21,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let base = LoadedModel::load(&path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = base.transformer.config().clone();
-    let mut adapter = LoraAdapter::init(&cfg, 4, 8.0, 0..cfg.num_layers, &LoraTarget::ALL, 5, "tiny").unwrap();
+    let mut adapter =
+        LoraAdapter::init(&cfg, 4, 8.0, 0..cfg.num_layers, &LoraTarget::ALL, 5, "tiny").unwrap();
     for layer in 0..cfg.num_layers {
         for t in LoraTarget::ALL {
-            for (i, b) in adapter.pair_mut(layer, t).unwrap().b_mut().iter_mut().enumerate() {
+            for (i, b) in adapter
+                .pair_mut(layer, t)
+                .unwrap()
+                .b_mut()
+                .iter_mut()
+                .enumerate()
+            {
                 *b = ((i * 7 + layer * 13 + t as usize) as f32 * 0.61).sin() * 0.2;
             }
         }
@@ -98,7 +117,13 @@ impl Edge {
             other => panic!("expected HelloAck, got {other:?}"),
         };
         assert!(ack.accepted, "{}", ack.reason);
-        Self { conn, out: vec![ack.first_token], round: 0, finished: ack.finished, version: ack.target_version }
+        Self {
+            conn,
+            out: vec![ack.first_token],
+            round: 0,
+            finished: ack.finished,
+            version: ack.target_version,
+        }
     }
 
     /// One round drafting `guess[len..len + k]` (the guess's continuation of what is committed).
@@ -109,8 +134,15 @@ impl Edge {
         self.round += 1;
         let n = self.out.len();
         let tokens: Vec<u32> = guess.iter().skip(n).take(k).copied().collect();
-        let block = DraftBlock { round: self.round, tokens: tokens.clone(), dists: vec![] };
-        self.conn.write_message(&Message::DraftBlock(block)).await.unwrap();
+        let block = DraftBlock {
+            round: self.round,
+            tokens: tokens.clone(),
+            dists: vec![],
+        };
+        self.conn
+            .write_message(&Message::DraftBlock(block))
+            .await
+            .unwrap();
         let v: Verdict = match self.conn.read_message(Some(PATIENCE)).await.unwrap() {
             Some((_, Message::Verdict(v))) => v,
             other => panic!("expected Verdict, got {other:?}"),
@@ -123,7 +155,13 @@ impl Edge {
 }
 
 async fn start(model: CloudModel) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let server = CloudServer::new(model, ServerConfig { shutdown_grace: Duration::from_secs(1), ..Default::default() });
+    let server = CloudServer::new(
+        model,
+        ServerConfig {
+            shutdown_grace: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel();
@@ -135,8 +173,14 @@ async fn start(model: CloudModel) -> (SocketAddr, tokio::sync::oneshot::Sender<(
 
 fn versions(fx: &Fixture) -> Vec<TargetVersion> {
     vec![
-        TargetVersion { name: "v0".into(), transformer: fx.base.transformer.clone() },
-        TargetVersion { name: "v1".into(), transformer: fx.v1.clone() },
+        TargetVersion {
+            name: "v0".into(),
+            transformer: fx.base.transformer.clone(),
+        },
+        TargetVersion {
+            name: "v1".into(),
+            transformer: fx.v1.clone(),
+        },
     ]
 }
 
@@ -147,8 +191,14 @@ async fn switching_versions_mid_session_keeps_each_session_lossless_for_its_vers
     let prompt: Vec<u32> = "The quick brown fox ".bytes().map(u32::from).collect();
     let ref_v0 = greedy(&fx.base.transformer, &prompt, &stops, MAX_NEW);
     let ref_v1 = greedy(&fx.v1, &prompt, &stops, MAX_NEW);
-    assert_ne!(ref_v0, ref_v1, "the adapter must change the greedy output for this test to mean anything");
-    assert!(ref_v0.len() > 12 && ref_v1.len() > 12, "long enough to switch mid-way");
+    assert_ne!(
+        ref_v0, ref_v1,
+        "the adapter must change the greedy output for this test to mean anything"
+    );
+    assert!(
+        ref_v0.len() > 12 && ref_v1.len() > 12,
+        "long enough to switch mid-way"
+    );
 
     let model = CloudModel::with_versions(FAMILY, &fx.base, versions(&fx), "v0").unwrap();
     let (addr, stop) = start(model).await;
@@ -174,13 +224,20 @@ async fn switching_versions_mid_session_keeps_each_session_lossless_for_its_vers
     assert_eq!(b.version, "v1");
     let mut i = 0;
     while !(a.finished && b.finished) {
-        let (ga, gb) = if i % 2 == 0 { (&ref_v1, &ref_v0) } else { (&ref_v0, &ref_v1) };
+        let (ga, gb) = if i % 2 == 0 {
+            (&ref_v1, &ref_v0)
+        } else {
+            (&ref_v0, &ref_v1)
+        };
         a.round(ga, 1 + i % 4).await;
         b.round(gb, 1 + (i + 1) % 4).await;
         i += 1;
         assert!(i < 200, "sessions must finish");
     }
-    assert_eq!(a.out, ref_v0, "session A was verified by v0 from start to end");
+    assert_eq!(
+        a.out, ref_v0,
+        "session A was verified by v0 from start to end"
+    );
     assert_eq!(b.out, ref_v1, "session B was verified by v1");
 
     // Switching back: a query changes nothing; new sessions get v0 again.
@@ -199,8 +256,15 @@ async fn unknown_version_is_refused_and_changes_nothing() {
     let model = CloudModel::with_versions(FAMILY, &fx.base, versions(&fx), "v1").unwrap();
     let (addr, stop) = start(model).await;
     match set_version(addr, "v9", PATIENCE).await {
-        Err(AdminError::Refused { code: ErrorCode::BadRequest, message, .. }) => {
-            assert!(message.contains("`v9`") && message.contains("[\"v0\", \"v1\"]"), "{message}");
+        Err(AdminError::Refused {
+            code: ErrorCode::BadRequest,
+            message,
+            ..
+        }) => {
+            assert!(
+                message.contains("`v9`") && message.contains("[\"v0\", \"v1\"]"),
+                "{message}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -209,7 +273,9 @@ async fn unknown_version_is_refused_and_changes_nothing() {
     // Several requests on one management connection; anything else ends it with BadRequest.
     let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap());
     for (v, active) in [("v0", "v0"), ("v1", "v1")] {
-        conn.write_message(&Message::SetVersion(SetVersion { version: v.into() })).await.unwrap();
+        conn.write_message(&Message::SetVersion(SetVersion { version: v.into() }))
+            .await
+            .unwrap();
         match conn.read_message(Some(PATIENCE)).await.unwrap() {
             Some((_, Message::VersionAck(ack))) => assert_eq!(ack.active, active),
             other => panic!("expected VersionAck, got {other:?}"),
@@ -217,7 +283,9 @@ async fn unknown_version_is_refused_and_changes_nothing() {
     }
     conn.write_message(&hello(&[72], "x")).await.unwrap();
     match conn.read_message(Some(PATIENCE)).await.unwrap() {
-        Some((_, Message::ErrorReply(e))) => assert_eq!(e.code(), ErrorCode::BadRequest, "{}", e.message),
+        Some((_, Message::ErrorReply(e))) => {
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{}", e.message)
+        }
         other => panic!("expected ErrorReply, got {other:?}"),
     }
     let _ = stop.send(());
@@ -228,7 +296,13 @@ fn only_loopback_may_manage() {
     for ok in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
         assert!(management_allowed(ok.parse::<IpAddr>().unwrap()), "{ok}");
     }
-    for no in ["10.0.0.1", "192.168.1.20", "0.0.0.0", "::ffff:10.0.0.1", "2001:db8::1"] {
+    for no in [
+        "10.0.0.1",
+        "192.168.1.20",
+        "0.0.0.0",
+        "::ffff:10.0.0.1",
+        "2001:db8::1",
+    ] {
         assert!(!management_allowed(no.parse::<IpAddr>().unwrap()), "{no}");
     }
 }
@@ -236,11 +310,18 @@ fn only_loopback_may_manage() {
 #[test]
 fn cloud_model_versions_are_checked() {
     let fx = fixture();
-    let e = CloudModel::with_versions(FAMILY, &fx.base, versions(&fx), "v2").err().unwrap();
-    assert_eq!((e.requested.as_str(), e.available.clone()), ("v2", vec!["v0".to_string(), "v1".to_string()]));
+    let e = CloudModel::with_versions(FAMILY, &fx.base, versions(&fx), "v2")
+        .err()
+        .unwrap();
+    assert_eq!(
+        (e.requested.as_str(), e.available.clone()),
+        ("v2", vec!["v0".to_string(), "v1".to_string()])
+    );
     let mut dup = versions(&fx);
     dup[1].name = "v0".into();
-    let e = CloudModel::with_versions(FAMILY, &fx.base, dup, "v0").err().unwrap();
+    let e = CloudModel::with_versions(FAMILY, &fx.base, dup, "v0")
+        .err()
+        .unwrap();
     assert!(e.requested.contains("listed twice"), "{e}");
     let m = CloudModel::with_versions(FAMILY, &fx.base, versions(&fx), "v0").unwrap();
     assert_eq!(m.set_active("v1").unwrap(), "v0");

@@ -59,14 +59,20 @@ impl Drafter {
     /// A drafter over `session` (fresh KV cache).
     pub fn new(session: Session, sampling: DraftSampling) -> Self {
         let rng = sampling::rng_for(sampling.params.seed, sampling::EDGE_STREAM);
-        Self { session, fed: 0, rng, sampling }
+        Self {
+            session,
+            fed: 0,
+            rng,
+            sampling,
+        }
     }
 
     /// Feeds committed tokens not yet in the KV cache except the last one (which the next
     /// proposal feeds), e.g. the prompt while waiting for the cloud's first token.
     pub fn prefill(&mut self, committed: &[u32]) -> Result<(), DraftError> {
         if committed.len() > self.fed + 1 {
-            self.session.forward(&committed[self.fed..committed.len() - 1], LogitsFor::Last)?;
+            self.session
+                .forward(&committed[self.fed..committed.len() - 1], LogitsFor::Last)?;
             self.fed = committed.len() - 1;
         }
         Ok(())
@@ -76,15 +82,22 @@ impl Drafter {
         let err = |e: &dyn std::fmt::Display| DraftError::Sampling(e.to_string());
         if self.sampling.params.is_greedy() || self.sampling.rule == VerifyRule::Greedy {
             let x = sampling::argmax(row);
-            let p = sampling::target_distribution(row, &SamplingParams { temperature: 1.0, ..self.sampling.params })
-                .map_err(|e| err(&e))?;
+            let p = sampling::target_distribution(
+                row,
+                &SamplingParams {
+                    temperature: 1.0,
+                    ..self.sampling.params
+                },
+            )
+            .map_err(|e| err(&e))?;
             return Ok((x, None, p[x as usize]));
         }
         let q = sampling::target_distribution(row, &self.sampling.params).map_err(|e| err(&e))?;
         if self.sampling.rule == VerifyRule::Rejection {
             // Quantize first, then sample from exactly what is sent (Zhang et al. 2025,
             // arXiv 2507.00605): verification stays exact w.r.t. the q the cloud sees.
-            let cd = CompactDist::quantize(&q, self.sampling.dist_top_k, self.sampling.dist_bits).map_err(|e| err(&e))?;
+            let cd = CompactDist::quantize(&q, self.sampling.dist_top_k, self.sampling.dist_bits)
+                .map_err(|e| err(&e))?;
             let x = cd.sample(&mut self.rng);
             let conf = cd.prob_of(x) as f32;
             Ok((x, Some(cd), conf))
@@ -102,7 +115,9 @@ impl Drafter {
         if k == 0 {
             return Ok(out);
         }
-        let logits = self.session.forward(&committed[self.fed..], LogitsFor::Last)?;
+        let logits = self
+            .session
+            .forward(&committed[self.fed..], LogitsFor::Last)?;
         self.fed = committed.len();
         let mut row = logits.last().to_vec();
         for i in 0..k {
@@ -122,7 +137,12 @@ impl Drafter {
 
     /// After a verdict: `old_len` committed tokens before the round, `accepted` drafts kept.
     /// Rolls the KV cache back to the committed prefix it still agrees with.
-    pub fn rollback(&mut self, old_len: usize, drafted: usize, accepted: usize) -> Result<(), DraftError> {
+    pub fn rollback(
+        &mut self,
+        old_len: usize,
+        drafted: usize,
+        accepted: usize,
+    ) -> Result<(), DraftError> {
         if drafted == 0 {
             return Ok(());
         }
@@ -135,7 +155,9 @@ impl Drafter {
 
     /// Edge-only decoding: the draft's own next token after `committed` (no verification).
     pub fn next_token(&mut self, committed: &[u32]) -> Result<u32, DraftError> {
-        let logits = self.session.forward(&committed[self.fed..], LogitsFor::Last)?;
+        let logits = self
+            .session
+            .forward(&committed[self.fed..], LogitsFor::Last)?;
         self.fed = committed.len();
         Ok(self.pick(logits.last())?.0)
     }

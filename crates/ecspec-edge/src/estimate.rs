@@ -36,7 +36,17 @@ impl DecayingLineFit {
     /// A fit with prior intercept `a0` (used until the first observation), slope prior,
     /// prior strength `lambda` ≥ 0 and `decay` ∈ (0, 1] per observation.
     pub fn new(a0: f64, slope: SlopePrior, lambda: f64, decay: f64) -> Self {
-        Self { decay, a0, slope, lambda, sw: 0.0, sx: 0.0, sy: 0.0, sxx: 0.0, sxy: 0.0 }
+        Self {
+            decay,
+            a0,
+            slope,
+            lambda,
+            sw: 0.0,
+            sx: 0.0,
+            sy: 0.0,
+            sxx: 0.0,
+            sxy: 0.0,
+        }
     }
 
     /// Adds one observation, discounting the past by `decay`.
@@ -65,7 +75,8 @@ impl DecayingLineFit {
             SlopePrior::Absolute(b) => b,
             SlopePrior::RelativeToMean(r) => r * my,
         };
-        let b = ((self.sw * cov + self.lambda * b0) / (self.sw * var + self.lambda).max(1e-300)).max(0.0);
+        let b = ((self.sw * cov + self.lambda * b0) / (self.sw * var + self.lambda).max(1e-300))
+            .max(0.0);
         ((my - b * mx).max(0.0), b)
     }
 }
@@ -108,7 +119,15 @@ impl RoundEstimator {
 
     /// Records one round: K drafted, drafting time (s), uplink/downlink bytes of the round,
     /// waiting time from send to verdict (s) and the cloud's reported compute time (s).
-    pub fn observe(&mut self, k: usize, draft_s: f64, up_bytes: f64, down_bytes: f64, wait_s: f64, compute_s: f64) {
+    pub fn observe(
+        &mut self,
+        k: usize,
+        draft_s: f64,
+        up_bytes: f64,
+        down_bytes: f64,
+        wait_s: f64,
+        compute_s: f64,
+    ) {
         let e = self.ewma;
         if k > 0 {
             self.t_draft = (1.0 - e) * self.t_draft + e * draft_s / k as f64;
@@ -117,7 +136,8 @@ impl RoundEstimator {
         }
         self.down = (1.0 - e) * self.down + e * down_bytes;
         self.verify.observe(k as f64, compute_s);
-        self.network.observe(up_bytes, (wait_s - compute_s).max(0.0));
+        self.network
+            .observe(up_bytes, (wait_s - compute_s).max(0.0));
     }
 
     /// Measured drafting time per token (s).
@@ -157,7 +177,10 @@ mod tests {
             f.observe(x as f64, 0.05 + 0.002 * x as f64);
         }
         let (a, b) = f.line();
-        assert!((a - 0.05).abs() < 1e-6 && (b - 0.002).abs() < 1e-7, "{a} {b}");
+        assert!(
+            (a - 0.05).abs() < 1e-6 && (b - 0.002).abs() < 1e-7,
+            "{a} {b}"
+        );
     }
 
     #[test]
@@ -180,10 +203,21 @@ mod tests {
         // 10 Mbit/s prior; the ridge leaves a few percent of bias.
         for i in 0..200 {
             let bytes = 20.0 + (i % 8) as f64 * 10.0;
-            e.observe(1 + i % 8, 0.01, bytes, 19.0, 0.1 + bytes * 8e-6 + 0.02, 0.02);
+            e.observe(
+                1 + i % 8,
+                0.01,
+                bytes,
+                19.0,
+                0.1 + bytes * 8e-6 + 0.02,
+                0.02,
+            );
         }
         let s = e.state(0.5);
         assert!((s.rtt_s - 0.1).abs() < 2e-3, "rtt {}", s.rtt_s);
-        assert!((s.uplink_bps - 1e6).abs() / 1e6 < 0.05, "rate {}", s.uplink_bps);
+        assert!(
+            (s.uplink_bps - 1e6).abs() / 1e6 < 0.05,
+            "rate {}",
+            s.uplink_bps
+        );
     }
 }

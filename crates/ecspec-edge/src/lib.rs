@@ -15,4 +15,6 @@ pub mod session;
 
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
-pub use session::{generate, generate_edge_only, EdgeConfig, EdgeError, Mode, RoundRecord, Summary};
+pub use session::{
+    generate, generate_edge_only, EdgeConfig, EdgeError, Mode, RoundRecord, Summary,
+};

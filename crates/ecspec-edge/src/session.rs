@@ -163,7 +163,8 @@ pub enum EdgeError {
 pub type OnCommit<'a> = &'a mut (dyn FnMut(&[u32]) + Send);
 
 fn bytes(link: &Option<LinkCounters>) -> (u64, u64) {
-    link.as_ref().map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))
+    link.as_ref()
+        .map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))
 }
 
 fn verify_mode(rule: VerifyRule) -> VerifyMode {
@@ -175,7 +176,11 @@ fn verify_mode(rule: VerifyRule) -> VerifyMode {
 }
 
 fn dist_to_wire(d: &ecspec_spec::compact::CompactDist) -> ecspec_proto::CompactDist {
-    ecspec_proto::CompactDist { ids: d.ids().to_vec(), probs: d.packed_levels(), bits: u32::from(d.bits()) }
+    ecspec_proto::CompactDist {
+        ids: d.ids().to_vec(),
+        probs: d.packed_levels(),
+        bits: u32::from(d.bits()),
+    }
 }
 
 /// Runs the draft on a blocking thread and hands it back (the model never crosses an await
@@ -220,8 +225,12 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         top_k: cfg.params.top_k as u32,
         seed: cfg.params.seed,
         verify_mode: verify_mode(cfg.rule) as i32,
-        max_new_tokens: u32::try_from(cfg.max_new_tokens)
-            .map_err(|_| EdgeError::Protocol(format!("max_new_tokens {} does not fit the protocol's 32 bits", cfg.max_new_tokens)))?,
+        max_new_tokens: u32::try_from(cfg.max_new_tokens).map_err(|_| {
+            EdgeError::Protocol(format!(
+                "max_new_tokens {} does not fit the protocol's 32 bits",
+                cfg.max_new_tokens
+            ))
+        })?,
         prompt: prompt.clone(),
         autoregressive: cfg.mode == Mode::CloudOnly,
     };
@@ -235,11 +244,24 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let ack = match conn.read_message(Some(cfg.timeout)).await? {
         Some((_, Message::HelloAck(a))) => a,
         Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
-        Some((_, other)) => return Err(EdgeError::Protocol(format!("expected HelloAck, got {:?}", other.message_type()))),
-        None => return Err(EdgeError::Protocol("the cloud closed the connection during the handshake".into())),
+        Some((_, other)) => {
+            return Err(EdgeError::Protocol(format!(
+                "expected HelloAck, got {:?}",
+                other.message_type()
+            )))
+        }
+        None => {
+            return Err(EdgeError::Protocol(
+                "the cloud closed the connection during the handshake".into(),
+            ))
+        }
     };
     if !ack.accepted {
-        let reason = if ack.reason.is_empty() { "(no reason given)".to_string() } else { ack.reason };
+        let reason = if ack.reason.is_empty() {
+            "(no reason given)".to_string()
+        } else {
+            ack.reason
+        };
         return Err(EdgeError::Refused(reason));
     }
     let vocab = cfg.vocab_size;
@@ -250,7 +272,10 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
     if ack.first_token as usize >= vocab {
-        return Err(EdgeError::Protocol(format!("first token {} is outside the vocabulary", ack.first_token)));
+        return Err(EdgeError::Protocol(format!(
+            "first token {} is outside the vocabulary",
+            ack.first_token
+        )));
     }
     let ttft = t_start.elapsed();
     let mut committed = prompt.clone();
@@ -258,7 +283,10 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     on_commit(&[ack.first_token]);
     let mut finished = ack.finished;
     let mut est = AcceptanceEstimator::default();
-    let mut timing = RoundEstimator::new(0.01, ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0);
+    let mut timing = RoundEstimator::new(
+        0.01,
+        ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0,
+    );
     let mut records = Vec::new();
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
@@ -267,7 +295,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         let (up0, down0) = bytes(&link);
         let old_len = committed.len();
         let (k, proposal) = if speculative {
-            let d = drafter.take().ok_or_else(|| EdgeError::Protocol("speculative mode needs a draft model".into()))?;
+            let d = drafter.take().ok_or_else(|| {
+                EdgeError::Protocol("speculative mode needs a draft model".into())
+            })?;
             let k = cfg.policy.choose(&timing.state(est.alpha()));
             let c = committed.clone();
             let (d, p) = blocking(d, move |d| d.propose(&c, k)).await?;
@@ -279,25 +309,46 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         draft_total += proposal.elapsed;
         let t_send = Instant::now();
         if cfg.mode != Mode::CloudOnly {
-            let block = DraftBlock { round, tokens: proposal.tokens.clone(), dists: proposal.dists.iter().map(dist_to_wire).collect() };
+            let block = DraftBlock {
+                round,
+                tokens: proposal.tokens.clone(),
+                dists: proposal.dists.iter().map(dist_to_wire).collect(),
+            };
             conn.write_message(&Message::DraftBlock(block)).await?;
         }
         let v = match conn.read_message(Some(cfg.timeout)).await? {
             Some((_, Message::Verdict(v))) => v,
             Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
-            Some((_, other)) => return Err(EdgeError::Protocol(format!("expected Verdict, got {:?}", other.message_type()))),
-            None => return Err(EdgeError::Protocol("the cloud closed the connection mid-generation".into())),
+            Some((_, other)) => {
+                return Err(EdgeError::Protocol(format!(
+                    "expected Verdict, got {:?}",
+                    other.message_type()
+                )))
+            }
+            None => {
+                return Err(EdgeError::Protocol(
+                    "the cloud closed the connection mid-generation".into(),
+                ))
+            }
         };
         let wait = t_send.elapsed();
         if v.round != round {
-            return Err(EdgeError::Protocol(format!("verdict for round {}, expected round {round}", v.round)));
+            return Err(EdgeError::Protocol(format!(
+                "verdict for round {}, expected round {round}",
+                v.round
+            )));
         }
         if v.next_token as usize >= vocab {
-            return Err(EdgeError::Protocol(format!("next token {} is outside the vocabulary", v.next_token)));
+            return Err(EdgeError::Protocol(format!(
+                "next token {} is outside the vocabulary",
+                v.next_token
+            )));
         }
         let a = v.accepted as usize;
         if a > k {
-            return Err(EdgeError::Protocol(format!("verdict accepts {a} of {k} drafted tokens")));
+            return Err(EdgeError::Protocol(format!(
+                "verdict accepts {a} of {k} drafted tokens"
+            )));
         }
         let mut new: Vec<u32> = proposal.tokens[..a].to_vec();
         new.push(v.next_token);
@@ -319,7 +370,14 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             uplink_bytes: up1 - up0,
             downlink_bytes: down1 - down0,
         };
-        timing.observe(k, rec.draft_s, rec.uplink_bytes as f64, rec.downlink_bytes as f64, rec.wait_s, rec.cloud_compute_s);
+        timing.observe(
+            k,
+            rec.draft_s,
+            rec.uplink_bytes as f64,
+            rec.downlink_bytes as f64,
+            rec.wait_s,
+            rec.cloud_compute_s,
+        );
         records.push(rec);
     }
     let total = t_start.elapsed();
@@ -342,11 +400,19 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         target_forward_passes: rounds + 1,
         drafted_tokens: est.drafted(),
         accepted_tokens: est.accepted(),
-        mean_accepted_tokens: if rounds > 0 { (generated as f64 - 1.0) / rounds as f64 } else { 0.0 },
+        mean_accepted_tokens: if rounds > 0 {
+            (generated as f64 - 1.0) / rounds as f64
+        } else {
+            0.0
+        },
         acceptance_rate: est.acceptance_ratio(),
         goodput_tok_s: generated as f64 / total.as_secs_f64(),
         ttft_s: ttft.as_secs_f64(),
-        tpot_s: if generated > 1 { (total - ttft).as_secs_f64() / (generated - 1) as f64 } else { 0.0 },
+        tpot_s: if generated > 1 {
+            (total - ttft).as_secs_f64() / (generated - 1) as f64
+        } else {
+            0.0
+        },
         total_s: total.as_secs_f64(),
         draft_s: draft_total.as_secs_f64(),
         uplink_bytes: up,
@@ -354,8 +420,16 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
         downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
         mode: cfg.mode.as_str().into(),
-        verify: if speculative { cfg.rule.name().into() } else { "none".into() },
-        draft_len: if speculative { cfg.policy.name() } else { "none".into() },
+        verify: if speculative {
+            cfg.rule.name().into()
+        } else {
+            "none".into()
+        },
+        draft_len: if speculative {
+            cfg.policy.name()
+        } else {
+            "none".into()
+        },
         model_family: std::mem::take(&mut cfg.family),
         target_version: ack.target_version,
         round_records: records,

@@ -37,7 +37,10 @@ pub struct Family {
 /// # Errors
 /// [`FamilyError::Io`].
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let io = |e: std::io::Error| FamilyError::Io { path: path.to_path_buf(), reason: e.to_string() };
+    let io = |e: std::io::Error| FamilyError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -64,27 +67,48 @@ impl Family {
     /// [`FamilyError::Adapter`].
     pub fn open(manifest: FamilyManifest, base_file: Option<&Path>) -> Result<Self> {
         let mpath = manifest.path.clone();
-        let file: PathBuf = match base_file.map(Path::to_path_buf).or_else(|| manifest.base_file()) {
+        let file: PathBuf = match base_file
+            .map(Path::to_path_buf)
+            .or_else(|| manifest.base_file())
+        {
             Some(f) => f,
             None => {
                 return Err(FamilyError::Invalid {
                     path: mpath,
                     key: "base.file".into(),
-                    reason: format!("not set, and no base GGUF path was given for `{}`", manifest.base.name),
+                    reason: format!(
+                        "not set, and no base GGUF path was given for `{}`",
+                        manifest.base.name
+                    ),
                 })
             }
         };
         if !file.is_file() {
-            return Err(FamilyError::MissingFile { path: mpath, key: "base.file".into(), file });
+            return Err(FamilyError::MissingFile {
+                path: mpath,
+                key: "base.file".into(),
+                file,
+            });
         }
         let found = sha256_file(&file)?;
         if found != manifest.base.sha256 {
-            return Err(FamilyError::BaseSha256 { file, expected: manifest.base.sha256.clone(), found });
+            return Err(FamilyError::BaseSha256 {
+                file,
+                expected: manifest.base.sha256.clone(),
+                found,
+            });
         }
-        let base = LoadedModel::load(&file).map_err(|source| FamilyError::Base { file: file.clone(), source })?;
+        let base = LoadedModel::load(&file).map_err(|source| FamilyError::Base {
+            file: file.clone(),
+            source,
+        })?;
         if let Some(expected) = &manifest.frozen.base_hash {
             if expected != &base.base_hash {
-                return Err(FamilyError::BaseHash { file, expected: expected.clone(), found: base.base_hash.clone() });
+                return Err(FamilyError::BaseHash {
+                    file,
+                    expected: expected.clone(),
+                    found: base.base_hash.clone(),
+                });
             }
         }
         let config = base.transformer.config().clone();
@@ -106,10 +130,17 @@ impl Family {
                 if let Some(expected) = &manifest.draft.anchor_sha256 {
                     let found = sha256_file(&f)?;
                     if &found != expected {
-                        return Err(FamilyError::AnchorSha256 { file: f, expected: expected.clone(), found });
+                        return Err(FamilyError::AnchorSha256 {
+                            file: f,
+                            expected: expected.clone(),
+                            found,
+                        });
                     }
                 }
-                Some(anchor::load_anchor(&f, &config).map_err(|source| FamilyError::Anchor { file: f, source })?)
+                Some(
+                    anchor::load_anchor(&f, &config)
+                        .map_err(|source| FamilyError::Anchor { file: f, source })?,
+                )
             }
         };
         let base = Arc::new(base);
@@ -125,16 +156,29 @@ impl Family {
                         source: Box::new(source),
                     };
                     let a = LoraAdapter::load_peft(&dir, &config).map_err(err)?;
-                    let t = Transformer::with_adapter(&base.transformer, &a).map_err(|e| match e {
-                        ecspec_model::ModelError::Lora(l) => err(*l),
-                        other => FamilyError::Base { file: file.clone(), source: other },
-                    })?;
+                    let t =
+                        Transformer::with_adapter(&base.transformer, &a).map_err(|e| match e {
+                            ecspec_model::ModelError::Lora(l) => err(*l),
+                            other => FamilyError::Base {
+                                file: file.clone(),
+                                source: other,
+                            },
+                        })?;
                     (Some(a), Arc::new(t))
                 }
             };
-            versions.push(LoadedVersion { spec: spec.clone(), adapter, transformer });
+            versions.push(LoadedVersion {
+                spec: spec.clone(),
+                adapter,
+                transformer,
+            });
         }
-        Ok(Self { manifest, base, anchor, versions })
+        Ok(Self {
+            manifest,
+            base,
+            anchor,
+            versions,
+        })
     }
 
     /// Every version, in manifest order.
@@ -153,12 +197,15 @@ impl Family {
     /// # Errors
     /// [`FamilyError::Draft`] (cannot happen after [`Self::open`] checked the layout).
     pub fn draft(&self) -> Result<Draft> {
-        Draft::shared_backbone(&self.base, self.manifest.draft.shared_layers, self.anchor.clone()).map_err(|e| {
-            FamilyError::Draft {
-                path: self.manifest.path.clone(),
-                key: "draft.shared_layers".into(),
-                reason: e.to_string(),
-            }
+        Draft::shared_backbone(
+            &self.base,
+            self.manifest.draft.shared_layers,
+            self.anchor.clone(),
+        )
+        .map_err(|e| FamilyError::Draft {
+            path: self.manifest.path.clone(),
+            key: "draft.shared_layers".into(),
+            reason: e.to_string(),
         })
     }
 }

@@ -27,4 +27,6 @@ pub mod manifest;
 
 pub use error::{FamilyError, Result};
 pub use family::{sha256_file, Family, LoadedVersion};
-pub use manifest::{BaseSpec, DraftLayout, FamilyManifest, FrozenPart, FrozenSpec, VersionSpec, FORMAT_VERSION};
+pub use manifest::{
+    BaseSpec, DraftLayout, FamilyManifest, FrozenPart, FrozenSpec, VersionSpec, FORMAT_VERSION,
+};

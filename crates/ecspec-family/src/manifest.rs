@@ -76,7 +76,12 @@ pub enum FrozenPart {
 
 impl FrozenPart {
     /// All parts; the shared-backbone contract of design.md §5 needs every one frozen.
-    pub const ALL: [FrozenPart; 4] = [Self::Embedding, Self::FinalNorm, Self::LmHead, Self::BaseLayers];
+    pub const ALL: [FrozenPart; 4] = [
+        Self::Embedding,
+        Self::FinalNorm,
+        Self::LmHead,
+        Self::BaseLayers,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -139,7 +144,11 @@ pub struct VersionSpec {
 }
 
 fn invalid(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> FamilyError {
-    FamilyError::Invalid { path: path.to_path_buf(), key: key.into(), reason: reason.into() }
+    FamilyError::Invalid {
+        path: path.to_path_buf(),
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 impl FamilyManifest {
@@ -149,8 +158,10 @@ impl FamilyManifest {
     /// [`FamilyError::Io`], [`FamilyError::Parse`], [`FamilyError::Invalid`],
     /// [`FamilyError::MissingFile`].
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| FamilyError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| FamilyError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let m = Self::parse(&text, path)?;
         m.check_files()?;
         Ok(m)
@@ -184,8 +195,14 @@ impl FamilyManifest {
     /// As [`Self::parse`]; [`FamilyError::Io`].
     pub fn save(&self, path: &Path) -> Result<()> {
         self.check()?;
-        let io = |e: std::io::Error| FamilyError::Io { path: path.to_path_buf(), reason: e.to_string() };
-        let text = format!("# ECSpec model family manifest (docs/family-manifest.md).\n{}", self.to_toml());
+        let io = |e: std::io::Error| FamilyError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let text = format!(
+            "# ECSpec model family manifest (docs/family-manifest.md).\n{}",
+            self.to_toml()
+        );
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
@@ -234,7 +251,10 @@ impl FamilyManifest {
             return Err(invalid(
                 path,
                 "format",
-                format!("format {} is not supported (this build reads {FORMAT_VERSION})", self.format),
+                format!(
+                    "format {} is not supported (this build reads {FORMAT_VERSION})",
+                    self.format
+                ),
             ));
         }
         check_name(path, "name", &self.name)?;
@@ -271,7 +291,13 @@ impl FamilyManifest {
             check_rel(path, "draft.anchor", a)?;
         }
         match (&self.draft.anchor, &self.draft.anchor_sha256) {
-            (None, Some(_)) => return Err(invalid(path, "draft.anchor_sha256", "given without draft.anchor")),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    path,
+                    "draft.anchor_sha256",
+                    "given without draft.anchor",
+                ))
+            }
             (_, Some(h)) => check_sha256(path, "draft.anchor_sha256", h)?,
             _ => {}
         }
@@ -279,20 +305,33 @@ impl FamilyManifest {
             check_rel(path, "draft.vocab_subset", v)?;
         }
         if self.versions.is_empty() {
-            return Err(invalid(path, "version", "a family lists at least one [[version]]"));
+            return Err(invalid(
+                path,
+                "version",
+                "a family lists at least one [[version]]",
+            ));
         }
         for (i, v) in self.versions.iter().enumerate() {
             let key = |k: &str| format!("version[{i}].{k}");
             check_name(path, &key("name"), &v.name)?;
             if let Some(j) = self.versions[..i].iter().position(|u| u.name == v.name) {
-                return Err(invalid(path, key("name"), format!("`{}` is already the name of version[{j}]", v.name)));
+                return Err(invalid(
+                    path,
+                    key("name"),
+                    format!("`{}` is already the name of version[{j}]", v.name),
+                ));
             }
             if let Some(p) = &v.parent {
                 if p == &v.name {
-                    return Err(invalid(path, key("parent"), format!("version `{}` cannot be its own parent", v.name)));
+                    return Err(invalid(
+                        path,
+                        key("parent"),
+                        format!("version `{}` cannot be its own parent", v.name),
+                    ));
                 }
                 if !self.versions[..i].iter().any(|u| &u.name == p) {
-                    let earlier: Vec<&str> = self.versions[..i].iter().map(|u| u.name.as_str()).collect();
+                    let earlier: Vec<&str> =
+                        self.versions[..i].iter().map(|u| u.name.as_str()).collect();
                     return Err(invalid(
                         path,
                         key("parent"),
@@ -303,13 +342,22 @@ impl FamilyManifest {
             if let Some(a) = &v.adapter {
                 check_rel(path, &key("adapter"), a)?;
             }
-            check_rfc3339(&v.created)
-                .map_err(|r| invalid(path, key("created"), format!("`{}` is not an RFC 3339 time: {r}", v.created)))?;
+            check_rfc3339(&v.created).map_err(|r| {
+                invalid(
+                    path,
+                    key("created"),
+                    format!("`{}` is not an RFC 3339 time: {r}", v.created),
+                )
+            })?;
         }
         if let Some(a) = &self.active {
             if self.version(a).is_none() {
                 let names: Vec<&str> = self.versions.iter().map(|v| v.name.as_str()).collect();
-                return Err(invalid(path, "active", format!("`{a}` is not a listed version ({names:?})")));
+                return Err(invalid(
+                    path,
+                    "active",
+                    format!("`{a}` is not a listed version ({names:?})"),
+                ));
             }
         }
         Ok(())
@@ -317,13 +365,20 @@ impl FamilyManifest {
 
     /// Checks that every named file exists.
     fn check_files(&self) -> Result<()> {
-        let missing = |key: String, file: PathBuf| FamilyError::MissingFile { path: self.path.clone(), key, file };
+        let missing = |key: String, file: PathBuf| FamilyError::MissingFile {
+            path: self.path.clone(),
+            key,
+            file,
+        };
         if let Some(f) = self.base_file() {
             if !f.is_file() {
                 return Err(missing("base.file".into(), f));
             }
         }
-        for (key, rel) in [("draft.anchor", &self.draft.anchor), ("draft.vocab_subset", &self.draft.vocab_subset)] {
+        for (key, rel) in [
+            ("draft.anchor", &self.draft.anchor),
+            ("draft.vocab_subset", &self.draft.vocab_subset),
+        ] {
             if let Some(rel) = rel {
                 let f = self.resolve(rel);
                 if !f.is_file() {
@@ -337,7 +392,10 @@ impl FamilyManifest {
                 if !d.is_dir() {
                     return Err(missing(format!("version[{i}].adapter"), d));
                 }
-                for f in [ecspec_model::lora::PEFT_CONFIG_FILE, ecspec_model::lora::PEFT_WEIGHTS_FILE] {
+                for f in [
+                    ecspec_model::lora::PEFT_CONFIG_FILE,
+                    ecspec_model::lora::PEFT_WEIGHTS_FILE,
+                ] {
                     if !d.join(f).is_file() {
                         return Err(missing(format!("version[{i}].adapter"), d.join(f)));
                     }
@@ -349,19 +407,33 @@ impl FamilyManifest {
 }
 
 fn check_name(path: &Path, key: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(invalid(path, key, format!("`{name}`: use letters, digits, `.`, `_` and `-` (at least one)")))
+        Err(invalid(
+            path,
+            key,
+            format!("`{name}`: use letters, digits, `.`, `_` and `-` (at least one)"),
+        ))
     }
 }
 
 fn check_sha256(path: &Path, key: &str, h: &str) -> Result<()> {
-    if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         Ok(())
     } else {
-        Err(invalid(path, key, format!("`{h}` is not a SHA-256 digest (64 lowercase hex digits)")))
+        Err(invalid(
+            path,
+            key,
+            format!("`{h}` is not a SHA-256 digest (64 lowercase hex digits)"),
+        ))
     }
 }
 
@@ -388,7 +460,10 @@ pub(crate) fn check_rfc3339(s: &str) -> std::result::Result<(), String> {
         if b.get(i).is_some_and(|x| c.contains(x)) {
             Ok(())
         } else {
-            Err(format!("expected {:?} at offset {i}", c.iter().map(|&x| x as char).collect::<String>()))
+            Err(format!(
+                "expected {:?} at offset {i}",
+                c.iter().map(|&x| x as char).collect::<String>()
+            ))
         }
     };
     let (y, mo, d) = (
@@ -410,7 +485,20 @@ pub(crate) fn check_rfc3339(s: &str) -> std::result::Result<(), String> {
     sep(16, b":")?;
     let sec = num(17..19)?;
     let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&mo) {
         return Err(format!("month {mo}"));
     }

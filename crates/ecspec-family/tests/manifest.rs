@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use ecspec_family::{sha256_file, Family, FamilyError, FamilyManifest, VersionSpec};
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
-use ecspec_model::{anchor, LoadedModel, LogitsFor, LoraAdapter, LoraError, LoraTarget, ModelConfig, Session};
+use ecspec_model::{
+    anchor, LoadedModel, LogitsFor, LoraAdapter, LoraError, LoraTarget, ModelConfig, Session,
+};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ecspec-family-{}-{name}", std::process::id()));
@@ -51,14 +53,24 @@ fn fixture(name: &str) -> Fixture {
     write_tiny_model(&gguf, TinySpec::default()).unwrap();
     let base = LoadedModel::load(&gguf).unwrap();
     let config = base.transformer.config().clone();
-    adapter(&config, 1).save_peft(&dir.join("versions/rust"), &config).unwrap();
-    adapter(&config, 2).save_peft(&dir.join("versions/prose"), &config).unwrap();
+    adapter(&config, 1)
+        .save_peft(&dir.join("versions/rust"), &config)
+        .unwrap();
+    adapter(&config, 2)
+        .save_peft(&dir.join("versions/prose"), &config)
+        .unwrap();
     let tensors: Vec<(&str, Vec<f32>)> = anchor::layer_tensors(&config)
         .into_iter()
         .map(|(n, s)| {
             let len: usize = s.iter().product();
             let v = (0..len)
-                .map(|i| if s.len() == 1 { 1.0 } else { ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.2 })
+                .map(|i| {
+                    if s.len() == 1 {
+                        1.0
+                    } else {
+                        ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.2
+                    }
+                })
                 .collect();
             (n, v)
         })
@@ -66,7 +78,12 @@ fn fixture(name: &str) -> Fixture {
     let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     anchor::save_anchor(&dir.join("draft/anchor.safetensors"), &config, &refs).unwrap();
     std::fs::write(dir.join("draft/vocab.json"), "[]").unwrap();
-    Fixture { sha: sha256_file(&gguf).unwrap(), base_hash: base.base_hash.clone(), config, dir }
+    Fixture {
+        sha: sha256_file(&gguf).unwrap(),
+        base_hash: base.base_hash.clone(),
+        config,
+        dir,
+    }
 }
 
 impl Fixture {
@@ -131,7 +148,11 @@ description = "LoRA r=4 on English prose"
 }
 
 fn logits(t: &Arc<ecspec_model::Transformer>) -> Vec<f32> {
-    Session::new(t.clone()).forward(&[72, 105, 33, 10], LogitsFor::All).unwrap().row_slices().concat()
+    Session::new(t.clone())
+        .forward(&[72, 105, 33, 10], LogitsFor::All)
+        .unwrap()
+        .row_slices()
+        .concat()
 }
 
 #[test]
@@ -141,16 +162,41 @@ fn valid_family_opens_with_versions_sharing_the_base() {
     assert_eq!(m.active_version(), "rust");
     assert_eq!(m.resolve("versions/rust"), fx.dir.join("versions/rust"));
     let family = Family::open(m.clone(), None).unwrap();
-    let names: Vec<&str> = family.versions().iter().map(|v| v.spec.name.as_str()).collect();
+    let names: Vec<&str> = family
+        .versions()
+        .iter()
+        .map(|v| v.spec.name.as_str())
+        .collect();
     assert_eq!(names, ["v0", "rust", "prose"]);
     let v0 = family.version("v0").unwrap();
-    assert!(v0.adapter.is_none() && Arc::ptr_eq(&v0.transformer, &family.base.transformer), "v0 is the base itself");
-    let (rust, prose) = (family.version("rust").unwrap(), family.version("prose").unwrap());
-    assert_eq!(rust.adapter.as_ref().unwrap(), &adapter(&fx.config, 1), "the adapter loaded as saved");
-    let (l0, l1, l2) = (logits(&v0.transformer), logits(&rust.transformer), logits(&prose.transformer));
-    assert!(l0 != l1 && l1 != l2 && l0 != l2, "each version computes its own function");
+    assert!(
+        v0.adapter.is_none() && Arc::ptr_eq(&v0.transformer, &family.base.transformer),
+        "v0 is the base itself"
+    );
+    let (rust, prose) = (
+        family.version("rust").unwrap(),
+        family.version("prose").unwrap(),
+    );
+    assert_eq!(
+        rust.adapter.as_ref().unwrap(),
+        &adapter(&fx.config, 1),
+        "the adapter loaded as saved"
+    );
+    let (l0, l1, l2) = (
+        logits(&v0.transformer),
+        logits(&rust.transformer),
+        logits(&prose.transformer),
+    );
+    assert!(
+        l0 != l1 && l1 != l2 && l0 != l2,
+        "each version computes its own function"
+    );
     let draft = family.draft().unwrap();
-    assert_eq!(draft.transformer.num_layers(), 3, "k = 2 shared layers + the anchor");
+    assert_eq!(
+        draft.transformer.num_layers(),
+        3,
+        "k = 2 shared layers + the anchor"
+    );
     assert_eq!(draft.compat_hash, family.base.base_hash);
     assert!(family.anchor.is_some());
 
@@ -162,7 +208,9 @@ fn valid_family_opens_with_versions_sharing_the_base() {
     assert_eq!(back, m);
 
     // A base path given by the caller overrides base.file.
-    let without_file = fx.load_with(|t| t.replace("file = \"base.gguf\"\n", "")).unwrap();
+    let without_file = fx
+        .load_with(|t| t.replace("file = \"base.gguf\"\n", ""))
+        .unwrap();
     assert!(
         matches!(Family::open(without_file.clone(), None), Err(FamilyError::Invalid { key, .. }) if key == "base.file")
     );
@@ -180,11 +228,19 @@ fn add_version_checks_like_load() {
         created: created.into(),
         description: "test".into(),
     };
-    m.add_version(v("python", "prose", "2026-05-04T00:00:00Z")).unwrap();
+    m.add_version(v("python", "prose", "2026-05-04T00:00:00Z"))
+        .unwrap();
     assert_eq!(m.versions.len(), 4);
-    let e = m.add_version(v("python", "v0", "2026-05-04T00:00:00Z")).unwrap_err();
-    assert!(matches!(&e, FamilyError::Invalid { key, .. } if key == "version[4].name"), "{e}");
-    let e = m.add_version(v("docs", "nope", "2026-05-04T00:00:00Z")).unwrap_err();
+    let e = m
+        .add_version(v("python", "v0", "2026-05-04T00:00:00Z"))
+        .unwrap_err();
+    assert!(
+        matches!(&e, FamilyError::Invalid { key, .. } if key == "version[4].name"),
+        "{e}"
+    );
+    let e = m
+        .add_version(v("docs", "nope", "2026-05-04T00:00:00Z"))
+        .unwrap_err();
     assert!(
         matches!(&e, FamilyError::Invalid { key, reason, .. } if key == "version[4].parent" && reason.contains("`nope`")),
         "{e}"
@@ -193,7 +249,12 @@ fn add_version_checks_like_load() {
 }
 
 /// `(case, edit of the manifest text, expected key, a phrase the message must contain)`.
-type Case = (&'static str, Box<dyn Fn(String) -> String>, &'static str, &'static str);
+type Case = (
+    &'static str,
+    Box<dyn Fn(String) -> String>,
+    &'static str,
+    &'static str,
+);
 
 fn replace(from: &'static str, to: &'static str) -> Box<dyn Fn(String) -> String> {
     Box::new(move |t: String| {
@@ -205,21 +266,40 @@ fn replace(from: &'static str, to: &'static str) -> Box<dyn Fn(String) -> String
 #[test]
 fn parse_errors_name_the_line_and_the_key() {
     let fx = fixture("parse");
-    type ParseCase = (&'static str, Box<dyn Fn(String) -> String>, &'static [&'static str]);
+    type ParseCase = (
+        &'static str,
+        Box<dyn Fn(String) -> String>,
+        &'static [&'static str],
+    );
     let cases: Vec<ParseCase> = vec![
-        ("syntax", replace("name = \"tiny\"", "name = tiny"), &["line 2"]),
+        (
+            "syntax",
+            replace("name = \"tiny\"", "name = tiny"),
+            &["line 2"],
+        ),
         (
             "unknown key (typo)",
             replace("shared_layers = 2", "shared_layer = 2"),
             &["shared_layer", "line 16", "expected one of `shared_layers`"],
         ),
         ("missing key", replace("sha256 = ", "sha = "), &["sha"]),
-        ("wrong type", replace("shared_layers = 2", "shared_layers = \"two\""), &["shared_layers", "line 16"]),
-        ("unknown frozen part", replace("\"lm_head\"", "\"head\""), &["`head`", "lm_head", "line 12"]),
+        (
+            "wrong type",
+            replace("shared_layers = 2", "shared_layers = \"two\""),
+            &["shared_layers", "line 16"],
+        ),
+        (
+            "unknown frozen part",
+            replace("\"lm_head\"", "\"head\""),
+            &["`head`", "lm_head", "line 12"],
+        ),
     ];
     for (case, edit, phrases) in cases {
         let e = fx.load_with(edit).unwrap_err();
-        assert!(matches!(&e, FamilyError::Parse { path, .. } if path == &fx.path()), "{case}: {e:?}");
+        assert!(
+            matches!(&e, FamilyError::Parse { path, .. } if path == &fx.path()),
+            "{case}: {e:?}"
+        );
         let msg = e.to_string();
         for p in phrases {
             assert!(msg.contains(p), "{case}: `{p}` not in: {msg}");
@@ -232,31 +312,62 @@ fn value_errors_name_the_key_and_the_value() {
     let fx = fixture("values");
     let bad_sha = "0123";
     let cases: Vec<Case> = vec![
-        ("format", replace("format = 1", "format = 2"), "format", "format 2 is not supported"),
-        ("family name", replace("name = \"tiny\"", "name = \"tiny family\""), "name", "`tiny family`"),
+        (
+            "format",
+            replace("format = 1", "format = 2"),
+            "format",
+            "format 2 is not supported",
+        ),
+        (
+            "family name",
+            replace("name = \"tiny\"", "name = \"tiny family\""),
+            "name",
+            "`tiny family`",
+        ),
         (
             "base sha256",
             Box::new(move |t: String| {
-                let line = t.lines().find(|l| l.starts_with("sha256")).unwrap().to_string();
+                let line = t
+                    .lines()
+                    .find(|l| l.starts_with("sha256"))
+                    .unwrap()
+                    .to_string();
                 t.replace(&line, &format!("sha256 = \"{bad_sha}\""))
             }),
             "base.sha256",
             "not a SHA-256 digest",
         ),
-        ("frozen part missing", replace("\"lm_head\", ", ""), "frozen.parts", "`lm_head` is missing"),
+        (
+            "frozen part missing",
+            replace("\"lm_head\", ", ""),
+            "frozen.parts",
+            "`lm_head` is missing",
+        ),
         (
             "base hash",
             Box::new(|t: String| {
-                let line = t.lines().find(|l| l.starts_with("base_hash")).unwrap().to_string();
+                let line = t
+                    .lines()
+                    .find(|l| l.starts_with("base_hash"))
+                    .unwrap()
+                    .to_string();
                 t.replace(&line, "base_hash = \"XYZ\"")
             }),
             "frozen.base_hash",
             "`XYZ`",
         ),
-        ("k = 0", replace("shared_layers = 2", "shared_layers = 0"), "draft.shared_layers", "at least 1"),
+        (
+            "k = 0",
+            replace("shared_layers = 2", "shared_layers = 0"),
+            "draft.shared_layers",
+            "at least 1",
+        ),
         (
             "anchor digest alone",
-            replace("anchor = \"draft/anchor.safetensors\"", "anchor_sha256 = \"00\""),
+            replace(
+                "anchor = \"draft/anchor.safetensors\"",
+                "anchor_sha256 = \"00\"",
+            ),
             "draft.anchor_sha256",
             "without draft.anchor",
         ),
@@ -278,16 +389,36 @@ fn value_errors_name_the_key_and_the_value() {
             "version[1].parent",
             "`prose` is not a version listed before `rust`",
         ),
-        ("own parent", replace("parent = \"rust\"", "parent = \"prose\""), "version[2].parent", "its own parent"),
+        (
+            "own parent",
+            replace("parent = \"rust\"", "parent = \"prose\""),
+            "version[2].parent",
+            "its own parent",
+        ),
         (
             "created",
             replace("2026-05-02T08:30:00+02:00", "2026-02-30T08:30:00+02:00"),
             "version[1].created",
             "day 30 of month 2",
         ),
-        ("created without zone", replace("2026-05-01T12:00:00Z", "2026-05-01 12:00"), "version[0].created", "RFC 3339"),
-        ("version name", replace("name = \"v0\"", "name = \"v 0\""), "version[0].name", "`v 0`"),
-        ("active", replace("active = \"rust\"", "active = \"go\""), "active", "`go` is not a listed version"),
+        (
+            "created without zone",
+            replace("2026-05-01T12:00:00Z", "2026-05-01 12:00"),
+            "version[0].created",
+            "RFC 3339",
+        ),
+        (
+            "version name",
+            replace("name = \"v0\"", "name = \"v 0\""),
+            "version[0].name",
+            "`v 0`",
+        ),
+        (
+            "active",
+            replace("active = \"rust\"", "active = \"go\""),
+            "active",
+            "`go` is not a listed version",
+        ),
         (
             "no versions",
             Box::new(|t: String| t[..t.find("[[version]]").unwrap()].to_string()),
@@ -298,7 +429,11 @@ fn value_errors_name_the_key_and_the_value() {
     for (case, edit, key, phrase) in cases {
         let e = fx.load_with(edit).unwrap_err();
         match &e {
-            FamilyError::Invalid { path, key: k, reason } => {
+            FamilyError::Invalid {
+                path,
+                key: k,
+                reason,
+            } => {
                 assert_eq!(path, &fx.path(), "{case}");
                 assert_eq!(k, key, "{case}: {e}");
                 assert!(reason.contains(phrase), "{case}: `{phrase}` not in: {e}");
@@ -312,10 +447,30 @@ fn value_errors_name_the_key_and_the_value() {
 fn missing_files_are_named_with_their_key() {
     let fx = fixture("missing");
     let cases: Vec<Case> = vec![
-        ("base", replace("file = \"base.gguf\"", "file = \"gone.gguf\""), "base.file", "gone.gguf"),
-        ("anchor", replace("draft/anchor.safetensors", "draft/gone.safetensors"), "draft.anchor", "gone.safetensors"),
-        ("vocab subset", replace("draft/vocab.json", "draft/gone.json"), "draft.vocab_subset", "gone.json"),
-        ("adapter dir", replace("versions/prose", "versions/python"), "version[2].adapter", "versions/python"),
+        (
+            "base",
+            replace("file = \"base.gguf\"", "file = \"gone.gguf\""),
+            "base.file",
+            "gone.gguf",
+        ),
+        (
+            "anchor",
+            replace("draft/anchor.safetensors", "draft/gone.safetensors"),
+            "draft.anchor",
+            "gone.safetensors",
+        ),
+        (
+            "vocab subset",
+            replace("draft/vocab.json", "draft/gone.json"),
+            "draft.vocab_subset",
+            "gone.json",
+        ),
+        (
+            "adapter dir",
+            replace("versions/prose", "versions/python"),
+            "version[2].adapter",
+            "versions/python",
+        ),
     ];
     for (case, edit, key, file) in cases {
         let e = fx.load_with(edit).unwrap_err();
@@ -352,10 +507,16 @@ fn checks_against_the_base_name_what_differs() {
     let bh = fx.base_hash.clone();
     let z = zeros.clone();
     let e = fx.open_with(move |t| t.replace(&bh, &z)).err().unwrap();
-    assert!(matches!(&e, FamilyError::BaseHash { found, .. } if *found == fx.base_hash), "{e:?}");
+    assert!(
+        matches!(&e, FamilyError::BaseHash { found, .. } if *found == fx.base_hash),
+        "{e:?}"
+    );
 
     // k must leave room for the anchor (the tiny base has 4 layers).
-    let e = fx.open_with(|t| t.replace("shared_layers = 2", "shared_layers = 4")).err().unwrap();
+    let e = fx
+        .open_with(|t| t.replace("shared_layers = 2", "shared_layers = 4"))
+        .err()
+        .unwrap();
     assert!(
         matches!(&e, FamilyError::Draft { key, reason, .. } if key == "draft.shared_layers" && reason.contains("4 layers")),
         "{e:?}"
@@ -364,20 +525,32 @@ fn checks_against_the_base_name_what_differs() {
     // An anchor layer of the wrong shape.
     let mut bigger = fx.config.clone();
     bigger.ffn_size += 32;
-    let tensors: Vec<(&str, Vec<f32>)> =
-        anchor::layer_tensors(&bigger).into_iter().map(|(n, s)| (n, vec![0.5; s.iter().product()])).collect();
+    let tensors: Vec<(&str, Vec<f32>)> = anchor::layer_tensors(&bigger)
+        .into_iter()
+        .map(|(n, s)| (n, vec![0.5; s.iter().product()]))
+        .collect();
     let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     anchor::save_anchor(&fx.dir.join("draft/wide.safetensors"), &bigger, &refs).unwrap();
-    let e = fx.open_with(|t| t.replace("draft/anchor.safetensors", "draft/wide.safetensors")).err().unwrap();
+    let e = fx
+        .open_with(|t| t.replace("draft/anchor.safetensors", "draft/wide.safetensors"))
+        .err()
+        .unwrap();
     let msg = e.to_string();
     assert!(
-        matches!(&e, FamilyError::Anchor { .. }) && msg.contains("ffn_gate.weight") && msg.contains("[160, 64]"),
+        matches!(&e, FamilyError::Anchor { .. })
+            && msg.contains("ffn_gate.weight")
+            && msg.contains("[160, 64]"),
         "{msg}"
     );
 
     // The anchor's digest.
     let e = fx
-        .open_with(move |t| t.replace("vocab_subset", &format!("anchor_sha256 = \"{}\"\nvocab_subset", "1".repeat(64))))
+        .open_with(move |t| {
+            t.replace(
+                "vocab_subset",
+                &format!("anchor_sha256 = \"{}\"\nvocab_subset", "1".repeat(64)),
+            )
+        })
         .err()
         .unwrap();
     assert!(matches!(&e, FamilyError::AnchorSha256 { .. }), "{e:?}");
@@ -386,24 +559,38 @@ fn checks_against_the_base_name_what_differs() {
     let mut other = fx.config.clone();
     other.ffn_size *= 2;
     let wide = LoraAdapter::init(&other, 4, 8.0, 0..1, &[LoraTarget::FfnUp], 1, "other").unwrap();
-    wide.save_peft(&fx.dir.join("versions/wide"), &other).unwrap();
-    let e = fx.open_with(|t| t.replace("versions/prose", "versions/wide")).err().unwrap();
+    wide.save_peft(&fx.dir.join("versions/wide"), &other)
+        .unwrap();
+    let e = fx
+        .open_with(|t| t.replace("versions/prose", "versions/wide"))
+        .err()
+        .unwrap();
     assert!(
         matches!(&e, FamilyError::Adapter { version, source, .. }
             if version == "prose" && matches!(**source, LoraError::Shape { target: LoraTarget::FfnUp, which: 'B', .. })),
         "{e:?}"
     );
-    assert!(e.to_string().starts_with("version `prose` (adapter "), "{e}");
+    assert!(
+        e.to_string().starts_with("version `prose` (adapter "),
+        "{e}"
+    );
 }
 
 #[test]
 fn documented_example_parses() {
     // docs/family-manifest.md's example, with its paths left unresolved.
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/family-manifest.md")).unwrap();
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/family-manifest.md"),
+    )
+    .unwrap();
     let start = doc.find("```toml\n").expect("an example") + "```toml\n".len();
     let text = &doc[start..start + doc[start..].find("```").unwrap()];
     let m = FamilyManifest::parse(text, Path::new("families/smollm2-135m/family.toml")).unwrap();
     assert!(m.versions.len() >= 2);
-    assert_eq!(m.active_version(), m.active.clone().unwrap_or_else(|| m.versions.last().unwrap().name.clone()));
+    assert_eq!(
+        m.active_version(),
+        m.active
+            .clone()
+            .unwrap_or_else(|| m.versions.last().unwrap().name.clone())
+    );
 }

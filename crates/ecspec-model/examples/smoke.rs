@@ -4,16 +4,39 @@ fn main() -> Result<()> {
     let path = std::env::args().nth(1).unwrap();
     let t0 = Instant::now();
     let m = LoadedModel::load(path.as_ref())?;
-    println!("loaded {} in {:?}; base hash {}", m.name, t0.elapsed(), m.base_hash);
+    println!(
+        "loaded {} in {:?}; base hash {}",
+        m.name,
+        t0.elapsed(),
+        m.base_hash
+    );
     let chat = m.chat_template.clone().unwrap();
-    let prompt = chat.render(&[ChatMessage { role: Role::User, content: "Write a Python function that reverses a string.".into() }], true);
+    let prompt = chat.render(
+        &[ChatMessage {
+            role: Role::User,
+            content: "Write a Python function that reverses a string.".into(),
+        }],
+        true,
+    );
     let ids = m.tokenizer.encode(&prompt, true)?;
-    println!("prompt {} tokens: {:?}", ids.len(), &ids[..ids.len().min(20)]);
+    println!(
+        "prompt {} tokens: {:?}",
+        ids.len(),
+        &ids[..ids.len().min(20)]
+    );
     let mut s = Session::new(m.transformer.clone());
     let t = Instant::now();
     let l = s.forward(&ids, LogitsFor::Last)?;
-    println!("prefill {:.1} tok/s", ids.len() as f64 / t.elapsed().as_secs_f64());
-    let argmax = |r: &[f32]| r.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0 as u32;
+    println!(
+        "prefill {:.1} tok/s",
+        ids.len() as f64 / t.elapsed().as_secs_f64()
+    );
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .0 as u32
+    };
     let mut out = vec![argmax(l.last())];
     let t = Instant::now();
     for _ in 0..63 {
@@ -40,8 +63,11 @@ fn main() -> Result<()> {
     let mut s4 = Session::new(m.transformer.clone());
     let lp = s4.forward(&ids, LogitsFor::All)?;
     let mut s5 = Session::new(m.transformer.clone());
-    s5.forward(&ids[..ids.len()-1], LogitsFor::All)?;
-    let lq = s5.forward(&ids[ids.len()-1..], LogitsFor::All)?;
-    println!("prefill last row bit-equal to single-step: {}", lp.last() == lq.row(0));
+    s5.forward(&ids[..ids.len() - 1], LogitsFor::All)?;
+    let lq = s5.forward(&ids[ids.len() - 1..], LogitsFor::All)?;
+    println!(
+        "prefill last row bit-equal to single-step: {}",
+        lp.last() == lq.row(0)
+    );
     Ok(())
 }

@@ -19,7 +19,11 @@ use crate::transformer::DecoderLayer;
 
 /// The tensors of one decoder layer of a model with `config`: `(name, shape)`.
 pub fn layer_tensors(config: &ModelConfig) -> Vec<(&'static str, Vec<usize>)> {
-    let (d, kv, ffn) = (config.hidden_size, config.num_kv_heads * config.head_dim, config.ffn_size);
+    let (d, kv, ffn) = (
+        config.hidden_size,
+        config.num_kv_heads * config.head_dim,
+        config.ffn_size,
+    );
     let mut v = vec![
         ("attn_norm.weight", vec![d]),
         ("attn_q.weight", vec![d, d]),
@@ -32,13 +36,20 @@ pub fn layer_tensors(config: &ModelConfig) -> Vec<(&'static str, Vec<usize>)> {
         ("ffn_down.weight", vec![d, ffn]),
     ];
     if config.arch == Architecture::Qwen2 {
-        v.extend([("attn_q.bias", vec![d]), ("attn_k.bias", vec![kv]), ("attn_v.bias", vec![kv])]);
+        v.extend([
+            ("attn_q.bias", vec![d]),
+            ("attn_k.bias", vec![kv]),
+            ("attn_v.bias", vec![kv]),
+        ]);
     }
     v
 }
 
 fn tensor_err(path: &Path, name: &str, reason: String) -> ModelError {
-    ModelError::Tensor { name: format!("{}: {name}", path.display()), reason }
+    ModelError::Tensor {
+        name: format!("{}: {name}", path.display()),
+        reason,
+    }
 }
 
 /// Checks an anchor file against a base with `config` and returns its tensors as f32, in
@@ -47,23 +58,40 @@ fn tensor_err(path: &Path, name: &str, reason: String) -> ModelError {
 /// # Errors
 /// [`ModelError::File`] when the file is missing or unreadable; [`ModelError::Tensor`] naming
 /// the file and the tensor when one is missing, unexpected, of the wrong shape or dtype.
-pub fn read_anchor_tensors(path: &Path, config: &ModelConfig) -> Result<Vec<(&'static str, Vec<f32>)>> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ModelError::File { path: path.to_path_buf(), reason: e.to_string() })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| ModelError::File { path: path.to_path_buf(), reason: format!("not a safetensors file: {e}") })?;
+pub fn read_anchor_tensors(
+    path: &Path,
+    config: &ModelConfig,
+) -> Result<Vec<(&'static str, Vec<f32>)>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        reason: format!("not a safetensors file: {e}"),
+    })?;
     let wanted = layer_tensors(config);
     let mut names = st.names();
     names.sort_unstable();
     if let Some(extra) = names.iter().find(|n| !wanted.iter().any(|(w, _)| w == *n)) {
         let known: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
-        return Err(tensor_err(path, extra, format!("not a tensor of an anchor layer (expected exactly {known:?})")));
+        return Err(tensor_err(
+            path,
+            extra,
+            format!("not a tensor of an anchor layer (expected exactly {known:?})"),
+        ));
     }
     let mut out = Vec::with_capacity(wanted.len());
     for (name, shape) in wanted {
-        let t = st.tensor(name).map_err(|_| tensor_err(path, name, "missing".into()))?;
+        let t = st
+            .tensor(name)
+            .map_err(|_| tensor_err(path, name, "missing".into()))?;
         if t.shape() != shape.as_slice() {
-            return Err(tensor_err(path, name, format!("expected shape {shape:?}, file has {:?}", t.shape())));
+            return Err(tensor_err(
+                path,
+                name,
+                format!("expected shape {shape:?}, file has {:?}", t.shape()),
+            ));
         }
         out.push((name, view_f32(path, name, &t)?));
     }
@@ -95,26 +123,50 @@ pub fn load_anchor(path: &Path, config: &ModelConfig) -> Result<Arc<DecoderLayer
 /// [`ModelError::File`] for I/O.
 pub fn save_anchor(path: &Path, config: &ModelConfig, tensors: &[(&str, &[f32])]) -> Result<()> {
     let wanted = layer_tensors(config);
-    if let Some((extra, _)) = tensors.iter().find(|(n, _)| !wanted.iter().any(|(w, _)| w == n)) {
-        return Err(tensor_err(path, extra, "not a tensor of an anchor layer".into()));
+    if let Some((extra, _)) = tensors
+        .iter()
+        .find(|(n, _)| !wanted.iter().any(|(w, _)| w == n))
+    {
+        return Err(tensor_err(
+            path,
+            extra,
+            "not a tensor of an anchor layer".into(),
+        ));
     }
     let mut data = Vec::with_capacity(wanted.len());
     for (name, shape) in &wanted {
-        let (_, v) = tensors.iter().find(|(n, _)| n == name).ok_or_else(|| tensor_err(path, name, "missing".into()))?;
+        let (_, v) = tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| tensor_err(path, name, "missing".into()))?;
         let n: usize = shape.iter().product();
         if v.len() != n {
-            return Err(tensor_err(path, name, format!("{} values given, shape {shape:?} needs {n}", v.len())));
+            return Err(tensor_err(
+                path,
+                name,
+                format!("{} values given, shape {shape:?} needs {n}", v.len()),
+            ));
         }
-        data.push((*name, shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        data.push((
+            *name,
+            shape.clone(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        ));
     }
     let mut views = Vec::with_capacity(data.len());
     for (name, shape, bytes) in &data {
-        let v = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| tensor_err(path, name, e.to_string()))?;
+        let v = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| tensor_err(path, name, e.to_string()))?;
         views.push((*name, v));
     }
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| ModelError::File { path: path.to_path_buf(), reason: e.to_string() })?;
-    let file = |e: std::io::Error| ModelError::File { path: path.to_path_buf(), reason: e.to_string() };
+    let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let file = |e: std::io::Error| ModelError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(file)?;
     }
@@ -127,9 +179,24 @@ fn view_f32(path: &Path, name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {
     let d = t.data();
     let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
     Ok(match t.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_bits(le2(c)).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c)).to_f32()).collect(),
-        other => return Err(tensor_err(path, name, format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(le2(c)).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(le2(c)).to_f32())
+            .collect(),
+        other => {
+            return Err(tensor_err(
+                path,
+                name,
+                format!("dtype {other:?} is not supported (F32, F16, BF16)"),
+            ))
+        }
     })
 }

@@ -57,25 +57,37 @@ impl ChatTemplate {
     pub fn from_jinja(template: &str) -> Result<Self> {
         if !template.contains("<|im_start|>") {
             return Err(ModelError::Tokenizer(
-                "unsupported chat template (only ChatML `<|im_start|>` templates are recognised)".into(),
+                "unsupported chat template (only ChatML `<|im_start|>` templates are recognised)"
+                    .into(),
             ));
         }
-        Ok(Self::ChatMl { default_system: default_system_prompt(template) })
+        Ok(Self::ChatMl {
+            default_system: default_system_prompt(template),
+        })
     }
 
     /// The prompt for `messages` as template markup and message content, in order, ending
     /// with the assistant header when `add_generation_prompt` (so the model answers next).
     /// Only [`ChatPart::Template`] pieces may contain control tokens; see [`encode_chat`].
-    pub fn render_parts(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Vec<ChatPart> {
+    pub fn render_parts(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Vec<ChatPart> {
         let ChatTemplate::ChatMl { default_system } = self;
         let mut parts = Vec::new();
         if let (Some(sys), Some(first)) = (default_system, messages.first()) {
             if first.role != Role::System {
-                parts.push(ChatPart::Template(format!("<|im_start|>system\n{sys}<|im_end|>\n")));
+                parts.push(ChatPart::Template(format!(
+                    "<|im_start|>system\n{sys}<|im_end|>\n"
+                )));
             }
         }
         for m in messages {
-            parts.push(ChatPart::Template(format!("<|im_start|>{}\n", m.role.as_str())));
+            parts.push(ChatPart::Template(format!(
+                "<|im_start|>{}\n",
+                m.role.as_str()
+            )));
             parts.push(ChatPart::Content(m.content.clone()));
             parts.push(ChatPart::Template("<|im_end|>\n".into()));
         }
@@ -149,7 +161,13 @@ mod tests {
     fn smollm2_template_renders_default_system() {
         let t = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}";
         let c = ChatTemplate::from_jinja(t).unwrap();
-        let s = c.render(&[ChatMessage { role: Role::User, content: "Hi".into() }], true);
+        let s = c.render(
+            &[ChatMessage {
+                role: Role::User,
+                content: "Hi".into(),
+            }],
+            true,
+        );
         assert_eq!(
             s,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -162,7 +180,9 @@ mod tests {
         assert_eq!(
             ChatTemplate::from_jinja(t).unwrap(),
             ChatTemplate::ChatMl {
-                default_system: Some("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".into())
+                default_system: Some(
+                    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".into()
+                )
             }
         );
     }

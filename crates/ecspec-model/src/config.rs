@@ -73,10 +73,16 @@ impl ModelConfig {
         let num_layers = md.uint(&format!("{p}.block_count"))?;
         let ffn_size = md.uint(&format!("{p}.feed_forward_length"))?;
         let rms_eps = md.float(&format!("{p}.attention.layer_norm_rms_epsilon"))?;
-        let rope_theta = md.float_opt(&format!("{p}.rope.freq_base"))?.unwrap_or(10_000.0);
+        let rope_theta = md
+            .float_opt(&format!("{p}.rope.freq_base"))?
+            .unwrap_or(10_000.0);
         let context_length = md.uint_opt(&format!("{p}.context_length"))?.unwrap_or(4096);
         let vocab_size = md.array_len("tokenizer.ggml.tokens")?;
-        if num_heads == 0 || num_kv_heads == 0 || hidden_size % num_heads != 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0
+            || num_kv_heads == 0
+            || hidden_size % num_heads != 0
+            || num_heads % num_kv_heads != 0
+        {
             return Err(ModelError::Metadata {
                 key: format!("{p}.attention.head_count"),
                 reason: format!(

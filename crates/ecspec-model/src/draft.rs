@@ -72,7 +72,9 @@ impl Draft {
                 transformer: model.transformer.clone(),
                 compat_hash: model.tokenizer.vocab_hash().to_string(),
             }),
-            DraftSpec::SharedBackbone { shared_layers } => Self::shared_backbone(model, *shared_layers, None),
+            DraftSpec::SharedBackbone { shared_layers } => {
+                Self::shared_backbone(model, *shared_layers, None)
+            }
         }
     }
 
@@ -82,11 +84,21 @@ impl Draft {
     ///
     /// # Errors
     /// [`ModelError::Incompatible`] for k = 0 or k ≥ the base's layer count.
-    pub fn shared_backbone(base: &LoadedModel, shared_layers: usize, anchor: Option<Arc<DecoderLayer>>) -> Result<Self> {
+    pub fn shared_backbone(
+        base: &LoadedModel,
+        shared_layers: usize,
+        anchor: Option<Arc<DecoderLayer>>,
+    ) -> Result<Self> {
         if shared_layers == 0 {
-            return Err(ModelError::Incompatible("a shared-backbone draft needs k ≥ 1 base layers".into()));
+            return Err(ModelError::Incompatible(
+                "a shared-backbone draft needs k ≥ 1 base layers".into(),
+            ));
         }
         let t = Transformer::shared_backbone_draft(&base.transformer, shared_layers, anchor)?;
-        Ok(Self { kind: DraftKind::SharedBackbone, transformer: Arc::new(t), compat_hash: base.base_hash.clone() })
+        Ok(Self {
+            kind: DraftKind::SharedBackbone,
+            transformer: Arc::new(t),
+            compat_hash: base.base_hash.clone(),
+        })
     }
 }

@@ -25,7 +25,10 @@ impl Metadata {
     }
 
     fn bad(key: &str, e: impl std::fmt::Display) -> ModelError {
-        ModelError::Metadata { key: key.to_string(), reason: e.to_string() }
+        ModelError::Metadata {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
     }
 
     /// Whether `key` is present.
@@ -35,12 +38,19 @@ impl Metadata {
 
     /// A string value.
     pub fn string(&self, key: &str) -> Result<String> {
-        self.get(key)?.to_string().cloned().map_err(|e| Self::bad(key, e))
+        self.get(key)?
+            .to_string()
+            .cloned()
+            .map_err(|e| Self::bad(key, e))
     }
 
     /// An optional string value.
     pub fn string_opt(&self, key: &str) -> Result<Option<String>> {
-        if self.contains(key) { self.string(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.string(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// An unsigned integer of any width.
@@ -53,14 +63,23 @@ impl Metadata {
             gguf_file::Value::U64(x) => *x,
             gguf_file::Value::I32(x) if *x >= 0 => *x as u64,
             gguf_file::Value::I64(x) if *x >= 0 => *x as u64,
-            other => return Err(Self::bad(key, format!("expected an unsigned integer, found {other:?}"))),
+            other => {
+                return Err(Self::bad(
+                    key,
+                    format!("expected an unsigned integer, found {other:?}"),
+                ))
+            }
         };
         usize::try_from(n).map_err(|e| Self::bad(key, e))
     }
 
     /// An optional unsigned integer.
     pub fn uint_opt(&self, key: &str) -> Result<Option<usize>> {
-        if self.contains(key) { self.uint(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.uint(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// A float.
@@ -74,7 +93,11 @@ impl Metadata {
 
     /// An optional float.
     pub fn float_opt(&self, key: &str) -> Result<Option<f32>> {
-        if self.contains(key) { self.float(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.float(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// An optional bool.
@@ -82,12 +105,19 @@ impl Metadata {
         if !self.contains(key) {
             return Ok(None);
         }
-        self.get(key)?.to_bool().map(Some).map_err(|e| Self::bad(key, e))
+        self.get(key)?
+            .to_bool()
+            .map(Some)
+            .map_err(|e| Self::bad(key, e))
     }
 
     /// Length of an array value.
     pub fn array_len(&self, key: &str) -> Result<usize> {
-        Ok(self.get(key)?.to_vec().map_err(|e| Self::bad(key, e))?.len())
+        Ok(self
+            .get(key)?
+            .to_vec()
+            .map_err(|e| Self::bad(key, e))?
+            .len())
     }
 
     /// An array of strings.
@@ -108,7 +138,10 @@ impl Metadata {
                 gguf_file::Value::I8(x) => Ok(*x as i64),
                 gguf_file::Value::U8(x) => Ok(*x as i64),
                 gguf_file::Value::I64(x) => Ok(*x),
-                other => Err(Self::bad(key, format!("expected integers, found {other:?}"))),
+                other => Err(Self::bad(
+                    key,
+                    format!("expected integers, found {other:?}"),
+                )),
             })
             .collect()
     }
@@ -118,7 +151,12 @@ impl Metadata {
 /// without SIMD (docs/design.md §7). Q6_K: candle multiplies one row by another kernel than
 /// several rows, which rounds differently; a block forward would then not be bit-identical to
 /// token-by-token decoding and speculative greedy output could differ from the target's own.
-const CONVERT_TO_Q8_0: [GgmlDType; 4] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q6K];
+const CONVERT_TO_Q8_0: [GgmlDType; 4] = [
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q6K,
+];
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -135,12 +173,20 @@ impl GgufFile {
     /// # Errors
     /// [`ModelError::Gguf`] naming the path when the file cannot be opened or is not GGUF.
     pub fn open(path: &Path) -> Result<Self> {
-        let gerr = |reason: String| ModelError::Gguf { path: path.to_path_buf(), reason };
+        let gerr = |reason: String| ModelError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        };
         let file = File::open(path).map_err(|e| gerr(e.to_string()))?;
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader).map_err(|e| gerr(e.to_string()))?;
         let metadata = Metadata(content.metadata.clone());
-        Ok(Self { path: path.to_path_buf(), content, reader, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            metadata,
+        })
     }
 
     /// Path of the file.
@@ -159,14 +205,18 @@ impl GgufFile {
         let t = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| ModelError::Tensor { name: name.into(), reason: e.to_string() })?;
+            .map_err(|e| ModelError::Tensor {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
         if t.shape().dims() != shape {
             return Err(ModelError::Tensor {
                 name: name.into(),
                 reason: format!("expected shape {shape:?}, file has {:?}", t.shape().dims()),
             });
         }
-        let t = if CONVERT_TO_Q8_0.contains(&t.dtype()) && shape.last().is_some_and(|k| k % 32 == 0) {
+        let t = if CONVERT_TO_Q8_0.contains(&t.dtype()) && shape.last().is_some_and(|k| k % 32 == 0)
+        {
             let f = t.dequantize(&Device::Cpu)?;
             QTensor::quantize(&f, GgmlDType::Q8_0)?
         } else {
@@ -180,8 +230,14 @@ impl GgufFile {
         let t = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| ModelError::Tensor { name: name.into(), reason: e.to_string() })?;
-        let v = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            .map_err(|e| ModelError::Tensor {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
+        let v = t
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         if v.len() != len {
             return Err(ModelError::Tensor {
                 name: name.into(),
@@ -196,16 +252,23 @@ impl GgufFile {
     pub fn hash_tensors(&mut self, names: &[String]) -> Result<String> {
         let mut h = Sha256::new();
         for name in names {
-            let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::Tensor {
-                name: name.clone(),
-                reason: "missing (needed for the base hash)".into(),
-            })?;
+            let info = self
+                .content
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| ModelError::Tensor {
+                    name: name.clone(),
+                    reason: "missing (needed for the base hash)".into(),
+                })?;
             let elems = info.shape.elem_count();
             let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
             let start = self.content.tensor_data_offset + info.offset;
             self.reader
                 .seek(SeekFrom::Start(start))
-                .map_err(|e| ModelError::Gguf { path: self.path.clone(), reason: e.to_string() })?;
+                .map_err(|e| ModelError::Gguf {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
             h.update(name.as_bytes());
             let mut left = bytes;
             let mut buf = vec![0u8; 1 << 20];
@@ -213,7 +276,10 @@ impl GgufFile {
                 let n = left.min(buf.len());
                 self.reader
                     .read_exact(&mut buf[..n])
-                    .map_err(|e| ModelError::Gguf { path: self.path.clone(), reason: e.to_string() })?;
+                    .map_err(|e| ModelError::Gguf {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    })?;
                 h.update(&buf[..n]);
                 left -= n;
             }

@@ -41,8 +41,15 @@ impl LoadedModel {
             .metadata
             .string_opt("tokenizer.chat_template")?
             .and_then(|t| ChatTemplate::from_jinja(&t).ok());
-        let name = f.metadata.string_opt("general.name")?.unwrap_or_else(|| path.display().to_string());
-        let names: Vec<String> = BASE_TENSORS.iter().filter(|n| f.has_tensor(n)).map(|n| n.to_string()).collect();
+        let name = f
+            .metadata
+            .string_opt("general.name")?
+            .unwrap_or_else(|| path.display().to_string());
+        let names: Vec<String> = BASE_TENSORS
+            .iter()
+            .filter(|n| f.has_tensor(n))
+            .map(|n| n.to_string())
+            .collect();
         let base_hash = f.hash_tensors(&names)?;
         let transformer = Transformer::load(&mut f)?;
         // candle repacks quantized weights on their first product (seconds for a 1.5B model);

@@ -49,6 +49,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Architecture, ModelConfig};
+use crate::tiny::uniform;
 
 /// File holding an adapter's configuration in a PEFT directory.
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
@@ -79,8 +80,15 @@ pub enum LoraTarget {
 
 impl LoraTarget {
     /// Every target, in layer order.
-    pub const ALL: [LoraTarget; 7] =
-        [Self::AttnQ, Self::AttnK, Self::AttnV, Self::AttnOutput, Self::FfnGate, Self::FfnUp, Self::FfnDown];
+    pub const ALL: [LoraTarget; 7] = [
+        Self::AttnQ,
+        Self::AttnK,
+        Self::AttnV,
+        Self::AttnOutput,
+        Self::FfnGate,
+        Self::FfnUp,
+        Self::FfnDown,
+    ];
 
     /// PEFT's module name (`target_modules` entry): `q_proj`, `k_proj`, … .
     pub fn peft_module(self) -> &'static str {
@@ -173,10 +181,19 @@ pub enum LoraError {
     Io { path: PathBuf, reason: String },
     /// `adapter_config.json` is not valid JSON of the expected form, or a key has a bad value.
     #[error("{path}: key `{key}`: {reason}")]
-    Config { path: PathBuf, key: String, reason: String },
+    Config {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     /// A PEFT feature this runtime does not implement.
     #[error("{path}: key `{key}` = {value}: not supported ({reason})")]
-    Unsupported { path: PathBuf, key: String, value: String, reason: String },
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
     /// `adapter_model.safetensors` cannot be parsed.
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -193,25 +210,56 @@ pub enum LoraError {
     UnknownTargetModule { path: PathBuf, module: String },
     /// Tensors for a module that `target_modules` does not list.
     #[error("tensor `{tensor}`: module `{module}` is not in target_modules {declared:?}")]
-    UndeclaredModule { tensor: String, module: String, declared: Vec<String> },
+    UndeclaredModule {
+        tensor: String,
+        module: String,
+        declared: Vec<String>,
+    },
     /// A layer index at or beyond the base's layer count.
     #[error("LoRA on layer {layer} ({target}): the base has {layers} layers (0..{layers})")]
-    LayerOutOfRange { layer: usize, target: LoraTarget, layers: usize },
+    LayerOutOfRange {
+        layer: usize,
+        target: LoraTarget,
+        layers: usize,
+    },
     /// Only one of A and B is present.
     #[error("layer {layer} {target}: lora_{missing} is missing (lora_A and lora_B come in pairs)")]
-    MissingHalf { layer: usize, target: LoraTarget, missing: char },
+    MissingHalf {
+        layer: usize,
+        target: LoraTarget,
+        missing: char,
+    },
     /// A or B disagrees with the adapter's rank.
     #[error("layer {layer} {target}: rank mismatch: {which} has rank {found}, the adapter has r = {expected}")]
-    RankMismatch { layer: usize, target: LoraTarget, which: char, expected: usize, found: usize },
+    RankMismatch {
+        layer: usize,
+        target: LoraTarget,
+        which: char,
+        expected: usize,
+        found: usize,
+    },
     /// A or B has the wrong shape for the base.
-    #[error("layer {layer} {target}: lora_{which} has shape {found:?}, the base needs {expected:?}")]
-    Shape { layer: usize, target: LoraTarget, which: char, expected: Vec<usize>, found: Vec<usize> },
+    #[error(
+        "layer {layer} {target}: lora_{which} has shape {found:?}, the base needs {expected:?}"
+    )]
+    Shape {
+        layer: usize,
+        target: LoraTarget,
+        which: char,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// A tensor of an element type other than F32, F16 or BF16.
     #[error("tensor `{tensor}`: dtype {dtype} is not supported (F32, F16, BF16)")]
     Dtype { tensor: String, dtype: String },
     /// Data of the wrong length handed to [`LoraPair::new`].
     #[error("LoRA pair data: {which} holds {found} values, {rows} × {cols} = {} needed", rows * cols)]
-    DataLength { which: char, rows: usize, cols: usize, found: usize },
+    DataLength {
+        which: char,
+        rows: usize,
+        cols: usize,
+        found: usize,
+    },
     /// Rank 0 or a non-finite alpha.
     #[error("invalid LoRA hyper-parameters: {0}")]
     Invalid(String),
@@ -241,12 +289,28 @@ impl LoraPair {
         b: Vec<f32>,
     ) -> Result<Self, LoraError> {
         if a.len() != rank * in_features {
-            return Err(LoraError::DataLength { which: 'A', rows: rank, cols: in_features, found: a.len() });
+            return Err(LoraError::DataLength {
+                which: 'A',
+                rows: rank,
+                cols: in_features,
+                found: a.len(),
+            });
         }
         if b.len() != out_features * rank {
-            return Err(LoraError::DataLength { which: 'B', rows: out_features, cols: rank, found: b.len() });
+            return Err(LoraError::DataLength {
+                which: 'B',
+                rows: out_features,
+                cols: rank,
+                found: b.len(),
+            });
         }
-        Ok(Self { rank, in_features, out_features, a, b })
+        Ok(Self {
+            rank,
+            in_features,
+            out_features,
+            a,
+            b,
+        })
     }
     /// Rank r.
     pub fn rank(&self) -> usize {
@@ -284,7 +348,10 @@ impl LoraPair {
     /// of its rows run one at a time (the runtime's block == token-by-token invariant).
     pub fn apply(&self, x: &[f32], y: &mut [f32], scale: f32) {
         let mut t = vec![0f32; self.rank];
-        for (xr, yr) in x.chunks_exact(self.in_features).zip(y.chunks_exact_mut(self.out_features)) {
+        for (xr, yr) in x
+            .chunks_exact(self.in_features)
+            .zip(y.chunks_exact_mut(self.out_features))
+        {
             for (ti, ar) in t.iter_mut().zip(self.a.chunks_exact(self.in_features)) {
                 *ti = crate::ops::dot(ar, xr) * scale;
             }
@@ -317,9 +384,16 @@ impl LoraAdapter {
             return Err(LoraError::Invalid("rank r must be at least 1".into()));
         }
         if !alpha.is_finite() {
-            return Err(LoraError::Invalid(format!("lora_alpha must be finite, found {alpha}")));
+            return Err(LoraError::Invalid(format!(
+                "lora_alpha must be finite, found {alpha}"
+            )));
         }
-        Ok(Self { rank, alpha, base_model: base_model.to_string(), pairs: BTreeMap::new() })
+        Ok(Self {
+            rank,
+            alpha,
+            base_model: base_model.to_string(),
+            pairs: BTreeMap::new(),
+        })
     }
 
     /// A fresh adapter as PEFT initialises one (`init_lora_weights = True`): A uniform in
@@ -341,12 +415,20 @@ impl LoraAdapter {
         for layer in layers {
             for &target in targets {
                 if layer >= config.num_layers {
-                    return Err(LoraError::LayerOutOfRange { layer, target, layers: config.num_layers });
+                    return Err(LoraError::LayerOutOfRange {
+                        layer,
+                        target,
+                        layers: config.num_layers,
+                    });
                 }
                 let (out, inp) = target.shape(config);
-                let salt = seed ^ ((layer as u64) << 8 | target as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+                let salt = seed
+                    ^ ((layer as u64) << 8 | target as u64).wrapping_mul(0xA24B_AED4_963E_E407);
                 let a = uniform(salt, rank * inp, 1.0 / (inp as f32).sqrt());
-                adapter.pairs.insert((layer, target), LoraPair::new(rank, inp, out, a, vec![0.0; out * rank])?);
+                adapter.pairs.insert(
+                    (layer, target),
+                    LoraPair::new(rank, inp, out, a, vec![0.0; out * rank])?,
+                );
             }
         }
         Ok(adapter)
@@ -368,9 +450,20 @@ impl LoraAdapter {
     ///
     /// # Errors
     /// [`LoraError::RankMismatch`] when the pair's rank is not the adapter's.
-    pub fn insert(&mut self, layer: usize, target: LoraTarget, pair: LoraPair) -> Result<(), LoraError> {
+    pub fn insert(
+        &mut self,
+        layer: usize,
+        target: LoraTarget,
+        pair: LoraPair,
+    ) -> Result<(), LoraError> {
         if pair.rank != self.rank {
-            return Err(LoraError::RankMismatch { layer, target, which: 'A', expected: self.rank, found: pair.rank });
+            return Err(LoraError::RankMismatch {
+                layer,
+                target,
+                which: 'A',
+                expected: self.rank,
+                found: pair.rank,
+            });
         }
         self.pairs.insert((layer, target), pair);
         Ok(())
@@ -397,7 +490,10 @@ impl LoraAdapter {
     }
     /// The targets adapted in at least one layer, in [`LoraTarget::ALL`] order.
     pub fn targets(&self) -> Vec<LoraTarget> {
-        LoraTarget::ALL.into_iter().filter(|t| self.pairs.keys().any(|(_, u)| u == t)).collect()
+        LoraTarget::ALL
+            .into_iter()
+            .filter(|t| self.pairs.keys().any(|(_, u)| u == t))
+            .collect()
     }
     /// Trainable parameters: Σ r · (in + out).
     pub fn num_parameters(&self) -> usize {
@@ -411,19 +507,41 @@ impl LoraAdapter {
     pub fn validate(&self, config: &ModelConfig) -> Result<(), LoraError> {
         for (&(layer, target), p) in &self.pairs {
             if layer >= config.num_layers {
-                return Err(LoraError::LayerOutOfRange { layer, target, layers: config.num_layers });
+                return Err(LoraError::LayerOutOfRange {
+                    layer,
+                    target,
+                    layers: config.num_layers,
+                });
             }
             if p.rank != self.rank {
-                return Err(LoraError::RankMismatch { layer, target, which: 'A', expected: self.rank, found: p.rank });
+                return Err(LoraError::RankMismatch {
+                    layer,
+                    target,
+                    which: 'A',
+                    expected: self.rank,
+                    found: p.rank,
+                });
             }
             let (out, inp) = target.shape(config);
             if p.in_features != inp {
                 let (expected, found) = (vec![self.rank, inp], vec![p.rank, p.in_features]);
-                return Err(LoraError::Shape { layer, target, which: 'A', expected, found });
+                return Err(LoraError::Shape {
+                    layer,
+                    target,
+                    which: 'A',
+                    expected,
+                    found,
+                });
             }
             if p.out_features != out {
                 let (expected, found) = (vec![out, self.rank], vec![p.out_features, p.rank]);
-                return Err(LoraError::Shape { layer, target, which: 'B', expected, found });
+                return Err(LoraError::Shape {
+                    layer,
+                    target,
+                    which: 'B',
+                    expected,
+                    found,
+                });
             }
         }
         Ok(())
@@ -445,8 +563,11 @@ impl LoraAdapter {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
         let pc = PeftConfig::parse(&cfg_path, &text)?;
         let bytes = std::fs::read(&st_path).map_err(|e| io(&st_path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| LoraError::Safetensors { path: st_path.clone(), reason: e.to_string() })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoraError::Safetensors {
+                path: st_path.clone(),
+                reason: e.to_string(),
+            })?;
 
         let mut halves: BTreeMap<(usize, LoraTarget), [Option<NamedView<'_>>; 2]> = BTreeMap::new();
         let mut names: Vec<&str> = st.names().into_iter().collect();
@@ -463,21 +584,45 @@ impl LoraAdapter {
                 }
             }
             if layer >= config.num_layers {
-                return Err(LoraError::LayerOutOfRange { layer, target, layers: config.num_layers });
+                return Err(LoraError::LayerOutOfRange {
+                    layer,
+                    target,
+                    layers: config.num_layers,
+                });
             }
-            let view =
-                st.tensor(name).map_err(|e| LoraError::Safetensors { path: st_path.clone(), reason: e.to_string() })?;
+            let view = st.tensor(name).map_err(|e| LoraError::Safetensors {
+                path: st_path.clone(),
+                reason: e.to_string(),
+            })?;
             halves.entry((layer, target)).or_default()[half] = Some((name.to_string(), view));
         }
 
-        let mut adapter = Self::new(pc.r, pc.lora_alpha, &pc.base_model_name_or_path)
-            .map_err(|e| LoraError::Config { path: cfg_path.clone(), key: "r".into(), reason: e.to_string() })?;
+        let mut adapter =
+            Self::new(pc.r, pc.lora_alpha, &pc.base_model_name_or_path).map_err(|e| {
+                LoraError::Config {
+                    path: cfg_path.clone(),
+                    key: "r".into(),
+                    reason: e.to_string(),
+                }
+            })?;
         for ((layer, target), [a, b]) in halves {
             let (out, inp) = target.shape(config);
             let ((a_name, a), (b_name, b)) = match (a, b) {
                 (Some(a), Some(b)) => (a, b),
-                (None, _) => return Err(LoraError::MissingHalf { layer, target, missing: 'A' }),
-                (_, None) => return Err(LoraError::MissingHalf { layer, target, missing: 'B' }),
+                (None, _) => {
+                    return Err(LoraError::MissingHalf {
+                        layer,
+                        target,
+                        missing: 'A',
+                    })
+                }
+                (_, None) => {
+                    return Err(LoraError::MissingHalf {
+                        layer,
+                        target,
+                        missing: 'B',
+                    })
+                }
             };
             check_matrix(layer, target, 'A', a.shape(), [pc.r, inp])?;
             check_matrix(layer, target, 'B', b.shape(), [out, pc.r])?;
@@ -486,7 +631,10 @@ impl LoraAdapter {
             if let Some(heads) = target.permuted_heads(config) {
                 b_data = hf_to_gguf_rows(&b_data, pc.r, heads);
             }
-            adapter.pairs.insert((layer, target), LoraPair::new(pc.r, inp, out, a_data, b_data)?);
+            adapter.pairs.insert(
+                (layer, target),
+                LoraPair::new(pc.r, inp, out, a_data, b_data)?,
+            );
         }
         Ok(adapter)
     }
@@ -500,7 +648,11 @@ impl LoraAdapter {
     pub fn save_peft(&self, dir: &Path, config: &ModelConfig) -> Result<(), LoraError> {
         self.validate(config)?;
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let targets: Vec<String> = self.targets().iter().map(|t| t.peft_module().to_string()).collect();
+        let targets: Vec<String> = self
+            .targets()
+            .iter()
+            .map(|t| t.peft_module().to_string())
+            .collect();
         let pc = PeftConfigOut {
             peft_type: "LORA",
             task_type: "CAUSAL_LM",
@@ -521,30 +673,48 @@ impl LoraAdapter {
             alpha_pattern: BTreeMap::new(),
         };
         let cfg_path = dir.join(PEFT_CONFIG_FILE);
-        let json = serde_json::to_string_pretty(&pc)
-            .map_err(|e| LoraError::Io { path: cfg_path.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_string_pretty(&pc).map_err(|e| LoraError::Io {
+            path: cfg_path.clone(),
+            reason: e.to_string(),
+        })?;
         write_atomic(&cfg_path, json.as_bytes())?;
 
-        let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(2 * self.pairs.len());
+        let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> =
+            Vec::with_capacity(2 * self.pairs.len());
         for (&(layer, target), p) in &self.pairs {
             let stem = format!("{PEFT_PREFIX}{layer}.{}", target.peft_path());
             let b = match target.permuted_heads(config) {
                 Some(heads) => gguf_to_hf_rows(&p.b, p.rank, heads),
                 None => p.b.clone(),
             };
-            tensors.push((format!("{stem}.lora_A.weight"), f32_bytes(&p.a), vec![p.rank, p.in_features]));
-            tensors.push((format!("{stem}.lora_B.weight"), f32_bytes(&b), vec![p.out_features, p.rank]));
+            tensors.push((
+                format!("{stem}.lora_A.weight"),
+                f32_bytes(&p.a),
+                vec![p.rank, p.in_features],
+            ));
+            tensors.push((
+                format!("{stem}.lora_B.weight"),
+                f32_bytes(&b),
+                vec![p.out_features, p.rank],
+            ));
         }
         let st_path = dir.join(PEFT_WEIGHTS_FILE);
         let mut views = Vec::with_capacity(tensors.len());
         for (name, data, shape) in &tensors {
-            let v = TensorView::new(Dtype::F32, shape.clone(), data)
-                .map_err(|e| LoraError::Safetensors { path: st_path.clone(), reason: e.to_string() })?;
+            let v = TensorView::new(Dtype::F32, shape.clone(), data).map_err(|e| {
+                LoraError::Safetensors {
+                    path: st_path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             views.push((name.as_str(), v));
         }
         let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| LoraError::Safetensors { path: st_path.clone(), reason: e.to_string() })?;
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|e| LoraError::Safetensors {
+                path: st_path.clone(),
+                reason: e.to_string(),
+            })?;
         write_atomic(&st_path, &bytes)
     }
 }
@@ -596,7 +766,9 @@ type NamedView<'a> = (String, TensorView<'a>);
 
 /// Splits `base_model.model.model.layers.{i}.<module path>.lora_{A|B}.weight`.
 fn parse_tensor_name(name: &str) -> Result<(usize, LoraTarget, usize), LoraError> {
-    let unexpected = || LoraError::UnexpectedTensor { tensor: name.to_string() };
+    let unexpected = || LoraError::UnexpectedTensor {
+        tensor: name.to_string(),
+    };
     let rest = name.strip_prefix(PEFT_PREFIX).ok_or_else(unexpected)?;
     let (layer, rest) = rest.split_once('.').ok_or_else(unexpected)?;
     let layer: usize = layer.parse().map_err(|_| unexpected())?;
@@ -607,8 +779,10 @@ fn parse_tensor_name(name: &str) -> Result<(usize, LoraTarget, usize), LoraError
     } else {
         return Err(unexpected());
     };
-    let target = LoraTarget::from_peft_path(module)
-        .ok_or_else(|| LoraError::UnknownModule { tensor: name.to_string(), module: module.to_string() })?;
+    let target = LoraTarget::from_peft_path(module).ok_or_else(|| LoraError::UnknownModule {
+        tensor: name.to_string(),
+        module: module.to_string(),
+    })?;
     Ok((layer, target, half))
 }
 
@@ -623,21 +797,54 @@ fn check_matrix(
         return Ok(());
     }
     // The rank axis is A's rows and B's columns: a disagreement there is a rank mismatch.
-    let (rank_axis, rank) = if which == 'A' { (0, expected[0]) } else { (1, expected[1]) };
-    if found.len() == 2 && found[rank_axis] != rank && found[1 - rank_axis] == expected[1 - rank_axis] {
-        return Err(LoraError::RankMismatch { layer, target, which, expected: rank, found: found[rank_axis] });
+    let (rank_axis, rank) = if which == 'A' {
+        (0, expected[0])
+    } else {
+        (1, expected[1])
+    };
+    if found.len() == 2
+        && found[rank_axis] != rank
+        && found[1 - rank_axis] == expected[1 - rank_axis]
+    {
+        return Err(LoraError::RankMismatch {
+            layer,
+            target,
+            which,
+            expected: rank,
+            found: found[rank_axis],
+        });
     }
-    Err(LoraError::Shape { layer, target, which, expected: expected.to_vec(), found: found.to_vec() })
+    Err(LoraError::Shape {
+        layer,
+        target,
+        which,
+        expected: expected.to_vec(),
+        found: found.to_vec(),
+    })
 }
 
 fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>, LoraError> {
     let d = v.data();
     let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
     Ok(match v.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_bits(le2(c)).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c)).to_f32()).collect(),
-        other => return Err(LoraError::Dtype { tensor: name.to_string(), dtype: format!("{other:?}") }),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(le2(c)).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(le2(c)).to_f32())
+            .collect(),
+        other => {
+            return Err(LoraError::Dtype {
+                tensor: name.to_string(),
+                dtype: format!("{other:?}"),
+            })
+        }
     })
 }
 
@@ -646,7 +853,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn io(path: &Path, e: std::io::Error) -> LoraError {
-    LoraError::Io { path: path.to_path_buf(), reason: e.to_string() }
+    LoraError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees half a file.
@@ -654,21 +864,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-}
-
-/// Deterministic uniform values in [−bound, bound] (SplitMix64).
-fn uniform(seed: u64, n: usize, bound: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-        })
-        .collect()
 }
 
 /// The part of PEFT's `LoraConfig` this runtime reads.
@@ -682,43 +877,66 @@ struct PeftConfig {
 
 impl PeftConfig {
     fn parse(path: &Path, text: &str) -> Result<Self, LoraError> {
-        let bad = |key: &str, reason: String| LoraError::Config { path: path.to_path_buf(), key: key.into(), reason };
-        let unsupported = |key: &str, value: &serde_json::Value, reason: &str| LoraError::Unsupported {
+        let bad = |key: &str, reason: String| LoraError::Config {
             path: path.to_path_buf(),
             key: key.into(),
-            value: value.to_string(),
-            reason: reason.into(),
+            reason,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad("(file)", format!("not valid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| bad("(file)", "not a JSON object".into()))?;
+        let unsupported =
+            |key: &str, value: &serde_json::Value, reason: &str| LoraError::Unsupported {
+                path: path.to_path_buf(),
+                key: key.into(),
+                value: value.to_string(),
+                reason: reason.into(),
+            };
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| bad("(file)", format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("(file)", "not a JSON object".into()))?;
         let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
 
         match get("peft_type").and_then(|x| x.as_str()) {
             Some("LORA") => {}
-            Some(other) => return Err(unsupported("peft_type", &other.into(), "only LORA adapters")),
+            Some(other) => {
+                return Err(unsupported(
+                    "peft_type",
+                    &other.into(),
+                    "only LORA adapters",
+                ))
+            }
             None => return Err(bad("peft_type", "missing (expected \"LORA\")".into())),
         }
         let r = get("r").ok_or_else(|| bad("r", "missing".into()))?;
-        let r =
-            r.as_u64().filter(|&n| n > 0).ok_or_else(|| bad("r", format!("expected a positive integer, found {r}")))?
-                as usize;
+        let r = r
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad("r", format!("expected a positive integer, found {r}")))?
+            as usize;
         let lora_alpha = match get("lora_alpha") {
             None => 8.0, // PEFT's default
-            Some(a) => {
-                a.as_f64()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| bad("lora_alpha", format!("expected a number, found {a}")))? as f32
-            }
+            Some(a) => a
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| bad("lora_alpha", format!("expected a number, found {a}")))?
+                as f32,
         };
         if let Some(b) = get("bias") {
             if b.as_str() != Some("none") {
-                return Err(unsupported("bias", b, "LoRA bias terms are not implemented; only \"none\""));
+                return Err(unsupported(
+                    "bias",
+                    b,
+                    "LoRA bias terms are not implemented; only \"none\"",
+                ));
             }
         }
         if let Some(f) = get("fan_in_fan_out") {
             if f.as_bool() != Some(false) {
-                return Err(unsupported("fan_in_fan_out", f, "only nn.Linear layouts (false)"));
+                return Err(unsupported(
+                    "fan_in_fan_out",
+                    f,
+                    "only nn.Linear layouts (false)",
+                ));
             }
         }
         for key in ["use_dora", "use_rslora"] {
@@ -755,21 +973,41 @@ impl PeftConfig {
             Some(serde_json::Value::Array(a)) => {
                 let mut mods = Vec::with_capacity(a.len());
                 for m in a {
-                    let m =
-                        m.as_str().ok_or_else(|| bad("target_modules", format!("expected module names, found {m}")))?;
+                    let m = m.as_str().ok_or_else(|| {
+                        bad(
+                            "target_modules",
+                            format!("expected module names, found {m}"),
+                        )
+                    })?;
                     // PEFT matches by suffix: "self_attn.q_proj" also names q_proj.
                     let short = m.rsplit('.').next().unwrap_or(m);
                     if LoraTarget::from_peft_module(short).is_none() {
-                        return Err(LoraError::UnknownTargetModule { path: path.to_path_buf(), module: m.to_string() });
+                        return Err(LoraError::UnknownTargetModule {
+                            path: path.to_path_buf(),
+                            module: m.to_string(),
+                        });
                     }
                     mods.push(short.to_string());
                 }
                 Some(mods)
             }
-            Some(other) => return Err(bad("target_modules", format!("expected a list or a string, found {other}"))),
+            Some(other) => {
+                return Err(bad(
+                    "target_modules",
+                    format!("expected a list or a string, found {other}"),
+                ))
+            }
         };
-        let base_model_name_or_path = get("base_model_name_or_path").and_then(|x| x.as_str()).unwrap_or("").to_string();
-        Ok(Self { r, lora_alpha, target_modules, base_model_name_or_path })
+        let base_model_name_or_path = get("base_model_name_or_path")
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string();
+        Ok(Self {
+            r,
+            lora_alpha,
+            target_modules,
+            base_model_name_or_path,
+        })
     }
 }
 
@@ -805,13 +1043,21 @@ mod tests {
         // Two heads of head_dim 4, one column: reshape(2, 2, 2, 1).swapaxes(1, 2) takes each
         // head's HF rows [r0 r1 | r2 r3] (halves) to [r0 r2 r1 r3] (interleaved pairs).
         let hf: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        assert_eq!(hf_to_gguf_rows(&hf, 1, 2), vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
-        assert_eq!(gguf_to_hf_rows(&[0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0], 1, 2), hf);
+        assert_eq!(
+            hf_to_gguf_rows(&hf, 1, 2),
+            vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+        );
+        assert_eq!(
+            gguf_to_hf_rows(&[0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0], 1, 2),
+            hf
+        );
         // Printed by numpy running llama.cpp's `LlamaModel.permute` expression,
         // `w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)`:
         // 3 heads of head_dim 8, one column; and 2 heads of head_dim 4, two columns.
         let w: Vec<f32> = (0..24).map(|i| i as f32).collect();
-        let numpy = [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 16, 20, 17, 21, 18, 22, 19, 23];
+        let numpy = [
+            0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, 16, 20, 17, 21, 18, 22, 19, 23,
+        ];
         assert_eq!(hf_to_gguf_rows(&w, 1, 3), numpy.map(|i| i as f32).to_vec());
         let w: Vec<f32> = (0..16).map(|i| i as f32).collect();
         let numpy = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15];
@@ -844,8 +1090,11 @@ mod tests {
         let mut r_hf = q_hf.clone();
         tables.apply(&mut r_hf, heads, RopeStyle::Halves);
         // Each position's vector is a column of `heads · hd` rows.
-        let permute =
-            |v: &[f32]| -> Vec<f32> { v.chunks_exact(heads * hd).flat_map(|c| hf_to_gguf_rows(c, 1, heads)).collect() };
+        let permute = |v: &[f32]| -> Vec<f32> {
+            v.chunks_exact(heads * hd)
+                .flat_map(|c| hf_to_gguf_rows(c, 1, heads))
+                .collect()
+        };
         let mut r_gg = permute(&q_hf);
         tables.apply(&mut r_gg, heads, RopeStyle::Interleaved);
         assert_eq!(r_gg, permute(&r_hf));
@@ -865,13 +1114,26 @@ mod tests {
             "model.layers.0.self_attn.q_proj.lora_A.weight",
             "base_model.model.model.layers.x.mlp.up_proj.lora_A.weight",
         ] {
-            assert!(matches!(parse_tensor_name(bad), Err(LoraError::UnexpectedTensor { .. })), "{bad}");
+            assert!(
+                matches!(
+                    parse_tensor_name(bad),
+                    Err(LoraError::UnexpectedTensor { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn apply_is_row_wise() {
-        let p = LoraPair::new(2, 3, 2, vec![1.0, 0.0, 2.0, 0.0, 1.0, 0.0], vec![1.0, 1.0, 0.5, -1.0]).unwrap();
+        let p = LoraPair::new(
+            2,
+            3,
+            2,
+            vec![1.0, 0.0, 2.0, 0.0, 1.0, 0.0],
+            vec![1.0, 1.0, 0.5, -1.0],
+        )
+        .unwrap();
         // x = [1, 2, 3]: A x = [7, 2]; scale 2 → [14, 4]; B t = [18, 3].
         let x = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0];
         let mut y = vec![1.0, 1.0, 0.0, 0.0];

@@ -194,8 +194,20 @@ mod tests {
         let block = causal_attention(&q, &k, &v, 0, heads, kvh, hd);
         for r in 0..n {
             let qr = &q[r * heads * hd..(r + 1) * heads * hd];
-            let one = causal_attention(qr, &k[..(r + 1) * kvh * hd], &v[..(r + 1) * kvh * hd], r, heads, kvh, hd);
-            assert_eq!(one, block[r * heads * hd..(r + 1) * heads * hd].to_vec(), "row {r}");
+            let one = causal_attention(
+                qr,
+                &k[..(r + 1) * kvh * hd],
+                &v[..(r + 1) * kvh * hd],
+                r,
+                heads,
+                kvh,
+                hd,
+            );
+            assert_eq!(
+                one,
+                block[r * heads * hd..(r + 1) * heads * hd].to_vec(),
+                "row {r}"
+            );
         }
     }
 

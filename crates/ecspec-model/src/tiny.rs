@@ -27,13 +27,19 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { seed: 1, layers: 4, hidden: 64, heads: 4 }
+        Self {
+            seed: 1,
+            layers: 4,
+            hidden: 64,
+            heads: 4,
+        }
     }
 }
 
-/// Deterministic pseudo-random numbers (SplitMix64), uniform in [−scale, scale].
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+/// Deterministic pseudo-random numbers (SplitMix64, Steele et al. 2014), uniform in
+/// [−bound, bound]: weights of tiny models and LoRA initialisation, with no RNG dependency.
+pub(crate) fn uniform(seed: u64, n: usize, bound: f32) -> Vec<f32> {
+    let mut s = seed;
     (0..n)
         .map(|_| {
             s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -41,14 +47,24 @@ fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
         })
         .collect()
 }
 
+/// A tiny model's weights for one tensor.
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    uniform(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1),
+        n,
+        scale,
+    )
+}
+
 /// The byte-level symbols of GPT-2's `bytes_to_unicode`, in byte order.
 fn byte_symbols() -> Vec<String> {
-    let visible = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let visible =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut n = 0;
     (0..256u32)
         .map(|b| {
@@ -56,7 +72,9 @@ fn byte_symbols() -> Vec<String> {
                 char::from_u32(b).map(String::from).unwrap_or_default()
             } else {
                 n += 1;
-                char::from_u32(255 + n).map(String::from).unwrap_or_default()
+                char::from_u32(255 + n)
+                    .map(String::from)
+                    .unwrap_or_default()
             }
         })
         .collect()
@@ -82,7 +100,10 @@ pub fn write_tiny_model(path: &Path, spec: TinySpec) -> Result<()> {
     let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
     let md: Vec<(&str, V)> = vec![
         ("general.architecture", V::String("llama".into())),
-        ("general.name", V::String(format!("tiny-llama-seed{}", spec.seed))),
+        (
+            "general.name",
+            V::String(format!("tiny-llama-seed{}", spec.seed)),
+        ),
         ("llama.block_count", V::U32(spec.layers as u32)),
         ("llama.context_length", V::U32(512)),
         ("llama.embedding_length", V::U32(d as u32)),
@@ -93,22 +114,44 @@ pub fn write_tiny_model(path: &Path, spec: TinySpec) -> Result<()> {
         ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
         ("tokenizer.ggml.model", V::String("gpt2".into())),
         ("tokenizer.ggml.pre", V::String("smollm".into())),
-        ("tokenizer.ggml.tokens", V::Array(tokens.into_iter().map(V::String).collect())),
-        ("tokenizer.ggml.token_type", V::Array(types.into_iter().map(V::I32).collect())),
-        ("tokenizer.ggml.merges", V::Array(vec![V::String("a b".into())])),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(tokens.into_iter().map(V::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(types.into_iter().map(V::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            V::Array(vec![V::String("a b".into())]),
+        ),
         ("tokenizer.ggml.eos_token_id", V::U32(257)),
         ("tokenizer.chat_template", V::String(template.into())),
     ];
     let q = |name: &str, rows: usize, cols: usize, salt: u64| -> Result<(String, QTensor)> {
         let scale = 1.0 / (cols as f32).sqrt() * 1.7;
-        let t = Tensor::from_vec(values(spec.seed * 1000 + salt, rows * cols, scale), (rows, cols), &Device::Cpu)?;
+        let t = Tensor::from_vec(
+            values(spec.seed * 1000 + salt, rows * cols, scale),
+            (rows, cols),
+            &Device::Cpu,
+        )?;
         Ok((name.to_string(), QTensor::quantize(&t, GgmlDType::Q8_0)?))
     };
     let norm = |name: &str, n: usize, salt: u64| -> Result<(String, QTensor)> {
-        let v: Vec<f32> = values(spec.seed * 1000 + salt, n, 0.2).into_iter().map(|x| 1.0 + x).collect();
-        Ok((name.to_string(), QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu)?, GgmlDType::F32)?))
+        let v: Vec<f32> = values(spec.seed * 1000 + salt, n, 0.2)
+            .into_iter()
+            .map(|x| 1.0 + x)
+            .collect();
+        Ok((
+            name.to_string(),
+            QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu)?, GgmlDType::F32)?,
+        ))
     };
-    let mut ts = vec![q("token_embd.weight", vocab, d, 1)?, norm("output_norm.weight", d, 2)?];
+    let mut ts = vec![
+        q("token_embd.weight", vocab, d, 1)?,
+        norm("output_norm.weight", d, 2)?,
+    ];
     for i in 0..spec.layers {
         let s = 10 + 10 * i as u64;
         ts.push(norm(&format!("blk.{i}.attn_norm.weight"), d, s)?);
@@ -123,7 +166,10 @@ pub fn write_tiny_model(path: &Path, spec: TinySpec) -> Result<()> {
     }
     let md_refs: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = ts.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let io = |e: std::io::Error| ModelError::Gguf { path: path.to_path_buf(), reason: e.to_string() };
+    let io = |e: std::io::Error| ModelError::Gguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     gguf_file::write(&mut f, &md_refs, &t_refs)?;
     std::io::Write::flush(&mut f).map_err(io)?;

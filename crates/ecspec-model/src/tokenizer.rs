@@ -16,7 +16,8 @@ use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
 
 /// GPT-2's byte-level pattern as the Hugging Face `ByteLevel` pre-tokenizer writes it.
-const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Qwen2's pattern (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`): single digits, newline runs.
 const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Llama-3's pattern (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`): digits in groups of up to three.
@@ -26,9 +27,22 @@ const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL
 /// type (`llama-vocab.cpp`, the EOT/EOG and FIM-pad/repo/file-separator name lists); Qwen2.5
 /// declares `</s>` as a normal token, yet llama.cpp parses and stops on it.
 const EOG_NAMES: [&str; 16] = [
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
-    "<｜end▁of▁sentence｜>", "<end_of_utterance>", "</s>", "<|eom_id|>", "<|fim_pad|>", "<fim-pad>",
-    "<|repo_name|>", "<reponame>", "<|file_sep|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "_<EOT>",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+    "</s>",
+    "<|eom_id|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<|repo_name|>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
@@ -113,9 +127,13 @@ impl GgufTokenizer {
                 types[i] = TOKEN_TYPE_CONTROL;
             }
         }
-        let pre = md.string_opt("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
+        let pre = md
+            .string_opt("tokenizer.ggml.pre")?
+            .unwrap_or_else(|| "default".into());
         let eos = md.uint("tokenizer.ggml.eos_token_id")? as u32;
-        let bos = md.uint_opt("tokenizer.ggml.bos_token_id")?.map(|b| b as u32);
+        let bos = md
+            .uint_opt("tokenizer.ggml.bos_token_id")?
+            .map(|b| b as u32);
 
         let mut vocab = tokenizers::models::bpe::Vocab::default();
         for (i, t) in tokens.iter().enumerate() {
@@ -137,8 +155,12 @@ impl GgufTokenizer {
             let mut tk = Tokenizer::new(bpe);
             let mut pres: Vec<PreTokenizerWrapper> = Vec::new();
             for p in pre_patterns(&pre)? {
-                let split = Split::new(SplitPattern::Regex(p.into()), SplitDelimiterBehavior::Isolated, false)
-                    .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+                let split = Split::new(
+                    SplitPattern::Regex(p.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
                 pres.push(split.into());
             }
             pres.push(ByteLevel::new(false, false, false).into());
@@ -148,7 +170,9 @@ impl GgufTokenizer {
             for (i, t) in tokens.iter().enumerate() {
                 let ty = types.get(i).copied().unwrap_or(1);
                 if ty == TOKEN_TYPE_USER_DEFINED || (with_control && ty == TOKEN_TYPE_CONTROL) {
-                    added.push(AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL).normalized(false));
+                    added.push(
+                        AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL).normalized(false),
+                    );
                 }
             }
             tk.add_special_tokens(&added);
@@ -158,7 +182,9 @@ impl GgufTokenizer {
         let plain = build(false)?;
 
         let map = unicode_to_byte();
-        let control: Vec<bool> = (0..tokens.len()).map(|i| types.get(i) == Some(&TOKEN_TYPE_CONTROL)).collect();
+        let control: Vec<bool> = (0..tokens.len())
+            .map(|i| types.get(i) == Some(&TOKEN_TYPE_CONTROL))
+            .collect();
         let token_bytes = tokens
             .iter()
             .enumerate()
@@ -166,7 +192,9 @@ impl GgufTokenizer {
                 if types.get(i) == Some(&TOKEN_TYPE_USER_DEFINED) || control[i] {
                     t.as_bytes().to_vec()
                 } else {
-                    t.chars().map(|c| map.get(&c).copied().unwrap_or(b'?')).collect()
+                    t.chars()
+                        .map(|c| map.get(&c).copied().unwrap_or(b'?'))
+                        .collect()
                 }
             })
             .collect();
@@ -204,8 +232,14 @@ impl GgufTokenizer {
     /// `<|im_start|>`) become their ids, as llama.cpp's `parse_special = true`; otherwise they
     /// are tokenized as plain text. No BOS is added (neither SmolLM2 nor Qwen2.5 use one).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tk = if parse_special { &self.with_special } else { &self.plain };
-        let enc = tk.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        let enc = tk
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 

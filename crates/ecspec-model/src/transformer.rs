@@ -89,13 +89,21 @@ const FAST_K_MULTIPLE: usize = 256;
 fn qmatmul(t: Arc<QTensor>) -> Result<QMatMul> {
     use candle_core::quantized::GgmlDType;
     let (_, k) = t.shape().dims2()?;
-    let paddable = matches!(t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1);
+    let paddable = matches!(
+        t.dtype(),
+        GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1
+    );
     if k % FAST_K_MULTIPLE == 0 || !paddable {
         return Ok(QMatMul::from_arc(t)?);
     }
     let k_pad = k.next_multiple_of(FAST_K_MULTIPLE);
-    let w = t.dequantize(&Device::Cpu)?.pad_with_zeros(1, 0, k_pad - k)?;
-    Ok(QMatMul::from_arc(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))?)
+    let w = t
+        .dequantize(&Device::Cpu)?
+        .pad_with_zeros(1, 0, k_pad - k)?;
+    Ok(QMatMul::from_arc(Arc::new(QTensor::quantize(
+        &w,
+        GgmlDType::Q8_0,
+    )?))?)
 }
 
 /// The inner dimension a weight expects (k, or k padded by [`qmatmul`]).
@@ -115,11 +123,18 @@ impl DecoderLayer {
     ///
     /// # Errors
     /// Whatever `get` reports (a missing tensor or a wrong shape); tensor backend errors.
-    pub fn from_f32(c: &ModelConfig, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<Self> {
+    pub fn from_f32(
+        c: &ModelConfig,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
         let (d, kv, ffn) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.ffn_size);
         let mut mat = |s: &str, rows: usize, cols: usize| -> Result<QMatMul> {
             let t = Tensor::from_vec(get(s, &[rows, cols])?, (rows, cols), &Device::Cpu)?;
-            let dtype = if cols.is_multiple_of(32) { candle_core::quantized::GgmlDType::Q8_0 } else { candle_core::quantized::GgmlDType::F32 };
+            let dtype = if cols.is_multiple_of(32) {
+                candle_core::quantized::GgmlDType::Q8_0
+            } else {
+                candle_core::quantized::GgmlDType::F32
+            };
             qmatmul(Arc::new(QTensor::quantize(&t, dtype)?))
         };
         let wq = mat("attn_q.weight", d, d)?;
@@ -136,9 +151,21 @@ impl DecoderLayer {
             wk,
             wv,
             wo,
-            bq: if qwen { Some(get("attn_q.bias", &[d])?) } else { None },
-            bk: if qwen { Some(get("attn_k.bias", &[kv])?) } else { None },
-            bv: if qwen { Some(get("attn_v.bias", &[kv])?) } else { None },
+            bq: if qwen {
+                Some(get("attn_q.bias", &[d])?)
+            } else {
+                None
+            },
+            bk: if qwen {
+                Some(get("attn_k.bias", &[kv])?)
+            } else {
+                None
+            },
+            bv: if qwen {
+                Some(get("attn_v.bias", &[kv])?)
+            } else {
+                None
+            },
             ffn_norm: get("ffn_norm.weight", &[d])?,
             w_gate,
             w_up,
@@ -255,7 +282,11 @@ impl Transformer {
         let embedding = if d % emb.dtype().block_size() == 0 {
             Embedding::Quantized(emb.clone())
         } else {
-            Embedding::Dense(Arc::new(emb.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+            Embedding::Dense(Arc::new(
+                emb.dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ))
         };
         let head = if f.has_tensor("output.weight") {
             qmatmul(f.qtensor("output.weight", &[v, d])?)?
@@ -268,7 +299,14 @@ impl Transformer {
         }
         let final_norm = f.vector("output_norm.weight", d)?;
         let lora = vec![None; layers.len()];
-        Ok(Self { config, embedding, layers, lora, final_norm, head })
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            lora,
+            final_norm,
+            head,
+        })
     }
 
     /// A target version: `base` with `adapter`'s low-rank updates added to the projections it
@@ -285,7 +323,10 @@ impl Transformer {
         adapter.validate(&base.config)?;
         let mut per_layer: Vec<Option<LayerLora>> = (0..base.layers.len()).map(|_| None).collect();
         for (&(layer, target), pair) in adapter.iter() {
-            let l = per_layer[layer].get_or_insert_with(|| LayerLora { scale: adapter.scale(), pairs: Default::default() });
+            let l = per_layer[layer].get_or_insert_with(|| LayerLora {
+                scale: adapter.scale(),
+                pairs: Default::default(),
+            });
             l.pairs[target as usize] = Some(pair.clone());
         }
         Ok(Self {
@@ -335,7 +376,14 @@ impl Transformer {
         let mut config = base.config.clone();
         config.num_layers = layers.len();
         let embedding = base.embedding.share();
-        Ok(Self { config, embedding, layers, lora, final_norm: base.final_norm.clone(), head: base.head.clone() })
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            lora,
+            final_norm: base.final_norm.clone(),
+            head: base.head.clone(),
+        })
     }
 
     /// Hyper-parameters.
@@ -364,7 +412,10 @@ impl Transformer {
             }
             Embedding::Dense(w) => {
                 let d = self.config.hidden_size;
-                Ok(tokens.iter().flat_map(|&t| w[t as usize * d..(t as usize + 1) * d].iter().copied()).collect())
+                Ok(tokens
+                    .iter()
+                    .flat_map(|&t| w[t as usize * d..(t as usize + 1) * d].iter().copied())
+                    .collect())
             }
         }
     }
@@ -375,7 +426,13 @@ impl Transformer {
     /// # Errors
     /// [`ModelError::Tensor`] if a cache layer does not hold exactly `pos` positions (the
     /// explicit KV length is checked against the position), context overflow.
-    pub fn run_layers(&self, cache: &mut KvCache, hidden: &mut [f32], pos: usize, layers: Range<usize>) -> Result<()> {
+    pub fn run_layers(
+        &self,
+        cache: &mut KvCache,
+        hidden: &mut [f32],
+        pos: usize,
+        layers: Range<usize>,
+    ) -> Result<()> {
         let c = &self.config;
         let d = c.hidden_size;
         let rows = hidden.len() / d;
@@ -383,12 +440,19 @@ impl Transformer {
             return Err(ModelError::EmptyBlock);
         }
         if pos + rows > c.context_length {
-            return Err(ModelError::ContextOverflow { needed: pos + rows, max: c.context_length });
+            return Err(ModelError::ContextOverflow {
+                needed: pos + rows,
+                max: c.context_length,
+            });
         }
         if layers.end > self.layers.len() || cache.k.len() != self.layers.len() {
             return Err(ModelError::Tensor {
                 name: "kv_cache".into(),
-                reason: format!("cache has {} layers, model {}, asked for {layers:?}", cache.k.len(), self.layers.len()),
+                reason: format!(
+                    "cache has {} layers, model {}, asked for {layers:?}",
+                    cache.k.len(),
+                    self.layers.len()
+                ),
             });
         }
         let kv_dim = c.num_kv_heads * c.head_dim;
@@ -403,7 +467,10 @@ impl Transformer {
             if cache.k[li].len() != pos * kv_dim {
                 return Err(ModelError::Tensor {
                     name: format!("kv_cache[{li}]"),
-                    reason: format!("holds {} positions, forward starts at {pos}", cache.k[li].len() / kv_dim),
+                    reason: format!(
+                        "holds {} positions, forward starts at {pos}",
+                        cache.k[li].len() / kv_dim
+                    ),
                 });
             }
             let h = ops::rms_norm(hidden, &layer.attn_norm, c.rms_eps);
@@ -420,7 +487,15 @@ impl Transformer {
             rope.apply(&mut k, c.num_kv_heads, style);
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
-            let att = ops::causal_attention(&q, &cache.k[li], &cache.v[li], pos, c.num_heads, c.num_kv_heads, c.head_dim);
+            let att = ops::causal_attention(
+                &q,
+                &cache.k[li],
+                &cache.v[li],
+                pos,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+            );
             let mut o = matmul(&layer.wo, &att, rows, d)?;
             LayerLora::apply(lora, LoraTarget::AttnOutput, &att, &mut o);
             ops::add_assign(hidden, &o);
@@ -504,7 +579,10 @@ impl KvCache {
         for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
             let have = k.len() / self.kv_dim;
             if len > have {
-                return Err(ModelError::BadTruncate { len: have, requested: len });
+                return Err(ModelError::BadTruncate {
+                    len: have,
+                    requested: len,
+                });
             }
             k.truncate(len * self.kv_dim);
             v.truncate(len * self.kv_dim);

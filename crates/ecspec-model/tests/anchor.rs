@@ -46,9 +46,15 @@ fn anchor_copied_from_the_last_layer_equals_the_untrained_draft() {
     let untrained = Draft::shared_backbone(&base, 2, None).unwrap();
     let copied = Draft::shared_backbone(&base, 2, Some(anchor)).unwrap();
     let run = |t: &Arc<ecspec_model::Transformer>| {
-        Session::new(t.clone()).forward(&[72, 101, 108, 108, 111], LogitsFor::All).unwrap()
+        Session::new(t.clone())
+            .forward(&[72, 101, 108, 108, 111], LogitsFor::All)
+            .unwrap()
     };
-    assert_eq!(run(&copied.transformer), run(&untrained.transformer), "Q8_0 → f32 → Q8_0 is exact");
+    assert_eq!(
+        run(&copied.transformer),
+        run(&untrained.transformer),
+        "Q8_0 → f32 → Q8_0 is exact"
+    );
     assert_eq!(copied.compat_hash, base.base_hash);
 
     // Missing and misshapen tensors name themselves.
@@ -60,7 +66,15 @@ fn anchor_copied_from_the_last_layer_equals_the_untrained_draft() {
     let mut wide = cfg.clone();
     wide.hidden_size = 96;
     let e = load_anchor(&path, &wide).err().unwrap();
-    assert!(e.to_string().contains("attn_norm.weight") && e.to_string().contains("expected shape [96]"), "{e}");
-    let e = load_anchor(&dir.join("gone.safetensors"), &cfg).err().unwrap();
-    assert!(matches!(&e, ModelError::File { path, .. } if path.ends_with("gone.safetensors")), "{e}");
+    assert!(
+        e.to_string().contains("attn_norm.weight") && e.to_string().contains("expected shape [96]"),
+        "{e}"
+    );
+    let e = load_anchor(&dir.join("gone.safetensors"), &cfg)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, ModelError::File { path, .. } if path.ends_with("gone.safetensors")),
+        "{e}"
+    );
 }

@@ -32,7 +32,11 @@ fn model(key: &str) -> Option<PathBuf> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -43,9 +47,18 @@ fn tokenizer_ids_match_llama_cpp() {
         let m = LoadedModel::load(&path).unwrap();
         let mut stops = m.tokenizer.stop_tokens().to_vec();
         stops.sort();
-        assert_eq!(stops, ids(&fx["models"][key]["eog_ids"]), "{key}: end-of-generation ids");
+        assert_eq!(
+            stops,
+            ids(&fx["models"][key]["eog_ids"]),
+            "{key}: end-of-generation ids"
+        );
         let mut checked = 0;
-        for case in fx["cases"].as_array().unwrap().iter().filter(|c| c["model"] == key) {
+        for case in fx["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["model"] == key)
+        {
             // Neither model adds a BOS; cases that force one differ only by that id.
             if case["add_bos"] == true && case["add_bos_is_default"] == false {
                 continue;
@@ -53,16 +66,30 @@ fn tokenizer_ids_match_llama_cpp() {
             let text = case["text"].as_str().unwrap();
             let special = case["parse_special"].as_bool().unwrap();
             let ours = m.tokenizer.encode(text, special).unwrap();
-            assert_eq!(ours, ids(&case["ids"]), "{key}: {text:?} (parse_special = {special})");
+            assert_eq!(
+                ours,
+                ids(&case["ids"]),
+                "{key}: {text:?} (parse_special = {special})"
+            );
             checked += 1;
         }
         assert!(checked >= 20, "{key}: only {checked} cases");
-        for case in fx["detokenize"].as_array().unwrap().iter().filter(|c| c["model"] == key) {
+        for case in fx["detokenize"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["model"] == key)
+        {
             if case["unparse_special"] == true || case["utf8_valid"] == false {
                 continue;
             }
             let text = case["text"].as_str().unwrap();
-            assert_eq!(m.tokenizer.decode(&ids(&case["ids"])), text, "{key}: detokenize {}", case["label"]);
+            assert_eq!(
+                m.tokenizer.decode(&ids(&case["ids"])),
+                text,
+                "{key}: detokenize {}",
+                case["label"]
+            );
         }
     }
 }
@@ -73,25 +100,53 @@ fn chat_prompts_and_greedy_continuations_match_llama_cpp() {
     for key in ["smollm2", "qwen2.5-coder"] {
         let Some(path) = model(key) else { continue };
         let m = LoadedModel::load(&path).unwrap();
-        let template = m.chat_template.clone().expect("instruct models have a chat template");
+        let template = m
+            .chat_template
+            .clone()
+            .expect("instruct models have a chat template");
         let mut compared = 0;
         for case in fx["models"][key]["cases"].as_array().unwrap() {
             let user = case["user"].as_str().unwrap();
-            let text = template.render(&[ChatMessage { role: Role::User, content: user.into() }], true);
-            assert_eq!(text, case["prompt_text"].as_str().unwrap(), "{key}: chat template");
+            let text = template.render(
+                &[ChatMessage {
+                    role: Role::User,
+                    content: user.into(),
+                }],
+                true,
+            );
+            assert_eq!(
+                text,
+                case["prompt_text"].as_str().unwrap(),
+                "{key}: chat template"
+            );
             let prompt = m.tokenizer.encode(&text, true).unwrap();
             assert_eq!(prompt, ids(&case["prompt_ids"]), "{key}: prompt ids");
             // Encoding markup and content apart (so user text never yields control tokens)
             // gives the same ids for an ordinary message.
-            let msgs = [ChatMessage { role: Role::User, content: user.into() }];
+            let msgs = [ChatMessage {
+                role: Role::User,
+                content: user.into(),
+            }];
             let parts = template.render_parts(&msgs, true);
-            assert_eq!(ecspec_model::encode_chat(&m.tokenizer, &parts).unwrap(), prompt, "{key}: chat parts");
+            assert_eq!(
+                ecspec_model::encode_chat(&m.tokenizer, &parts).unwrap(),
+                prompt,
+                "{key}: chat parts"
+            );
             // Greedy decoding agrees with llama.cpp's up to the first near-tie: our Q4_1 → Q8_0
             // conversion and kernels round differently, so a step whose top-two margin (in
             // llama.cpp's logits) is under 0.5 may legitimately go the other way.
             let expected = ids(&case["generated"]);
-            let margins: Vec<f64> = case["step_margins"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            let firm = margins.iter().position(|&g| g < 0.5).unwrap_or(expected.len());
+            let margins: Vec<f64> = case["step_margins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let firm = margins
+                .iter()
+                .position(|&g| g < 0.5)
+                .unwrap_or(expected.len());
             let mut s = Session::new(m.transformer.clone());
             let mut logits = s.forward(&prompt, LogitsFor::Last).unwrap();
             let mut ours = Vec::new();
@@ -100,10 +155,17 @@ fn chat_prompts_and_greedy_continuations_match_llama_cpp() {
                 ours.push(t);
                 logits = s.forward(&[t], LogitsFor::Last).unwrap();
             }
-            assert_eq!(ours, expected[..firm], "{key}: {user:?}: greedy tokens before the first near-tie");
+            assert_eq!(
+                ours,
+                expected[..firm],
+                "{key}: {user:?}: greedy tokens before the first near-tie"
+            );
             compared += firm;
         }
-        assert!(compared >= 10, "{key}: only {compared} greedy steps before near-ties");
+        assert!(
+            compared >= 10,
+            "{key}: only {compared} greedy steps before near-ties"
+        );
     }
 }
 

@@ -17,7 +17,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::{Close, DraftBlock, ErrorReply, FrameError, Hello, HelloAck, SetVersion, Verdict, VersionAck};
+use crate::{
+    Close, DraftBlock, ErrorReply, FrameError, Hello, HelloAck, SetVersion, Verdict, VersionAck,
+};
 
 /// Version of this protocol, sent in every frame header (and in [`Hello::protocol_version`]).
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -168,7 +170,9 @@ macro_rules! impl_from_for_message {
         }
     )*};
 }
-impl_from_for_message!(Hello, HelloAck, DraftBlock, Verdict, ErrorReply, Close, SetVersion, VersionAck);
+impl_from_for_message!(
+    Hello, HelloAck, DraftBlock, Verdict, ErrorReply, Close, SetVersion, VersionAck
+);
 
 /// Exact length in bytes of `msg`'s frame: [`HEADER_LEN`] plus the payload. This is what
 /// [`encode_frame`] produces and what goes on the wire.

@@ -3,8 +3,8 @@
 use bytes::BytesMut;
 use ecspec_proto::{
     decode_eof, decode_frame, encode_frame, encode_frame_into, frame_len, Close, CompactDist,
-    DraftBlock, ErrorCode, ErrorReply, FrameError, Hello, HelloAck, Message, MessageType, SetVersion, Verdict,
-    VerifyMode, VersionAck, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    DraftBlock, ErrorCode, ErrorReply, FrameError, Hello, HelloAck, Message, MessageType,
+    SetVersion, Verdict, VerifyMode, VersionAck, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 fn hello() -> Hello {

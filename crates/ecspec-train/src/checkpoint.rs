@@ -67,7 +67,12 @@ fn with_suffix(p: &Path, s: &str) -> PathBuf {
 }
 
 /// Writes a checkpoint into `out/checkpoint/`, atomically.
-pub fn save(out: &Path, meta: &CheckpointMeta, params: &[NamedVar], opt: &AdamWState) -> Result<()> {
+pub fn save(
+    out: &Path,
+    meta: &CheckpointMeta,
+    params: &[NamedVar],
+    opt: &AdamWState,
+) -> Result<()> {
     let final_dir = dir(out);
     let tmp = with_suffix(&final_dir, ".tmp");
     let old = with_suffix(&final_dir, ".old");
@@ -82,7 +87,8 @@ pub fn save(out: &Path, meta: &CheckpointMeta, params: &[NamedVar], opt: &AdamWS
         tensors.insert(format!("adam_v/{name}"), v.clone());
     }
     candle_core::safetensors::save(&tensors, tmp.join("state.safetensors"))?;
-    let json = serde_json::to_string_pretty(meta).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(meta).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let jp = tmp.join("state.json");
     std::fs::write(&jp, json).map_err(|e| TrainError::io(&jp, e))?;
     let _ = std::fs::remove_dir_all(&old);
@@ -118,7 +124,10 @@ impl Loaded {
                 .ok_or_else(|| TrainError::Checkpoint(format!("no optimizer state for `{n}`")))?;
             moments.push((n.clone(), m.clone(), v.clone()));
         }
-        Ok(AdamWState { step: self.meta.optimizer_step, moments })
+        Ok(AdamWState {
+            step: self.meta.optimizer_step,
+            moments,
+        })
     }
 }
 
@@ -133,13 +142,16 @@ pub fn load(out: &Path) -> Result<Loaded> {
         if old.join("state.json").is_file() {
             d = old;
         } else {
-            return Err(TrainError::Checkpoint(format!("no checkpoint in {} to resume from", dir(out).display())));
+            return Err(TrainError::Checkpoint(format!(
+                "no checkpoint in {} to resume from",
+                dir(out).display()
+            )));
         }
     }
     let jp = d.join("state.json");
     let text = std::fs::read_to_string(&jp).map_err(|e| TrainError::io(&jp, e))?;
-    let meta: CheckpointMeta =
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", jp.display())))?;
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", jp.display())))?;
     let tensors = candle_core::safetensors::load(d.join("state.safetensors"), &Device::Cpu)?;
     let mut params = HashMap::new();
     let mut m = HashMap::new();
@@ -152,13 +164,22 @@ pub fn load(out: &Path) -> Result<Loaded> {
         } else if let Some(n) = k.strip_prefix("adam_v/") {
             v.insert(n.to_string(), t);
         } else {
-            return Err(TrainError::Checkpoint(format!("unexpected tensor `{k}` in {}", d.display())));
+            return Err(TrainError::Checkpoint(format!(
+                "unexpected tensor `{k}` in {}",
+                d.display()
+            )));
         }
     }
     let mut moments = HashMap::new();
     for (n, mt) in m {
-        let vt = v.remove(&n).ok_or_else(|| TrainError::Checkpoint(format!("`adam_v/{n}` missing")))?;
+        let vt = v
+            .remove(&n)
+            .ok_or_else(|| TrainError::Checkpoint(format!("`adam_v/{n}` missing")))?;
         moments.insert(n, (mt, vt));
     }
-    Ok(Loaded { meta, params, moments })
+    Ok(Loaded {
+        meta,
+        params,
+        moments,
+    })
 }

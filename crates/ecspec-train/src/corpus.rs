@@ -50,7 +50,13 @@ pub struct CorpusSpec {
 impl CorpusSpec {
     /// Defaults: 10% held out, 64 KiB units, files up to 4 MiB.
     pub fn new(paths: Vec<PathBuf>, extensions: Vec<String>) -> Self {
-        Self { paths, extensions, held_out_fraction: 0.1, max_unit_bytes: 64 * 1024, max_file_bytes: 4 << 20 }
+        Self {
+            paths,
+            extensions,
+            held_out_fraction: 0.1,
+            max_unit_bytes: 64 * 1024,
+            max_file_bytes: 4 << 20,
+        }
     }
 }
 
@@ -86,9 +92,12 @@ pub fn split_of(digest: &[u8], held_out_fraction: f64) -> Split {
 
 fn wanted(name: &str, exts: &[String]) -> bool {
     if exts.is_empty() {
-        DEFAULT_EXTENSIONS.iter().any(|e| name.ends_with(&format!(".{e}")))
+        DEFAULT_EXTENSIONS
+            .iter()
+            .any(|e| name.ends_with(&format!(".{e}")))
     } else {
-        exts.iter().any(|e| name.ends_with(&format!(".{}", e.trim_start_matches('.'))))
+        exts.iter()
+            .any(|e| name.ends_with(&format!(".{}", e.trim_start_matches('.'))))
     }
 }
 
@@ -102,7 +111,9 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<PathBuf>) -> Result<()> {
     for p in entries {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         // symlink_metadata: do not follow links (no cycles, no escaping the tree).
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if md.is_dir() {
             if !name.starts_with('.') && !SKIP_DIRS.contains(&name) {
                 walk(&p, exts, out)?;
@@ -126,7 +137,10 @@ pub fn list_files(spec: &CorpusSpec) -> Result<Vec<PathBuf>> {
         } else if p.is_file() {
             out.push(p.clone());
         } else {
-            return Err(TrainError::Corpus(format!("{} does not exist", p.display())));
+            return Err(TrainError::Corpus(format!(
+                "{} does not exist",
+                p.display()
+            )));
         }
     }
     Ok(out)
@@ -137,7 +151,9 @@ fn read_text(path: &Path, max: usize) -> Result<Option<String>> {
     let mut bytes = Vec::new();
     let limit = max as u64 + 1;
     if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::GzDecoder::new(f).take(limit).read_to_end(&mut bytes)
+        flate2::read::GzDecoder::new(f)
+            .take(limit)
+            .read_to_end(&mut bytes)
     } else {
         f.take(limit).read_to_end(&mut bytes)
     }
@@ -174,15 +190,23 @@ fn cut(text: &str, max: usize) -> Vec<&str> {
 /// [`TrainError::Corpus`] for a missing path or a corpus without any text; I/O errors.
 pub fn read_units(spec: &CorpusSpec) -> Result<Vec<TextUnit>> {
     if !(0.0..1.0).contains(&spec.held_out_fraction) {
-        return Err(TrainError::Config(format!("held-out fraction {} is not in [0, 1)", spec.held_out_fraction)));
+        return Err(TrainError::Config(format!(
+            "held-out fraction {} is not in [0, 1)",
+            spec.held_out_fraction
+        )));
     }
     let mut units = Vec::new();
     for path in list_files(spec)? {
-        let Some(text) = read_text(&path, spec.max_file_bytes)? else { continue };
+        let Some(text) = read_text(&path, spec.max_file_bytes)? else {
+            continue;
+        };
         if text.trim().is_empty() {
             continue;
         }
-        for (part, piece) in cut(&text, spec.max_unit_bytes.max(1)).into_iter().enumerate() {
+        for (part, piece) in cut(&text, spec.max_unit_bytes.max(1))
+            .into_iter()
+            .enumerate()
+        {
             let digest = Sha256::digest(piece.as_bytes());
             units.push(TextUnit {
                 source: path.clone(),
@@ -259,7 +283,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ecspec-corpus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for i in 0..60 {
-            write(&dir, &format!("src/m{i:02}.rs"), &format!("fn f{i}() -> u32 {{ {i} * 7 }}\n"));
+            write(
+                &dir,
+                &format!("src/m{i:02}.rs"),
+                &format!("fn f{i}() -> u32 {{ {i} * 7 }}\n"),
+            );
         }
         write(&dir, "src/notes.md", "not rust\n");
         write(&dir, "target/gen.rs", "fn skipped() {}\n");
@@ -279,22 +307,35 @@ mod tests {
             assert_eq!((x.hash.as_str(), x.split), (y.hash.as_str(), y.split));
         }
         let held = a.iter().filter(|u| u.split == Split::HeldOut).count();
-        assert!(held > 3 && held < 30, "about a quarter held out, got {held}");
+        assert!(
+            held > 3 && held < 30,
+            "about a quarter held out, got {held}"
+        );
         // Same text elsewhere → same split, whatever the path.
         let copy = dir.join("copy");
         std::fs::create_dir_all(&copy).unwrap();
         for u in &a {
             std::fs::write(copy.join(format!("x{}.rs", &u.hash[..8])), &u.text).unwrap();
         }
-        let c = read_units(&CorpusSpec { paths: vec![copy], ..spec.clone() }).unwrap();
+        let c = read_units(&CorpusSpec {
+            paths: vec![copy],
+            ..spec.clone()
+        })
+        .unwrap();
         for u in &c {
             let orig = a.iter().find(|o| o.hash == u.hash).unwrap();
             assert_eq!(orig.split, u.split);
         }
         // No held-out text in train and vice versa.
-        let train: std::collections::HashSet<_> =
-            a.iter().filter(|u| u.split == Split::Train).map(|u| u.text.clone()).collect();
-        assert!(a.iter().filter(|u| u.split == Split::HeldOut).all(|u| !train.contains(&u.text)));
+        let train: std::collections::HashSet<_> = a
+            .iter()
+            .filter(|u| u.split == Split::Train)
+            .map(|u| u.text.clone())
+            .collect();
+        assert!(a
+            .iter()
+            .filter(|u| u.split == Split::HeldOut)
+            .all(|u| !train.contains(&u.text)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

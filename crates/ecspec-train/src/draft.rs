@@ -33,7 +33,10 @@ use crate::error::{Result, TrainError};
 use crate::loss::{distill_kl, log_softmax_rows, sparse_teacher, Teacher};
 use crate::model::{layer_forward, F32Model, Layer, Positions};
 use crate::optim::NamedVar;
-use crate::trainer::{mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule, TrainReporter};
+use crate::trainer::{
+    mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule,
+    TrainReporter,
+};
 
 /// Settings of an anchor training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,7 +98,12 @@ pub struct BaseFeatures {
     pub top_k: Option<(Tensor, Tensor)>,
 }
 
-fn features_key(base: &LoadedModel, k: usize, top_k: Option<usize>, windows: &[Vec<u32>]) -> String {
+fn features_key(
+    base: &LoadedModel,
+    k: usize,
+    top_k: Option<usize>,
+    windows: &[Vec<u32>],
+) -> String {
     let mut h = Sha256::new();
     h.update(base.base_hash.as_bytes());
     h.update(base.transformer.num_layers().to_le_bytes());
@@ -124,14 +132,21 @@ pub fn compute_features(
     let c = base.config();
     let (n, d, v) = (base.num_layers(), c.hidden_size, c.vocab_size);
     if k == 0 || k >= n {
-        return Err(TrainError::Config(format!("k = {k} shared layers; the base has {n}")));
+        return Err(TrainError::Config(format!(
+            "k = {k} shared layers; the base has {n}"
+        )));
     }
     let t = windows.first().map_or(0, |w| w.len());
     if t == 0 || windows.iter().any(|w| w.len() != t) {
-        return Err(TrainError::Shape("training windows must be non-empty and of equal length".into()));
+        return Err(TrainError::Shape(
+            "training windows must be non-empty and of equal length".into(),
+        ));
     }
     reporter.stage("computing the base's features", windows.len() as u64);
-    let (mut inp, mut tgt) = (Vec::with_capacity(windows.len() * t * d), Vec::with_capacity(windows.len() * t * d));
+    let (mut inp, mut tgt) = (
+        Vec::with_capacity(windows.len() * t * d),
+        Vec::with_capacity(windows.len() * t * d),
+    );
     let (mut ids, mut probs) = (Vec::new(), Vec::new());
     for (i, w) in windows.iter().enumerate() {
         let mut cache = base.new_cache();
@@ -143,7 +158,10 @@ pub fn compute_features(
         if let Some(kk) = top_k {
             let logits = base.logits(&h)?;
             let flat: Vec<f32> = logits.row_slices().concat();
-            if let Teacher::Sparse { ids: i, probs: p, .. } = sparse_teacher(&flat, v, kk) {
+            if let Teacher::Sparse {
+                ids: i, probs: p, ..
+            } = sparse_teacher(&flat, v, kk)
+            {
                 ids.extend(i);
                 probs.extend(p);
             }
@@ -177,17 +195,30 @@ pub fn cached_features(
     out: &Path,
     reporter: &mut dyn TrainReporter,
 ) -> Result<BaseFeatures> {
-    let path = out.join(format!("features-{}.safetensors", features_key(base, k, top_k, windows)));
+    let path = out.join(format!(
+        "features-{}.safetensors",
+        features_key(base, k, top_k, windows)
+    ));
     if path.is_file() {
         let mut m = candle_core::safetensors::load(&path, &Device::Cpu)?;
         let mut take = |n: &str| {
-            m.remove(n).ok_or_else(|| TrainError::Checkpoint(format!("{}: tensor `{n}` missing", path.display())))
+            m.remove(n).ok_or_else(|| {
+                TrainError::Checkpoint(format!("{}: tensor `{n}` missing", path.display()))
+            })
         };
         let anchor_input = take("anchor_input")?;
         let target = take("target")?;
-        let top_k = if top_k.is_some() { Some((take("top_k_ids")?, take("top_k_probs")?)) } else { None };
+        let top_k = if top_k.is_some() {
+            Some((take("top_k_ids")?, take("top_k_probs")?))
+        } else {
+            None
+        };
         reporter.message(&format!("using cached base features {}", path.display()));
-        return Ok(BaseFeatures { anchor_input, target, top_k });
+        return Ok(BaseFeatures {
+            anchor_input,
+            target,
+            top_k,
+        });
     }
     let f = compute_features(&base.transformer, k, top_k, windows, reporter)?;
     let mut m = std::collections::HashMap::new();
@@ -220,7 +251,11 @@ impl Objective for DraftObjective<'_> {
 
     fn loss(&self, batch: &[usize]) -> Result<BatchLoss> {
         let c = &self.frozen.config;
-        let idx = Tensor::from_vec(batch.iter().map(|&i| i as u32).collect::<Vec<u32>>(), batch.len(), &Device::Cpu)?;
+        let idx = Tensor::from_vec(
+            batch.iter().map(|&i| i as u32).collect::<Vec<u32>>(),
+            batch.len(),
+            &Device::Cpu,
+        )?;
         let x = self.feats.anchor_input.index_select(&idx, 0)?;
         let tgt = self.feats.target.index_select(&idx, 0)?;
         let (b, t, _) = x.dims3()?;
@@ -241,14 +276,24 @@ impl Objective for DraftObjective<'_> {
                 Teacher::Sparse {
                     k,
                     ids: ids.index_select(&idx, 0)?.flatten_all()?.to_vec1::<u32>()?,
-                    probs: probs.index_select(&idx, 0)?.flatten_all()?.to_vec1::<f32>()?,
+                    probs: probs
+                        .index_select(&idx, 0)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
                 }
             }
         };
         let kl = distill_kl(&logits, Arc::new(teacher))?.mean_all()?;
         let loss = ((&mse * self.cfg.mse_weight)? + (&kl * self.cfg.kl_weight)?)?;
-        let parts = vec![("mse".to_string(), mse.to_scalar::<f32>()?), ("kl".to_string(), kl.to_scalar::<f32>()?)];
-        Ok(BatchLoss { loss, parts, tokens: b * t })
+        let parts = vec![
+            ("mse".to_string(), mse.to_scalar::<f32>()?),
+            ("kl".to_string(), kl.to_scalar::<f32>()?),
+        ];
+        Ok(BatchLoss {
+            loss,
+            parts,
+            tokens: b * t,
+        })
     }
 }
 
@@ -276,20 +321,41 @@ pub fn train_draft(
     reporter: &mut dyn TrainReporter,
 ) -> Result<DraftOutcome> {
     if cfg.seq_len == 0 || windows.iter().any(|w| w.len() != cfg.seq_len) {
-        return Err(TrainError::Config(format!("every window must hold seq_len = {} tokens", cfg.seq_len)));
+        return Err(TrainError::Config(format!(
+            "every window must hold seq_len = {} tokens",
+            cfg.seq_len
+        )));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let frozen = load_frozen_for_draft(base)?;
-    let feats = cached_features(base, cfg.shared_layers, cfg.kl_top_k, windows, out, reporter)?;
+    let feats = cached_features(
+        base,
+        cfg.shared_layers,
+        cfg.kl_top_k,
+        windows,
+        out,
+        reporter,
+    )?;
     let (anchor, vars) = frozen.layers[0].trainable_copy()?;
-    let vars: Vec<NamedVar> = vars.into_iter().map(|(name, var)| NamedVar { name, var }).collect();
+    let vars: Vec<NamedVar> = vars
+        .into_iter()
+        .map(|(name, var)| NamedVar { name, var })
+        .collect();
     let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
     if let serde_json::Value::Object(m) = &mut settings {
         m.insert("base_hash".into(), base.base_hash.clone().into());
         m.insert("windows".into(), windows.len().into());
         m.insert("data_hash".into(), windows_hash(windows).into());
     }
-    let mut run = Run::start("train-draft", settings, vars, &cfg.schedule, out, resume, reporter)?;
+    let mut run = Run::start(
+        "train-draft",
+        settings,
+        vars,
+        &cfg.schedule,
+        out,
+        resume,
+        reporter,
+    )?;
     let obj = DraftObjective {
         frozen: &frozen,
         anchor,
@@ -314,16 +380,34 @@ pub fn train_draft(
         "history": run.history,
     });
     let sp = out.join("train-draft.json");
-    std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap_or_default())
-        .map_err(|e| TrainError::io(&sp, e))?;
-    Ok(DraftOutcome { anchor_path, history: run.history, tokens_per_sec })
+    std::fs::write(
+        &sp,
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(|e| TrainError::io(&sp, e))?;
+    Ok(DraftOutcome {
+        anchor_path,
+        history: run.history,
+        tokens_per_sec,
+    })
 }
 
 /// Writes the anchor's variables in `ecspec_model::anchor`'s format.
-pub(crate) fn save_anchor_vars(path: &Path, config: &ecspec_model::ModelConfig, vars: &[NamedVar]) -> Result<()> {
+pub(crate) fn save_anchor_vars(
+    path: &Path,
+    config: &ecspec_model::ModelConfig,
+    vars: &[NamedVar],
+) -> Result<()> {
     let mut data = Vec::with_capacity(vars.len());
     for v in vars {
-        data.push((v.name.as_str(), v.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?));
+        data.push((
+            v.name.as_str(),
+            v.var
+                .as_tensor()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        ));
     }
     let refs: Vec<(&str, &[f32])> = data.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     ecspec_model::anchor::save_anchor(path, config, &refs)?;

@@ -45,7 +45,10 @@ pub enum TrainError {
 impl TrainError {
     /// An I/O error naming its path.
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -45,8 +45,15 @@ fn argmax(row: &[f32]) -> usize {
 ///
 /// # Errors
 /// Model errors (token out of range, context overflow).
-pub fn eval_alpha(target: &Transformer, draft: &Transformer, windows: &[Vec<u32>]) -> Result<AlphaReport> {
-    let mut r = AlphaReport { positions: 0, agree: 0 };
+pub fn eval_alpha(
+    target: &Transformer,
+    draft: &Transformer,
+    windows: &[Vec<u32>],
+) -> Result<AlphaReport> {
+    let mut r = AlphaReport {
+        positions: 0,
+        agree: 0,
+    };
     for w in windows.iter().filter(|w| !w.is_empty()) {
         let lt = target.forward(&mut target.new_cache(), w, LogitsFor::All)?;
         let ld = draft.forward(&mut draft.new_cache(), w, LogitsFor::All)?;
@@ -69,7 +76,12 @@ pub fn mean_cross_entropy(model: &Transformer, windows: &[Vec<u32>]) -> Result<f
         for i in 0..l.rows() {
             let row = l.row(i);
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max as f64 + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+            let lse = max as f64
+                + row
+                    .iter()
+                    .map(|&x| ((x - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln();
             sum += lse - row[w[i + 1] as usize] as f64;
             n += 1;
         }

@@ -19,7 +19,10 @@ use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy;
 use crate::model::{token_tensor, F32Model, LoraPair, Positions};
 use crate::optim::NamedVar;
-use crate::trainer::{mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule, TrainReporter};
+use crate::trainer::{
+    mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule,
+    TrainReporter,
+};
 
 /// Settings of a LoRA version.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +50,9 @@ impl Default for EvolveConfig {
             version: "v1".into(),
             rank: 8,
             alpha: 16.0,
-            modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
             layers: None,
             seq_len: 128,
             schedule: Schedule {
@@ -105,16 +110,29 @@ impl Objective for EvolveObjective<'_> {
     }
 
     fn loss(&self, batch: &[usize]) -> Result<BatchLoss> {
-        let inputs: Vec<&[u32]> = batch.iter().map(|&i| &self.windows[i][..self.windows[i].len() - 1]).collect();
-        let targets: Vec<u32> = batch.iter().flat_map(|&i| self.windows[i][1..].iter().copied()).collect();
+        let inputs: Vec<&[u32]> = batch
+            .iter()
+            .map(|&i| &self.windows[i][..self.windows[i].len() - 1])
+            .collect();
+        let targets: Vec<u32> = batch
+            .iter()
+            .flat_map(|&i| self.windows[i][1..].iter().copied())
+            .collect();
         let tokens = token_tensor(&inputs)?;
         let x = self.model.embed(&tokens)?;
         let h = self.model.run(&self.model.layers, &self.pos, &x)?;
-        let logits = self.model.logits(&h)?.reshape((targets.len(), self.model.config.vocab_size))?;
+        let logits = self
+            .model
+            .logits(&h)?
+            .reshape((targets.len(), self.model.config.vocab_size))?;
         let ce = cross_entropy(&logits, targets)?.mean_all()?;
         let v = ce.to_scalar::<f32>()?;
         let n = inputs.iter().map(|w| w.len()).sum();
-        Ok(BatchLoss { loss: ce, parts: vec![("ce".into(), v)], tokens: n })
+        Ok(BatchLoss {
+            loss: ce,
+            parts: vec![("ce".into(), v)],
+            tokens: n,
+        })
     }
 }
 
@@ -133,17 +151,30 @@ pub fn evolve(
     reporter: &mut dyn TrainReporter,
 ) -> Result<EvolveOutcome> {
     if cfg.seq_len < 2 || windows.iter().any(|w| w.len() != cfg.seq_len) {
-        return Err(TrainError::Config(format!("every window must hold seq_len = {} ≥ 2 tokens", cfg.seq_len)));
+        return Err(TrainError::Config(format!(
+            "every window must hold seq_len = {} ≥ 2 tokens",
+            cfg.seq_len
+        )));
     }
     let n = base.transformer.num_layers();
     let layers = cfg.layers.clone().unwrap_or(n / 2..n);
     if layers.is_empty() || layers.end > n {
-        return Err(TrainError::Config(format!("LoRA layers {layers:?} of a base with {n} layers")));
+        return Err(TrainError::Config(format!(
+            "LoRA layers {layers:?} of a base with {n} layers"
+        )));
     }
     let targets = targets(cfg)?;
     let config = base.transformer.config().clone();
-    let mut adapter = LoraAdapter::init(&config, cfg.rank, cfg.alpha, layers.clone(), &targets, cfg.schedule.seed, &base.name)
-        .map_err(ecspec_model::ModelError::from)?;
+    let mut adapter = LoraAdapter::init(
+        &config,
+        cfg.rank,
+        cfg.alpha,
+        layers.clone(),
+        &targets,
+        cfg.schedule.seed,
+        &base.name,
+    )
+    .map_err(ecspec_model::ModelError::from)?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     reporter.stage("loading the base in f32", 0);
     let mut f = GgufFile::open(&base.path)?;
@@ -157,31 +188,60 @@ pub fn evolve(
         let lin = model.layers[layer]
             .module_mut(t.peft_module())
             .ok_or_else(|| TrainError::Config(format!("module {t}")))?;
-        lin.lora = Some(LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale });
-        vars.push(NamedVar { name: var_name(layer, t, 'A'), var: a });
-        vars.push(NamedVar { name: var_name(layer, t, 'B'), var: b });
+        lin.lora = Some(LoraPair {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale,
+        });
+        vars.push(NamedVar {
+            name: var_name(layer, t, 'A'),
+            var: a,
+        });
+        vars.push(NamedVar {
+            name: var_name(layer, t, 'B'),
+            var: b,
+        });
     }
     let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
     if let serde_json::Value::Object(m) = &mut settings {
         m.insert("base_hash".into(), base.base_hash.clone().into());
         m.insert("windows".into(), windows.len().into());
         m.insert("data_hash".into(), windows_hash(windows).into());
-        m.insert("resolved_layers".into(), serde_json::json!([layers.start, layers.end]));
+        m.insert(
+            "resolved_layers".into(),
+            serde_json::json!([layers.start, layers.end]),
+        );
     }
-    let mut run = Run::start("evolve", settings, vars, &cfg.schedule, out, resume, reporter)?;
-    let obj = EvolveObjective { model: &model, pos: Positions::new(&config, cfg.seq_len)?, windows };
+    let mut run = Run::start(
+        "evolve",
+        settings,
+        vars,
+        &cfg.schedule,
+        out,
+        resume,
+        reporter,
+    )?;
+    let obj = EvolveObjective {
+        model: &model,
+        pos: Positions::new(&config, cfg.seq_len)?,
+        windows,
+    };
     let t0 = Instant::now();
     run.train(&obj, &cfg.schedule, out, reporter)?;
     for nv in run.opt.vars() {
         let v = nv.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         let (layer, t, half) = parse_var_name(&nv.name)?;
-        let pair = adapter.pair_mut(layer, t).ok_or_else(|| TrainError::Checkpoint(format!("no pair for {}", nv.name)))?;
+        let pair = adapter
+            .pair_mut(layer, t)
+            .ok_or_else(|| TrainError::Checkpoint(format!("no pair for {}", nv.name)))?;
         match half {
             'A' => pair.a_mut().copy_from_slice(&v),
             _ => pair.b_mut().copy_from_slice(&v),
         }
     }
-    adapter.save_peft(out, &config).map_err(ecspec_model::ModelError::from)?;
+    adapter
+        .save_peft(out, &config)
+        .map_err(ecspec_model::ModelError::from)?;
     let tokens_per_sec = mean_tokens_per_sec(&run.history);
     let summary = serde_json::json!({
         "kind": "evolve",
@@ -196,9 +256,17 @@ pub fn evolve(
         "history": run.history,
     });
     let sp = out.join("evolve.json");
-    std::fs::write(&sp, serde_json::to_string_pretty(&summary).unwrap_or_default())
-        .map_err(|e| TrainError::io(&sp, e))?;
-    Ok(EvolveOutcome { adapter_dir: out.to_path_buf(), adapter, history: run.history, tokens_per_sec })
+    std::fs::write(
+        &sp,
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(|e| TrainError::io(&sp, e))?;
+    Ok(EvolveOutcome {
+        adapter_dir: out.to_path_buf(),
+        adapter,
+        history: run.history,
+        tokens_per_sec,
+    })
 }
 
 fn parse_var_name(name: &str) -> Result<(usize, LoraTarget, char)> {
@@ -208,6 +276,10 @@ fn parse_var_name(name: &str) -> Result<(usize, LoraTarget, char)> {
     let (module, half) = rest.rsplit_once(".lora_").ok_or_else(bad)?;
     let layer: usize = layer.parse().map_err(|_| bad())?;
     let t = LoraTarget::from_peft_module(module).ok_or_else(bad)?;
-    let half = half.chars().next().filter(|c| *c == 'A' || *c == 'B').ok_or_else(bad)?;
+    let half = half
+        .chars()
+        .next()
+        .filter(|c| *c == 'A' || *c == 'B')
+        .ok_or_else(bad)?;
     Ok((layer, t, half))
 }

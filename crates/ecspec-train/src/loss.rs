@@ -46,12 +46,14 @@ fn logsumexp(z: &[f32]) -> f32 {
 /// Log-probabilities of each row of `logits` (`rows × V`, row-major).
 pub fn log_softmax_rows(logits: &[f32], vocab: usize) -> Vec<f32> {
     let mut out = vec![0f32; logits.len()];
-    out.par_chunks_mut(vocab).zip(logits.par_chunks(vocab)).for_each(|(o, z)| {
-        let lse = logsumexp(z);
-        for (o, &x) in o.iter_mut().zip(z) {
-            *o = x - lse;
-        }
-    });
+    out.par_chunks_mut(vocab)
+        .zip(logits.par_chunks(vocab))
+        .for_each(|(o, z)| {
+            let lse = logsumexp(z);
+            for (o, &x) in o.iter_mut().zip(z) {
+                *o = x - lse;
+            }
+        });
     out
 }
 
@@ -63,11 +65,16 @@ pub fn sparse_teacher(logits: &[f32], vocab: usize, k: usize) -> Teacher {
         .map(|z| {
             let mut idx: Vec<u32> = (0..vocab as u32).collect();
             let k = k.min(vocab);
-            idx.select_nth_unstable_by(k - 1, |&a, &b| z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b)));
+            idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b))
+            });
             idx.truncate(k);
             idx.sort_by(|&a, &b| z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b)));
             let max = z[idx[0] as usize];
-            let e: Vec<f64> = idx.iter().map(|&i| ((z[i as usize] - max) as f64).exp()).collect();
+            let e: Vec<f64> = idx
+                .iter()
+                .map(|&i| ((z[i as usize] - max) as f64).exp())
+                .collect();
             let s: f64 = e.iter().sum();
             (idx, e.into_iter().map(|x| (x / s) as f32).collect())
         })
@@ -81,7 +88,11 @@ pub fn sparse_teacher(logits: &[f32], vocab: usize, k: usize) -> Teacher {
     Teacher::Sparse { k, ids, probs }
 }
 
-fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<(&'a [f32], usize, usize)> {
+fn rows_of<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<(&'a [f32], usize, usize)> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{name}: logits must be contiguous");
     };
@@ -144,7 +155,12 @@ impl CustomOp1 for DistillKl {
         Ok((CpuStorage::F32(kl), Shape::from(rows)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (rows, vocab) = arg.dims2()?;
         let z = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let g = grad.to_vec1::<f32>()?;
@@ -206,7 +222,12 @@ impl CustomOp1 for CrossEntropy {
         Ok((CpuStorage::F32(ce), Shape::from(rows)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (rows, vocab) = arg.dims2()?;
         let z = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let g = grad.to_vec1::<f32>()?;
@@ -230,9 +251,14 @@ impl CustomOp1 for CrossEntropy {
 pub fn cross_entropy(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
     let (rows, vocab) = logits.dims2()?;
     if targets.len() != rows || targets.iter().any(|&t| t as usize >= vocab) {
-        return Err(TrainError::Shape(format!("{} targets for {rows}×{vocab} logits", targets.len())));
+        return Err(TrainError::Shape(format!(
+            "{} targets for {rows}×{vocab} logits",
+            targets.len()
+        )));
     }
-    Ok(logits.contiguous()?.apply_op1(CrossEntropy { targets: Arc::new(targets) })?)
+    Ok(logits.contiguous()?.apply_op1(CrossEntropy {
+        targets: Arc::new(targets),
+    })?)
 }
 
 #[cfg(test)]
@@ -241,7 +267,9 @@ mod tests {
     use candle_core::Var;
 
     fn logits() -> Vec<f32> {
-        (0..3 * 7).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4).collect()
+        (0..3 * 7)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4)
+            .collect()
     }
 
     /// The same loss composed from candle's differentiable ops, for reference gradients.
@@ -253,20 +281,38 @@ mod tests {
 
     #[test]
     fn kl_value_and_gradient_match_composed_ops() {
-        let t = logits().iter().map(|x| x * -0.7 + 0.3).collect::<Vec<f32>>();
+        let t = logits()
+            .iter()
+            .map(|x| x * -0.7 + 0.3)
+            .collect::<Vec<f32>>();
         let lp = log_softmax_rows(&t, 7);
         let z = Var::from_vec(logits(), (3, 7), &Device::Cpu).unwrap();
         let ours = distill_kl(z.as_tensor(), Arc::new(Teacher::Dense(lp.clone()))).unwrap();
         let lpt = Tensor::from_vec(lp, (3, 7), &Device::Cpu).unwrap();
         let refr = reference_kl(z.as_tensor(), &lpt);
-        let (a, b) = (ours.to_vec1::<f32>().unwrap(), refr.to_vec1::<f32>().unwrap());
+        let (a, b) = (
+            ours.to_vec1::<f32>().unwrap(),
+            refr.to_vec1::<f32>().unwrap(),
+        );
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
         }
         let ga = ours.mean_all().unwrap().backward().unwrap();
         let gb = refr.mean_all().unwrap().backward().unwrap();
-        let ga = ga.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gb = gb.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ga = ga
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gb = gb
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (x, y) in ga.iter().zip(&gb) {
             assert!((x - y).abs() < 1e-5, "{ga:?} vs {gb:?}");
         }
@@ -275,15 +321,47 @@ mod tests {
     #[test]
     fn sparse_teacher_with_full_k_equals_dense() {
         let t: Vec<f32> = logits().iter().map(|x| x * 0.9 - 0.1).collect();
-        let z = Var::from_vec(logits().iter().map(|x| x * 0.5).collect::<Vec<f32>>(), (3, 7), &Device::Cpu).unwrap();
-        let dense = distill_kl(z.as_tensor(), Arc::new(Teacher::Dense(log_softmax_rows(&t, 7)))).unwrap();
+        let z = Var::from_vec(
+            logits().iter().map(|x| x * 0.5).collect::<Vec<f32>>(),
+            (3, 7),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let dense = distill_kl(
+            z.as_tensor(),
+            Arc::new(Teacher::Dense(log_softmax_rows(&t, 7))),
+        )
+        .unwrap();
         let sparse = distill_kl(z.as_tensor(), Arc::new(sparse_teacher(&t, 7, 7))).unwrap();
-        let (a, b) = (dense.to_vec1::<f32>().unwrap(), sparse.to_vec1::<f32>().unwrap());
+        let (a, b) = (
+            dense.to_vec1::<f32>().unwrap(),
+            sparse.to_vec1::<f32>().unwrap(),
+        );
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5);
         }
-        let ga = dense.sum_all().unwrap().backward().unwrap().get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gb = sparse.sum_all().unwrap().backward().unwrap().get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ga = dense
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gb = sparse
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (x, y) in ga.iter().zip(&gb) {
             assert!((x - y).abs() < 1e-5);
         }
@@ -309,8 +387,24 @@ mod tests {
         let refr = candle_nn::loss::cross_entropy(z.as_tensor(), &tt).unwrap();
         let a = ours.mean_all().unwrap();
         assert!((a.to_scalar::<f32>().unwrap() - refr.to_scalar::<f32>().unwrap()).abs() < 1e-5);
-        let ga = a.backward().unwrap().get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gb = refr.backward().unwrap().get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ga = a
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gb = refr
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (x, y) in ga.iter().zip(&gb) {
             assert!((x - y).abs() < 1e-5);
         }

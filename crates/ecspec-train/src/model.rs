@@ -49,7 +49,12 @@ impl CustomOp1 for FrozenLinear {
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (out, _) = self.w.dims2()?;
         let g = grad.reshape(((), out))?.matmul(&self.w)?;
         Ok(Some(g.reshape(arg.shape())?))
@@ -85,7 +90,11 @@ pub struct Linear {
 
 impl Linear {
     fn frozen(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
     }
 
     /// Applies the projection to `x` (`… × in`).
@@ -202,7 +211,9 @@ impl Layer {
     pub fn from_named(named: Vec<(String, Tensor)>) -> Result<Self> {
         let map: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
         let get = |s: &str| {
-            map.get(s).cloned().ok_or_else(|| crate::TrainError::Checkpoint(format!("layer tensor `{s}` missing")))
+            map.get(s)
+                .cloned()
+                .ok_or_else(|| crate::TrainError::Checkpoint(format!("layer tensor `{s}` missing")))
         };
         let opt = |s: &str| map.get(s).cloned();
         Ok(Self {
@@ -232,7 +243,11 @@ impl Layer {
             ("ffn_up.weight", &self.up.weight),
             ("ffn_down.weight", &self.down.weight),
         ];
-        for (s, b) in [("attn_q.bias", &self.q.bias), ("attn_k.bias", &self.k.bias), ("attn_v.bias", &self.v.bias)] {
+        for (s, b) in [
+            ("attn_q.bias", &self.q.bias),
+            ("attn_k.bias", &self.k.bias),
+            ("attn_v.bias", &self.v.bias),
+        ] {
             if let Some(b) = b {
                 v.push((s, b));
             }
@@ -299,8 +314,15 @@ impl Positions {
                 sin.push(a.sin());
             }
         }
-        let mask: Vec<f32> =
-            (0..len * len).map(|i| if i % len > i / len { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..len * len)
+            .map(|i| {
+                if i % len > i / len {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Ok(Self {
             cos: Tensor::from_vec(cos, (len, half), &Device::Cpu)?,
             sin: Tensor::from_vec(sin, (len, half), &Device::Cpu)?,
@@ -334,14 +356,24 @@ impl Positions {
 }
 
 /// One decoder layer over `x` (`B × T × d`, positions `0..T`).
-pub fn layer_forward(layer: &Layer, c: &ModelConfig, pos: &Positions, x: &Tensor) -> Result<Tensor> {
+pub fn layer_forward(
+    layer: &Layer,
+    c: &ModelConfig,
+    pos: &Positions,
+    x: &Tensor,
+) -> Result<Tensor> {
     let (b, t, d) = x.dims3()?;
     if t > pos.len {
-        return Err(crate::TrainError::Shape(format!("{t} positions, tables for {}", pos.len)));
+        return Err(crate::TrainError::Shape(format!(
+            "{t} positions, tables for {}",
+            pos.len
+        )));
     }
     let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let h = rms_norm(x, &layer.attn_norm, c.rms_eps)?;
-    let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+    let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+        Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+    };
     let q = pos.rope(&heads(layer.q.forward(&h)?, hq)?, c.arch)?;
     let k = pos.rope(&heads(layer.k.forward(&h)?, hkv)?, c.arch)?;
     let v = heads(layer.v.forward(&h)?, hkv)?;
@@ -351,11 +383,15 @@ pub fn layer_forward(layer: &Layer, c: &ModelConfig, pos: &Positions, x: &Tensor
         if group == 1 {
             return Ok(y);
         }
-        Ok(y.unsqueeze(2)?.broadcast_as((b, hkv, group, t, hd))?.contiguous()?.reshape((b, hq, t, hd))?)
+        Ok(y.unsqueeze(2)?
+            .broadcast_as((b, hkv, group, t, hd))?
+            .contiguous()?
+            .reshape((b, hq, t, hd))?)
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
     let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?)?;
+    let scores =
+        (q.matmul(&k.t()?)? * scale)?.broadcast_add(&pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?)?;
     let att = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
     let att = att.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?;
     let x = (x + layer.o.forward(&att)?)?;
@@ -391,9 +427,12 @@ impl F32Model {
                 config.num_layers
             )));
         }
-        let embedding = f.qtensor("token_embd.weight", &[v, d])?.dequantize(&Device::Cpu)?;
+        let embedding = f
+            .qtensor("token_embd.weight", &[v, d])?
+            .dequantize(&Device::Cpu)?;
         let head = if f.has_tensor("output.weight") {
-            f.qtensor("output.weight", &[v, d])?.dequantize(&Device::Cpu)?
+            f.qtensor("output.weight", &[v, d])?
+                .dequantize(&Device::Cpu)?
         } else {
             embedding.clone()
         };
@@ -402,14 +441,24 @@ impl F32Model {
         for i in layers.clone() {
             ls.push(Layer::load(f, &config, i)?);
         }
-        Ok(Self { config, embedding, layers: ls, layer_range: layers, final_norm, head })
+        Ok(Self {
+            config,
+            embedding,
+            layers: ls,
+            layer_range: layers,
+            final_norm,
+            head,
+        })
     }
 
     /// Embeds `tokens` (`B × T` u32) → `B × T × d`.
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self.embedding.index_select(&flat, 0)?.reshape((b, t, self.config.hidden_size))?)
+        Ok(self
+            .embedding
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
     }
 
     /// Runs `layers` over `x` in order.

@@ -47,7 +47,13 @@ impl AdamW {
             m.push(Var::zeros(nv.var.shape(), nv.var.dtype(), nv.var.device())?);
             v.push(Var::zeros(nv.var.shape(), nv.var.dtype(), nv.var.device())?);
         }
-        Ok(Self { vars, m, v, step: 0, params })
+        Ok(Self {
+            vars,
+            m,
+            v,
+            step: 0,
+            params,
+        })
     }
 
     /// The variables.
@@ -89,9 +95,16 @@ impl AdamW {
     pub fn state(&self) -> Result<AdamWState> {
         let mut moments = Vec::with_capacity(self.vars.len());
         for ((nv, m), v) in self.vars.iter().zip(&self.m).zip(&self.v) {
-            moments.push((nv.name.clone(), m.as_tensor().copy()?, v.as_tensor().copy()?));
+            moments.push((
+                nv.name.clone(),
+                m.as_tensor().copy()?,
+                v.as_tensor().copy()?,
+            ));
         }
-        Ok(AdamWState { step: self.step, moments })
+        Ok(AdamWState {
+            step: self.step,
+            moments,
+        })
     }
 
     /// Restores a saved state (same variables, same order, same shapes).
@@ -132,28 +145,57 @@ mod tests {
 
     fn quad_loss(w: &Var) -> Tensor {
         let target = Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
-        (w.as_tensor() - target).unwrap().sqr().unwrap().sum_all().unwrap()
+        (w.as_tensor() - target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
     }
 
     #[test]
     fn matches_candle_nn_adamw_bit_for_bit() {
-        let params = ParamsAdamW { lr: 0.05, weight_decay: 0.1, ..Default::default() };
+        let params = ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let a = Var::new(&[0.3f32, 0.1, -0.4], &Device::Cpu).unwrap();
         let b = Var::new(&[0.3f32, 0.1, -0.4], &Device::Cpu).unwrap();
-        let mut ours = AdamW::new(vec![NamedVar { name: "w".into(), var: a.clone() }], params.clone()).unwrap();
+        let mut ours = AdamW::new(
+            vec![NamedVar {
+                name: "w".into(),
+                var: a.clone(),
+            }],
+            params.clone(),
+        )
+        .unwrap();
         let mut theirs = candle_nn::AdamW::new(vec![b.clone()], params).unwrap();
         for _ in 0..10 {
             ours.step(&quad_loss(&a).backward().unwrap()).unwrap();
             theirs.step(&quad_loss(&b).backward().unwrap()).unwrap();
         }
-        assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), b.as_tensor().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            a.as_tensor().to_vec1::<f32>().unwrap(),
+            b.as_tensor().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]
     fn restored_state_continues_identically() {
-        let params = ParamsAdamW { lr: 0.05, ..Default::default() };
+        let params = ParamsAdamW {
+            lr: 0.05,
+            ..Default::default()
+        };
         let a = Var::new(&[0.3f32, 0.1, -0.4], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![NamedVar { name: "w".into(), var: a.clone() }], params.clone()).unwrap();
+        let mut opt = AdamW::new(
+            vec![NamedVar {
+                name: "w".into(),
+                var: a.clone(),
+            }],
+            params.clone(),
+        )
+        .unwrap();
         for _ in 0..3 {
             opt.step(&quad_loss(&a).backward().unwrap()).unwrap();
         }
@@ -163,11 +205,21 @@ mod tests {
             opt.step(&quad_loss(&a).backward().unwrap()).unwrap();
         }
         let b = Var::from_tensor(&saved_w).unwrap();
-        let mut opt2 = AdamW::new(vec![NamedVar { name: "w".into(), var: b.clone() }], params).unwrap();
+        let mut opt2 = AdamW::new(
+            vec![NamedVar {
+                name: "w".into(),
+                var: b.clone(),
+            }],
+            params,
+        )
+        .unwrap();
         opt2.load_state(&state).unwrap();
         for _ in 0..3 {
             opt2.step(&quad_loss(&b).backward().unwrap()).unwrap();
         }
-        assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), b.as_tensor().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            a.as_tensor().to_vec1::<f32>().unwrap(),
+            b.as_tensor().to_vec1::<f32>().unwrap()
+        );
     }
 }

@@ -86,7 +86,11 @@ impl Schedule {
     }
 
     pub(crate) fn adam(&self) -> ParamsAdamW {
-        ParamsAdamW { lr: self.lr, weight_decay: self.weight_decay, ..Default::default() }
+        ParamsAdamW {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            ..Default::default()
+        }
     }
 }
 
@@ -134,7 +138,14 @@ impl Run {
         let mut opt = AdamW::new(vars, sched.adam())?;
         let mut rng = ChaCha8Rng::seed_from_u64(sched.seed);
         if !resume {
-            return Ok(Self { kind, settings, opt, rng, step: 0, history: Vec::new() });
+            return Ok(Self {
+                kind,
+                settings,
+                opt,
+                rng,
+                step: 0,
+                history: Vec::new(),
+            });
         }
         let ck = checkpoint::load(out)?;
         if ck.meta.kind != kind {
@@ -153,10 +164,9 @@ impl Run {
             )));
         }
         for nv in opt.vars() {
-            let t = ck
-                .params
-                .get(&nv.name)
-                .ok_or_else(|| TrainError::Checkpoint(format!("parameter `{}` missing", nv.name)))?;
+            let t = ck.params.get(&nv.name).ok_or_else(|| {
+                TrainError::Checkpoint(format!("parameter `{}` missing", nv.name))
+            })?;
             if t.shape() != nv.var.shape() {
                 return Err(TrainError::Checkpoint(format!(
                     "parameter `{}` is {:?} in the checkpoint, {:?} in the model",
@@ -169,17 +179,29 @@ impl Run {
         }
         let names: Vec<String> = opt.vars().iter().map(|v| v.name.clone()).collect();
         opt.load_state(&ck.adam_state(&names)?)?;
-        let pos: u128 = ck
-            .meta
-            .rng_word_pos
-            .parse()
-            .map_err(|e| TrainError::Checkpoint(format!("rng_word_pos `{}`: {e}", ck.meta.rng_word_pos)))?;
+        let pos: u128 = ck.meta.rng_word_pos.parse().map_err(|e| {
+            TrainError::Checkpoint(format!("rng_word_pos `{}`: {e}", ck.meta.rng_word_pos))
+        })?;
         if ck.meta.rng_seed != sched.seed {
-            return Err(TrainError::Checkpoint(format!("seed {} in the checkpoint, {} now", ck.meta.rng_seed, sched.seed)));
+            return Err(TrainError::Checkpoint(format!(
+                "seed {} in the checkpoint, {} now",
+                ck.meta.rng_seed, sched.seed
+            )));
         }
         rng.set_word_pos(pos);
-        reporter.message(&format!("resuming {kind} from step {} in {}", ck.meta.step, out.display()));
-        Ok(Self { kind, settings, opt, rng, step: ck.meta.step, history: ck.meta.history })
+        reporter.message(&format!(
+            "resuming {kind} from step {} in {}",
+            ck.meta.step,
+            out.display()
+        ));
+        Ok(Self {
+            kind,
+            settings,
+            opt,
+            rng,
+            step: ck.meta.step,
+            history: ck.meta.history,
+        })
     }
 
     fn save(&self, out: &Path, sched: &Schedule) -> Result<()> {
@@ -215,8 +237,14 @@ impl Run {
             let step = self.step + 1;
             let lr = sched.lr_at(step);
             self.opt.params.lr = lr;
-            let batch: Vec<usize> = (0..sched.batch_windows).map(|_| self.rng.random_range(0..n)).collect();
-            let BatchLoss { loss, parts, tokens: ntok } = obj.loss(&batch)?;
+            let batch: Vec<usize> = (0..sched.batch_windows)
+                .map(|_| self.rng.random_range(0..n))
+                .collect();
+            let BatchLoss {
+                loss,
+                parts,
+                tokens: ntok,
+            } = obj.loss(&batch)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step, loss: value });
@@ -225,15 +253,31 @@ impl Run {
             self.opt.step(&grads)?;
             self.step = step;
             tokens += ntok;
-            let record = StepRecord { step, loss: value, parts, lr, tokens: ntok, seconds: t0.elapsed().as_secs_f64() };
+            let record = StepRecord {
+                step,
+                loss: value,
+                parts,
+                lr,
+                tokens: ntok,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
             self.history.push(record);
             let tps = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             if let Some(r) = self.history.last() {
-                reporter.step(&StepReport { record: r, total_steps: sched.steps, tokens_per_sec: tps });
+                reporter.step(&StepReport {
+                    record: r,
+                    total_steps: sched.steps,
+                    tokens_per_sec: tps,
+                });
             }
-            if (sched.checkpoint_every > 0 && step.is_multiple_of(sched.checkpoint_every)) || step == sched.steps {
+            if (sched.checkpoint_every > 0 && step.is_multiple_of(sched.checkpoint_every))
+                || step == sched.steps
+            {
                 self.save(out, sched)?;
-                reporter.message(&format!("checkpoint at step {step} in {}", checkpoint::dir(out).display()));
+                reporter.message(&format!(
+                    "checkpoint at step {step} in {}",
+                    checkpoint::dir(out).display()
+                ));
             }
         }
         Ok(())
@@ -266,7 +310,10 @@ pub fn windows_hash(windows: &[Vec<u32>]) -> String {
 }
 
 /// `value` as JSON with the keys in `drop` removed (settings that may change on resume).
-pub(crate) fn settings_json<T: serde::Serialize>(value: &T, drop: &[&str]) -> Result<serde_json::Value> {
+pub(crate) fn settings_json<T: serde::Serialize>(
+    value: &T,
+    drop: &[&str],
+) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(value).map_err(|e| TrainError::Config(e.to_string()))?;
     fn strip(v: &mut serde_json::Value, drop: &[&str]) {
         if let serde_json::Value::Object(m) = v {

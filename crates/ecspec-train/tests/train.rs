@@ -9,7 +9,10 @@ use candle_core::{Device, Tensor};
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
 use ecspec_model::{LoadedModel, LogitsFor, LoraAdapter, Transformer};
 use ecspec_train::model::{token_tensor, F32Model};
-use ecspec_train::{corpus, eval_alpha, evolve, mean_cross_entropy, train_draft, DraftTrainConfig, EvolveConfig, NoReport, Schedule, Split};
+use ecspec_train::{
+    corpus, eval_alpha, evolve, mean_cross_entropy, train_draft, DraftTrainConfig, EvolveConfig,
+    NoReport, Schedule, Split,
+};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ecspec-train-{}-{name}", std::process::id()));
@@ -48,16 +51,32 @@ fn rewrite_f32(src: &Path, dst: &Path, as_qwen2: bool) {
     names.sort();
     let mut ts = Vec::new();
     for n in &names {
-        let t = content.tensor(&mut r, n, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let t = content
+            .tensor(&mut r, n, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
         ts.push((n.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
     }
     if as_qwen2 {
-        let layers = names.iter().filter(|n| n.ends_with("attn_q.weight")).count();
+        let layers = names
+            .iter()
+            .filter(|n| n.ends_with("attn_q.weight"))
+            .count();
         for i in 0..layers {
-            for (s, len) in [("attn_q.bias", 64), ("attn_k.bias", 32), ("attn_v.bias", 32)] {
-                let v: Vec<f32> = (0..len).map(|j| ((i * 31 + j * 7 + s.len()) as f32 * 0.37).sin() * 0.3).collect();
+            for (s, len) in [
+                ("attn_q.bias", 64),
+                ("attn_k.bias", 32),
+                ("attn_v.bias", 32),
+            ] {
+                let v: Vec<f32> = (0..len)
+                    .map(|j| ((i * 31 + j * 7 + s.len()) as f32 * 0.37).sin() * 0.3)
+                    .collect();
                 let t = Tensor::from_vec(v, len, &Device::Cpu).unwrap();
-                ts.push((format!("blk.{i}.{s}"), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+                ts.push((
+                    format!("blk.{i}.{s}"),
+                    QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+                ));
             }
         }
     }
@@ -77,27 +96,47 @@ fn windows(base: &LoadedModel, dir: &Path, seq_len: usize, max_tokens: usize) ->
         let body: String = (0..6).map(|j| format!("{i} {j}: {PROSE}\n")).collect();
         std::fs::write(text_dir.join(format!("doc{i:02}.txt")), body).unwrap();
     }
-    let units = corpus::read_units(&corpus::CorpusSpec::new(vec![text_dir], vec!["txt".into()])).unwrap();
+    let units =
+        corpus::read_units(&corpus::CorpusSpec::new(vec![text_dir], vec!["txt".into()])).unwrap();
     corpus::token_windows(&base.tokenizer, &units, Split::Train, seq_len, max_tokens).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn f32_vs_runtime(as_qwen2: bool) -> f32 {
-    let dir = scratch(if as_qwen2 { "match-qwen2" } else { "match-llama" });
+    let dir = scratch(if as_qwen2 {
+        "match-qwen2"
+    } else {
+        "match-llama"
+    });
     write_tiny_model(&dir.join("q8.gguf"), TinySpec::default()).unwrap();
     let path = dir.join("f32.gguf");
     rewrite_f32(&dir.join("q8.gguf"), &path, as_qwen2);
     let rt = LoadedModel::load(&path).unwrap();
-    let tokens: Vec<u32> = rt.tokenizer.encode("Hello world, a bad cab!", false).unwrap();
-    let want = rt.transformer.forward(&mut rt.transformer.new_cache(), &tokens, LogitsFor::All).unwrap();
+    let tokens: Vec<u32> = rt
+        .tokenizer
+        .encode("Hello world, a bad cab!", false)
+        .unwrap();
+    let want = rt
+        .transformer
+        .forward(&mut rt.transformer.new_cache(), &tokens, LogitsFor::All)
+        .unwrap();
     let mut f = ecspec_model::gguf::GgufFile::open(&path).unwrap();
     let n = rt.transformer.num_layers();
     let m = F32Model::load(&mut f, 0..n).unwrap();
-    let got = m.forward(&token_tensor(&[&tokens]).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = m
+        .forward(&token_tensor(&[&tokens]).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     max_abs_diff(&got, &want.row_slices().concat())
 }
 
@@ -119,11 +158,23 @@ fn f32_model_is_close_to_the_quantized_runtime() {
     // not, so they agree only roughly.
     let dir = scratch("match-q8");
     let rt = tiny(&dir);
-    let tokens: Vec<u32> = rt.tokenizer.encode("Hello world, a bad cab!", false).unwrap();
-    let want = rt.transformer.forward(&mut rt.transformer.new_cache(), &tokens, LogitsFor::All).unwrap();
+    let tokens: Vec<u32> = rt
+        .tokenizer
+        .encode("Hello world, a bad cab!", false)
+        .unwrap();
+    let want = rt
+        .transformer
+        .forward(&mut rt.transformer.new_cache(), &tokens, LogitsFor::All)
+        .unwrap();
     let mut f = ecspec_model::gguf::GgufFile::open(&rt.path).unwrap();
     let m = F32Model::load(&mut f, 0..rt.transformer.num_layers()).unwrap();
-    let got = m.forward(&token_tensor(&[&tokens]).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = m
+        .forward(&token_tensor(&[&tokens]).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let d = max_abs_diff(&got, &want.row_slices().concat());
     assert!(d < 0.1, "max |Δlogit| = {d}");
 }
@@ -135,7 +186,15 @@ fn draft_cfg(steps: usize, checkpoint_every: usize) -> DraftTrainConfig {
         mse_weight: 1.0,
         kl_weight: 1.0,
         kl_top_k: None,
-        schedule: Schedule { steps, batch_windows: 4, lr: 3e-3, warmup_steps: 2, weight_decay: 0.0, seed: 7, checkpoint_every },
+        schedule: Schedule {
+            steps,
+            batch_windows: 4,
+            lr: 3e-3,
+            warmup_steps: 2,
+            weight_decay: 0.0,
+            seed: 7,
+            checkpoint_every,
+        },
     }
 }
 
@@ -152,7 +211,10 @@ fn train_draft_lowers_the_loss_and_its_anchor_loads_into_the_runtime() {
     let r = train_draft(&base, &w, &draft_cfg(24, 0), &out, false, &mut NoReport).unwrap();
     let losses: Vec<f32> = r.history.iter().map(|s| s.loss).collect();
     assert_eq!(losses.len(), 24);
-    assert!(mean(&losses[20..]) < 0.8 * mean(&losses[..4]), "loss did not fall: {losses:?}");
+    assert!(
+        mean(&losses[20..]) < 0.8 * mean(&losses[..4]),
+        "loss did not fall: {losses:?}"
+    );
     assert!(r.tokens_per_sec > 0.0);
 
     let cfg = base.transformer.config().clone();
@@ -180,11 +242,16 @@ fn an_untrained_anchor_saved_and_loaded_is_the_last_layer_copy() {
     cfg.schedule.steps = 0;
     let r = train_draft(&base, &w, &cfg, &dir.join("out"), false, &mut NoReport).unwrap();
     assert!(r.history.is_empty());
-    let anchor = ecspec_model::anchor::load_anchor(&r.anchor_path, base.transformer.config()).unwrap();
+    let anchor =
+        ecspec_model::anchor::load_anchor(&r.anchor_path, base.transformer.config()).unwrap();
     let loaded = Transformer::shared_backbone_draft(&base.transformer, 2, Some(anchor)).unwrap();
     let builtin = Transformer::shared_backbone_draft(&base.transformer, 2, None).unwrap();
-    let a = loaded.forward(&mut loaded.new_cache(), &w[0], LogitsFor::All).unwrap();
-    let b = builtin.forward(&mut builtin.new_cache(), &w[0], LogitsFor::All).unwrap();
+    let a = loaded
+        .forward(&mut loaded.new_cache(), &w[0], LogitsFor::All)
+        .unwrap();
+    let b = builtin
+        .forward(&mut builtin.new_cache(), &w[0], LogitsFor::All)
+        .unwrap();
     let d = max_abs_diff(&a.row_slices().concat(), &b.row_slices().concat());
     assert!(d < 1e-4, "re-quantized copy differs by {d}");
 }
@@ -203,7 +270,13 @@ fn resumed_draft_run_follows_the_uninterrupted_trajectory() {
     let resumed = train_draft(&base, &w, &cfg, &dir.join("b"), true, &mut NoReport).unwrap();
     assert_eq!(resumed.history.len(), 8);
     for (a, b) in straight.history.iter().zip(&resumed.history) {
-        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0), "step {}: {} vs {}", a.step, a.loss, b.loss);
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
     }
     let fa = std::fs::read(&straight.anchor_path).unwrap();
     let fb = std::fs::read(&resumed.anchor_path).unwrap();
@@ -212,7 +285,9 @@ fn resumed_draft_run_follows_the_uninterrupted_trajectory() {
     let mut other = cfg.clone();
     other.kl_weight = 0.5;
     other.schedule.steps = 10;
-    let e = train_draft(&base, &w, &other, &dir.join("b"), true, &mut NoReport).unwrap_err().to_string();
+    let e = train_draft(&base, &w, &other, &dir.join("b"), true, &mut NoReport)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("other settings"), "{e}");
 }
 
@@ -221,10 +296,20 @@ fn evolve_cfg(steps: usize, checkpoint_every: usize) -> EvolveConfig {
         version: "tiny-prose".into(),
         rank: 4,
         alpha: 8.0,
-        modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+        modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec(),
         layers: Some(2..4),
         seq_len: 33,
-        schedule: Schedule { steps, batch_windows: 4, lr: 1e-2, warmup_steps: 2, weight_decay: 0.0, seed: 3, checkpoint_every },
+        schedule: Schedule {
+            steps,
+            batch_windows: 4,
+            lr: 1e-2,
+            warmup_steps: 2,
+            weight_decay: 0.0,
+            seed: 3,
+            checkpoint_every,
+        },
     }
 }
 
@@ -236,15 +321,24 @@ fn evolve_lowers_the_loss_and_saves_a_peft_adapter_the_runtime_applies() {
     let out = dir.join("v1");
     let r = evolve(&base, &w, &evolve_cfg(20, 0), &out, false, &mut NoReport).unwrap();
     let losses: Vec<f32> = r.history.iter().map(|s| s.loss).collect();
-    assert!(mean(&losses[16..]) < 0.9 * mean(&losses[..4]), "loss did not fall: {losses:?}");
-    assert!(out.join("adapter_config.json").is_file() && out.join("adapter_model.safetensors").is_file());
+    assert!(
+        mean(&losses[16..]) < 0.9 * mean(&losses[..4]),
+        "loss did not fall: {losses:?}"
+    );
+    assert!(
+        out.join("adapter_config.json").is_file()
+            && out.join("adapter_model.safetensors").is_file()
+    );
     let cfg = base.transformer.config().clone();
     let adapter = LoraAdapter::load_peft(&out, &cfg).unwrap();
     assert_eq!(adapter, r.adapter, "PEFT round trip");
     let target = Transformer::with_adapter(&base.transformer, &adapter).unwrap();
     let before = mean_cross_entropy(&base.transformer, &w).unwrap();
     let after = mean_cross_entropy(&target, &w).unwrap();
-    assert!(after < before - 0.1, "runtime cross-entropy {before} → {after}");
+    assert!(
+        after < before - 0.1,
+        "runtime cross-entropy {before} → {after}"
+    );
 }
 
 #[test]
@@ -252,11 +346,41 @@ fn resumed_evolve_run_follows_the_uninterrupted_trajectory() {
     let dir = scratch("evolve-resume");
     let base = tiny(&dir);
     let w = windows(&base, &dir, 33, 1024);
-    let straight = evolve(&base, &w, &evolve_cfg(6, 3), &dir.join("a"), false, &mut NoReport).unwrap();
-    evolve(&base, &w, &evolve_cfg(3, 3), &dir.join("b"), false, &mut NoReport).unwrap();
-    let resumed = evolve(&base, &w, &evolve_cfg(6, 3), &dir.join("b"), true, &mut NoReport).unwrap();
+    let straight = evolve(
+        &base,
+        &w,
+        &evolve_cfg(6, 3),
+        &dir.join("a"),
+        false,
+        &mut NoReport,
+    )
+    .unwrap();
+    evolve(
+        &base,
+        &w,
+        &evolve_cfg(3, 3),
+        &dir.join("b"),
+        false,
+        &mut NoReport,
+    )
+    .unwrap();
+    let resumed = evolve(
+        &base,
+        &w,
+        &evolve_cfg(6, 3),
+        &dir.join("b"),
+        true,
+        &mut NoReport,
+    )
+    .unwrap();
     for (a, b) in straight.history.iter().zip(&resumed.history) {
-        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0), "step {}: {} vs {}", a.step, a.loss, b.loss);
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
     }
     assert_eq!(straight.adapter, resumed.adapter);
 }
@@ -266,6 +390,15 @@ fn resume_without_a_checkpoint_says_so() {
     let dir = scratch("no-ckpt");
     let base = tiny(&dir);
     let w = windows(&base, &dir, 33, 512);
-    let e = evolve(&base, &w, &evolve_cfg(2, 0), &dir.join("none"), true, &mut NoReport).unwrap_err().to_string();
+    let e = evolve(
+        &base,
+        &w,
+        &evolve_cfg(2, 0),
+        &dir.join("none"),
+        true,
+        &mut NoReport,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("no checkpoint"), "{e}");
 }

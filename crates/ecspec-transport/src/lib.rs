@@ -32,7 +32,11 @@ pub struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps a connected stream.
     pub fn new(stream: S) -> Self {
-        Self { stream, buf: BytesMut::with_capacity(8 * 1024), next_request_id: 1 }
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            next_request_id: 1,
+        }
     }
 
     /// Reads the next whole message. `Ok(None)` is a clean close by the peer between frames.
@@ -40,10 +44,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// # Errors
     /// Malformed frames, I/O errors, a close in the middle of a frame, or no frame within
     /// `timeout` (when given).
-    pub async fn read_message(&mut self, timeout: Option<Duration>) -> Result<Option<(u32, Message)>, TransportError> {
+    pub async fn read_message(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(u32, Message)>, TransportError> {
         let fut = self.read_inner();
         match timeout {
-            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| TransportError::Timeout(t))?,
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| TransportError::Timeout(t))?,
             None => fut.await,
         }
     }
