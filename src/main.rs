@@ -108,26 +108,46 @@ async fn dispatch(cmd: Command) -> Result<()> {
     }
 }
 
+/// Longest prompt read from a file or stdin (far beyond any context window; a bound so that
+/// `--prompt-file /dev/zero` is an error, not an endless read).
+const MAX_PROMPT_BYTES: u64 = 16 << 20;
+
+fn read_bounded(r: impl Read, what: &str) -> Result<String> {
+    let mut bytes = Vec::new();
+    r.take(MAX_PROMPT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the prompt from {what}"))?;
+    if bytes.len() as u64 > MAX_PROMPT_BYTES {
+        bail!(
+            "the prompt in {what} is longer than {} MiB",
+            MAX_PROMPT_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "the prompt in {what} is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 fn read_prompt(a: &GenerateArgs) -> Result<String> {
     if let Some(p) = &a.prompt {
         return Ok(p.clone());
     }
-    let mut s = String::new();
     match &a.prompt_file {
         Some(f) if f.as_os_str() != "-" => {
-            s = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the prompt file {}", f.display()))?;
+            let file = std::fs::File::open(f)
+                .with_context(|| format!("opening the prompt file {}", f.display()))?;
+            read_bounded(file, &f.display().to_string())
         }
         _ => {
             if std::io::stdin().is_terminal() && a.prompt_file.is_none() {
                 bail!("no prompt: give --prompt TEXT, --prompt-file FILE, or pipe it on stdin");
             }
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading the prompt from stdin")?;
+            read_bounded(std::io::stdin(), "stdin")
         }
     }
-    Ok(s)
 }
 
 async fn generate(a: GenerateArgs) -> Result<()> {

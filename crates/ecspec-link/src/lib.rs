@@ -74,5 +74,5 @@ pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,
 };
-pub use mahimahi::{MahimahiTrace, TraceEnd, TraceEnded, TraceError};
+pub use mahimahi::{MahimahiTrace, TraceEnd, TraceEnded, TraceError, MAX_TRACE_MS};
 pub use model::{ConstantRate, LinkModel, PACKET_BYTES};

@@ -16,6 +16,10 @@ use crate::model::{LinkModel, PACKET_BYTES};
 /// Bits carried by one delivery opportunity.
 const BITS_PER_OPPORTUNITY: f64 = (PACKET_BYTES * 8) as f64;
 
+/// Longest timestamp a trace file may hold, ms (one day; the longest recorded traces here run
+/// about 17 minutes).
+pub const MAX_TRACE_MS: u64 = 86_400_000;
+
 /// What a [`MahimahiTrace`] does after its last delivery opportunity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TraceEnd {
@@ -77,6 +81,19 @@ pub enum TraceError {
         line: usize,
         /// The offending line (trimmed).
         text: String,
+    },
+    /// A timestamp beyond [`MAX_TRACE_MS`]: no recorded cellular trace is that long, and such a
+    /// line would stall the emulated link for as long.
+    #[error("{}:{line}: timestamp {ms} ms is beyond one day ({max} ms); is this a Mahimahi trace?", path.display())]
+    TooLong {
+        /// The trace file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The timestamp on that line, ms.
+        ms: u64,
+        /// [`MAX_TRACE_MS`].
+        max: u64,
     },
     /// A timestamp is smaller than the one on the line before it.
     #[error(
@@ -223,6 +240,14 @@ impl MahimahiTrace {
                     })
                 }
             };
+            if ms > MAX_TRACE_MS {
+                return Err(TraceError::TooLong {
+                    path,
+                    line,
+                    ms,
+                    max: MAX_TRACE_MS,
+                });
+            }
             if let Some(&previous_ms) = times.last() {
                 if ms < previous_ms {
                     return Err(TraceError::Decreasing {
@@ -538,6 +563,21 @@ mod tests {
     fn parse_accepts_crlf_and_surrounding_spaces_and_no_final_newline() {
         let t = trace(" 0\r\n3 \r\n7", Duration::ZERO, TraceEnd::Loop);
         assert_eq!(t.timestamps_ms(), &[0, 3, 7]);
+    }
+
+    #[test]
+    fn timestamps_beyond_a_day_are_rejected_with_their_line() {
+        let parse = |text: &str| MahimahiTrace::parse("f.up", text, Duration::ZERO, TraceEnd::Loop);
+        assert!(parse("0\n86400000\n").is_ok());
+        match parse("0\n5\n100000000\n") {
+            Err(TraceError::TooLong {
+                line: 3,
+                ms: 100_000_000,
+                max: MAX_TRACE_MS,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
