@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod csv_trace;
 mod emulator;
 mod mahimahi;
 mod model;
@@ -70,6 +71,7 @@ pub use config::{
     Direction, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS, DEFAULT_RTT_MS,
     DEFAULT_UPLINK_MBPS,
 };
+pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
 pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,
