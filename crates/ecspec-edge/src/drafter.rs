@@ -82,15 +82,19 @@ impl Drafter {
         let err = |e: &dyn std::fmt::Display| DraftError::Sampling(e.to_string());
         if self.sampling.params.is_greedy() || self.sampling.rule == VerifyRule::Greedy {
             let x = sampling::argmax(row);
-            let p = sampling::target_distribution(
-                row,
-                &SamplingParams {
-                    temperature: 1.0,
-                    ..self.sampling.params
+            // Confidence = softmax probability of the argmax, 1 / Σ exp(l_i − l_max): one pass,
+            // no distribution allocated on the drafting path.
+            let max = row[x as usize];
+            let z: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+            return Ok((
+                x,
+                None,
+                if z.is_finite() && z > 0.0 {
+                    1.0 / z
+                } else {
+                    0.0
                 },
-            )
-            .map_err(|e| err(&e))?;
-            return Ok((x, None, p[x as usize]));
+            ));
         }
         let q = sampling::target_distribution(row, &self.sampling.params).map_err(|e| err(&e))?;
         if self.sampling.rule == VerifyRule::Rejection {

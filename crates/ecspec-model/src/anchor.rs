@@ -176,27 +176,11 @@ pub fn save_anchor(path: &Path, config: &ModelConfig, tensors: &[(&str, &[f32])]
 }
 
 fn view_f32(path: &Path, name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {
-    let d = t.data();
-    let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
-    Ok(match t.dtype() {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(le2(c)).to_f32())
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_bits(le2(c)).to_f32())
-            .collect(),
-        other => {
-            return Err(tensor_err(
-                path,
-                name,
-                format!("dtype {other:?} is not supported (F32, F16, BF16)"),
-            ))
-        }
+    crate::lora::tensor_f32(t).ok_or_else(|| {
+        tensor_err(
+            path,
+            name,
+            format!("dtype {:?} is not supported (F32, F16, BF16)", t.dtype()),
+        )
     })
 }

@@ -823,10 +823,12 @@ fn check_matrix(
     })
 }
 
-fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>, LoraError> {
+/// A safetensors tensor's values as f32 (F32, F16 or BF16 storage); `None` for other dtypes.
+/// Shared by the adapter and anchor readers.
+pub(crate) fn tensor_f32(v: &TensorView<'_>) -> Option<Vec<f32>> {
     let d = v.data();
     let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
-    Ok(match v.dtype() {
+    Some(match v.dtype() {
         Dtype::F32 => d
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -839,12 +841,14 @@ fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>, LoraError> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_bits(le2(c)).to_f32())
             .collect(),
-        other => {
-            return Err(LoraError::Dtype {
-                tensor: name.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
+        _ => return None,
+    })
+}
+
+fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>, LoraError> {
+    tensor_f32(v).ok_or_else(|| LoraError::Dtype {
+        tensor: name.to_string(),
+        dtype: format!("{:?}", v.dtype()),
     })
 }
 

@@ -379,12 +379,7 @@ pub fn train_draft(
         "tokens_per_sec": tokens_per_sec,
         "history": run.history,
     });
-    let sp = out.join("train-draft.json");
-    std::fs::write(
-        &sp,
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| TrainError::io(&sp, e))?;
+    crate::trainer::write_summary(out, "train-draft.json", &summary)?;
     Ok(DraftOutcome {
         anchor_path,
         history: run.history,

@@ -255,12 +255,7 @@ pub fn evolve(
         "tokens_per_sec": tokens_per_sec,
         "history": run.history,
     });
-    let sp = out.join("evolve.json");
-    std::fs::write(
-        &sp,
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| TrainError::io(&sp, e))?;
+    crate::trainer::write_summary(out, "evolve.json", &summary)?;
     Ok(EvolveOutcome {
         adapter_dir: out.to_path_buf(),
         adapter,

@@ -328,3 +328,20 @@ pub(crate) fn settings_json<T: serde::Serialize>(
     strip(&mut v, drop);
     Ok(v)
 }
+
+/// Writes a run's JSON summary to `out/name` (what was trained, on what, and the loss history).
+///
+/// # Errors
+/// [`crate::TrainError`] for I/O.
+pub(crate) fn write_summary(
+    out: &std::path::Path,
+    name: &str,
+    summary: &serde_json::Value,
+) -> crate::Result<()> {
+    let sp = out.join(name);
+    std::fs::write(
+        &sp,
+        serde_json::to_string_pretty(summary).unwrap_or_default(),
+    )
+    .map_err(|e| crate::TrainError::io(&sp, e))
+}
