@@ -153,6 +153,10 @@ pub struct ModelArgs {
     /// `ecspec family train-draft`); without it the anchor is a copy of the base's last layer.
     #[arg(long, value_name = "FILE")]
     pub anchor: Option<PathBuf>,
+    /// A conventional draft with its own embedding and head (safetensors, as written by
+    /// `ecspec family distill-draft`) instead of the shared-backbone draft.
+    #[arg(long, value_name = "FILE", conflicts_with = "anchor")]
+    pub draft_file: Option<PathBuf>,
 }
 
 /// Sampling and verification.

@@ -108,8 +108,10 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         Some(p) => Some(load(&p)?),
         None => None,
     };
-    let draft = match (info.shared_backbone, &args.anchor) {
-        (true, anchor) => {
+    let draft = match (info.shared_backbone, &args.anchor, &args.draft_file) {
+        (_, _, Some(p)) => Draft::standalone(&edge_model, p)
+            .with_context(|| format!("loading the conventional draft {}", p.display()))?,
+        (true, anchor, None) => {
             let anchor = match anchor {
                 Some(p) => Some(
                     ecspec_model::anchor::load_anchor(p, edge_model.transformer.config())
@@ -120,11 +122,11 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
             Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
                 .context("building the draft")?
         }
-        (false, Some(_)) => bail!(
+        (false, Some(_), None) => bail!(
             "--anchor applies to a shared-backbone draft; the {} family's draft is independent",
             info.wire_name
         ),
-        (false, None) => {
+        (false, None, None) => {
             Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?
         }
     };

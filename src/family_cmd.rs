@@ -23,6 +23,13 @@ pub enum FamilyCommand {
     TrainDraft(TrainDraftArgs),
     /// Train a target version: a LoRA adapter on a domain corpus, saved in PEFT layout in DIR.
     Evolve(EvolveArgs),
+    /// Distil the conventional baseline: a standalone draft with its own embedding and head,
+    /// trained against one version of a family. Writes DIR/draft.safetensors.
+    DistillDraft(DistillDraftArgs),
+    /// Measure every version against ECSpec's static draft, the untrained draft and the
+    /// conventional draft (stale and re-synchronised) on held-out benchmark prompts; writes
+    /// CSV, Markdown and JSONL.
+    Eval(crate::family_eval::EvalArgs),
 }
 
 /// Settings both trainings share.
@@ -117,6 +124,31 @@ pub struct EvolveArgs {
     /// Layers adapted, inclusive: FIRST-LAST (default: the upper half).
     #[arg(long, value_name = "FIRST-LAST")]
     pub layers: Option<String>,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+}
+
+/// `ecspec family distill-draft`
+#[derive(Debug, Clone, Args)]
+pub struct DistillDraftArgs {
+    /// Family manifest (TOML) whose version is the teacher.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// The version distilled from (its name in the manifest).
+    #[arg(long)]
+    pub version: String,
+    /// L: the draft's decoder layers (copies of base layers 0..L-1 and the last layer).
+    #[arg(long, default_value_t = 5)]
+    pub layers: usize,
+    /// Weight of the feature-regression MSE (relative to the targets' mean square).
+    #[arg(long, default_value_t = 1.0)]
+    pub mse_weight: f64,
+    /// Weight of the distillation KL(p_version ‖ p_draft).
+    #[arg(long, default_value_t = 1.0)]
+    pub kl_weight: f64,
+    /// Distil on the version's top-k distribution.
+    #[arg(long, default_value_t = 64)]
+    pub kl_top_k: usize,
     #[command(flatten)]
     pub common: CommonTrainArgs,
 }
@@ -217,6 +249,8 @@ pub fn run(cmd: FamilyCommand) -> Result<()> {
     match cmd {
         FamilyCommand::TrainDraft(a) => train_draft(a),
         FamilyCommand::Evolve(a) => evolve(a),
+        FamilyCommand::DistillDraft(a) => distill_draft(a),
+        FamilyCommand::Eval(_) => bail!("`family eval` runs on the async runtime (dispatch)"),
     }
 }
 
@@ -439,6 +473,90 @@ fn evolve(a: EvolveArgs) -> Result<()> {
             }),
         )?;
     }
+    Ok(())
+}
+
+/// Opens a family manifest, with its base from `--model`, the manifest, or the cache.
+pub fn open_family(
+    manifest: &Path,
+    model: Option<&Path>,
+    base: FamilyName,
+) -> Result<ecspec_family::Family> {
+    let m = ecspec_family::FamilyManifest::load(manifest)?;
+    let base_file = match (model, m.base_file()) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(_)) => None,
+        (None, None) => Some(crate::family::model_path(
+            None,
+            crate::family::info(base).target,
+        )?),
+    };
+    Ok(ecspec_family::Family::open(m, base_file.as_deref())?)
+}
+
+fn distill_draft(a: DistillDraftArgs) -> Result<()> {
+    let c = &a.common;
+    let fam = open_family(&a.manifest, c.model.as_deref(), c.base)?;
+    let v = fam.version(&a.version).with_context(|| {
+        let names: Vec<&str> = fam
+            .versions()
+            .iter()
+            .map(|v| v.spec.name.as_str())
+            .collect();
+        format!(
+            "--version {}: not in {} (versions: {})",
+            a.version,
+            a.manifest.display(),
+            names.join(", ")
+        )
+    })?;
+    // The teacher's identity: the base, plus the adapter's weights when there is one.
+    let teacher_id = match &v.spec.adapter {
+        None => fam.base.base_hash.clone(),
+        Some(rel) => {
+            let f = fam
+                .manifest
+                .resolve(rel)
+                .join(ecspec_model::lora::PEFT_WEIGHTS_FILE);
+            format!("{}+{}", fam.base.base_hash, ecspec_family::sha256_file(&f)?)
+        }
+    };
+    let paths = if c.corpus.is_empty() {
+        default_corpus()
+    } else {
+        c.corpus.clone()
+    };
+    let Windows { train, .. } = corpus_windows(&fam.base, c, &paths, c.seq_len)?;
+    let cfg = ecspec_train::DistillConfig {
+        layers: a.layers,
+        seq_len: c.seq_len,
+        mse_weight: a.mse_weight,
+        kl_weight: a.kl_weight,
+        kl_top_k: Some(a.kl_top_k),
+        schedule: schedule(c, 1e-3),
+    };
+    let mut bars = TrainBars::new();
+    let r = ecspec_train::distill_draft(
+        &fam.base,
+        &v.transformer,
+        &teacher_id,
+        &train,
+        &cfg,
+        &c.out,
+        c.resume,
+        &mut bars,
+    )?;
+    bars.finish();
+    let first = r.history.first().map_or(f32::NAN, |s| s.loss);
+    let last = r.history.last().map_or(f32::NAN, |s| s.loss);
+    println!(
+        "conventional draft from {}: {} ({:.1} MB) · {} steps · loss {first:.4} → {last:.4} · {:.0} tok/s",
+        a.version,
+        r.draft_path.display(),
+        r.file_bytes as f64 / 1e6,
+        r.history.len(),
+        r.tokens_per_sec
+    );
     Ok(())
 }
 

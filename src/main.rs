@@ -5,8 +5,10 @@ mod cli;
 mod demo;
 mod family;
 mod family_cmd;
+mod family_eval;
 mod profile;
 mod progress;
+mod prompts;
 mod run;
 
 use std::io::{IsTerminal, Read};
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Training runs alone: it uses every core unless told otherwise.
     let default_threads = match cli.command {
+        Command::Family {
+            command: family_cmd::FamilyCommand::Eval(_),
+        } => 1,
         Command::Family { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
         _ => 1,
     };
@@ -104,6 +109,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
         } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
         Command::Models { command } => models(command),
+        Command::Family {
+            command: family_cmd::FamilyCommand::Eval(a),
+        } => family_eval::run(a).await,
         Command::Family { command } => family_cmd::run(command),
     }
 }
@@ -236,16 +244,7 @@ async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
 /// The served model: every version of a manifest, or one model file.
 fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
     if let Some(path) = &a.manifest {
-        let manifest = ecspec_family::FamilyManifest::load(path)?;
-        let base_file = match (&a.models.model, manifest.base_file()) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(_)) => None,
-            (None, None) => Some(family::model_path(
-                None,
-                family::info(a.models.family).target,
-            )?),
-        };
-        let fam = ecspec_family::Family::open(manifest, base_file.as_deref())?;
+        let fam = family_cmd::open_family(path, a.models.model.as_deref(), a.models.family)?;
         let versions = fam
             .versions()
             .iter()

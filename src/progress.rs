@@ -40,7 +40,7 @@ impl FetchReporter for BarReporter {
 
     fn progress(&mut self, done: u64, total: u64) {
         if !self.tty {
-            let pct = if total > 0 { done * 100 / total } else { 100 };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             if pct >= self.last_pct + 25 {
                 self.last_pct = pct;
                 eprintln!("ecspec:   {pct}%");

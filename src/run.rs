@@ -36,7 +36,11 @@ impl LocalCloud {
             .target
             .as_ref()
             .context("the in-process cloud needs the target model")?;
-        let model = CloudModel::new(loaded.info.wire_name, "v0", target);
+        Self::start_model(CloudModel::new(loaded.info.wire_name, "v0", target)).await
+    }
+
+    /// Starts a server for `model` (one or several target versions) on 127.0.0.1.
+    pub async fn start_model(model: CloudModel) -> Result<Self> {
         let server = CloudServer::new(model, ServerConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -85,7 +85,7 @@ pub struct RoundRecord {
 }
 
 /// The end-of-run summary (`--json` prints it; fields documented in the README).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     /// Generated text.
     pub text: String,

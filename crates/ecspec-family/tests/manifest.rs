@@ -76,7 +76,13 @@ fn fixture(name: &str) -> Fixture {
         })
         .collect();
     let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    anchor::save_anchor(&dir.join("draft/anchor.safetensors"), &config, &refs).unwrap();
+    anchor::save_anchor(
+        &dir.join("draft/anchor.safetensors"),
+        &config,
+        &refs,
+        anchor::StoreDtype::F16,
+    )
+    .unwrap();
     std::fs::write(dir.join("draft/vocab.json"), "[]").unwrap();
     Fixture {
         sha: sha256_file(&gguf).unwrap(),
@@ -530,7 +536,13 @@ fn checks_against_the_base_name_what_differs() {
         .map(|(n, s)| (n, vec![0.5; s.iter().product()]))
         .collect();
     let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    anchor::save_anchor(&fx.dir.join("draft/wide.safetensors"), &bigger, &refs).unwrap();
+    anchor::save_anchor(
+        &fx.dir.join("draft/wide.safetensors"),
+        &bigger,
+        &refs,
+        anchor::StoreDtype::F32,
+    )
+    .unwrap();
     let e = fx
         .open_with(|t| t.replace("draft/anchor.safetensors", "draft/wide.safetensors"))
         .err()

@@ -5,7 +5,7 @@
 //! `attn_q.weight`, `attn_k.weight`, `attn_v.weight`, `attn_output.weight`, `ffn_norm.weight`,
 //! `ffn_gate.weight`, `ffn_up.weight`, `ffn_down.weight`, and for Qwen2 `attn_q.bias`,
 //! `attn_k.bias`, `attn_v.bias`. Shapes are the GGUF reader's `rows × cols` (`out × in`), rows
-//! of Q and K in the runtime's (GGUF) order; values F32 (F16 and BF16 are read too).
+//! of Q and K in the runtime's (GGUF) order; values F32, F16 (what training writes) or BF16.
 //! No other tensor may be present.
 
 use std::path::Path;
@@ -114,14 +114,80 @@ pub fn load_anchor(path: &Path, config: &ModelConfig) -> Result<Arc<DecoderLayer
     Ok(Arc::new(layer))
 }
 
+/// How tensors are stored in files ECSpec writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDtype {
+    /// 4 bytes per value, exact.
+    F32,
+    /// IEEE half precision, 2 bytes per value (relative error ≤ 2⁻¹¹ in range): what shipped
+    /// drafts use, since the runtime re-quantizes every matrix to Q8_0 (error ≈ 2⁻⁸) anyway.
+    F16,
+}
+
+impl StoreDtype {
+    fn dtype(self) -> Dtype {
+        match self {
+            StoreDtype::F32 => Dtype::F32,
+            StoreDtype::F16 => Dtype::F16,
+        }
+    }
+    /// Little-endian bytes of `v` in this dtype.
+    pub fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            StoreDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StoreDtype::F16 => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// Serialises `(name, shape, bytes)` tensors of one dtype with optional metadata and writes
+/// them through a temporary file and a rename (a crash never leaves half a file at `path`).
+///
+/// # Errors
+/// [`ModelError::Tensor`] when a shape does not match its bytes; [`ModelError::File`] for I/O.
+pub fn write_safetensors(
+    path: &Path,
+    dtype: StoreDtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, shape, bytes) in tensors {
+        let v = TensorView::new(dtype.dtype(), shape.clone(), bytes)
+            .map_err(|e| tensor_err(path, name, e.to_string()))?;
+        views.push((name.as_str(), v));
+    }
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let file = |e: std::io::Error| ModelError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(file)?;
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, bytes).map_err(file)?;
+    std::fs::rename(&tmp, path).map_err(file)
+}
+
 /// Writes an anchor file: `tensors` (`(name, row-major values)`) must be exactly
-/// [`layer_tensors`] of `config`, with the lengths their shapes give. Writes F32 through a
-/// temporary file and a rename.
+/// [`layer_tensors`] of `config`, with the lengths their shapes give, stored as `dtype`.
 ///
 /// # Errors
 /// [`ModelError::Tensor`] for a missing, unexpected or wrongly sized tensor;
 /// [`ModelError::File`] for I/O.
-pub fn save_anchor(path: &Path, config: &ModelConfig, tensors: &[(&str, &[f32])]) -> Result<()> {
+pub fn save_anchor(
+    path: &Path,
+    config: &ModelConfig,
+    tensors: &[(&str, &[f32])],
+    dtype: StoreDtype,
+) -> Result<()> {
     let wanted = layer_tensors(config);
     if let Some((extra, _)) = tensors
         .iter()
@@ -147,32 +213,9 @@ pub fn save_anchor(path: &Path, config: &ModelConfig, tensors: &[(&str, &[f32])]
                 format!("{} values given, shape {shape:?} needs {n}", v.len()),
             ));
         }
-        data.push((
-            *name,
-            shape.clone(),
-            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-        ));
+        data.push((name.to_string(), shape.clone(), dtype.encode(v)));
     }
-    let mut views = Vec::with_capacity(data.len());
-    for (name, shape, bytes) in &data {
-        let v = TensorView::new(Dtype::F32, shape.clone(), bytes)
-            .map_err(|e| tensor_err(path, name, e.to_string()))?;
-        views.push((*name, v));
-    }
-    let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let file = |e: std::io::Error| ModelError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(file)?;
-    }
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(file)?;
-    std::fs::rename(&tmp, path).map_err(file)
+    write_safetensors(path, dtype, &data, None)
 }
 
 fn view_f32(path: &Path, name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {

@@ -78,6 +78,21 @@ impl Draft {
         }
     }
 
+    /// A conventional draft read from a standalone file ([`crate::standalone`]) in `base`'s
+    /// vocabulary: its own embedding, head and layers, so it is independent of the base's
+    /// weights (the handshake checks the vocabulary, as for any independent draft).
+    ///
+    /// # Errors
+    /// As [`crate::standalone::load`].
+    pub fn standalone(base: &LoadedModel, path: &std::path::Path) -> Result<Self> {
+        let t = crate::standalone::load(path, base.transformer.config())?;
+        Ok(Self {
+            kind: DraftKind::Independent,
+            transformer: Arc::new(t),
+            compat_hash: base.tokenizer.vocab_hash().to_string(),
+        })
+    }
+
     /// The shared-backbone draft on `base` with `shared_layers` base layers and `anchor` (a
     /// trained anchor layer, e.g. from [`crate::anchor::load_anchor`]; `None`: a copy of the
     /// base's last layer).

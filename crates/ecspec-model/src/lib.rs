@@ -30,6 +30,7 @@ pub mod gguf;
 pub mod loaded;
 pub mod lora;
 pub mod ops;
+pub mod standalone;
 pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;

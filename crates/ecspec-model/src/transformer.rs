@@ -339,6 +339,58 @@ impl Transformer {
         })
     }
 
+    /// A model built from f32 parts: `embedding` (`V × d`, row-major, also the LM head: tied),
+    /// `layers` in order, `final_norm` (`d`). `config` is the base's with `num_layers` set to
+    /// `layers.len()`. The embedding is stored as Q8_0 when `d` splits into 32-value blocks
+    /// (like [`DecoderLayer::from_f32`]'s matrices), else kept dense; the head multiplies by the
+    /// same Q8_0 rows.
+    ///
+    /// # Errors
+    /// [`ModelError::Incompatible`] when the parts' sizes disagree with `config`; tensor
+    /// backend errors.
+    pub fn from_f32_parts(
+        config: ModelConfig,
+        embedding: Vec<f32>,
+        layers: Vec<DecoderLayer>,
+        final_norm: Vec<f32>,
+    ) -> Result<Self> {
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        if embedding.len() != v * d || final_norm.len() != d || layers.len() != config.num_layers {
+            return Err(ModelError::Incompatible(format!(
+                "model parts: embedding {} values (V·d = {}), final norm {} (d = {}), {} layers ({} configured)",
+                embedding.len(),
+                v * d,
+                final_norm.len(),
+                d,
+                layers.len(),
+                config.num_layers
+            )));
+        }
+        use candle_core::quantized::GgmlDType;
+        let dtype = if d.is_multiple_of(32) {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        };
+        let t = Tensor::from_vec(embedding, (v, d), &Device::Cpu)?;
+        let q = Arc::new(QTensor::quantize(&t, dtype)?);
+        let embedding = if dtype == GgmlDType::Q8_0 {
+            Embedding::Quantized(q.clone())
+        } else {
+            Embedding::Dense(Arc::new(t.flatten_all()?.to_vec1::<f32>()?))
+        };
+        let head = qmatmul(q)?;
+        let lora = vec![None; layers.len()];
+        Ok(Self {
+            config,
+            embedding,
+            layers: layers.into_iter().map(Arc::new).collect(),
+            lora,
+            final_norm,
+            head,
+        })
+    }
+
     /// Whether any layer carries a LoRA update.
     pub fn is_adapted(&self) -> bool {
         self.lora.iter().any(Option::is_some)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use ecspec_model::anchor::{layer_tensors, load_anchor, save_anchor};
+use ecspec_model::anchor::{layer_tensors, load_anchor, save_anchor, StoreDtype};
 use ecspec_model::gguf::GgufFile;
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
 use ecspec_model::{Draft, LoadedModel, LogitsFor, ModelError, Session};
@@ -40,7 +40,7 @@ fn anchor_copied_from_the_last_layer_equals_the_untrained_draft() {
         .collect();
     let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     let path = dir.join("anchor.safetensors");
-    save_anchor(&path, &cfg, &refs).unwrap();
+    save_anchor(&path, &cfg, &refs, StoreDtype::F32).unwrap();
     let anchor = load_anchor(&path, &cfg).unwrap();
 
     let untrained = Draft::shared_backbone(&base, 2, None).unwrap();
@@ -58,7 +58,13 @@ fn anchor_copied_from_the_last_layer_equals_the_untrained_draft() {
     assert_eq!(copied.compat_hash, base.base_hash);
 
     // Missing and misshapen tensors name themselves.
-    let e = save_anchor(&dir.join("x.safetensors"), &cfg, &refs[1..]).unwrap_err();
+    let e = save_anchor(
+        &dir.join("x.safetensors"),
+        &cfg,
+        &refs[1..],
+        StoreDtype::F32,
+    )
+    .unwrap_err();
     assert!(
         matches!(&e, ModelError::Tensor { name, reason } if name.ends_with("attn_norm.weight") && reason == "missing"),
         "{e}"

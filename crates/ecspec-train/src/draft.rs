@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use ecspec_model::anchor::StoreDtype;
 use ecspec_model::gguf::GgufFile;
 use ecspec_model::{LoadedModel, Transformer};
 use sha2::{Digest, Sha256};
@@ -99,14 +100,15 @@ pub struct BaseFeatures {
 }
 
 fn features_key(
-    base: &LoadedModel,
+    teacher_id: &str,
+    n_layers: usize,
     k: usize,
     top_k: Option<usize>,
     windows: &[Vec<u32>],
 ) -> String {
     let mut h = Sha256::new();
-    h.update(base.base_hash.as_bytes());
-    h.update(base.transformer.num_layers().to_le_bytes());
+    h.update(teacher_id.as_bytes());
+    h.update(n_layers.to_le_bytes());
     h.update(k.to_le_bytes());
     h.update(top_k.unwrap_or(0).to_le_bytes());
     for w in windows {
@@ -142,7 +144,7 @@ pub fn compute_features(
             "training windows must be non-empty and of equal length".into(),
         ));
     }
-    reporter.stage("computing the base's features", windows.len() as u64);
+    reporter.stage("computing the teacher's features", windows.len() as u64);
     let (mut inp, mut tgt) = (
         Vec::with_capacity(windows.len() * t * d),
         Vec::with_capacity(windows.len() * t * d),
@@ -186,7 +188,8 @@ pub fn compute_features(
     })
 }
 
-/// [`compute_features`], cached in `out` under a key of the base, k, top-k and the windows.
+/// [`compute_features`] of the base, cached in `out` under a key of the base, k, top-k and
+/// the windows.
 pub fn cached_features(
     base: &LoadedModel,
     k: usize,
@@ -195,9 +198,31 @@ pub fn cached_features(
     out: &Path,
     reporter: &mut dyn TrainReporter,
 ) -> Result<BaseFeatures> {
+    cached_teacher_features(
+        &base.transformer,
+        &base.base_hash,
+        k,
+        top_k,
+        windows,
+        out,
+        reporter,
+    )
+}
+
+/// [`compute_features`] of any `teacher` (the base, or a target version), cached in `out`
+/// under a key of `teacher_id` (a hash naming the teacher's weights), k, top-k and the windows.
+pub fn cached_teacher_features(
+    teacher: &Transformer,
+    teacher_id: &str,
+    k: usize,
+    top_k: Option<usize>,
+    windows: &[Vec<u32>],
+    out: &Path,
+    reporter: &mut dyn TrainReporter,
+) -> Result<BaseFeatures> {
     let path = out.join(format!(
         "features-{}.safetensors",
-        features_key(base, k, top_k, windows)
+        features_key(teacher_id, teacher.num_layers(), k, top_k, windows)
     ));
     if path.is_file() {
         let mut m = candle_core::safetensors::load(&path, &Device::Cpu)?;
@@ -213,14 +238,14 @@ pub fn cached_features(
         } else {
             None
         };
-        reporter.message(&format!("using cached base features {}", path.display()));
+        reporter.message(&format!("using cached teacher features {}", path.display()));
         return Ok(BaseFeatures {
             anchor_input,
             target,
             top_k,
         });
     }
-    let f = compute_features(&base.transformer, k, top_k, windows, reporter)?;
+    let f = compute_features(teacher, k, top_k, windows, reporter)?;
     let mut m = std::collections::HashMap::new();
     m.insert("anchor_input".to_string(), f.anchor_input.clone());
     m.insert("target".to_string(), f.target.clone());
@@ -405,6 +430,6 @@ pub(crate) fn save_anchor_vars(
         ));
     }
     let refs: Vec<(&str, &[f32])> = data.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    ecspec_model::anchor::save_anchor(path, config, &refs)?;
+    ecspec_model::anchor::save_anchor(path, config, &refs, StoreDtype::F16)?;
     Ok(())
 }

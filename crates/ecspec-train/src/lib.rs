@@ -8,6 +8,8 @@
 //!   `Transformer::shared_backbone_draft(&base, k, Some(anchor))` runs.
 //! - [`evolve`](evolve()): trains a target version, a LoRA adapter on a domain corpus, saved in
 //!   Hugging Face PEFT's layout through `ecspec_model::LoraAdapter`.
+//! - [`distill_draft`]: the conventional baseline, a standalone draft with its own embedding
+//!   and head distilled from one target version (`ecspec_model::standalone` format).
 //! - Both: fixed seed, AdamW ([`optim::AdamW`], candle-nn's update with a saveable state),
 //!   progress through [`TrainReporter`], checkpoints every N steps and exact resume
 //!   ([`trainer`], [`checkpoint`]).
@@ -44,6 +46,7 @@
 
 pub mod checkpoint;
 pub mod corpus;
+pub mod distill;
 pub mod draft;
 pub mod error;
 pub mod eval;
@@ -55,6 +58,7 @@ pub mod trainer;
 
 pub use checkpoint::StepRecord;
 pub use corpus::{CorpusSpec, Split, TextUnit};
+pub use distill::{distill_draft, DistillConfig, DistillOutcome};
 pub use draft::{train_draft, DraftOutcome, DraftTrainConfig};
 pub use error::{Result, TrainError};
 pub use eval::{eval_alpha, mean_cross_entropy, AlphaReport};

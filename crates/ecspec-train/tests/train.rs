@@ -402,3 +402,87 @@ fn resume_without_a_checkpoint_says_so() {
     .to_string();
     assert!(e.contains("no checkpoint"), "{e}");
 }
+
+#[test]
+fn distill_draft_lowers_the_loss_and_writes_a_standalone_draft() {
+    let dir = scratch("distill");
+    let base = tiny(&dir);
+    let w = windows(&base, &dir, 32, 1024);
+    let cfg = ecspec_train::DistillConfig {
+        layers: 1,
+        seq_len: 32,
+        mse_weight: 1.0,
+        kl_weight: 1.0,
+        kl_top_k: Some(16),
+        schedule: Schedule {
+            steps: 24,
+            batch_windows: 4,
+            lr: 3e-3,
+            warmup_steps: 2,
+            weight_decay: 0.0,
+            seed: 7,
+            checkpoint_every: 0,
+        },
+    };
+    let out = dir.join("out");
+    let r = ecspec_train::distill_draft(
+        &base,
+        &base.transformer,
+        &base.base_hash,
+        &w,
+        &cfg,
+        &out,
+        false,
+        &mut NoReport,
+    )
+    .unwrap();
+    let losses: Vec<f32> = r.history.iter().map(|s| s.loss).collect();
+    assert_eq!(losses.len(), 24);
+    assert!(
+        mean(&losses[20..]) < 0.8 * mean(&losses[..4]),
+        "loss did not fall: {losses:?}"
+    );
+    assert_eq!(
+        r.file_bytes,
+        std::fs::metadata(&r.draft_path).unwrap().len()
+    );
+    let draft = ecspec_model::Draft::standalone(&base, &r.draft_path).unwrap();
+    assert_eq!(draft.transformer.num_layers(), 1);
+    assert_eq!(draft.kind, ecspec_model::DraftKind::Independent);
+    // Its own parameters: the embedding was trained, so it differs from the base's.
+    let ids = [72u32, 101, 108];
+    assert_ne!(
+        draft.transformer.embed(&ids).unwrap(),
+        base.transformer.embed(&ids).unwrap()
+    );
+
+    // A teacher distribution is required, and L must leave the base deeper than the draft.
+    let mut bad = cfg.clone();
+    bad.kl_top_k = None;
+    let e = ecspec_train::distill_draft(
+        &base,
+        &base.transformer,
+        "x",
+        &w,
+        &bad,
+        &out,
+        false,
+        &mut NoReport,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("kl_top_k"), "{e}");
+    let mut bad = cfg;
+    bad.layers = base.transformer.num_layers();
+    let e = ecspec_train::distill_draft(
+        &base,
+        &base.transformer,
+        "x",
+        &w,
+        &bad,
+        &out,
+        false,
+        &mut NoReport,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("1 ≤ L <"), "{e}");
+}

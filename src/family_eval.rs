@@ -1,0 +1,584 @@
+//! `ecspec family eval`: for every target version of a family, how well each kind of edge
+//! draft serves it — ECSpec's static shared-backbone draft (trained anchor), the untrained
+//! shared-backbone draft, and the conventional draft distilled from the first version, kept
+//! stale or re-synchronised — measured by real speculative generation through an in-process
+//! cloud (loopback, no link delay) on held-out benchmark prompts, greedy and sampled.
+//!
+//! Re-synchronising the conventional draft means downloading the draft re-distilled from the
+//! new version, whole: its file's bytes, timed through a [`ConstantRate`] link model at each
+//! downlink rate asked for (request one way, then the file's serialization and the way back:
+//! `RTT + 8·bytes/rate`; TCP slow start is not modelled). ECSpec's static draft downloads 0.
+
+use std::io::Write;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ecspec_cloud::{CloudModel, TargetVersion};
+use ecspec_edge::Summary;
+use ecspec_link::{ConstantRate, LinkConfig, LinkModel};
+use ecspec_model::Draft;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{FamilyName, ModeArg, SamplingArgs, VerifyArg};
+use crate::family::Loaded;
+use crate::prompts;
+use crate::run::{prompt_ids, run_one, LocalCloud, RunSpec};
+
+/// `ecspec family eval`
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Family manifest (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// Built-in family the manifest belongs to (its wire name and default base file).
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub base: FamilyName,
+    /// Base GGUF (default: the manifest's `base.file`, else the cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Conventional drafts, one per version: DIR/VERSION/draft.safetensors (from `ecspec
+    /// family distill-draft --out DIR/VERSION`). Without it the conventional rows are left out.
+    #[arg(long, value_name = "DIR")]
+    pub conventional_dir: Option<PathBuf>,
+    /// Prompts (Spec-Bench / MT-Bench JSONL) [default: $ECSPEC_DATA_DIR or ../shared/data,
+    /// prompts/spec_bench_question.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Questions per category (the first ones of the file).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub per_category: u32,
+    /// Only these categories (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_tokens: u32,
+    /// Draft-length policy of every speculative run.
+    #[arg(long, default_value = "fixed:4")]
+    pub draft_len: String,
+    /// Temperatures (0: greedy verification; otherwise rejection sampling).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub temperatures: Vec<f32>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Downlink rates (Mbit/s) the re-sync download is timed at.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,300")]
+    pub resync_mbps: Vec<f64>,
+    /// RTT (ms) of the re-sync download.
+    #[arg(long, default_value_t = 60.0)]
+    pub resync_rtt_ms: f64,
+    /// Output directory: family-eval.csv, family-eval.md, family-eval.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Totals over a set of generations.
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    prompts: usize,
+    generated: usize,
+    drafted: u64,
+    accepted: u64,
+    rounds: u64,
+    committed_in_rounds: f64,
+    seconds: f64,
+    lossless: Option<bool>,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Summary, same_as_target: Option<bool>) {
+        self.prompts += 1;
+        self.generated += s.generated_tokens;
+        self.drafted += s.drafted_tokens;
+        self.accepted += s.accepted_tokens;
+        self.rounds += s.rounds;
+        self.committed_in_rounds += s.mean_accepted_tokens * s.rounds as f64;
+        self.seconds += s.total_s;
+        if let Some(same) = same_as_target {
+            self.lossless = Some(self.lossless.unwrap_or(true) && same);
+        }
+    }
+    fn alpha(&self) -> Option<f64> {
+        (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
+    }
+    fn mean_accepted(&self) -> f64 {
+        if self.rounds == 0 {
+            0.0
+        } else {
+            self.committed_in_rounds / self.rounds as f64
+        }
+    }
+    fn goodput(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.generated as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One row of the results: a version, a draft, a temperature, a category (or `all`).
+#[derive(Debug, Clone)]
+struct Row {
+    version: String,
+    variant: &'static str,
+    temperature: f32,
+    category: String,
+    totals: Totals,
+    resync_bytes: Option<u64>,
+    resync_s: Vec<f64>,
+}
+
+/// One generation: its prompt's category, its summary, and (greedy) whether it equals the
+/// target's own output.
+type Generation = (String, Summary, Option<bool>);
+
+/// Re-sync download time of `bytes` at `mbps` with `rtt_ms`, through the link model.
+fn resync_seconds(bytes: u64, mbps: f64, rtt_ms: f64) -> Result<f64> {
+    let rate = NonZeroU64::new((mbps * 1e6).round() as u64)
+        .with_context(|| format!("--resync-mbps {mbps}: must be positive"))?;
+    let half = Duration::from_secs_f64(rtt_ms / 2000.0);
+    let mut down = ConstantRate::new(rate, half);
+    // The request reaches the server after one one-way delay; the file then crosses the link.
+    let done = down
+        .transmit(half, bytes as usize)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(done.as_secs_f64())
+}
+
+/// Runs `ecspec family eval`.
+pub async fn run(a: EvalArgs) -> Result<()> {
+    if a.temperatures.iter().any(|t| !(t.is_finite() && *t >= 0.0)) {
+        bail!(
+            "--temperatures must be finite and ≥ 0, got {:?}",
+            a.temperatures
+        );
+    }
+    if !(a.resync_rtt_ms.is_finite() && a.resync_rtt_ms >= 0.0) {
+        bail!("--resync-rtt-ms must be ≥ 0, got {}", a.resync_rtt_ms);
+    }
+    let prompts_path = a
+        .prompts
+        .clone()
+        .unwrap_or_else(prompts::default_spec_bench);
+    let questions = prompts::select(
+        &prompts::load(&prompts_path)?,
+        a.per_category as usize,
+        &a.categories,
+    )?;
+    let fam = crate::family_cmd::open_family(&a.manifest, a.model.as_deref(), a.base)?;
+    let info = crate::family::info(a.base);
+    if fam.manifest.name != info.wire_name {
+        bail!(
+            "{}: family `{}` is not the built-in `{}` family (--base {:?})",
+            a.manifest.display(),
+            fam.manifest.name,
+            info.wire_name,
+            a.base
+        );
+    }
+    if fam.anchor.is_none() {
+        eprintln!("ecspec: note: the manifest names no trained anchor; ecspec-static is the untrained draft");
+    }
+    let versions: Vec<String> = fam.versions().iter().map(|v| v.spec.name.clone()).collect();
+    let first = versions[0].clone();
+    let mut drafts: Vec<(&'static str, Option<String>, Arc<Draft>)> = vec![
+        ("ecspec-static", None, Arc::new(fam.draft()?)),
+        (
+            "shared-untrained",
+            None,
+            Arc::new(Draft::shared_backbone(
+                &fam.base,
+                fam.manifest.draft.shared_layers,
+                None,
+            )?),
+        ),
+    ];
+    let mut conventional: Vec<(String, Arc<Draft>, u64)> = Vec::new();
+    match &a.conventional_dir {
+        Some(dir) => {
+            for v in &versions {
+                let f = dir.join(v).join("draft.safetensors");
+                let d = Draft::standalone(&fam.base, &f).with_context(|| {
+                    format!(
+                        "loading the conventional draft of version {v} ({}; build it with `ecspec family distill-draft --version {v} --out {}`)",
+                        f.display(),
+                        dir.join(v).display()
+                    )
+                })?;
+                let bytes = std::fs::metadata(&f)?.len();
+                conventional.push((v.clone(), Arc::new(d), bytes));
+            }
+            drafts.push((
+                "conventional-stale",
+                Some(first.clone()),
+                conventional[0].1.clone(),
+            ));
+        }
+        None => {
+            eprintln!("ecspec: note: no --conventional-dir; the conventional rows are left out")
+        }
+    }
+
+    let n_variants = drafts.len() + usize::from(!conventional.is_empty()) + 1;
+    let total = (versions.len() * n_variants * a.temperatures.len() * questions.len()) as u64;
+    eprintln!(
+        "ecspec family eval: {} versions × {} drafts (+ cloud-only) × {} temperatures × {} prompts ({} categories) · {} tokens · draft length {}",
+        versions.len(),
+        n_variants - 1,
+        a.temperatures.len(),
+        questions.len(),
+        questions.iter().map(|q| q.category.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
+        a.max_tokens,
+        a.draft_len
+    );
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let jsonl_path = a.out.join("family-eval.jsonl");
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(&jsonl_path)
+            .with_context(|| format!("creating {}", jsonl_path.display()))?,
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let link = Some(LinkConfig::constant(1e6, 1e6, 0.0).context("the unshaped link")?);
+    for (vi, vname) in versions.iter().enumerate() {
+        let served: Vec<TargetVersion> = fam
+            .versions()
+            .iter()
+            .map(|v| TargetVersion {
+                name: v.spec.name.clone(),
+                transformer: v.transformer.clone(),
+            })
+            .collect();
+        let model = CloudModel::with_versions(&fam.manifest.name, &fam.base, served, vname)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cloud = LocalCloud::start_model(model).await?;
+        let mut variants = drafts.clone();
+        if let Some((_, d, _)) = conventional.get(vi) {
+            variants.push(("conventional-resync", Some(vname.clone()), d.clone()));
+        }
+        for &temp in &a.temperatures {
+            let sampling = SamplingArgs {
+                temperature: temp,
+                top_p: 1.0,
+                top_k: 0,
+                seed: a.seed,
+                verify: VerifyArg::Auto,
+                dist_top_k: 8,
+                dist_bits: 8,
+            };
+            // The target's own output first: greedy speculative runs must reproduce it.
+            let mut per_variant: Vec<(&'static str, Vec<Generation>)> = Vec::new();
+            let mut target_runs = Vec::new();
+            for (mode, variant, draft) in
+                std::iter::once((ModeArg::CloudOnly, "cloud-only", drafts[0].2.clone())).chain(
+                    variants
+                        .iter()
+                        .map(|(n, _, d)| (ModeArg::Speculative, *n, d.clone())),
+                )
+            {
+                let loaded = Loaded {
+                    info: crate::family::info(a.base),
+                    edge_model: fam.base.clone(),
+                    draft: Draft {
+                        kind: draft.kind,
+                        transformer: draft.transformer.clone(),
+                        compat_hash: draft.compat_hash.clone(),
+                    },
+                    target: None,
+                };
+                let mut runs = Vec::new();
+                for (qi, q) in questions.iter().enumerate() {
+                    bar.set_message(format!("{vname} · {variant} · T={temp} · {}", q.category));
+                    let ids = prompt_ids(&loaded, &q.turns[0], false)
+                        .with_context(|| format!("question {}", q.question_id))?;
+                    let spec = RunSpec {
+                        mode,
+                        draft_len: &a.draft_len,
+                        sampling: &sampling,
+                        max_tokens: a.max_tokens as usize,
+                        link: link.clone(),
+                        cloud: Some(cloud.addr),
+                    };
+                    let s = run_one(&loaded, ids, spec, &mut |_| {})
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!("{vname} · {variant} · question {}: {e}", q.question_id)
+                        })?;
+                    let same = if temp == 0.0 && mode == ModeArg::Speculative {
+                        Some(
+                            target_runs
+                                .get(qi)
+                                .is_some_and(|t: &Summary| t.tokens == s.tokens),
+                        )
+                    } else {
+                        None
+                    };
+                    writeln!(
+                        jsonl,
+                        "{}",
+                        serde_json::json!({
+                            "version": vname, "draft": variant, "temperature": temp,
+                            "question_id": q.question_id, "category": q.category,
+                            "same_as_target": same, "summary": strip_rounds(&s),
+                        })
+                    )?;
+                    bar.inc(1);
+                    runs.push((q.category.clone(), s, same));
+                }
+                if mode == ModeArg::CloudOnly {
+                    target_runs = runs.iter().map(|(_, s, _)| s.clone()).collect();
+                }
+                per_variant.push((variant, runs));
+            }
+            for (variant, runs) in per_variant {
+                let (resync_bytes, resync_s) = match variant {
+                    "conventional-resync" => {
+                        let bytes = if vi == 0 { 0 } else { conventional[vi].2 };
+                        let secs = a
+                            .resync_mbps
+                            .iter()
+                            .map(|&m| {
+                                if bytes == 0 {
+                                    Ok(0.0)
+                                } else {
+                                    resync_seconds(bytes, m, a.resync_rtt_ms)
+                                }
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        (Some(bytes), secs)
+                    }
+                    "cloud-only" => (None, Vec::new()),
+                    _ => (Some(0), vec![0.0; a.resync_mbps.len()]),
+                };
+                let mut all = Totals::default();
+                let mut cats: std::collections::BTreeMap<String, Totals> = Default::default();
+                for (cat, s, same) in &runs {
+                    all.add(s, *same);
+                    cats.entry(cat.clone()).or_default().add(s, *same);
+                }
+                let row = |category: String, totals: Totals| Row {
+                    version: vname.clone(),
+                    variant,
+                    temperature: temp,
+                    category,
+                    totals,
+                    resync_bytes,
+                    resync_s: resync_s.clone(),
+                };
+                rows.push(row("all".into(), all));
+                for (c, t) in cats {
+                    rows.push(row(c, t));
+                }
+            }
+        }
+        cloud.stop().await;
+    }
+    bar.finish_and_clear();
+    jsonl.flush()?;
+
+    let csv_path = a.out.join("family-eval.csv");
+    std::fs::write(&csv_path, csv(&rows, &a.resync_mbps))
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let md = markdown(&rows, &a, &prompts_path, questions.len());
+    let md_path = a.out.join("family-eval.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "ecspec family eval: wrote {}, {}, {}",
+        csv_path.display(),
+        md_path.display(),
+        jsonl_path.display()
+    );
+    Ok(())
+}
+
+/// The summary without its per-round records (they would dominate the JSONL).
+fn strip_rounds(s: &Summary) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.remove("round_records");
+        m.remove("text");
+    }
+    v
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "".into(), |x| format!("{x:.digits$}"))
+}
+
+fn csv(rows: &[Row], mbps: &[f64]) -> String {
+    let mut out = String::from(
+        "version,draft,temperature,category,prompts,generated_tokens,drafted_tokens,accepted_tokens,rounds,acceptance_rate,mean_accepted_tokens,goodput_tok_s,lossless,resync_bytes",
+    );
+    for m in mbps {
+        out.push_str(&format!(",resync_s_at_{m}mbps"));
+    }
+    out.push('\n');
+    for r in rows {
+        let t = &r.totals;
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{:.4},{:.3},{},{}",
+            r.version,
+            r.variant,
+            r.temperature,
+            r.category,
+            t.prompts,
+            t.generated,
+            t.drafted,
+            t.accepted,
+            t.rounds,
+            fmt_opt(t.alpha(), 4),
+            t.mean_accepted(),
+            t.goodput(),
+            t.lossless.map_or(String::new(), |b| b.to_string()),
+            r.resync_bytes.map_or(String::new(), |b| b.to_string()),
+        ));
+        for i in 0..mbps.len() {
+            out.push(',');
+            if let Some(s) = r.resync_s.get(i) {
+                out.push_str(&format!("{s:.3}"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> String {
+    let rates: Vec<String> = a.resync_mbps.iter().map(|m| format!("{m}")).collect();
+    let mut s = format!(
+        "### Family eval: {}\n\n{} held-out prompts ({} per category) from `{}`, {} tokens each, draft length `{}`, in-process cloud on loopback (no link delay); goodput is generated tokens per second of wall-clock time, prefill included. Re-sync: the conventional edge downloads the draft re-distilled from the new version, whole, timed at {} Mbit/s with {} ms RTT; ECSpec's static draft downloads nothing. For comparison, the FlexSpec/ECSpec paper's motivating figures: acceptance 0.72 with a matched draft, 0.18 after the target drifted.\n\n",
+        a.manifest.display(),
+        n_prompts,
+        a.per_category,
+        prompts.display(),
+        a.max_tokens,
+        a.draft_len,
+        rates.join(" / "),
+        a.resync_rtt_ms
+    );
+    s.push_str(&format!(
+        "| version | draft | T | acceptance rate | mean accepted tokens/round | goodput (tok/s) | greedy = target | re-sync bytes | re-sync s @ {} Mbit/s |\n|---|---|---|---|---|---|---|---|---|\n",
+        rates.join("/")
+    ));
+    for r in rows.iter().filter(|r| r.category == "all") {
+        let t = &r.totals;
+        let resync = match r.resync_bytes {
+            None => "–".to_string(),
+            Some(b) => format!("{b}"),
+        };
+        let secs = if r.resync_s.is_empty() {
+            "–".to_string()
+        } else {
+            r.resync_s
+                .iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |\n",
+            r.version,
+            r.variant,
+            r.temperature,
+            t.alpha().map_or("–".into(), |x| format!("{x:.3}")),
+            t.mean_accepted(),
+            t.goodput(),
+            match t.lossless {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "–",
+            },
+            resync,
+            secs
+        ));
+    }
+    // Acceptance per category, greedy.
+    let cats: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.category != "all")
+        .map(|r| r.category.as_str())
+        .collect();
+    if let Some(t0) = a.temperatures.first() {
+        s.push_str(&format!(
+            "\nAcceptance rate per category (T = {t0}):\n\n| version | draft | {} |\n|---|---|{}\n",
+            cats.iter().copied().collect::<Vec<_>>().join(" | "),
+            "---|".repeat(cats.len())
+        ));
+        let keys: Vec<(&str, &str)> = rows
+            .iter()
+            .filter(|r| r.category == "all" && r.temperature == *t0 && r.variant != "cloud-only")
+            .map(|r| (r.version.as_str(), r.variant))
+            .collect();
+        for (v, d) in keys {
+            let cells: Vec<String> = cats
+                .iter()
+                .map(|c| {
+                    rows.iter()
+                        .find(|r| {
+                            r.version == v
+                                && r.variant == d
+                                && r.temperature == *t0
+                                && r.category == *c
+                        })
+                        .and_then(|r| r.totals.alpha())
+                        .map_or("–".into(), |x| format!("{x:.2}"))
+                })
+                .collect();
+            s.push_str(&format!("| {v} | {d} | {} |\n", cells.join(" | ")));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_time_is_rtt_plus_serialization() {
+        // 70 786 512 bytes at 10 Mbit/s: 56.6292096 s of serialization, plus 60 ms RTT.
+        let s = resync_seconds(70_786_512, 10.0, 60.0).unwrap();
+        assert!((s - 56.689_209_6).abs() < 1e-6, "{s}");
+        let s = resync_seconds(1_000_000, 300.0, 0.0).unwrap();
+        assert!((s - 8e6 / 300e6).abs() < 1e-6, "{s}");
+        assert!(resync_seconds(1, 0.0, 60.0).is_err());
+    }
+
+    #[test]
+    fn totals_weight_rounds_and_keep_losslessness() {
+        let mut s = Summary {
+            generated_tokens: 10,
+            drafted_tokens: 8,
+            accepted_tokens: 6,
+            rounds: 4,
+            mean_accepted_tokens: 2.5,
+            total_s: 0.5,
+            ..Default::default()
+        };
+        let mut t = Totals::default();
+        t.add(&s, Some(true));
+        s.rounds = 1;
+        s.mean_accepted_tokens = 5.0;
+        s.accepted_tokens = 4;
+        t.add(&s, Some(false));
+        assert_eq!(t.alpha(), Some(10.0 / 16.0));
+        assert!((t.mean_accepted() - 15.0 / 5.0).abs() < 1e-12);
+        assert!((t.goodput() - 20.0).abs() < 1e-12);
+        assert_eq!(t.lossless, Some(false));
+    }
+}
