@@ -128,6 +128,23 @@ pub struct LinkArgs {
     /// Mahimahi trace shaping the downlink.
     #[arg(long, value_name = "FILE")]
     pub link_trace_down: Option<PathBuf>,
+    /// Per-second throughput CSV trace (see --link-csv-format): the Irish 5G format shapes
+    /// both directions, the 5Gophers ones the downlink.
+    #[arg(long, value_name = "FILE")]
+    pub link_csv: Option<PathBuf>,
+    /// Columns of --link-csv: `irish-5g` (DL_bitrate/UL_bitrate kbit/s), `gophers-walking`
+    /// (throughput_mbps), `gophers-driving:CARRIER` (CARRIER_throughput_mbps: Sprint,
+    /// TMobile, Verizon).
+    #[arg(long, value_name = "FORMAT", default_value = "irish-5g")]
+    pub link_csv_format: String,
+    /// Synthetic uplink model, e.g. `gilbert-elliott:good_mbps=10,bad_mbps=0,p_gb=0.02,p_bg=0.2`,
+    /// `gauss-markov:mean_db=15,std_db=6,rho=0.9,bandwidth_mhz=5`,
+    /// `rayleigh:mean_db=15,rho=0.9,bandwidth_mhz=5` (+ slot_ms, duration_s, seed, efficiency).
+    #[arg(long, value_name = "SPEC")]
+    pub link_model_up: Option<String>,
+    /// Synthetic downlink model (as --link-model-up).
+    #[arg(long, value_name = "SPEC")]
+    pub link_model_down: Option<String>,
     /// No emulated link: talk to the cloud directly (zero added delay).
     #[arg(long)]
     pub no_link: bool,
@@ -149,9 +166,11 @@ pub struct ModelArgs {
     /// Base layers a shared-backbone draft reuses before its anchor layer.
     #[arg(long, default_value_t = 4)]
     pub shared_layers: usize,
-    /// A trained anchor layer for the shared-backbone draft (safetensors, as written by
-    /// `ecspec family train-draft`); without it the anchor is a copy of the base's last layer.
-    #[arg(long, value_name = "FILE")]
+    /// The shared-backbone draft's anchor layer (safetensors, as written by `ecspec family
+    /// train-draft`) [default: the family's shipped trained anchor,
+    /// families/<family>/draft/anchor.safetensors]; `none`: the untrained copy of the base's
+    /// last layer.
+    #[arg(long, value_name = "FILE|none")]
     pub anchor: Option<PathBuf>,
     /// A conventional draft with its own embedding and head (safetensors, as written by
     /// `ecspec family distill-draft`) instead of the shared-backbone draft.

@@ -33,10 +33,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let loaded = load_family(&args.models, true)?;
     let cloud = LocalCloud::start(&loaded).await?;
     eprintln!(
-        "ecspec demo: family {} · draft {} ({}) · link {} · {} prompts, up to {} tokens each",
+        "ecspec demo: family {} · draft {} · link {} · {} prompts, up to {} tokens each",
         loaded.info.wire_name,
-        loaded.draft.kind.as_str(),
-        loaded.draft.transformer.num_layers(),
+        loaded.draft_desc,
         link_text(&args),
         PROMPTS.len(),
         args.max_tokens
@@ -95,15 +94,37 @@ fn link_text(args: &DemoArgs) -> String {
     if l.no_link {
         return "none (direct loopback)".into();
     }
-    match (&l.link_trace_up, &l.link_trace_down) {
-        (Some(u), Some(d)) => format!("traces {} / {}", u.display(), d.display()),
-        _ => format!(
-            "{} Mbit/s up, {} Mbit/s down, {} ms RTT",
-            l.link_up_mbps.unwrap_or(ecspec_link::DEFAULT_UPLINK_MBPS),
-            l.link_down_mbps
-                .unwrap_or(ecspec_link::DEFAULT_DOWNLINK_MBPS),
-            l.rtt_ms.unwrap_or(ecspec_link::DEFAULT_RTT_MS)
+    let shaped_by = [
+        l.link_trace_up
+            .as_ref()
+            .map(|p| format!("uplink trace {}", p.display())),
+        l.link_trace_down
+            .as_ref()
+            .map(|p| format!("downlink trace {}", p.display())),
+        l.link_csv
+            .as_ref()
+            .map(|p| format!("CSV {} ({})", p.display(), l.link_csv_format)),
+        l.link_model_up
+            .as_ref()
+            .map(|m| format!("uplink model {m}")),
+        l.link_model_down
+            .as_ref()
+            .map(|m| format!("downlink model {m}")),
+    ];
+    let shaped: Vec<String> = shaped_by.into_iter().flatten().collect();
+    match link_config(l) {
+        Ok(Some(c)) => format!(
+            "{:.1} Mbit/s up, {:.1} Mbit/s down (mean), {} ms RTT{}",
+            c.uplink.mean_rate_bps() / 1e6,
+            c.downlink.mean_rate_bps() / 1e6,
+            c.rtt().as_secs_f64() * 1e3,
+            if shaped.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", shaped.join(", "))
+            }
         ),
+        _ => "invalid link settings".into(),
     }
 }
 

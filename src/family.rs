@@ -40,6 +40,23 @@ pub fn info(f: FamilyName) -> FamilyInfo {
     }
 }
 
+/// Where shipped families live: `$ECSPEC_FAMILIES_DIR`, else `families/` of the source tree
+/// this binary was built from.
+pub fn families_dir() -> PathBuf {
+    std::env::var_os("ECSPEC_FAMILIES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("families"))
+}
+
+/// The trained anchor shipped with a shared-backbone family, when present
+/// (`families/<wire name>/draft/anchor.safetensors`).
+pub fn shipped_anchor(info: &FamilyInfo) -> Option<PathBuf> {
+    let p = families_dir()
+        .join(info.wire_name)
+        .join("draft/anchor.safetensors");
+    (info.shared_backbone && p.is_file()).then_some(p)
+}
+
 /// A local path, or the registry model fetched (with progress) into the cache.
 pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBuf> {
     if let Some(p) = explicit {
@@ -84,6 +101,8 @@ pub struct Loaded {
     pub edge_model: Arc<LoadedModel>,
     /// The draft.
     pub draft: Draft,
+    /// What the draft is, for people: kind, layers, and which anchor or file.
+    pub draft_desc: String,
     /// The target, when loaded.
     pub target: Option<Arc<LoadedModel>>,
 }
@@ -108,32 +127,52 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         Some(p) => Some(load(&p)?),
         None => None,
     };
-    let draft = match (info.shared_backbone, &args.anchor, &args.draft_file) {
-        (_, _, Some(p)) => Draft::standalone(&edge_model, p)
-            .with_context(|| format!("loading the conventional draft {}", p.display()))?,
+    let (draft, draft_desc) = match (info.shared_backbone, &args.anchor, &args.draft_file) {
+        (_, _, Some(p)) => (
+            Draft::standalone(&edge_model, p)
+                .with_context(|| format!("loading the conventional draft {}", p.display()))?,
+            format!("conventional {}", p.display()),
+        ),
         (true, anchor, None) => {
-            let anchor = match anchor {
+            // Default: the family's shipped trained anchor; `--anchor none`: the untrained copy.
+            let path = match anchor {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) => Some(p.clone()),
+                None => shipped_anchor(&info),
+            };
+            let anchor = match &path {
                 Some(p) => Some(
                     ecspec_model::anchor::load_anchor(p, edge_model.transformer.config())
                         .with_context(|| format!("loading the anchor layer {}", p.display()))?,
                 ),
                 None => None,
             };
-            Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
-                .context("building the draft")?
+            let d = Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
+                .context("building the draft")?;
+            let desc = format!(
+                "shared-backbone: {} base layers + {}",
+                args.shared_layers,
+                path.map_or(
+                    "untrained anchor (copy of the last layer)".to_string(),
+                    |p| { format!("anchor {}", p.display()) }
+                )
+            );
+            (d, desc)
         }
         (false, Some(_), None) => bail!(
             "--anchor applies to a shared-backbone draft; the {} family's draft is independent",
             info.wire_name
         ),
-        (false, None, None) => {
-            Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?
-        }
+        (false, None, None) => (
+            Draft::build(&DraftSpec::Independent, &edge_model).context("building the draft")?,
+            format!("independent {}", draft_path.display()),
+        ),
     };
     Ok(Loaded {
         info,
         edge_model,
         draft,
+        draft_desc,
         target,
     })
 }

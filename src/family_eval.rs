@@ -298,6 +298,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                         transformer: draft.transformer.clone(),
                         compat_hash: draft.compat_hash.clone(),
                     },
+                    draft_desc: variant.to_string(),
                     target: None,
                 };
                 let mut runs = Vec::new();

@@ -174,6 +174,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     };
     let need_target = a.cloud.is_none() && a.mode != cli::ModeArg::EdgeOnly;
     let loaded = family::load_family(&a.models, need_target)?;
+    if !a.json && a.mode != cli::ModeArg::CloudOnly {
+        eprintln!("ecspec: draft {}", loaded.draft_desc);
+    }
     let ids = run::prompt_ids(&loaded, &prompt, a.raw)?;
     let local = if need_target {
         Some(run::LocalCloud::start(&loaded).await?)

@@ -10,7 +10,7 @@ use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{
     generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary,
 };
-use ecspec_link::{emulate, LinkConfig, LinkOptions};
+use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
 use ecspec_spec::policy::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
@@ -105,7 +105,10 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
             || args.link_down_mbps.is_some()
             || args.rtt_ms.is_some()
             || args.link_trace_up.is_some()
-            || args.link_trace_down.is_some();
+            || args.link_trace_down.is_some()
+            || args.link_csv.is_some()
+            || args.link_model_up.is_some()
+            || args.link_model_down.is_some();
         if shaped {
             bail!("--no-link cannot be combined with link settings (--link-*, --rtt-ms)");
         }
@@ -116,12 +119,44 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
     if args.link_trace_up.is_some() != args.link_trace_down.is_some() {
         bail!("give both --link-trace-up and --link-trace-down (a trace for each direction)");
     }
+    let model = |spec: &Option<String>| {
+        spec.as_deref()
+            .map(ecspec_link::Synthetic::parse)
+            .transpose()
+    };
+    let (up_csv, down_csv) = match &args.link_csv {
+        None => (None, None),
+        Some(path) => {
+            let src = |columns| ecspec_link::CsvSource {
+                path: path.clone(),
+                columns,
+            };
+            let f = args.link_csv_format.as_str();
+            match f.split_once(':') {
+                _ if f == "irish-5g" => (
+                    Some(src(CsvColumns::irish_5g(Direction::Uplink))),
+                    Some(src(CsvColumns::irish_5g(Direction::Downlink))),
+                ),
+                _ if f == "gophers-walking" => (None, Some(src(CsvColumns::gophers_walking()))),
+                Some(("gophers-driving", c)) if ["Sprint", "TMobile", "Verizon"].contains(&c) => {
+                    (None, Some(src(CsvColumns::gophers_driving(c))))
+                }
+                _ => bail!(
+                    "--link-csv-format {f}: expected irish-5g, gophers-walking or gophers-driving:Sprint|TMobile|Verizon"
+                ),
+            }
+        }
+    };
     let opts = LinkOptions {
         up_mbps: args.link_up_mbps,
         down_mbps: args.link_down_mbps,
         rtt_ms: args.rtt_ms,
         up_trace: args.link_trace_up.clone(),
         down_trace: args.link_trace_down.clone(),
+        up_csv,
+        down_csv,
+        up_model: model(&args.link_model_up)?,
+        down_model: model(&args.link_model_down)?,
         ..Default::default()
     };
     Ok(Some(

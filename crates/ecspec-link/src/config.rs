@@ -5,8 +5,10 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::csv_trace::{CsvColumns, CsvTraceError, ThroughputTrace};
 use crate::mahimahi::{MahimahiTrace, TraceEnd, TraceError};
 use crate::model::{ConstantRate, LinkModel};
+use crate::synthetic::{Synthetic, SyntheticError};
 
 /// Default uplink (edge → cloud) rate, Mbit/s.
 pub const DEFAULT_UPLINK_MBPS: f64 = 10.0;
@@ -54,29 +56,40 @@ pub enum LinkError {
         /// The RTT given, ms.
         rtt_ms: f64,
     },
-    /// Both a rate and a trace were given for one direction.
-    #[error(
-        "{direction}: both a rate ({mbps} Mbit/s) and a trace ({}) were given; give one",
-        trace.display()
-    )]
-    RateAndTrace {
+    /// More than one source was given for one direction's capacity.
+    #[error("{direction}: {given} were given; give one of a rate, a Mahimahi trace, a CSV trace or a model")]
+    Conflicting {
         /// Which direction.
         direction: Direction,
-        /// The rate given, Mbit/s.
-        mbps: f64,
-        /// The trace given.
-        trace: PathBuf,
+        /// What was given, e.g. "a rate (5 Mbit/s) and a trace (up.trace)".
+        given: String,
     },
     /// A trace file could not be read or parsed.
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// A throughput CSV trace could not be read or parsed.
+    #[error(transparent)]
+    Csv(#[from] CsvTraceError),
+    /// A synthetic model spec is invalid.
+    #[error(transparent)]
+    Synthetic(#[from] SyntheticError),
+}
+
+/// A per-second throughput CSV trace and which of its columns to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Its columns.
+    pub columns: CsvColumns,
 }
 
 /// Link options as a command line gives them; every field is optional.
 ///
-/// For each direction: a Mahimahi trace if one is given, else a constant rate (the given
-/// one, or the default: [`DEFAULT_UPLINK_MBPS`] up, [`DEFAULT_DOWNLINK_MBPS`] down). The RTT
-/// (default [`DEFAULT_RTT_MS`]) is split evenly: each direction's one-way delay is RTT / 2.
+/// For each direction at most one of: a Mahimahi trace, a throughput CSV trace, a synthetic
+/// model, a constant rate; with none, the default rate ([`DEFAULT_UPLINK_MBPS`] up,
+/// [`DEFAULT_DOWNLINK_MBPS`] down). The RTT (default [`DEFAULT_RTT_MS`]) is split evenly: each
+/// direction's one-way delay is RTT / 2.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkOptions {
     /// Uplink rate, Mbit/s.
@@ -89,7 +102,15 @@ pub struct LinkOptions {
     pub up_trace: Option<PathBuf>,
     /// Mahimahi trace shaping the downlink.
     pub down_trace: Option<PathBuf>,
-    /// What traces do at their end (default: loop, as `mm-link` does).
+    /// Throughput CSV trace shaping the uplink.
+    pub up_csv: Option<CsvSource>,
+    /// Throughput CSV trace shaping the downlink.
+    pub down_csv: Option<CsvSource>,
+    /// Synthetic model of the uplink.
+    pub up_model: Option<Synthetic>,
+    /// Synthetic model of the downlink.
+    pub down_model: Option<Synthetic>,
+    /// What traces and models do at their end (default: loop, as `mm-link` does).
     pub trace_end: TraceEnd,
 }
 
@@ -159,44 +180,66 @@ impl LinkConfig {
     ///
     /// # Errors
     ///
-    /// [`LinkError::RateAndTrace`] if one direction has both, otherwise as
-    /// [`LinkConfig::constant`] and [`LinkConfig::mahimahi`].
+    /// [`LinkError::Conflicting`] if one direction has more than one source, otherwise as
+    /// [`LinkConfig::constant`] and [`LinkConfig::mahimahi`], [`LinkError::Csv`],
+    /// [`LinkError::Synthetic`].
     pub fn from_options(opts: &LinkOptions) -> Result<Self, LinkError> {
         let one_way = one_way_delay(opts.rtt_ms.unwrap_or(DEFAULT_RTT_MS))?;
+        let end = opts.trace_end;
         let model = |direction: Direction,
                      mbps: Option<f64>,
                      trace: &Option<PathBuf>,
+                     csv: &Option<CsvSource>,
+                     synthetic: &Option<Synthetic>,
                      default_mbps: f64|
          -> Result<Box<dyn LinkModel>, LinkError> {
-            match (mbps, trace) {
-                (Some(mbps), Some(trace)) => Err(LinkError::RateAndTrace {
+            let mut given = Vec::new();
+            if let Some(m) = mbps {
+                given.push(format!("a rate ({m} Mbit/s)"));
+            }
+            if let Some(t) = trace {
+                given.push(format!("a Mahimahi trace ({})", t.display()));
+            }
+            if let Some(c) = csv {
+                given.push(format!("a CSV trace ({})", c.path.display()));
+            }
+            if let Some(m) = synthetic {
+                given.push(format!("a model ({m})"));
+            }
+            if given.len() > 1 {
+                return Err(LinkError::Conflicting {
                     direction,
-                    mbps,
-                    trace: trace.clone(),
-                }),
-                (None, Some(trace)) => Ok(Box::new(MahimahiTrace::from_file(
-                    trace,
-                    one_way,
-                    opts.trace_end,
-                )?)),
-                (mbps, None) => Ok(Box::new(constant_rate(
+                    given: given.join(" and "),
+                });
+            }
+            Ok(match (trace, csv, synthetic) {
+                (Some(t), _, _) => Box::new(MahimahiTrace::from_file(t, one_way, end)?),
+                (_, Some(c), _) => Box::new(ThroughputTrace::from_file(
+                    &c.path, &c.columns, one_way, end,
+                )?),
+                (_, _, Some(m)) => Box::new(m.link(one_way, end)?),
+                _ => Box::new(constant_rate(
                     direction,
                     mbps.unwrap_or(default_mbps),
                     one_way,
-                )?)),
-            }
+                )?),
+            })
         };
         Ok(LinkConfig {
             uplink: model(
                 Direction::Uplink,
                 opts.up_mbps,
                 &opts.up_trace,
+                &opts.up_csv,
+                &opts.up_model,
                 DEFAULT_UPLINK_MBPS,
             )?,
             downlink: model(
                 Direction::Downlink,
                 opts.down_mbps,
                 &opts.down_trace,
+                &opts.down_csv,
+                &opts.down_model,
                 DEFAULT_DOWNLINK_MBPS,
             )?,
         })
@@ -238,6 +281,44 @@ fn one_way_delay(rtt_ms: f64) -> Result<Duration, LinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_and_csv_traces_shape_either_direction() {
+        let dir = std::env::temp_dir().join(format!("ecspec-link-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("rates.csv");
+        std::fs::write(&csv, "mbps\n8\n16\n").unwrap();
+        let opts = LinkOptions {
+            up_model: Some(
+                Synthetic::parse(
+                    "ge:good_mbps=4,bad_mbps=0,p_gb=1,p_bg=1,slot_ms=500,duration_s=1",
+                )
+                .unwrap(),
+            ),
+            down_csv: Some(CsvSource {
+                path: csv.clone(),
+                columns: CsvColumns::rate_only("mbps", crate::RateUnit::Mbps),
+            }),
+            rtt_ms: Some(20.0),
+            ..Default::default()
+        };
+        let cfg = LinkConfig::from_options(&opts).unwrap();
+        assert_eq!(cfg.uplink.mean_rate_bps(), 2e6);
+        assert_eq!(cfg.downlink.mean_rate_bps(), 12e6);
+        assert_eq!(cfg.rtt(), Duration::from_millis(20));
+        let both = LinkOptions {
+            down_mbps: Some(3.0),
+            ..opts
+        };
+        let e = LinkConfig::from_options(&both).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "downlink: a rate (3 Mbit/s) and a CSV trace ({}) were given; give one of a rate, a Mahimahi trace, a CSV trace or a model",
+                csv.display()
+            )
+        );
+    }
 
     #[test]
     fn default_is_10_up_20_down_60_rtt() {
@@ -323,11 +404,16 @@ mod tests {
         assert!(
             matches!(
                 e,
-                LinkError::RateAndTrace {
+                LinkError::Conflicting {
                     direction: Direction::Uplink,
                     ..
                 }
             ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("uplink: a rate (1 Mbit/s) and a Mahimahi trace ("),
             "{e}"
         );
 

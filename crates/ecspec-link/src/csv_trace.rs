@@ -280,10 +280,13 @@ pub enum CsvTraceError {
 #[derive(Clone)]
 pub struct ThroughputTrace {
     source: PathBuf,
-    /// Rate of each second, bit/s.
+    /// Rate of each slot, bit/s.
     rates_bps: Arc<[u64]>,
-    /// `cum_bits[i]` = bits deliverable in seconds `0..i`; `len = rates + 1`.
-    cum_bits: Arc<[u128]>,
+    /// Slot length, ns (10⁹ for per-second traces).
+    slot_ns: u128,
+    /// `cum_units[i]` = capacity of slots `0..i` in bit·ns/s units (bits × 10⁹);
+    /// `len = rates + 1`.
+    cum_units: Arc<[u128]>,
     metrics: Arc<[SignalMetrics]>,
     end: TraceEnd,
     one_way_delay: Duration,
@@ -510,6 +513,50 @@ impl ThroughputTrace {
         )
     }
 
+    /// A piecewise-constant rate process with slots of `slot` (≥ 1 µs): `rates_bps[i]` holds
+    /// during `[i·slot, (i+1)·slot)`, with optional per-slot signal `metrics` (empty: none).
+    /// What synthetic channel models ([`crate::synthetic`]) are turned into.
+    ///
+    /// # Errors
+    ///
+    /// [`CsvTraceError::Empty`], [`CsvTraceError::ZeroCapacity`]; a slot under 1 µs or a
+    /// metrics list of another length is reported as [`CsvTraceError::Empty`] naming `source`.
+    pub fn from_slot_rates(
+        source: impl AsRef<Path>,
+        rates_bps: Vec<u64>,
+        slot: Duration,
+        metrics: Vec<SignalMetrics>,
+        one_way_delay: Duration,
+        end: TraceEnd,
+    ) -> Result<Self, CsvTraceError> {
+        let path = source.as_ref().to_path_buf();
+        if slot < Duration::from_micros(1)
+            || !(metrics.is_empty() || metrics.len() == rates_bps.len())
+        {
+            return Err(CsvTraceError::Empty { path });
+        }
+        let metrics = if metrics.is_empty() {
+            vec![SignalMetrics::default(); rates_bps.len()]
+        } else {
+            metrics
+        };
+        let mut t = Self::build(path, rates_bps, metrics, one_way_delay, end)?;
+        t.set_slot(slot.as_nanos());
+        Ok(t)
+    }
+
+    fn set_slot(&mut self, slot_ns: u128) {
+        self.slot_ns = slot_ns;
+        let mut cum = Vec::with_capacity(self.rates_bps.len() + 1);
+        let mut acc = 0u128;
+        cum.push(0);
+        for &r in self.rates_bps.iter() {
+            acc += u128::from(r) * slot_ns;
+            cum.push(acc);
+        }
+        self.cum_units = cum.into();
+    }
+
     fn build(
         path: PathBuf,
         rates: Vec<u64>,
@@ -523,23 +570,19 @@ impl ThroughputTrace {
         if rates.iter().all(|&r| r == 0) {
             return Err(CsvTraceError::ZeroCapacity { path });
         }
-        let mut cum = Vec::with_capacity(rates.len() + 1);
-        let mut acc = 0u128;
-        cum.push(0);
-        for &r in &rates {
-            acc += u128::from(r);
-            cum.push(acc);
-        }
-        Ok(ThroughputTrace {
+        let mut t = ThroughputTrace {
             source: path,
             rates_bps: rates.into(),
-            cum_bits: cum.into(),
+            slot_ns: NANOS_PER_SEC,
+            cum_units: Arc::from(Vec::new()),
             metrics: metrics.into(),
             end,
             one_way_delay,
             consumed: 0,
             last_departure: Duration::ZERO,
-        })
+        };
+        t.set_slot(NANOS_PER_SEC);
+        Ok(t)
     }
 
     /// The file (or name) the trace came from.
@@ -547,12 +590,17 @@ impl ThroughputTrace {
         &self.source
     }
 
-    /// Seconds in one period (the number of data rows used).
+    /// Slots in one period (the number of data rows used; seconds for a CSV trace).
     pub fn seconds(&self) -> usize {
         self.rates_bps.len()
     }
 
-    /// The rate of each second, bit/s.
+    /// The slot length (1 s for a CSV trace).
+    pub fn slot(&self) -> Duration {
+        duration_from_nanos(self.slot_ns)
+    }
+
+    /// The rate of each slot, bit/s.
     pub fn rates_bps(&self) -> &[u64] {
         &self.rates_bps
     }
@@ -562,16 +610,16 @@ impl ThroughputTrace {
         self.end
     }
 
-    /// The period: [`seconds`](Self::seconds) seconds.
+    /// The period: [`seconds`](Self::seconds) slots.
     pub fn period(&self) -> Duration {
-        Duration::from_secs(self.rates_bps.len() as u64)
+        duration_from_nanos(self.rates_bps.len() as u128 * self.slot_ns)
     }
 
     /// Row index of link time `t` (looping or not, per [`TraceEnd`]); `None` past the end of
     /// a stopping trace.
     fn row_at(&self, t: Duration) -> Option<usize> {
-        let n = self.rates_bps.len() as u64;
-        let s = t.as_secs();
+        let n = self.rates_bps.len() as u128;
+        let s = t.as_nanos() / self.slot_ns;
         match self.end {
             TraceEnd::Loop => Some((s % n) as usize),
             TraceEnd::Stop => (s < n).then_some(s as usize),
@@ -595,16 +643,16 @@ impl ThroughputTrace {
 
     /// Capacity units (bits × 10⁹) of one period.
     fn period_units(&self) -> u128 {
-        self.cum_bits[self.rates_bps.len()] * NANOS_PER_SEC
+        self.cum_units[self.rates_bps.len()]
     }
 
     /// Cumulative capacity units from link time 0 to `t_ns`, as if the trace looped.
     fn capacity_until(&self, t_ns: u128) -> u128 {
-        let secs = t_ns / NANOS_PER_SEC;
-        let off = t_ns % NANOS_PER_SEC;
-        let (k, s) = (secs / self.n(), (secs % self.n()) as usize);
+        let slots = t_ns / self.slot_ns;
+        let off = t_ns % self.slot_ns;
+        let (k, s) = (slots / self.n(), (slots % self.n()) as usize);
         k.saturating_mul(self.period_units())
-            .saturating_add(self.cum_bits[s] * NANOS_PER_SEC)
+            .saturating_add(self.cum_units[s])
             .saturating_add(u128::from(self.rates_bps[s]) * off)
     }
 
@@ -618,11 +666,11 @@ impl ThroughputTrace {
         let k = (units - 1) / per;
         let r = units - k * per; // in (0, per]
                                  // The first second s whose end reaches r; then cum[s]·10⁹ < r, so rate[s] > 0.
-        let s = self.cum_bits[1..].partition_point(|&c| c * NANOS_PER_SEC < r);
+        let s = self.cum_units[1..].partition_point(|&c| c < r);
         let rate = u128::from(self.rates_bps[s]).max(1);
-        let off = (r - self.cum_bits[s] * NANOS_PER_SEC).div_ceil(rate);
-        k.saturating_mul(self.n() * NANOS_PER_SEC)
-            .saturating_add(s as u128 * NANOS_PER_SEC)
+        let off = (r - self.cum_units[s]).div_ceil(rate);
+        k.saturating_mul(self.n() * self.slot_ns)
+            .saturating_add(s as u128 * self.slot_ns)
             .saturating_add(off)
     }
 }
@@ -649,9 +697,9 @@ impl LinkModel for ThroughputTrace {
         Ok(self.last_departure.saturating_add(self.one_way_delay))
     }
 
-    /// Capacity over one period: the mean of the per-second rates.
+    /// Capacity over one period: the mean of the per-slot rates.
     fn mean_rate_bps(&self) -> f64 {
-        self.cum_bits[self.rates_bps.len()] as f64 / self.rates_bps.len() as f64
+        self.period_units() as f64 / (self.rates_bps.len() as u128 * self.slot_ns) as f64
     }
 
     fn one_way_delay(&self) -> Duration {

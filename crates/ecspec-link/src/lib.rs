@@ -66,10 +66,11 @@ mod csv_trace;
 mod emulator;
 mod mahimahi;
 mod model;
+pub mod synthetic;
 
 pub use config::{
-    Direction, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS, DEFAULT_RTT_MS,
-    DEFAULT_UPLINK_MBPS,
+    CsvSource, Direction, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS,
+    DEFAULT_RTT_MS, DEFAULT_UPLINK_MBPS,
 };
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
 pub use emulator::{
@@ -78,3 +79,4 @@ pub use emulator::{
 };
 pub use mahimahi::{MahimahiTrace, TraceEnd, TraceEnded, TraceError, MAX_TRACE_MS};
 pub use model::{ConstantRate, LinkModel, PACKET_BYTES};
+pub use synthetic::{SnrProcess, Synthetic, SyntheticError};
