@@ -232,6 +232,10 @@ pub struct GenerateArgs {
     /// Print the summary as one JSON object on stdout (the text is not streamed).
     #[arg(long)]
     pub json: bool,
+    /// Write one JSON line per verification round (time, K, accepted, bytes, drafting and
+    /// waiting time, the α and channel estimates the policy saw) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -252,6 +256,10 @@ pub struct DemoArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write one JSON line per verification round of every speculative run (with its prompt
+    /// number) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]

@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::cli::{DemoArgs, ModeArg};
 use crate::family::load_family;
 use crate::run::{
-    format_summary, link_config, print_now, prompt_ids, run_one, LocalCloud, RunSpec,
+    create_trace, format_summary, link_config, print_now, prompt_ids, run_one, write_round_trace,
+    LocalCloud, RunSpec,
 };
 
 /// The demo's prompts: explanation, code, translation, advice, arithmetic.
@@ -40,6 +41,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         PROMPTS.len(),
         args.max_tokens
     );
+    let mut trace = args.trace_out.as_deref().map(create_trace).transpose()?;
     let mut rows = Vec::new();
     for (i, p) in PROMPTS.iter().enumerate() {
         if !args.json {
@@ -61,6 +63,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             }
         };
         let spec_sum = run_one(&loaded, ids.clone(), spec(ModeArg::Speculative), &mut echo).await?;
+        if let Some(t) = trace.as_mut() {
+            write_round_trace(
+                t,
+                &spec_sum,
+                &serde_json::json!({ "prompt": i + 1, "policy": spec_sum.draft_len }),
+            )?;
+        }
         let cloud_sum = run_one(&loaded, ids, spec(ModeArg::CloudOnly), &mut |_| {}).await?;
         let same = spec_sum.tokens == cloud_sum.tokens;
         if !args.json {
@@ -81,6 +90,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         });
     }
     cloud.stop().await;
+    if let Some(t) = trace.as_mut() {
+        std::io::Write::flush(t)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

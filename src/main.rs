@@ -197,7 +197,16 @@ async fn generate(a: GenerateArgs) -> Result<()> {
             run::print_now(s)
         }
     };
+    let mut trace = a.trace_out.as_deref().map(run::create_trace).transpose()?;
     let result = run::run_one(&loaded, ids, spec, &mut echo).await;
+    if let (Some(t), Ok(s)) = (trace.as_mut(), &result) {
+        run::write_round_trace(
+            t,
+            s,
+            &serde_json::json!({ "mode": s.mode, "policy": s.draft_len }),
+        )?;
+        std::io::Write::flush(t)?;
+    }
     if let Some(c) = local {
         c.stop().await;
     }

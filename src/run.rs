@@ -190,6 +190,38 @@ pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> 
     Ok(ids)
 }
 
+/// Appends `summary`'s round records to `out` as JSON lines, each tagged with `tags`.
+///
+/// # Errors
+/// I/O errors writing `out`.
+pub fn write_round_trace(
+    out: &mut dyn Write,
+    summary: &Summary,
+    tags: &serde_json::Value,
+) -> Result<()> {
+    for r in &summary.round_records {
+        let mut v = serde_json::to_value(r)?;
+        if let (serde_json::Value::Object(m), serde_json::Value::Object(t)) = (&mut v, tags) {
+            for (k, x) in t {
+                m.insert(k.clone(), x.clone());
+            }
+        }
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
+}
+
+/// Creates a `--trace-out` file.
+///
+/// # Errors
+/// The file cannot be created.
+pub fn create_trace(path: &std::path::Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    Ok(std::io::BufWriter::new(
+        std::fs::File::create(path)
+            .with_context(|| format!("creating the round trace {}", path.display()))?,
+    ))
+}
+
 /// One generation's settings.
 pub struct RunSpec<'a> {
     /// Mode.
@@ -417,4 +449,46 @@ pub fn format_summary(s: &Summary) -> String {
         s.uplink_bytes, s.uplink_bytes_per_token, s.downlink_bytes, s.downlink_bytes_per_token
     ));
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecspec_edge::RoundRecord;
+
+    #[test]
+    fn round_trace_has_one_tagged_line_per_round() {
+        let rec = |round, k, accepted| RoundRecord {
+            round,
+            t_s: 0.5 * round as f64,
+            k,
+            accepted,
+            draft_s: 0.01,
+            wait_s: 0.07,
+            cloud_compute_s: 0.02,
+            uplink_bytes: 20,
+            downlink_bytes: 19,
+            alpha_estimate: 0.5,
+            uplink_bps_estimate: 1e7,
+            rtt_s_estimate: 0.06,
+        };
+        let s = Summary {
+            round_records: vec![rec(1, 4, 2), rec(2, 3, 3)],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_round_trace(&mut out, &s, &serde_json::json!({"prompt": 7})).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["round"], 2);
+        assert_eq!(lines[1]["k"], 3);
+        assert_eq!(lines[1]["accepted"], 3);
+        assert_eq!(lines[1]["t_s"], 1.0);
+        assert_eq!(lines[0]["prompt"], 7);
+        assert_eq!(lines[0]["uplink_bps_estimate"], 1e7);
+    }
 }

@@ -68,6 +68,8 @@ pub struct EdgeConfig {
 pub struct RoundRecord {
     /// Round number (1-based).
     pub round: u32,
+    /// When the round's verdict arrived, seconds since the request started.
+    pub t_s: f64,
     /// Draft length K chosen.
     pub k: usize,
     /// Drafted tokens accepted.
@@ -82,6 +84,12 @@ pub struct RoundRecord {
     pub uplink_bytes: u64,
     /// Downlink bytes of the round.
     pub downlink_bytes: u64,
+    /// The acceptance rate α the policy was given when it chose K.
+    pub alpha_estimate: f64,
+    /// The edge's uplink rate estimate when it chose K (bit/s; 10¹² until measured).
+    pub uplink_bps_estimate: f64,
+    /// The edge's RTT estimate when it chose K (s).
+    pub rtt_s_estimate: f64,
 }
 
 /// The end-of-run summary (`--json` prints it; fields documented in the README).
@@ -294,11 +302,14 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         round += 1;
         let (up0, down0) = bytes(&link);
         let old_len = committed.len();
+        let mut seen = (f64::NAN, f64::NAN, f64::NAN);
         let (k, proposal) = if speculative {
             let d = drafter.take().ok_or_else(|| {
                 EdgeError::Protocol("speculative mode needs a draft model".into())
             })?;
-            let k = cfg.policy.choose(&timing.state(est.alpha()));
+            let st = timing.state(est.alpha());
+            seen = (st.alpha, st.uplink_bps, st.rtt_s);
+            let k = cfg.policy.choose(&st);
             let c = committed.clone();
             let (d, p) = blocking(d, move |d| d.propose(&c, k)).await?;
             drafter = Some(d);
@@ -362,6 +373,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         let (up1, down1) = bytes(&link);
         let rec = RoundRecord {
             round,
+            t_s: t_start.elapsed().as_secs_f64(),
             k,
             accepted: a,
             draft_s: proposal.elapsed.as_secs_f64(),
@@ -369,6 +381,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             cloud_compute_s: v.compute_us as f64 * 1e-6,
             uplink_bytes: up1 - up0,
             downlink_bytes: down1 - down0,
+            alpha_estimate: seen.0,
+            uplink_bps_estimate: seen.1,
+            rtt_s_estimate: seen.2,
         };
         timing.observe(
             k,
