@@ -20,6 +20,8 @@ pub struct FamilyInfo {
     pub draft_file: &'static str,
     /// Whether the draft is built from the base (shared backbone) or is its own model.
     pub shared_backbone: bool,
+    /// Hugging Face id of the target, written into PEFT adapters trained on it.
+    pub hf_name: &'static str,
 }
 
 /// Looks a family up.
@@ -30,12 +32,14 @@ pub fn info(f: FamilyName) -> FamilyInfo {
             target: "smollm2-135m-instruct",
             draft_file: "smollm2-135m-instruct",
             shared_backbone: true,
+            hf_name: "HuggingFaceTB/SmolLM2-135M-Instruct",
         },
         FamilyName::Qwen25Coder => FamilyInfo {
             wire_name: "qwen2.5-coder",
             target: "qwen2.5-coder-1.5b-instruct",
             draft_file: "qwen2.5-coder-0.5b-instruct",
             shared_backbone: false,
+            hf_name: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
         },
     }
 }

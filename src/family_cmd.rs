@@ -443,6 +443,7 @@ fn evolve(a: EvolveArgs) -> Result<()> {
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         seq_len: c.seq_len + 1,
         schedule: schedule(c, 5e-4),
+        base_model: Some(crate::family::info(c.base).hf_name.to_string()),
     };
     let mut bars = TrainBars::new();
     let r = ecspec_train::evolve(&base, &train, &cfg, &c.out, c.resume, &mut bars)?;

@@ -159,6 +159,13 @@ pub async fn run(a: EvalArgs) -> Result<()> {
             a.temperatures
         );
     }
+    if let Some(m) = a
+        .resync_mbps
+        .iter()
+        .find(|m| !(m.is_finite() && **m >= 1e-6))
+    {
+        bail!("--resync-mbps must be finite and at least 1 bit/s (1e-6), got {m:e}");
+    }
     if !(a.resync_rtt_ms.is_finite() && a.resync_rtt_ms >= 0.0) {
         bail!("--resync-rtt-ms must be ≥ 0, got {}", a.resync_rtt_ms);
     }

@@ -197,6 +197,18 @@ async fn generate(a: GenerateArgs) -> Result<()> {
             run::print_now(s)
         }
     };
+    if let (Some(t), Some(p)) = (&a.trace_out, &a.prompt_file) {
+        let same = match (std::fs::canonicalize(t), std::fs::canonicalize(p)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => t == p,
+        };
+        if same {
+            bail!(
+                "--trace-out {} is the prompt file; give another path",
+                t.display()
+            );
+        }
+    }
     let mut trace = a.trace_out.as_deref().map(run::create_trace).transpose()?;
     let result = run::run_one(&loaded, ids, spec, &mut echo).await;
     if let (Some(t), Ok(s)) = (trace.as_mut(), &result) {

@@ -125,6 +125,12 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
             .transpose()
     };
     let (up_csv, down_csv) = match &args.link_csv {
+        None if args.link_csv_format != "irish-5g" => {
+            bail!(
+                "--link-csv-format {} needs --link-csv FILE",
+                args.link_csv_format
+            )
+        }
         None => (None, None),
         Some(path) => {
             let src = |columns| ecspec_link::CsvSource {

@@ -139,4 +139,35 @@ fn bad_arguments_are_clear_errors() {
     ])
     .contains("/nonexistent.up"));
     assert!(run(&["generate", "--prompt", "  "]).contains("empty"));
+    // Link settings are checked before any model loads, in `demo` as in `generate`.
+    assert!(run(&["demo", "--link-model-down", "garbage"])
+        .contains("link model `garbage`: unknown model `garbage`"));
+    assert!(run(&["demo", "--link-csv", "/nonexistent.csv"]).contains("/nonexistent.csv"));
+    assert!(run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--link-csv-format",
+        "gophers-walking"
+    ])
+    .contains("--link-csv-format gophers-walking needs --link-csv FILE"));
+    assert!(run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--link-model-up",
+        "ge:good_mbps=1,bad_mbps=0,p_gb=0.1,p_bg=0.5",
+        "--link-up-mbps",
+        "2"
+    ])
+    .contains("uplink: a rate (2 Mbit/s) and a model (gilbert-elliott:"));
+    let prompt = std::env::temp_dir().join(format!("ecspec-e2e-prompt-{}", std::process::id()));
+    std::fs::write(&prompt, "hi").unwrap();
+    let p = prompt.to_str().unwrap();
+    assert!(run(&["generate", "--prompt-file", p, "--trace-out", p]).contains("is the prompt file"));
+    assert_eq!(
+        std::fs::read_to_string(&prompt).unwrap(),
+        "hi",
+        "the prompt file is untouched"
+    );
 }

@@ -139,7 +139,11 @@ impl Synthetic {
             if !x.is_finite() {
                 return Err(err(format!("{k}: `{v}` is not finite")));
             }
-            kv.push((k.trim().to_string(), x));
+            let k = k.trim().to_string();
+            if kv.iter().any(|(n, _)| *n == k) {
+                return Err(err(format!("duplicate key `{k}`")));
+            }
+            kv.push((k, x));
         }
         let allowed: &[&str] = match name {
             "gilbert-elliott" | "ge" => &["good_mbps", "bad_mbps", "p_gb", "p_bg"],

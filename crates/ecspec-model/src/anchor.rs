@@ -219,11 +219,19 @@ pub fn save_anchor(
 }
 
 fn view_f32(path: &Path, name: &str, t: &TensorView<'_>) -> Result<Vec<f32>> {
-    crate::lora::tensor_f32(t).ok_or_else(|| {
+    let v = crate::lora::tensor_f32(t).ok_or_else(|| {
         tensor_err(
             path,
             name,
             format!("dtype {:?} is not supported (F32, F16, BF16)", t.dtype()),
         )
-    })
+    })?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(tensor_err(
+            path,
+            name,
+            format!("value {i} is {} (weights must be finite)", v[i]),
+        ));
+    }
+    Ok(v)
 }

@@ -118,7 +118,10 @@ pub fn load(path: &Path, base_config: &ModelConfig) -> Result<Transformer> {
         .ok_or_else(|| {
             err(
                 path,
-                format!("metadata `layers` {:?} is not 1..=1024", meta.get("layers")),
+                format!(
+                    "metadata `layers` = {} is not a number in 1..=1024",
+                    meta.get("layers").map_or("(missing)", String::as_str)
+                ),
             )
         })?;
     let st = SafeTensors::deserialize(&bytes)
@@ -148,12 +151,19 @@ pub fn load(path: &Path, base_config: &ModelConfig) -> Result<Transformer> {
                 format!("shape {:?}, the base needs {shape:?}", t.shape()),
             ));
         }
-        crate::lora::tensor_f32(&t).ok_or_else(|| {
+        let v = crate::lora::tensor_f32(&t).ok_or_else(|| {
             tensor_err(
                 name,
                 format!("dtype {:?} is not supported (F32, F16, BF16)", t.dtype()),
             )
-        })
+        })?;
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(tensor_err(
+                name,
+                format!("value {i} is {} (weights must be finite)", v[i]),
+            )),
+            None => Ok(v),
+        }
     };
     let (v, d) = (base_config.vocab_size, base_config.hidden_size);
     let embedding = get("token_embd.weight", &[v, d])?;

@@ -149,6 +149,17 @@ fn bad_standalone_files_name_what_is_wrong() {
     let e = load(&anchor_path, &cfg).err().unwrap().to_string();
     assert!(e.contains("not a standalone draft"), "{e}");
 
+    // Non-finite weights are refused, naming the tensor.
+    let mut poisoned = tensors.clone();
+    poisoned[1].1[0] = f32::NAN;
+    let p = dir.join("nan.safetensors");
+    save(&p, &cfg, cfg.num_layers, &poisoned, StoreDtype::F32).unwrap();
+    let e = load(&p, &cfg).err().unwrap().to_string();
+    assert!(
+        e.contains("output_norm.weight") && e.contains("value 0 is NaN"),
+        "{e}"
+    );
+
     let mut other = cfg.clone();
     other.hidden_size *= 2;
     let p = dir.join("ok.safetensors");

@@ -42,6 +42,11 @@ pub struct EvolveConfig {
     pub seq_len: usize,
     /// Optimisation.
     pub schedule: Schedule,
+    /// `base_model_name_or_path` written into the PEFT config (e.g.
+    /// `HuggingFaceTB/SmolLM2-135M-Instruct`); `None`: the GGUF's `general.name`.
+    /// Informational: it does not change training (nor a checkpoint's settings).
+    #[serde(default)]
+    pub base_model: Option<String>,
 }
 
 impl Default for EvolveConfig {
@@ -64,6 +69,7 @@ impl Default for EvolveConfig {
                 seed: 0,
                 checkpoint_every: 50,
             },
+            base_model: None,
         }
     }
 }
@@ -172,7 +178,7 @@ pub fn evolve(
         layers.clone(),
         &targets,
         cfg.schedule.seed,
-        &base.name,
+        cfg.base_model.as_deref().unwrap_or(&base.name),
     )
     .map_err(ecspec_model::ModelError::from)?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
@@ -202,7 +208,7 @@ pub fn evolve(
             var: b,
         });
     }
-    let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
+    let mut settings = settings_json(cfg, &["steps", "checkpoint_every", "base_model"])?;
     if let serde_json::Value::Object(m) = &mut settings {
         m.insert("base_hash".into(), base.base_hash.clone().into());
         m.insert("windows".into(), windows.len().into());

@@ -310,6 +310,7 @@ fn evolve_cfg(steps: usize, checkpoint_every: usize) -> EvolveConfig {
             seed: 3,
             checkpoint_every,
         },
+        base_model: Some("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
     }
 }
 
@@ -332,6 +333,13 @@ fn evolve_lowers_the_loss_and_saves_a_peft_adapter_the_runtime_applies() {
     let cfg = base.transformer.config().clone();
     let adapter = LoraAdapter::load_peft(&out, &cfg).unwrap();
     assert_eq!(adapter, r.adapter, "PEFT round trip");
+    let pc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        pc["base_model_name_or_path"],
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
     let target = Transformer::with_adapter(&base.transformer, &adapter).unwrap();
     let before = mean_cross_entropy(&base.transformer, &w).unwrap();
     let after = mean_cross_entropy(&target, &w).unwrap();
