@@ -52,13 +52,36 @@ pub fn families_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("families"))
 }
 
-/// The trained anchor shipped with a shared-backbone family, when present
-/// (`families/<wire name>/draft/anchor.safetensors`).
-pub fn shipped_anchor(info: &FamilyInfo) -> Option<PathBuf> {
-    let p = families_dir()
-        .join(info.wire_name)
-        .join("draft/anchor.safetensors");
-    (info.shared_backbone && p.is_file()).then_some(p)
+/// The trained anchor shipped with a shared-backbone family, when present and trained for
+/// `shared_layers` base layers (the manifest's `draft.anchor` and `draft.shared_layers` in
+/// `families/<wire name>/family.toml`).
+///
+/// # Errors
+/// The manifest exists but is invalid, or the anchor's SHA-256 is not the manifest's.
+pub fn shipped_anchor(info: &FamilyInfo, shared_layers: usize) -> Result<Option<PathBuf>> {
+    let path = families_dir().join(info.wire_name).join("family.toml");
+    if !info.shared_backbone || !path.is_file() {
+        return Ok(None);
+    }
+    let m = ecspec_family::FamilyManifest::load(&path)?;
+    let Some(anchor) = m.draft.anchor.as_ref() else {
+        return Ok(None);
+    };
+    if m.draft.shared_layers != shared_layers {
+        return Ok(None);
+    }
+    let file = m.resolve(anchor);
+    if let Some(expected) = &m.draft.anchor_sha256 {
+        let found = ecspec_family::sha256_file(&file)?;
+        if &found != expected {
+            bail!(
+                "{}: sha256 {found}, {} (draft.anchor_sha256) expects {expected}",
+                file.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(Some(file))
 }
 
 /// A local path, or the registry model fetched (with progress) into the cache.
@@ -142,7 +165,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
             let path = match anchor {
                 Some(p) if p.as_os_str() == "none" => None,
                 Some(p) => Some(p.clone()),
-                None => shipped_anchor(&info),
+                None => shipped_anchor(&info, args.shared_layers)?,
             };
             let anchor = match &path {
                 Some(p) => Some(

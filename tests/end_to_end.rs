@@ -81,15 +81,17 @@ fn smollm2_speculative_equals_cloud_only() {
         return;
     }
     let prompt = "Write a Python function that reverses a string.";
-    // The shipped untrained anchor accepts almost nothing; a 29-layer draft accepts nearly
-    // everything: both must reproduce the target's greedy output.
+    // The shipped static draft accepts a few tokens (the untrained one none); a 29-layer draft
+    // accepts nearly everything: all must reproduce the target's greedy output.
     let (spec, _) = check_family("smollm2", prompt, 40, &[]);
     assert_eq!(spec["verify"], "greedy");
+    let (untrained, _) = check_family("smollm2", prompt, 40, &["--anchor", "none"]);
+    assert_eq!(untrained["accepted_tokens"], 0, "{untrained}");
     let (deep, _) = check_family(
         "smollm2",
         prompt,
         40,
-        &["--shared-layers", "29", "--draft-len", "fixed:4"],
+        &["--shared-layers", "29", "--draft-len", "fixed:4", "--anchor", "none"],
     );
     assert!(deep["acceptance_rate"].as_f64().unwrap() > 0.9, "{deep}");
 }
