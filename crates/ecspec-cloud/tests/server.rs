@@ -658,7 +658,13 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
             DraftChoice::Partial,
             DraftChoice::Independent,
         ] {
-            for policy in ["fixed:1", "fixed:4", "adaptive"] {
+            for policy in [
+                "fixed:1",
+                "fixed:4",
+                "adaptive",
+                "adaptive:6+p-min:0.5",
+                "ucb:4",
+            ] {
                 let run = Run::greedy(&prompt, draft, policy, max_new);
                 let o = run_edge(cloud.addr, &run).await;
                 let s = o.summary();
@@ -669,6 +675,14 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
                 match policy {
                     "fixed:1" => assert!(ks.iter().all(|&k| k == 1), "{what}: {ks:?}"),
                     "fixed:4" => assert!(ks.iter().all(|&k| k == 4), "{what}: {ks:?}"),
+                    "adaptive:6+p-min:0.5" => {
+                        assert!(ks.iter().all(|&k| (1..=6).contains(&k)), "{what}: {ks:?}")
+                    }
+                    "ucb:4" => {
+                        // The bandit tries every arm first (the budget may cut the last).
+                        assert_eq!(&ks[..3], &[1, 2, 3], "{what}");
+                        assert!(ks.iter().all(|&k| (1..=4).contains(&k)), "{what}: {ks:?}")
+                    }
                     _ => assert!(ks.iter().all(|&k| (1..=8).contains(&k)), "{what}: {ks:?}"),
                 }
                 // Every round's acceptance is what an independent replay predicts.

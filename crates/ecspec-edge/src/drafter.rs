@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use ecspec_model::{LogitsFor, ModelError, Session};
 use ecspec_spec::compact::CompactDist;
+use ecspec_spec::policy::StopRule;
 use ecspec_spec::sampling::{self, SamplingParams};
 use ecspec_spec::verify::VerifyRule;
 use rand_chacha::ChaCha20Rng;
@@ -31,6 +32,8 @@ pub struct Proposal {
     pub dists: Vec<CompactDist>,
     /// Probability the draft gave each drafted token (its confidence).
     pub confidence: Vec<f32>,
+    /// Entropy (nats) of the distribution each drafted token was drawn from.
+    pub entropy: Vec<f32>,
     /// Wall-clock drafting time, catch-up prefill included.
     pub elapsed: Duration,
 }
@@ -78,21 +81,32 @@ impl Drafter {
         Ok(())
     }
 
-    fn pick(&mut self, row: &[f32]) -> Result<(u32, Option<CompactDist>, f32), DraftError> {
+    /// The next drafted token, the compact distribution it was drawn from (rejection mode),
+    /// the draft's probability of it and the entropy (nats) of the distribution drawn from.
+    fn pick(&mut self, row: &[f32]) -> Result<(u32, Option<CompactDist>, f32, f32), DraftError> {
         let err = |e: &dyn std::fmt::Display| DraftError::Sampling(e.to_string());
         if self.sampling.params.is_greedy() || self.sampling.rule == VerifyRule::Greedy {
             let x = sampling::argmax(row);
-            // Confidence = softmax probability of the argmax, 1 / Σ exp(l_i − l_max): one pass,
-            // no distribution allocated on the drafting path.
+            // Confidence = softmax probability of the argmax, 1 / Σ exp(l_i − l_max), and
+            // entropy = ln z − Σ s_i e^{s_i} / z with s_i = l_i − l_max: one pass, no
+            // distribution allocated on the drafting path.
             let max = row[x as usize];
-            let z: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+            let (mut z, mut w) = (0f64, 0f64);
+            for &l in row {
+                let s = (l - max) as f64;
+                let e = s.exp();
+                z += e;
+                w += s * e;
+            }
+            let ok = z.is_finite() && z > 0.0;
             return Ok((
                 x,
                 None,
-                if z.is_finite() && z > 0.0 {
-                    1.0 / z
+                if ok { (1.0 / z) as f32 } else { 0.0 },
+                if ok {
+                    (z.ln() - w / z) as f32
                 } else {
-                    0.0
+                    f32::INFINITY
                 },
             ));
         }
@@ -104,16 +118,30 @@ impl Drafter {
                 .map_err(|e| err(&e))?;
             let x = cd.sample(&mut self.rng);
             let conf = cd.prob_of(x) as f32;
-            Ok((x, Some(cd), conf))
+            let h = entropy(&q);
+            Ok((x, Some(cd), conf, h))
         } else {
             let x = sampling::sample(&q, &mut self.rng).map_err(|e| err(&e))?;
-            Ok((x, None, q[x as usize]))
+            Ok((x, None, q[x as usize], entropy(&q)))
         }
     }
 
     /// Drafts `k` tokens after `committed` (k = 0 returns an empty proposal without compute).
     /// The KV cache afterwards holds `committed` and x_1..x_{K−1}.
     pub fn propose(&mut self, committed: &[u32], k: usize) -> Result<Proposal, DraftError> {
+        self.propose_until(committed, k, None)
+    }
+
+    /// Drafts up to `k` tokens after `committed`, stopping after the first token `stop`
+    /// rejects (that token is still proposed: it is drafted already, and the verifier may
+    /// accept it). The KV cache afterwards holds `committed` and x_1..x_{n−1} for the n tokens
+    /// proposed.
+    pub fn propose_until(
+        &mut self,
+        committed: &[u32],
+        k: usize,
+        stop: Option<StopRule>,
+    ) -> Result<Proposal, DraftError> {
         let t0 = Instant::now();
         let mut out = Proposal::default();
         if k == 0 {
@@ -125,11 +153,15 @@ impl Drafter {
         self.fed = committed.len();
         let mut row = logits.last().to_vec();
         for i in 0..k {
-            let (x, dist, conf) = self.pick(&row)?;
+            let (x, dist, conf, h) = self.pick(&row)?;
             out.tokens.push(x);
             out.confidence.push(conf);
+            out.entropy.push(h);
             if let Some(d) = dist {
                 out.dists.push(d);
+            }
+            if stop.is_some_and(|s| !s.keep_drafting(conf, h)) {
+                break;
             }
             if i + 1 < k {
                 row = self.session.forward(&[x], LogitsFor::Last)?.last().to_vec();
@@ -165,4 +197,12 @@ impl Drafter {
         self.fed = committed.len();
         Ok(self.pick(logits.last())?.0)
     }
+}
+
+/// Entropy −Σ q ln q (nats) of a distribution.
+fn entropy(q: &[f32]) -> f32 {
+    q.iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| -(p as f64) * (p as f64).ln())
+        .sum::<f64>() as f32
 }

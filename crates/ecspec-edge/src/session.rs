@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ecspec_link::LinkCounters;
 use ecspec_proto::{Close, DraftBlock, Hello, Message, VerifyMode, PROTOCOL_VERSION};
 use ecspec_spec::acceptance::AcceptanceEstimator;
-use ecspec_spec::policy::DraftLengthPolicy;
+use ecspec_spec::policy::{DraftLengthPolicy, RoundOutcome};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_transport::{Connection, TransportError};
@@ -309,11 +309,13 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             })?;
             let st = timing.state(est.alpha());
             seen = (st.alpha, st.uplink_bps, st.rtt_s);
-            let k = cfg.policy.choose(&st);
+            let cap = cfg.policy.choose(&st);
+            let stop = cfg.policy.stop_rule();
             let c = committed.clone();
-            let (d, p) = blocking(d, move |d| d.propose(&c, k)).await?;
+            let (d, p) = blocking(d, move |d| d.propose_until(&c, cap, stop)).await?;
             drafter = Some(d);
-            (k, p)
+            // A stop rule may end the round's drafting below the cap.
+            (p.tokens.len(), p)
         } else {
             (0, Default::default())
         };
@@ -370,6 +372,12 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             d.rollback(old_len, k, a)?;
         }
         let _ = est.record(k, a);
+        cfg.policy.observe(&RoundOutcome {
+            drafted: k,
+            accepted: a,
+            committed: a + 1,
+            round_s: (proposal.elapsed + wait).as_secs_f64(),
+        });
         let (up1, down1) = bytes(&link);
         let rec = RoundRecord {
             round,

@@ -53,6 +53,7 @@
 
 pub mod acceptance;
 pub mod compact;
+pub mod policies;
 pub mod policy;
 pub mod sampling;
 pub mod verify;
@@ -61,7 +62,8 @@ pub use acceptance::{AcceptanceError, AcceptanceEstimator};
 pub use compact::{CompactDist, CompactError, MAX_BITS, MAX_ENTRIES, MIN_BITS};
 pub use policy::{
     best_k, expected_goodput, expected_tokens, parse_policy, round_time, DraftLengthPolicy, Fixed,
-    GoodputAdaptive, InvalidRoundState, PolicyParseError, RoundState, DEFAULT_K_MAX, MAX_K,
+    GoodputAdaptive, InvalidRoundState, PolicyParseError, RoundOutcome, RoundState, StopRule,
+    DEFAULT_K_MAX, MAX_K,
 };
 pub use sampling::{
     argmax, rng_for, sample, target_distribution, SamplingError, SamplingParams, CLOUD_STREAM,

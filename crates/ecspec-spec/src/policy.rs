@@ -7,7 +7,9 @@
 //!   arXiv 2211.17192, eq. 1;
 //! - goodput `G(K) = E[N(K)] / T_round(K)` (tokens/s).
 //!
-//! [`GoodputAdaptive`] maximises G over K ∈ [1, k_max]; [`Fixed`] always drafts the same K.
+//! [`GoodputAdaptive`] maximises G over K ∈ [1, k_max]; [`Fixed`] always drafts the same K;
+//! [`crate::policies`] has the reference policies (FlexSpec's linear rule, confidence and
+//! entropy stops, a UCB bandit, and a cap combined with a stop rule).
 
 use std::fmt;
 
@@ -155,10 +157,59 @@ pub fn best_k(state: &RoundState, k_max: usize) -> usize {
     best
 }
 
+/// A per-token stop: the edge keeps drafting while the draft's last token passes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopRule {
+    /// Stop after a token whose draft probability is below this (llama.cpp `--draft-p-min`).
+    PMin(f32),
+    /// Stop after a token drawn from a distribution whose entropy (nats) is above this.
+    MaxEntropy(f32),
+}
+
+impl StopRule {
+    /// Whether to draft another token after one with draft probability `p` drawn from a
+    /// distribution of entropy `entropy_nats`.
+    pub fn keep_drafting(&self, p: f32, entropy_nats: f32) -> bool {
+        match *self {
+            StopRule::PMin(t) => p >= t,
+            StopRule::MaxEntropy(h) => entropy_nats <= h,
+        }
+    }
+}
+
+impl fmt::Display for StopRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopRule::PMin(t) => write!(f, "p-min:{t}"),
+            StopRule::MaxEntropy(h) => write!(f, "entropy:{h}"),
+        }
+    }
+}
+
+/// What the edge learned from a finished round (for policies that learn from outcomes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundOutcome {
+    /// Tokens actually drafted (a stop rule may end below the chosen K).
+    pub drafted: usize,
+    /// Drafted tokens the cloud accepted.
+    pub accepted: usize,
+    /// Tokens committed by the round (accepted + the target's own token).
+    pub committed: usize,
+    /// Wall-clock time of the round, drafting to verdict (s).
+    pub round_s: f64,
+}
+
 /// Chooses the draft length K of each round.
 pub trait DraftLengthPolicy: Send {
-    /// K for the next round (0 = no drafting, a cloud-only step).
+    /// K for the next round (0 = no drafting, a cloud-only step); with a [`Self::stop_rule`],
+    /// the most tokens the round may draft.
     fn choose(&mut self, state: &RoundState) -> usize;
+    /// A per-token stop applied while drafting (default: none, draft all K).
+    fn stop_rule(&self) -> Option<StopRule> {
+        None
+    }
+    /// Learns from a finished round (default: nothing).
+    fn observe(&mut self, _outcome: &RoundOutcome) {}
     /// The policy's name in the form [`parse_policy`] accepts, e.g. `fixed:4`, `adaptive:8`.
     fn name(&self) -> String;
 }
@@ -199,10 +250,20 @@ impl DraftLengthPolicy for GoodputAdaptive {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyParseError {
     /// Not one of the accepted forms.
-    #[error("unknown draft-length policy {input:?} (expected \"adaptive\", \"adaptive:KMAX\" or \"fixed:K\")")]
+    #[error("unknown draft-length policy {input:?} (expected adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX], p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], or CAP+p-min:P / CAP+entropy:H)")]
     Unknown {
         /// The input.
         input: String,
+    },
+    /// A threshold or weight that is not a number in its range.
+    #[error("draft-length policy {input:?}: {value:?} is not a number in {range}")]
+    BadValue {
+        /// The input.
+        input: String,
+        /// The text.
+        value: String,
+        /// Allowed range, e.g. "[0, 1]".
+        range: &'static str,
     },
     /// The number after the colon did not parse.
     #[error("draft-length policy {input:?}: {value:?} is not a non-negative integer")]
@@ -226,20 +287,46 @@ pub enum PolicyParseError {
     },
 }
 
-/// Parses a policy name: `adaptive` ([`GoodputAdaptive`] with [`DEFAULT_K_MAX`]),
-/// `adaptive:KMAX` (1 ≤ KMAX ≤ [`MAX_K`]) or `fixed:K` (0 ≤ K ≤ [`MAX_K`]; 0 = cloud-only).
-/// Surrounding whitespace is ignored; names are case-sensitive. Inverse of
-/// [`DraftLengthPolicy::name`].
+/// Parses a policy name, the inverse of [`DraftLengthPolicy::name`] (surrounding whitespace
+/// ignored, names case-sensitive):
+///
+/// - `adaptive[:KMAX]` ([`GoodputAdaptive`], K_max default [`DEFAULT_K_MAX`]), `fixed:K`
+///   (0 ≤ K; 0 = cloud-only);
+/// - `flexspec-linear[:KMAX]` ([`crate::policies::FlexSpecLinear`]);
+/// - `p-min:P[:KMAX]` (0 ≤ P ≤ 1) and `entropy:H[:KMAX]` (H ≥ 0 nats)
+///   ([`crate::policies::ConfidenceStop`]);
+/// - `ucb[:KMAX[:C]]` ([`crate::policies::Ucb`], C ≥ 0, default 1);
+/// - `CAP+p-min:P` or `CAP+entropy:H`: CAP's K as a cap with that per-token stop
+///   ([`crate::policies::Capped`]).
+///
+/// Every K and K_max lies in [1, [`MAX_K`]] (fixed: [0, MAX_K]).
 ///
 /// # Errors
 /// [`PolicyParseError::Unknown`], [`PolicyParseError::BadNumber`],
-/// [`PolicyParseError::OutOfRange`].
+/// [`PolicyParseError::OutOfRange`], [`PolicyParseError::BadValue`].
 pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseError> {
+    use crate::policies::{Capped, ConfidenceStop, FlexSpecLinear, Ucb};
     let input = s.trim();
-    let (kind, arg) = match input.split_once(':') {
-        Some((kind, arg)) => (kind, Some(arg)),
-        None => (input, None),
+    let unknown = || PolicyParseError::Unknown {
+        input: input.to_owned(),
     };
+    if let Some((cap, stop)) = input.split_once('+') {
+        let stop = match parse_policy(stop)?.stop_rule() {
+            Some(rule) => rule,
+            None => return Err(unknown()),
+        };
+        if cap.trim().is_empty() || cap.contains('+') {
+            return Err(unknown());
+        }
+        let cap = parse_policy(cap)?;
+        if cap.stop_rule().is_some() {
+            return Err(unknown());
+        }
+        return Ok(Box::new(Capped { cap, stop }));
+    }
+    let mut parts = input.split(':');
+    let kind = parts.next().unwrap_or("");
+    let args: Vec<&str> = parts.collect();
     let number = |arg: &str, min: usize| -> Result<usize, PolicyParseError> {
         let value: usize = arg.parse().map_err(|_| PolicyParseError::BadNumber {
             input: input.to_owned(),
@@ -255,17 +342,42 @@ pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseEr
         }
         Ok(value)
     };
-    match (kind, arg) {
-        ("adaptive", None) => Ok(Box::new(GoodputAdaptive {
+    let real = |arg: &str, ok: fn(f64) -> bool, range: &'static str| {
+        arg.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && ok(*v))
+            .ok_or_else(|| PolicyParseError::BadValue {
+                input: input.to_owned(),
+                value: arg.to_owned(),
+                range,
+            })
+    };
+    let k_max = |arg: Option<&&str>| arg.map_or(Ok(DEFAULT_K_MAX), |a| number(a, 1));
+    match (kind, args.as_slice()) {
+        ("adaptive", []) => Ok(Box::new(GoodputAdaptive {
             k_max: DEFAULT_K_MAX,
         })),
-        ("adaptive", Some(arg)) => Ok(Box::new(GoodputAdaptive {
-            k_max: number(arg, 1)?,
+        ("adaptive", [k]) => Ok(Box::new(GoodputAdaptive {
+            k_max: number(k, 1)?,
         })),
-        ("fixed", Some(arg)) => Ok(Box::new(Fixed(number(arg, 0)?))),
-        _ => Err(PolicyParseError::Unknown {
-            input: input.to_owned(),
-        }),
+        ("fixed", [k]) => Ok(Box::new(Fixed(number(k, 0)?))),
+        ("flexspec-linear", [] | [_]) => Ok(Box::new(FlexSpecLinear {
+            k_max: k_max(args.first())?,
+        })),
+        ("p-min", [p, rest @ ..]) if rest.len() <= 1 => Ok(Box::new(ConfidenceStop {
+            rule: StopRule::PMin(real(p, |v| (0.0..=1.0).contains(&v), "[0, 1]")? as f32),
+            k_max: k_max(rest.first())?,
+        })),
+        ("entropy", [h, rest @ ..]) if rest.len() <= 1 => Ok(Box::new(ConfidenceStop {
+            rule: StopRule::MaxEntropy(real(h, |v| v >= 0.0, "[0, ∞) nats")? as f32),
+            k_max: k_max(rest.first())?,
+        })),
+        ("ucb", [] | [_]) => Ok(Box::new(Ucb::new(k_max(args.first())?, 1.0))),
+        ("ucb", [k, c]) => Ok(Box::new(Ucb::new(
+            number(k, 1)?,
+            real(c, |v| v >= 0.0, "[0, ∞)")?,
+        ))),
+        _ => Err(unknown()),
     }
 }
 
@@ -467,7 +579,7 @@ mod tests {
         ));
         let msg = parse_policy("nope").unwrap_err().to_string();
         assert!(
-            msg.contains("adaptive:KMAX") && msg.contains("fixed:K"),
+            msg.contains("adaptive[:KMAX]") && msg.contains("fixed:K") && msg.contains("ucb"),
             "{msg}"
         );
     }

@@ -1,0 +1,291 @@
+//! Reference draft-length policies from the literature, beside ECSpec's own
+//! ([`crate::policy::GoodputAdaptive`]):
+//!
+//! - [`FlexSpecLinear`]: the FlexSpec paper's controller objective as reported,
+//!   `J(K) = (1 + αK) / (T_f + K·T_m)` (arXiv 2601.00644), with T_f the round's fixed time and
+//!   T_m its marginal time per drafted token from the same latency model (design.md §2). J is a
+//!   ratio of linear functions, so its maximum is at an end of [1, K_max]: kept as a baseline.
+//! - [`ConfidenceStop`]: draft up to K_max and stop at the first token whose draft probability
+//!   is below a threshold (llama.cpp's `--draft-p-min`) or whose distribution's entropy is above
+//!   one (AdaEDL, Agrawal et al. 2024, arXiv 2410.18351; SVIP, Zhang et al. 2024,
+//!   arXiv 2411.18462): the per-token [`StopRule`].
+//! - [`Ucb`]: a multi-armed bandit over K ∈ [1, K_max] maximising the observed goodput of a
+//!   round, UCB1 (Auer et al. 2002) as in BanditSpec (Hou et al. 2025, arXiv 2505.15141) and
+//!   UCB-SpecStop.
+//! - [`Capped`]: any policy's K as a cap, plus a per-token stop rule (e.g. the channel-aware
+//!   `adaptive:8` with `p-min:0.3`).
+
+use crate::policy::{round_time, DraftLengthPolicy, RoundOutcome, RoundState, StopRule};
+
+/// `J(K) = (1 + αK) / (T_f + K·T_m)` over K ∈ [1, k_max] (FlexSpec, as reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlexSpecLinear {
+    /// Largest K considered (≥ 1).
+    pub k_max: usize,
+}
+
+impl FlexSpecLinear {
+    /// J(K) under `state`: T_f = T_round(0), T_m = T_round(1) − T_round(0).
+    pub fn objective(state: &RoundState, k: usize) -> f64 {
+        let t_f = round_time(state, 0);
+        let t_m = round_time(state, 1) - t_f;
+        let a = if state.alpha.is_nan() {
+            0.0
+        } else {
+            state.alpha.clamp(0.0, 1.0)
+        };
+        (1.0 + a * k as f64) / (t_f + k as f64 * t_m)
+    }
+}
+
+impl DraftLengthPolicy for FlexSpecLinear {
+    fn choose(&mut self, state: &RoundState) -> usize {
+        let mut best = 1;
+        let mut best_j = Self::objective(state, 1);
+        for k in 2..=self.k_max.max(1) {
+            let j = Self::objective(state, k);
+            if j > best_j || (best_j.is_nan() && !j.is_nan()) {
+                best = k;
+                best_j = j;
+            }
+        }
+        best
+    }
+
+    fn name(&self) -> String {
+        format!("flexspec-linear:{}", self.k_max)
+    }
+}
+
+/// Drafts up to `k_max` and stops by a per-token [`StopRule`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfidenceStop {
+    /// The stop rule.
+    pub rule: StopRule,
+    /// Most tokens per round.
+    pub k_max: usize,
+}
+
+impl DraftLengthPolicy for ConfidenceStop {
+    fn choose(&mut self, _state: &RoundState) -> usize {
+        self.k_max
+    }
+
+    fn stop_rule(&self) -> Option<StopRule> {
+        Some(self.rule)
+    }
+
+    fn name(&self) -> String {
+        format!("{}:{}", self.rule, self.k_max)
+    }
+}
+
+/// UCB1 over K ∈ [1, k_max]. The reward of a round is its goodput, committed tokens per
+/// second of the round, divided by the largest goodput seen so far (so rewards lie in [0, 1]
+/// as UCB1 assumes); the index is `mean + c·√(2 ln t / n_K)`. Every arm is tried once first,
+/// in order 1..k_max.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ucb {
+    /// Largest K (≥ 1).
+    pub k_max: usize,
+    /// Exploration weight c (1 = UCB1).
+    pub c: f64,
+    pulls: Vec<u64>,
+    /// Sum of raw goodputs per arm (tokens/s).
+    sums: Vec<f64>,
+    best_seen: f64,
+    last: Option<usize>,
+}
+
+impl Ucb {
+    /// A fresh bandit.
+    pub fn new(k_max: usize, c: f64) -> Self {
+        let n = k_max.max(1);
+        Self {
+            k_max: n,
+            c,
+            pulls: vec![0; n],
+            sums: vec![0.0; n],
+            best_seen: 0.0,
+            last: None,
+        }
+    }
+
+    /// Rounds each K was played.
+    pub fn pulls(&self) -> &[u64] {
+        &self.pulls
+    }
+}
+
+impl DraftLengthPolicy for Ucb {
+    fn choose(&mut self, _state: &RoundState) -> usize {
+        let arm = if let Some(i) = self.pulls.iter().position(|&n| n == 0) {
+            i
+        } else {
+            let t: u64 = self.pulls.iter().sum();
+            let scale = if self.best_seen > 0.0 {
+                self.best_seen
+            } else {
+                1.0
+            };
+            let mut best = 0;
+            let mut best_idx = f64::NEG_INFINITY;
+            for (i, (&n, &s)) in self.pulls.iter().zip(&self.sums).enumerate() {
+                let idx = s / n as f64 / scale + self.c * (2.0 * (t as f64).ln() / n as f64).sqrt();
+                if idx > best_idx {
+                    best = i;
+                    best_idx = idx;
+                }
+            }
+            best
+        };
+        self.last = Some(arm);
+        arm + 1
+    }
+
+    fn observe(&mut self, outcome: &RoundOutcome) {
+        // Credit the arm that was chosen (a stop rule or the budget may have drafted fewer).
+        let Some(arm) = self.last.take() else {
+            return;
+        };
+        let g = if outcome.round_s > 0.0 {
+            outcome.committed as f64 / outcome.round_s
+        } else {
+            0.0
+        };
+        if g.is_finite() {
+            self.pulls[arm] += 1;
+            self.sums[arm] += g;
+            self.best_seen = self.best_seen.max(g);
+        }
+    }
+
+    fn name(&self) -> String {
+        if self.c == 1.0 {
+            format!("ucb:{}", self.k_max)
+        } else {
+            format!("ucb:{}:{}", self.k_max, self.c)
+        }
+    }
+}
+
+/// One policy's K as a cap, another's per-token stop rule.
+#[derive(Debug)]
+pub struct Capped {
+    /// Chooses the cap (e.g. the channel-aware `adaptive:8`).
+    pub cap: Box<dyn DraftLengthPolicy>,
+    /// The stop rule applied below the cap.
+    pub stop: StopRule,
+}
+
+impl DraftLengthPolicy for Capped {
+    fn choose(&mut self, state: &RoundState) -> usize {
+        self.cap.choose(state)
+    }
+
+    fn stop_rule(&self) -> Option<StopRule> {
+        Some(self.stop)
+    }
+
+    fn observe(&mut self, outcome: &RoundOutcome) {
+        self.cap.observe(outcome);
+    }
+
+    fn name(&self) -> String {
+        format!("{}+{}", self.cap.name(), self.stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_policy;
+
+    fn state(alpha: f64) -> RoundState {
+        RoundState {
+            alpha,
+            t_draft_s: 0.02,
+            t_verify_base_s: 0.1,
+            t_verify_per_token_s: 0.01,
+            uplink_bps: 1e6,
+            downlink_bps: 1e6,
+            rtt_s: 0.05,
+            uplink_base_bytes: 40.0,
+            uplink_bytes_per_token: 35.0,
+            downlink_bytes: 40.0,
+        }
+    }
+
+    #[test]
+    fn flexspec_linear_picks_an_end_of_the_range() {
+        // T_f = 0.15064 s, T_m = 0.02 + 280e-6 + 0.01 = 0.03028 s: J rises with K when
+        // α > T_m / T_f = 0.201, falls when α is below it.
+        let mut p = FlexSpecLinear { k_max: 8 };
+        assert_eq!(p.choose(&state(0.5)), 8);
+        assert_eq!(p.choose(&state(0.1)), 1);
+        let j = FlexSpecLinear::objective(&state(0.5), 4);
+        assert!((j - 3.0 / (0.15064 + 4.0 * 0.03028)).abs() < 1e-9, "{j}");
+    }
+
+    #[test]
+    fn ucb_tries_every_arm_then_settles_on_the_best() {
+        let mut p = Ucb::new(4, 1.0);
+        let s = state(0.5);
+        // Goodput of arm K: K=3 is best (deterministic rewards).
+        let goodput = |k: usize| [10.0, 14.0, 20.0, 12.0][k - 1];
+        let mut chosen = Vec::new();
+        for _ in 0..400 {
+            let k = p.choose(&s);
+            chosen.push(k);
+            p.observe(&RoundOutcome {
+                drafted: k,
+                accepted: 0,
+                committed: goodput(k) as usize,
+                round_s: 1.0,
+            });
+        }
+        assert_eq!(&chosen[..4], &[1, 2, 3, 4]);
+        let best = p.pulls()[2];
+        assert!(
+            best > 250,
+            "K = 3 played {best} of 400 times: {:?}",
+            p.pulls()
+        );
+        assert_eq!(p.name(), "ucb:4");
+    }
+
+    #[test]
+    fn stop_rules_and_combinations_parse_and_name_themselves() {
+        for s in [
+            "p-min:0.3:8",
+            "entropy:1.5:6",
+            "flexspec-linear:8",
+            "ucb:8",
+            "ucb:8:0.5",
+            "adaptive:8+p-min:0.3",
+            "fixed:4+entropy:2",
+        ] {
+            let p = parse_policy(s).unwrap();
+            assert_eq!(p.name(), s, "round trip of {s}");
+        }
+        let p = parse_policy("adaptive:8+p-min:0.3").unwrap();
+        assert_eq!(p.stop_rule(), Some(StopRule::PMin(0.3)));
+        assert!(!StopRule::PMin(0.3).keep_drafting(0.29, 0.1));
+        assert!(StopRule::PMin(0.3).keep_drafting(0.3, 5.0));
+        assert!(!StopRule::MaxEntropy(1.5).keep_drafting(0.9, 1.6));
+        assert!(StopRule::MaxEntropy(1.5).keep_drafting(0.1, 1.5));
+        let p = parse_policy("p-min:0.3").unwrap();
+        assert_eq!(p.name(), "p-min:0.3:8", "K_max defaults to 8");
+        for bad in [
+            "p-min:1.5",
+            "p-min:x",
+            "entropy:-1",
+            "ucb:0",
+            "adaptive:8+fixed:2",
+            "+p-min:0.2",
+            "ucb:8:-1",
+        ] {
+            assert!(parse_policy(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
