@@ -233,9 +233,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
     /// Write one JSON line per verification round (time, K, accepted, bytes, drafting and
-    /// waiting time, the α and channel estimates the policy saw) to FILE.
+    /// waiting time, the α and channel estimates the policy saw, energy) to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Device profile for the edge energy in the summary: this-machine, phone-s25ultra,
+    /// jetson-orin-nano, or a profile TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
+    pub energy_profile: String,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -260,6 +264,10 @@ pub struct DemoArgs {
     /// number) to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Device profile for the edge energy: this-machine, phone-s25ultra, jetson-orin-nano, or
+    /// a profile TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
+    pub energy_profile: String,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]

@@ -33,6 +33,7 @@ struct DemoRow {
 pub async fn run(args: DemoArgs) -> Result<()> {
     // Bad link settings stop the demo before anything runs.
     let link = link_config(&args.link)?;
+    let profile = crate::energy::load_profile(&args.energy_profile)?;
     let loaded = load_family(&args.models, true)?;
     let cloud = LocalCloud::start(&loaded).await?;
     eprintln!(
@@ -56,6 +57,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             sampling: &args.sampling,
             max_tokens: args.max_tokens as usize,
             link: link.clone(),
+            energy: Some(&profile),
             cloud: Some(cloud.addr),
         };
         let json = args.json;

@@ -320,6 +320,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                         max_tokens: a.max_tokens as usize,
                         link: link.clone(),
                         cloud: Some(cloud.addr),
+                        energy: None,
                     };
                     let s = run_one(&loaded, ids, spec, &mut |_| {})
                         .await

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod energy;
 mod family;
 mod family_cmd;
 mod family_eval;
@@ -183,6 +184,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     } else {
         None
     };
+    let profile = energy::load_profile(&a.energy_profile)?;
     let spec = run::RunSpec {
         mode: a.mode,
         draft_len: &a.draft_len,
@@ -190,6 +192,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         max_tokens: a.max_tokens as usize,
         link,
         cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
+        energy: Some(&profile),
     };
     let json = a.json;
     let mut echo = |s: &str| {

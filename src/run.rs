@@ -242,6 +242,8 @@ pub struct RunSpec<'a> {
     pub link: Option<LinkConfig>,
     /// Cloud address.
     pub cloud: Option<SocketAddr>,
+    /// Device profile the edge energy is computed with (None: not computed).
+    pub energy: Option<&'a ecspec_energy::DeviceProfile>,
 }
 
 /// A failed generation, with what was committed before the failure (never lost).
@@ -366,13 +368,20 @@ async fn run_inner(
         vocab_size: tokenizer.vocab_size(),
     };
     let d = (mode == Mode::Speculative).then(drafter);
-    let summary = match spec.link {
+    let rates = spec
+        .link
+        .as_ref()
+        .map(|l| (l.uplink.mean_rate_bps(), l.downlink.mean_rate_bps()));
+    let mut summary = match spec.link {
         Some(link) => {
             let (s, counters) = emulate(tcp, link).await;
             generate(s, Some(counters), cfg, d, prompt, on_commit).await?
         }
         None => generate(tcp, None, cfg, d, prompt, on_commit).await?,
     };
+    if let (Some(profile), Some((up, down))) = (spec.energy, rates) {
+        crate::energy::account(&mut summary, profile, up, down)?;
+    }
     Ok(summary)
 }
 
@@ -414,6 +423,7 @@ fn edge_only_summary(
         model_family: loaded.info.wire_name.into(),
         target_version: "none".into(),
         round_records: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -454,6 +464,13 @@ pub fn format_summary(s: &Summary) -> String {
         "uplink {} B ({:.1} B/token)   downlink {} B ({:.1} B/token)\n",
         s.uplink_bytes, s.uplink_bytes_per_token, s.downlink_bytes, s.downlink_bytes_per_token
     ));
+    if let (Some(e), Some(per), Some(p)) =
+        (s.edge_energy_j, s.energy_per_token_j, &s.energy_profile)
+    {
+        o.push_str(&format!(
+            "edge energy {e:.2} J ({per:.3} J/token, device profile {p})\n"
+        ));
+    }
     o
 }
 
@@ -477,6 +494,7 @@ mod tests {
             alpha_estimate: 0.5,
             uplink_bps_estimate: 1e7,
             rtt_s_estimate: 0.06,
+            energy_j: Some(0.25),
         };
         let s = Summary {
             round_records: vec![rec(1, 4, 2), rec(2, 3, 3)],
@@ -496,5 +514,6 @@ mod tests {
         assert_eq!(lines[1]["t_s"], 1.0);
         assert_eq!(lines[0]["prompt"], 7);
         assert_eq!(lines[0]["uplink_bps_estimate"], 1e7);
+        assert_eq!(lines[0]["energy_j"], 0.25);
     }
 }

@@ -90,6 +90,8 @@ pub struct RoundRecord {
     pub uplink_bps_estimate: f64,
     /// The edge's RTT estimate when it chose K (s).
     pub rtt_s_estimate: f64,
+    /// Edge energy of the round under a device profile (J), when one was applied.
+    pub energy_j: Option<f64>,
 }
 
 /// The end-of-run summary (`--json` prints it; fields documented in the README).
@@ -145,6 +147,12 @@ pub struct Summary {
     pub target_version: String,
     /// Per-round records.
     pub round_records: Vec<RoundRecord>,
+    /// Edge energy of the whole generation (J) under [`Self::energy_profile`], when applied.
+    pub edge_energy_j: Option<f64>,
+    /// `edge_energy_j` per generated token (J/token).
+    pub energy_per_token_j: Option<f64>,
+    /// The device profile the energy was computed with.
+    pub energy_profile: Option<String>,
 }
 
 /// Errors of a generation. Tokens committed before the error are kept in `partial`.
@@ -392,6 +400,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             alpha_estimate: seen.0,
             uplink_bps_estimate: seen.1,
             rtt_s_estimate: seen.2,
+            energy_j: None,
         };
         timing.observe(
             k,
@@ -456,6 +465,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         model_family: std::mem::take(&mut cfg.family),
         target_version: ack.target_version,
         round_records: records,
+        edge_energy_j: None,
+        energy_per_token_j: None,
+        energy_profile: None,
     })
 }
 
