@@ -91,7 +91,14 @@ fn smollm2_speculative_equals_cloud_only() {
         "smollm2",
         prompt,
         40,
-        &["--shared-layers", "29", "--draft-len", "fixed:4", "--anchor", "none"],
+        &[
+            "--shared-layers",
+            "29",
+            "--draft-len",
+            "fixed:4",
+            "--anchor",
+            "none",
+        ],
     );
     assert!(deep["acceptance_rate"].as_f64().unwrap() > 0.9, "{deep}");
 }

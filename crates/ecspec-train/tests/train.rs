@@ -252,8 +252,13 @@ fn an_untrained_anchor_saved_and_loaded_is_the_last_layer_copy() {
     let b = builtin
         .forward(&mut builtin.new_cache(), &w[0], LogitsFor::All)
         .unwrap();
-    let d = max_abs_diff(&a.row_slices().concat(), &b.row_slices().concat());
-    assert!(d < 1e-4, "re-quantized copy differs by {d}");
+    let (a, b) = (a.row_slices().concat(), b.row_slices().concat());
+    let d = max_abs_diff(&a, &b);
+    // The anchor file is F16: rounding can move a weight across a Q8_0 rounding boundary when
+    // the runtime re-quantizes it (one step = 1/127 of its block's largest value), a few per
+    // cent of the logits' range through the tiny model at most.
+    let range = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(d < 0.05 * range, "F16 copy differs by {d} (largest |logit| {range})");
 }
 
 #[test]
