@@ -145,6 +145,16 @@ pub struct LinkArgs {
     /// Synthetic downlink model (as --link-model-up).
     #[arg(long, value_name = "SPEC")]
     pub link_model_down: Option<String>,
+    /// Standard deviation of each chunk's one-way delay, ms (Gaussian around RTT / 2, seeded,
+    /// delivery kept in order).
+    #[arg(long, value_name = "MS")]
+    pub delay_jitter_ms: Option<f64>,
+    /// Seed of --delay-jitter-ms.
+    #[arg(long, default_value_t = 1)]
+    pub jitter_seed: u64,
+    /// Take the RTT from the --link-csv trace's RTT column (Irish 5G: PINGAVG), per second.
+    #[arg(long)]
+    pub rtt_from_trace: bool,
     /// No emulated link: talk to the cloud directly (zero added delay).
     #[arg(long)]
     pub no_link: bool,

@@ -108,7 +108,9 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
             || args.link_trace_down.is_some()
             || args.link_csv.is_some()
             || args.link_model_up.is_some()
-            || args.link_model_down.is_some();
+            || args.link_model_down.is_some()
+            || args.delay_jitter_ms.is_some()
+            || args.rtt_from_trace;
         if shaped {
             bail!("--no-link cannot be combined with link settings (--link-*, --rtt-ms)");
         }
@@ -163,6 +165,9 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
         down_csv,
         up_model: model(&args.link_model_up)?,
         down_model: model(&args.link_model_down)?,
+        delay_jitter_ms: args.delay_jitter_ms,
+        jitter_seed: args.jitter_seed,
+        rtt_from_trace: args.rtt_from_trace,
         ..Default::default()
     };
     Ok(Some(

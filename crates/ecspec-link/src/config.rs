@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::csv_trace::{CsvColumns, CsvTraceError, ThroughputTrace};
+use crate::delay::{DelayProcess, VariableDelay};
 use crate::mahimahi::{MahimahiTrace, TraceEnd, TraceError};
 use crate::model::{ConstantRate, LinkModel};
 use crate::synthetic::{Synthetic, SyntheticError};
@@ -73,6 +74,12 @@ pub enum LinkError {
     /// A synthetic model spec is invalid.
     #[error(transparent)]
     Synthetic(#[from] SyntheticError),
+    /// The RTT was to come from a trace that has none.
+    #[error("{0}")]
+    RttTrace(String),
+    /// A delay jitter that is negative or not finite.
+    #[error("delay jitter must be a finite number of ms ≥ 0, got {0}")]
+    InvalidJitter(f64),
 }
 
 /// A per-second throughput CSV trace and which of its columns to read.
@@ -112,6 +119,12 @@ pub struct LinkOptions {
     pub down_model: Option<Synthetic>,
     /// What traces and models do at their end (default: loop, as `mm-link` does).
     pub trace_end: TraceEnd,
+    /// Standard deviation of each chunk's one-way delay, ms (Gaussian around RTT / 2).
+    pub delay_jitter_ms: Option<f64>,
+    /// Seed of the jitter (uplink uses it, downlink seed + 1).
+    pub jitter_seed: u64,
+    /// Take the RTT from the CSV trace's RTT column (per second; one-way = RTT / 2).
+    pub rtt_from_trace: bool,
 }
 
 /// The models of both directions of a link: what [`crate::emulate`] runs.
@@ -225,24 +238,72 @@ impl LinkConfig {
                 )?),
             })
         };
-        Ok(LinkConfig {
-            uplink: model(
-                Direction::Uplink,
-                opts.up_mbps,
-                &opts.up_trace,
-                &opts.up_csv,
-                &opts.up_model,
-                DEFAULT_UPLINK_MBPS,
-            )?,
-            downlink: model(
-                Direction::Downlink,
-                opts.down_mbps,
-                &opts.down_trace,
-                &opts.down_csv,
-                &opts.down_model,
-                DEFAULT_DOWNLINK_MBPS,
-            )?,
-        })
+        let mut uplink = model(
+            Direction::Uplink,
+            opts.up_mbps,
+            &opts.up_trace,
+            &opts.up_csv,
+            &opts.up_model,
+            DEFAULT_UPLINK_MBPS,
+        )?;
+        let mut downlink = model(
+            Direction::Downlink,
+            opts.down_mbps,
+            &opts.down_trace,
+            &opts.down_csv,
+            &opts.down_model,
+            DEFAULT_DOWNLINK_MBPS,
+        )?;
+        if opts.rtt_from_trace && opts.delay_jitter_ms.is_some() {
+            return Err(LinkError::RttTrace(
+                "give either an RTT trace or a delay jitter, not both".into(),
+            ));
+        }
+        if opts.rtt_from_trace {
+            let src = opts
+                .down_csv
+                .as_ref()
+                .or(opts.up_csv.as_ref())
+                .ok_or_else(|| {
+                    LinkError::RttTrace(
+                        "the RTT can come from a CSV trace only: give --link-csv".into(),
+                    )
+                })?;
+            let trace = ThroughputTrace::from_file(&src.path, &src.columns, one_way, end)?;
+            let series = trace.rtt_ms_series();
+            if series.iter().all(Option::is_none) {
+                return Err(LinkError::RttTrace(format!(
+                    "{}: the trace has no RTT values (column {:?})",
+                    src.path.display(),
+                    src.columns.rtt_ms
+                )));
+            }
+            let process = DelayProcess::RttTrace {
+                rtt_ms: series.into(),
+                slot: trace.slot(),
+            };
+            uplink = Box::new(VariableDelay::new(uplink, process.clone()));
+            downlink = Box::new(VariableDelay::new(downlink, process));
+        }
+        if let Some(j) = opts.delay_jitter_ms {
+            if !(j.is_finite() && (0.0..=1e9).contains(&j)) {
+                return Err(LinkError::InvalidJitter(j));
+            }
+            let sd = Duration::from_secs_f64(j / 1e3);
+            let seed = opts.jitter_seed;
+            uplink = Box::new(VariableDelay::new(
+                uplink,
+                DelayProcess::Jitter { sd, seed },
+            ));
+            downlink = Box::new(VariableDelay::new(
+                downlink,
+                DelayProcess::Jitter {
+                    sd,
+                    seed: seed.wrapping_add(1),
+                },
+            ));
+        }
+        Ok(LinkConfig { uplink, downlink })
     }
 
     /// The round-trip propagation delay: the sum of both one-way delays (no queueing or
@@ -281,6 +342,80 @@ fn one_way_delay(rtt_ms: f64) -> Result<Duration, LinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_vary_with_jitter_or_follow_the_trace_rtt() {
+        let dir = std::env::temp_dir().join(format!("ecspec-link-rtt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("rtt.csv");
+        std::fs::write(&csv, "mbps,rtt\n8,100\n8,-\n8,40\n").unwrap();
+        let src = CsvSource {
+            path: csv.clone(),
+            columns: CsvColumns {
+                rtt_ms: Some("rtt".into()),
+                ..CsvColumns::rate_only("mbps", crate::RateUnit::Mbps)
+            },
+        };
+        let opts = LinkOptions {
+            down_csv: Some(src.clone()),
+            rtt_from_trace: true,
+            ..Default::default()
+        };
+        let mut cfg = LinkConfig::from_options(&opts).unwrap();
+        // 1000 B at 8 Mbit/s = 1 ms, then RTT/2 of the second it leaves in.
+        assert_eq!(
+            cfg.downlink.transmit(Duration::ZERO, 1000).unwrap(),
+            Duration::from_millis(51)
+        );
+        assert_eq!(
+            cfg.downlink
+                .transmit(Duration::from_millis(2000), 1000)
+                .unwrap(),
+            Duration::from_millis(2021)
+        );
+        // The uplink (default 10 Mbit/s) follows the same RTT series: second 1 keeps 100 ms.
+        assert_eq!(
+            cfg.uplink
+                .transmit(Duration::from_millis(1000), 1250)
+                .unwrap(),
+            Duration::from_millis(1051)
+        );
+        let no_rtt = LinkOptions {
+            down_csv: Some(CsvSource {
+                columns: CsvColumns::rate_only("mbps", crate::RateUnit::Mbps),
+                ..src
+            }),
+            rtt_from_trace: true,
+            ..Default::default()
+        };
+        assert!(LinkConfig::from_options(&no_rtt)
+            .unwrap_err()
+            .to_string()
+            .contains("has no RTT values"));
+        let both = LinkOptions {
+            delay_jitter_ms: Some(5.0),
+            ..opts
+        };
+        assert!(LinkConfig::from_options(&both).is_err());
+        let jitter = LinkOptions {
+            delay_jitter_ms: Some(5.0),
+            ..Default::default()
+        };
+        let mut a = LinkConfig::from_options(&jitter).unwrap();
+        let mut b = LinkConfig::from_options(&jitter).unwrap();
+        let (x, y) = (
+            a.uplink.transmit(Duration::ZERO, 100).unwrap(),
+            a.downlink.transmit(Duration::ZERO, 100).unwrap(),
+        );
+        assert_eq!(x, b.uplink.transmit(Duration::ZERO, 100).unwrap(), "seeded");
+        assert_ne!(x.as_nanos() % 1000, 0, "jittered, not whole µs");
+        assert_ne!(x, y, "each direction has its own stream");
+        let bad = LinkOptions {
+            delay_jitter_ms: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(LinkConfig::from_options(&bad).is_err());
+    }
 
     #[test]
     fn models_and_csv_traces_shape_either_direction() {

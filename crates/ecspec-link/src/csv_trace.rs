@@ -631,6 +631,11 @@ impl ThroughputTrace {
         self.row_at(t).map_or(0, |i| self.rates_bps[i])
     }
 
+    /// The RTT column per slot, ms (`None` where not measured).
+    pub fn rtt_ms_series(&self) -> Vec<Option<f64>> {
+        self.metrics.iter().map(|m| m.rtt_ms).collect()
+    }
+
     /// Signal metrics of the second containing link time `t`; `None` past the end of a
     /// stopping trace.
     pub fn metrics_at(&self, t: Duration) -> Option<&SignalMetrics> {

@@ -63,6 +63,7 @@
 
 mod config;
 mod csv_trace;
+pub mod delay;
 mod emulator;
 mod mahimahi;
 mod model;
@@ -73,6 +74,7 @@ pub use config::{
     DEFAULT_RTT_MS, DEFAULT_UPLINK_MBPS,
 };
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
+pub use delay::{DelayProcess, VariableDelay};
 pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,

@@ -258,7 +258,10 @@ fn an_untrained_anchor_saved_and_loaded_is_the_last_layer_copy() {
     // the runtime re-quantizes it (one step = 1/127 of its block's largest value), a few per
     // cent of the logits' range through the tiny model at most.
     let range = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    assert!(d < 0.05 * range, "F16 copy differs by {d} (largest |logit| {range})");
+    assert!(
+        d < 0.05 * range,
+        "F16 copy differs by {d} (largest |logit| {range})"
+    );
 }
 
 #[test]
