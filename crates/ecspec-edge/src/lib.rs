@@ -11,6 +11,7 @@
 
 pub mod drafter;
 pub mod estimate;
+pub mod replay;
 pub mod session;
 
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
