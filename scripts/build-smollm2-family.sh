@@ -17,7 +17,7 @@ stage=${1:-all}
 shift || true
 FAM=families/smollm2-135m
 WORK=${ECSPEC_TRAIN_DIR:-$HOME/.cache/ecspec/train}/smollm2-135m
-ECSPEC=${ECSPEC_BIN:-target/release/ecspec}
+ECSPEC=${ECSPEC_BIN:-${CARGO_TARGET_DIR:-target}/release/ecspec}
 [ -x "$ECSPEC" ] || cargo build --release
 export ECSPEC_THREADS=${ECSPEC_THREADS:-1}
 

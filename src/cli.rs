@@ -233,8 +233,10 @@ pub struct GenerateArgs {
     /// Generation mode.
     #[arg(long, value_enum, default_value = "speculative")]
     pub mode: ModeArg,
-    /// Draft length policy: adaptive, adaptive:KMAX or fixed:K.
-    #[arg(long, default_value = "adaptive")]
+    /// Draft length policy: ecspec[:KMAX[:N]] (K ∈ [0, KMAX] by expected goodput, K = 0
+    /// streaming N tokens from the cloud), adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX],
+    /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
+    #[arg(long, default_value = "ecspec")]
     pub draft_len: String,
     /// A running cloud server (host:port); without it a server is started on loopback.
     #[arg(long, value_name = "ADDR")]
@@ -264,8 +266,10 @@ pub struct DemoArgs {
     /// Most tokens per prompt.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tokens: u32,
-    /// Draft length policy: adaptive, adaptive:KMAX or fixed:K.
-    #[arg(long, default_value = "adaptive")]
+    /// Draft length policy: ecspec[:KMAX[:N]] (K ∈ [0, KMAX] by expected goodput, K = 0
+    /// streaming N tokens from the cloud), adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX],
+    /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
+    #[arg(long, default_value = "ecspec")]
     pub draft_len: String,
     /// Print the report as JSON.
     #[arg(long)]

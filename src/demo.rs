@@ -57,7 +57,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             sampling: &args.sampling,
             max_tokens: args.max_tokens as usize,
             link: link.clone(),
-            energy: Some(&profile),
+            energy: (!args.link.no_link).then_some(&profile),
             cloud: Some(cloud.addr),
         };
         let json = args.json;

@@ -173,11 +173,14 @@ pub async fn run(a: EvalArgs) -> Result<()> {
         .prompts
         .clone()
         .unwrap_or_else(prompts::default_spec_bench);
-    let questions = prompts::select(
-        &prompts::load(&prompts_path)?,
-        a.per_category as usize,
-        &a.categories,
-    )?;
+    let loaded_prompts = prompts::load(&prompts_path).with_context(|| {
+        if a.prompts.is_none() {
+            "the default prompts live in the shared data directory: give --prompts FILE or set ECSPEC_DATA_DIR".to_string()
+        } else {
+            "--prompts".to_string()
+        }
+    })?;
+    let questions = prompts::select(&loaded_prompts, a.per_category as usize, &a.categories)?;
     let fam = crate::family_cmd::open_family(&a.manifest, a.model.as_deref(), a.base)?;
     let info = crate::family::info(a.base);
     if fam.manifest.name != info.wire_name {

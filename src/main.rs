@@ -192,7 +192,8 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         max_tokens: a.max_tokens as usize,
         link,
         cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
-        energy: Some(&profile),
+        // No emulated link, no radio to model.
+        energy: (!a.link.no_link).then_some(&profile),
     };
     let json = a.json;
     let mut echo = |s: &str| {

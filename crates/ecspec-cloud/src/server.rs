@@ -419,6 +419,29 @@ async fn handle_connection(
                         continue;
                     }
                 };
+                if block.tokens.is_empty() && block.stream > 1 {
+                    // The edge falls back to streaming: generate on our own, a verdict each.
+                    let n = block.stream.min(server.config.max_new_tokens as u32);
+                    for i in 0..n {
+                        if target.is_finished() {
+                            break;
+                        }
+                        let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
+                        target = t;
+                        match r {
+                            Ok(out) => {
+                                let round = block.round.wrapping_add(i);
+                                conn.reply(&verdict(round, &out), req).await?
+                            }
+                            Err(e) => {
+                                conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
+                                    .await?;
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let (t, r) = run_round(target, block.tokens, dists).await?;
                 target = t;
                 match r {

@@ -262,7 +262,10 @@ impl Run {
             params: self.params,
             max_new_tokens: self.max_new,
             mode: self.mode,
-            policy: parse_policy(self.policy).unwrap(),
+            policy: match self.policy {
+                "test:alternate-stream" => Box::new(AlternateStream(false)),
+                p => parse_policy(p).unwrap(),
+            },
             timeout: PATIENCE,
             vocab_size: d.transformer.config().vocab_size,
         }
@@ -664,6 +667,7 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
                 "adaptive",
                 "adaptive:6+p-min:0.5",
                 "ucb:4",
+                "ecspec:4:8",
             ] {
                 let run = Run::greedy(&prompt, draft, policy, max_new);
                 let o = run_edge(cloud.addr, &run).await;
@@ -677,6 +681,9 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
                     "fixed:4" => assert!(ks.iter().all(|&k| k == 4), "{what}: {ks:?}"),
                     "adaptive:6+p-min:0.5" => {
                         assert!(ks.iter().all(|&k| (1..=6).contains(&k)), "{what}: {ks:?}")
+                    }
+                    "ecspec:4:8" => {
+                        assert!(ks.iter().all(|&k| k <= 4), "{what}: {ks:?}")
                     }
                     "ucb:4" => {
                         // The bandit tries every arm first (the budget may cut the last).
@@ -824,6 +831,7 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
                     round: i as u32 + 1,
                     tokens: r.drafted.clone(),
                     dists: vec![],
+                    stream: 0,
                 })
             })
             .collect();
@@ -1385,6 +1393,7 @@ async fn malformed_frames_get_an_error_frame_and_a_close_while_other_sessions_go
             round: 1,
             tokens: vec![1, 2],
             dists: vec![],
+            stream: 0,
         }),
         5,
     );
@@ -1432,6 +1441,7 @@ fn block(round: u32, tokens: Vec<u32>, dists: Vec<WireDist>) -> Message {
         round,
         tokens,
         dists,
+        stream: 0,
     })
 }
 
@@ -1814,4 +1824,58 @@ async fn the_budget_cuts_the_last_round_exactly() {
     );
     capped.stop().await;
     cloud.stop().await;
+}
+
+/// Alternates a cloud stream of 5 tokens (K = 0) with a round drafting 3.
+struct AlternateStream(bool);
+
+impl ecspec_spec::DraftLengthPolicy for AlternateStream {
+    fn choose(&mut self, _state: &ecspec_spec::RoundState) -> usize {
+        self.0 = !self.0;
+        if self.0 {
+            0
+        } else {
+            3
+        }
+    }
+    fn stream_len(&self) -> u32 {
+        5
+    }
+    fn name(&self) -> String {
+        "test:alternate-stream".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_cloud_steps_between_drafted_rounds_stay_lossless() {
+    let cloud = Cloud::default().await;
+    let max_new = 40;
+    for prompt in prompts() {
+        let expected = expected_output(&reference(&prompt, max_new), max_new);
+        for draft in [DraftChoice::Partial, DraftChoice::Independent] {
+            let run = Run::greedy(&prompt, draft, "test:alternate-stream", max_new);
+            let o = run_edge(cloud.addr, &run).await;
+            let s = o.summary();
+            assert_eq!(
+                s.tokens, expected,
+                "{draft:?} prompt {prompt:?}: output differs"
+            );
+            check_counters(s);
+            // Every streamed verdict is its own round of K = 0; a stream of 5 is followed by
+            // one drafted round of 3 (the budget may cut either).
+            let ks: Vec<usize> = s.round_records.iter().map(|r| r.k).collect();
+            let mut i = 0;
+            while i < ks.len() {
+                let zeros = ks[i..].iter().take_while(|&&k| k == 0).count();
+                assert!(zeros == 5 || i + zeros == ks.len(), "{ks:?}");
+                i += zeros;
+                if i < ks.len() {
+                    assert_eq!(ks[i], 3, "{ks:?}");
+                    i += 1;
+                }
+            }
+            assert!(ks.iter().filter(|&&k| k == 0).count() >= 5, "{ks:?}");
+            assert_eq!(s.rounds as usize, ks.len());
+        }
+    }
 }

@@ -138,6 +138,7 @@ impl Edge {
             round: self.round,
             tokens: tokens.clone(),
             dists: vec![],
+            stream: 0,
         };
         self.conn
             .write_message(&Message::DraftBlock(block))

@@ -306,12 +306,16 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut records = Vec::new();
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
+    // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1).
+    let mut streaming = 0u32;
     while !finished {
         round += 1;
         let (up0, down0) = bytes(&link);
         let old_len = committed.len();
         let mut seen = (f64::NAN, f64::NAN, f64::NAN);
-        let (k, proposal) = if speculative {
+        let continuing = streaming > 0;
+        let mut stream = 0u32;
+        let (k, proposal) = if speculative && !continuing {
             let d = drafter.take().ok_or_else(|| {
                 EdgeError::Protocol("speculative mode needs a draft model".into())
             })?;
@@ -322,6 +326,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             let c = committed.clone();
             let (d, p) = blocking(d, move |d| d.propose_until(&c, cap, stop)).await?;
             drafter = Some(d);
+            if cap == 0 {
+                stream = cfg.policy.stream_len();
+            }
             // A stop rule may end the round's drafting below the cap.
             (p.tokens.len(), p)
         } else {
@@ -329,14 +336,20 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         };
         draft_total += proposal.elapsed;
         let t_send = Instant::now();
-        if cfg.mode != Mode::CloudOnly {
+        if cfg.mode != Mode::CloudOnly && !continuing {
             let block = DraftBlock {
                 round,
                 tokens: proposal.tokens.clone(),
                 dists: proposal.dists.iter().map(dist_to_wire).collect(),
+                stream,
             };
             conn.write_message(&Message::DraftBlock(block)).await?;
         }
+        streaming = if continuing {
+            streaming - 1
+        } else {
+            stream.saturating_sub(1)
+        };
         let v = match conn.read_message(Some(cfg.timeout)).await? {
             Some((_, Message::Verdict(v))) => v,
             Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
@@ -380,12 +393,14 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             d.rollback(old_len, k, a)?;
         }
         let _ = est.record(k, a);
-        cfg.policy.observe(&RoundOutcome {
-            drafted: k,
-            accepted: a,
-            committed: a + 1,
-            round_s: (proposal.elapsed + wait).as_secs_f64(),
-        });
+        if !continuing {
+            cfg.policy.observe(&RoundOutcome {
+                drafted: k,
+                accepted: a,
+                committed: a + 1,
+                round_s: (proposal.elapsed + wait).as_secs_f64(),
+            });
+        }
         let (up1, down1) = bytes(&link);
         let rec = RoundRecord {
             round,
@@ -402,14 +417,18 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             rtt_s_estimate: seen.2,
             energy_j: None,
         };
-        timing.observe(
-            k,
-            rec.draft_s,
-            rec.uplink_bytes as f64,
-            rec.downlink_bytes as f64,
-            rec.wait_s,
-            rec.cloud_compute_s,
-        );
+        // A streamed verdict after the first arrives one decode step after the previous: it
+        // says nothing about the round-trip, so only the stream's first verdict is learnt from.
+        if !continuing {
+            timing.observe(
+                k,
+                rec.draft_s,
+                rec.uplink_bytes as f64,
+                rec.downlink_bytes as f64,
+                rec.wait_s,
+                rec.cloud_compute_s,
+            );
+        }
         records.push(rec);
     }
     let total = t_start.elapsed();

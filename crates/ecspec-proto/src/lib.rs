@@ -35,7 +35,7 @@
 //! use bytes::BytesMut;
 //! use ecspec_proto::{decode_frame, encode_frame, frame_len, DraftBlock, Message};
 //!
-//! let block = Message::DraftBlock(DraftBlock { round: 1, tokens: vec![5, 17, 100, 2], dists: vec![] });
+//! let block = Message::DraftBlock(DraftBlock { round: 1, tokens: vec![5, 17, 100, 2], dists: vec![], stream: 0 });
 //! let frame = encode_frame(&block, 42)?;
 //! assert_eq!(frame.len(), frame_len(&block)); // 10-byte header + 8-byte payload
 //! assert_eq!(frame.len(), 18);

@@ -174,6 +174,12 @@ pub struct DraftBlock {
     /// order; empty in the other modes.
     #[prost(message, repeated, tag = "3")]
     pub dists: Vec<CompactDist>,
+    /// With K = 0 only: the cloud generates up to this many tokens on its own (0 and 1 mean
+    /// one), one [`Verdict`] each, numbered `round`, `round + 1`, …, stopping early when the
+    /// session ends; the edge's next block takes the number after the last verdict. Lets the
+    /// edge fall back to streaming cloud-only decoding while drafting does not pay.
+    #[prost(uint32, tag = "4")]
+    pub stream: u32,
 }
 
 /// Cloud → edge, the answer to a [`DraftBlock`].

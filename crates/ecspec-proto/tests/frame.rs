@@ -44,6 +44,7 @@ fn rejection_block() -> DraftBlock {
         round: 3,
         tokens: vec![10, 300],
         dists: vec![dist(&[15, 0, 7, 1]).unwrap(), dist(&[1, 2, 15, 3]).unwrap()],
+        stream: 0,
     }
 }
 
@@ -63,12 +64,14 @@ fn samples() -> Vec<Message> {
             round: 1,
             tokens: vec![5, 17, 100, 2],
             dists: vec![],
+            stream: 0,
         }
         .into(),
         DraftBlock {
             round: 9,
             tokens: vec![],
             dists: vec![],
+            stream: 0,
         }
         .into(),
         rejection_block().into(),
@@ -175,6 +178,7 @@ fn four_token_block_with_small_ids_is_18_bytes() {
         round: 1,
         tokens: vec![5, 17, 100, 2],
         dists: vec![],
+        stream: 0,
     }
     .into();
     let frame = encode_frame(&msg, 42).unwrap();
@@ -212,6 +216,7 @@ fn four_token_block_with_vocabulary_sized_ids_is_23_bytes() {
         round: 12,
         tokens: vec![300, 49151, 7, 16384],
         dists: vec![],
+        stream: 0,
     }
     .into();
     let frame = encode_frame(&msg, 1).unwrap();

@@ -201,6 +201,7 @@ fn proto_file_matches_rust_messages() {
             round: 1,
             tokens: vec![2],
             dists: vec![dist],
+            stream: 5,
         },
     );
     check(

@@ -14,8 +14,89 @@
 //!   UCB-SpecStop.
 //! - [`Capped`]: any policy's K as a cap, plus a per-token stop rule (e.g. the channel-aware
 //!   `adaptive:8` with `p-min:0.3`).
+//! - [`Ecspec`]: ECSpec's own policy, [`crate::policy::GoodputAdaptive`] extended to K = 0 as
+//!   streaming cloud-only decoding when no K ≥ 1 pays.
 
-use crate::policy::{round_time, DraftLengthPolicy, RoundOutcome, RoundState, StopRule};
+use crate::policy::{
+    best_k, expected_goodput, round_time, DraftLengthPolicy, RoundOutcome, RoundState, StopRule,
+};
+
+/// ECSpec's draft-length policy: the K ∈ [0, k_max] with the highest expected goodput
+/// (design.md §2). K ≥ 1 rounds are scored `E[N(K)] / T_round(K)`; K = 0 asks the cloud to
+/// stream n tokens on its own, scored `n / (T_round(0) + (n − 1)·t_v(0))` (the first token
+/// after a round trip, the rest one cloud decode step apart). After a stream it drafts one
+/// round with the best K ≥ 1 — a probe — so the acceptance estimate follows the text and
+/// speculation resumes when it pays again. While probes keep losing, n doubles (up to
+/// 16 × the base), so a draft that never pays costs ever fewer probes; a probe that wins
+/// resets n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ecspec {
+    /// Largest K (≥ 1).
+    pub k_max: usize,
+    /// Tokens of the first stream (≥ 2).
+    pub stream: u32,
+    current: u32,
+    probe_due: bool,
+    streamed_last: bool,
+}
+
+impl Ecspec {
+    /// A policy drafting at most `k_max` and streaming from `stream` tokens when drafting
+    /// loses.
+    pub fn new(k_max: usize, stream: u32) -> Self {
+        let stream = stream.max(2);
+        Self {
+            k_max: k_max.max(1),
+            stream,
+            current: stream,
+            probe_due: false,
+            streamed_last: false,
+        }
+    }
+
+    /// Expected goodput of streaming `n` tokens (tokens/s).
+    pub fn stream_goodput(state: &RoundState, n: u32) -> f64 {
+        let n = f64::from(n.max(1));
+        n / (round_time(state, 0) + (n - 1.0) * state.t_verify_base_s)
+    }
+}
+
+impl DraftLengthPolicy for Ecspec {
+    fn choose(&mut self, state: &RoundState) -> usize {
+        let k = best_k(state, self.k_max);
+        if std::mem::take(&mut self.probe_due) {
+            return k;
+        }
+        if Self::stream_goodput(state, self.stream) > expected_goodput(state, k) {
+            // Drafting lost again right after a probe: back off, as TCP does.
+            if self.streamed_last {
+                self.current = (self.current * 2).min(self.stream.saturating_mul(16));
+            }
+            self.streamed_last = true;
+            self.probe_due = true;
+            0
+        } else {
+            self.streamed_last = false;
+            self.current = self.stream;
+            k
+        }
+    }
+
+    fn stream_len(&self) -> u32 {
+        self.current
+    }
+
+    fn name(&self) -> String {
+        if self.stream == DEFAULT_STREAM {
+            format!("ecspec:{}", self.k_max)
+        } else {
+            format!("ecspec:{}:{}", self.k_max, self.stream)
+        }
+    }
+}
+
+/// Tokens per cloud stream of `ecspec` without a number.
+pub const DEFAULT_STREAM: u32 = 16;
 
 /// `J(K) = (1 + αK) / (T_f + K·T_m)` over K ∈ [1, k_max] (FlexSpec, as reported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +309,37 @@ mod tests {
     }
 
     #[test]
+    fn ecspec_streams_when_drafting_loses_and_probes_after_each_stream() {
+        let mut p = Ecspec::new(8, 16);
+        // α = 0.8: drafting pays (G(4) = 3.3616 / 0.27176 ≈ 12.4 tok/s vs streaming
+        // 16 / (0.15064 + 15·0.1) ≈ 9.7 tok/s).
+        let good = state(0.8);
+        assert!(p.choose(&good) >= 1);
+        // α = 0.05: E[N] ≈ 1.05 per ≈ 0.18 s round; streaming wins.
+        let bad = state(0.05);
+        assert_eq!(p.choose(&bad), 0);
+        assert_eq!(p.stream_len(), 16);
+        let g = Ecspec::stream_goodput(&bad, 16);
+        assert!((g - 16.0 / (0.15064 + 15.0 * 0.1)).abs() < 1e-9, "{g}");
+        // The next round probes with K ≥ 1, then it streams again, twice as long, up to 16×.
+        assert_eq!(p.choose(&bad), best_k(&bad, 8));
+        assert_eq!(p.choose(&bad), 0);
+        assert_eq!(p.stream_len(), 32);
+        for _ in 0..10 {
+            assert!(p.choose(&bad) >= 1);
+            assert_eq!(p.choose(&bad), 0);
+        }
+        assert_eq!(p.stream_len(), 256);
+        // A probe that wins resets the stream length.
+        assert!(p.choose(&good) >= 1);
+        assert!(p.choose(&good) >= 1);
+        assert_eq!(p.choose(&bad), 0);
+        assert_eq!(p.stream_len(), 16);
+        assert_eq!(p.name(), "ecspec:8");
+        assert_eq!(Ecspec::new(4, 32).name(), "ecspec:4:32");
+    }
+
+    #[test]
     fn ucb_tries_every_arm_then_settles_on_the_best() {
         let mut p = Ucb::new(4, 1.0);
         let s = state(0.5);
@@ -264,6 +376,9 @@ mod tests {
             "ucb:8:0.5",
             "adaptive:8+p-min:0.3",
             "fixed:4+entropy:2",
+            "ecspec:8",
+            "ecspec:6:32",
+            "ecspec:8+p-min:0.2",
         ] {
             let p = parse_policy(s).unwrap();
             assert_eq!(p.name(), s, "round trip of {s}");

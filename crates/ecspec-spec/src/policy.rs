@@ -210,6 +210,11 @@ pub trait DraftLengthPolicy: Send {
     }
     /// Learns from a finished round (default: nothing).
     fn observe(&mut self, _outcome: &RoundOutcome) {}
+    /// When [`Self::choose`] returned 0: how many tokens the cloud should generate on its own
+    /// before the edge decides again (streaming cloud-only decoding; default 1, one step).
+    fn stream_len(&self) -> u32 {
+        1
+    }
     /// The policy's name in the form [`parse_policy`] accepts, e.g. `fixed:4`, `adaptive:8`.
     fn name(&self) -> String;
 }
@@ -250,7 +255,7 @@ impl DraftLengthPolicy for GoodputAdaptive {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyParseError {
     /// Not one of the accepted forms.
-    #[error("unknown draft-length policy {input:?} (expected adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX], p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], or CAP+p-min:P / CAP+entropy:H)")]
+    #[error("unknown draft-length policy {input:?} (expected ecspec[:KMAX[:N]], adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX], p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], or CAP+p-min:P / CAP+entropy:H)")]
     Unknown {
         /// The input.
         input: String,
@@ -296,6 +301,8 @@ pub enum PolicyParseError {
 /// - `p-min:P[:KMAX]` (0 ≤ P ≤ 1) and `entropy:H[:KMAX]` (H ≥ 0 nats)
 ///   ([`crate::policies::ConfidenceStop`]);
 /// - `ucb[:KMAX[:C]]` ([`crate::policies::Ucb`], C ≥ 0, default 1);
+/// - `ecspec[:KMAX[:N]]` ([`crate::policies::Ecspec`]: K ∈ [0, K_max], K = 0 streaming N
+///   tokens from the cloud, default 16);
 /// - `CAP+p-min:P` or `CAP+entropy:H`: CAP's K as a cap with that per-token stop
 ///   ([`crate::policies::Capped`]).
 ///
@@ -305,7 +312,7 @@ pub enum PolicyParseError {
 /// [`PolicyParseError::Unknown`], [`PolicyParseError::BadNumber`],
 /// [`PolicyParseError::OutOfRange`], [`PolicyParseError::BadValue`].
 pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseError> {
-    use crate::policies::{Capped, ConfidenceStop, FlexSpecLinear, Ucb};
+    use crate::policies::{Capped, ConfidenceStop, Ecspec, FlexSpecLinear, Ucb, DEFAULT_STREAM};
     let input = s.trim();
     let unknown = || PolicyParseError::Unknown {
         input: input.to_owned(),
@@ -372,6 +379,19 @@ pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseEr
             rule: StopRule::MaxEntropy(real(h, |v| v >= 0.0, "[0, ∞) nats")? as f32),
             k_max: k_max(rest.first())?,
         })),
+        ("ecspec", [] | [_]) => Ok(Box::new(Ecspec::new(k_max(args.first())?, DEFAULT_STREAM))),
+        ("ecspec", [k, n]) => {
+            let n = n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (2..=4096).contains(n))
+                .ok_or_else(|| PolicyParseError::BadValue {
+                    input: input.to_owned(),
+                    value: (*n).to_owned(),
+                    range: "[2, 4096] tokens per stream",
+                })?;
+            Ok(Box::new(Ecspec::new(number(k, 1)?, n)))
+        }
         ("ucb", [] | [_]) => Ok(Box::new(Ucb::new(k_max(args.first())?, 1.0))),
         ("ucb", [k, c]) => Ok(Box::new(Ucb::new(
             number(k, 1)?,

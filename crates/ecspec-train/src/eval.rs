@@ -3,7 +3,7 @@
 //! - [`eval_alpha`]: teacher-forced greedy agreement α — the fraction of positions where the
 //!   draft's argmax equals the target's when both read the same (true) prefix. It is the
 //!   per-token acceptance probability of greedy verification if drafts were independent of
-//!   earlier rejections (design.md §5b reports it for the prototype).
+//!   earlier rejections (the family eval reports both).
 //! - [`mean_cross_entropy`]: next-token cross-entropy (nats/token) of a model on text.
 
 use ecspec_model::{LogitsFor, Transformer};
