@@ -28,7 +28,9 @@ use crate::policy::{
 /// round with the best K ≥ 1 — a probe — so the acceptance estimate follows the text and
 /// speculation resumes when it pays again. While probes keep losing, n doubles (up to
 /// 16 × the base), so a draft that never pays costs ever fewer probes; a probe that wins
-/// resets n.
+/// resets n. It streams only once [`ECSPEC_WARMUP_TOKENS`] tokens have been drafted (so the
+/// acceptance estimate rests on data, not on its prior) and only when streaming beats the best
+/// K by [`ECSPEC_STREAM_MARGIN`] (close calls keep drafting, which keeps measuring α).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ecspec {
     /// Largest K (≥ 1).
@@ -38,7 +40,13 @@ pub struct Ecspec {
     current: u32,
     probe_due: bool,
     streamed_last: bool,
+    drafted: usize,
 }
+
+/// Tokens the `ecspec` policy drafts before it may choose to stream.
+pub const ECSPEC_WARMUP_TOKENS: usize = 8;
+/// Relative goodput margin streaming needs over the best K ≥ 1.
+pub const ECSPEC_STREAM_MARGIN: f64 = 0.1;
 
 impl Ecspec {
     /// A policy drafting at most `k_max` and streaming from `stream` tokens when drafting
@@ -51,6 +59,7 @@ impl Ecspec {
             current: stream,
             probe_due: false,
             streamed_last: false,
+            drafted: 0,
         }
     }
 
@@ -67,7 +76,9 @@ impl DraftLengthPolicy for Ecspec {
         if std::mem::take(&mut self.probe_due) {
             return k;
         }
-        if Self::stream_goodput(state, self.stream) > expected_goodput(state, k) {
+        let stream_wins = Self::stream_goodput(state, self.stream)
+            > (1.0 + ECSPEC_STREAM_MARGIN) * expected_goodput(state, k);
+        if self.drafted >= ECSPEC_WARMUP_TOKENS && stream_wins {
             // Drafting lost again right after a probe: back off, as TCP does.
             if self.streamed_last {
                 self.current = (self.current * 2).min(self.stream.saturating_mul(16));
@@ -84,6 +95,10 @@ impl DraftLengthPolicy for Ecspec {
 
     fn stream_len(&self) -> u32 {
         self.current
+    }
+
+    fn observe(&mut self, outcome: &RoundOutcome) {
+        self.drafted += outcome.drafted;
     }
 
     fn name(&self) -> String {
@@ -311,6 +326,15 @@ mod tests {
     #[test]
     fn ecspec_streams_when_drafting_loses_and_probes_after_each_stream() {
         let mut p = Ecspec::new(8, 16);
+        // Before 8 drafted tokens it drafts whatever the estimate says.
+        assert!(p.choose(&state(0.05)) >= 1);
+        let drafted = |k| RoundOutcome {
+            drafted: k,
+            accepted: 0,
+            committed: 1,
+            round_s: 0.2,
+        };
+        p.observe(&drafted(8));
         // α = 0.8: drafting pays (G(4) = 3.3616 / 0.27176 ≈ 12.4 tok/s vs streaming
         // 16 / (0.15064 + 15·0.1) ≈ 9.7 tok/s).
         let good = state(0.8);
