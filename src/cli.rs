@@ -252,6 +252,10 @@ pub struct GenerateArgs {
     /// jetson-orin-nano, or a profile TOML file.
     #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
     pub energy_profile: String,
+    /// Edge energy budget, J per committed token, kept on average by the ecspec policy (a
+    /// virtual queue prices energy against goodput each round).
+    #[arg(long, value_name = "J")]
+    pub energy_budget: Option<f64>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -282,6 +286,9 @@ pub struct DemoArgs {
     /// a profile TOML file.
     #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
     pub energy_profile: String,
+    /// Edge energy budget, J per committed token, kept on average by the ecspec policy.
+    #[arg(long, value_name = "J")]
+    pub energy_budget: Option<f64>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]

@@ -58,6 +58,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             max_tokens: args.max_tokens as usize,
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
+            energy_budget: args.energy_budget,
             cloud: Some(cloud.addr),
         };
         let json = args.json;

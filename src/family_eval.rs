@@ -324,6 +324,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                         link: link.clone(),
                         cloud: Some(cloud.addr),
                         energy: None,
+                        energy_budget: None,
                     };
                     let s = run_one(&loaded, ids, spec, &mut |_| {})
                         .await

@@ -194,6 +194,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
         // No emulated link, no radio to model.
         energy: (!a.link.no_link).then_some(&profile),
+        energy_budget: a.energy_budget,
     };
     let json = a.json;
     let mut echo = |s: &str| {

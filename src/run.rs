@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{
-    generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, Mode, Summary,
+    generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, EnergyControl, Mode, Summary,
 };
 use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
@@ -249,6 +249,9 @@ pub struct RunSpec<'a> {
     pub cloud: Option<SocketAddr>,
     /// Device profile the edge energy is computed with (None: not computed).
     pub energy: Option<&'a ecspec_energy::DeviceProfile>,
+    /// Edge energy budget, J per committed token, that the `ecspec` policy keeps on average
+    /// (needs `energy`).
+    pub energy_budget: Option<f64>,
 }
 
 /// A failed generation, with what was committed before the failure (never lost).
@@ -371,6 +374,22 @@ async fn run_inner(
         policy: parse_policy(spec.draft_len).context("invalid --draft-len")?,
         timeout: Duration::from_secs(120),
         vocab_size: tokenizer.vocab_size(),
+        energy: match spec.energy {
+            Some(p) => Some(EnergyControl {
+                draft_power_w: p.compute_power_w,
+                radio_power_w: p.radio_profile().active_base_w,
+                budget: spec
+                    .energy_budget
+                    // V = b/20: overspending one token's budget prices energy at 20 tok/s per J/token.
+                    .map(|b| ecspec_energy::EnergyBudget::per_token(b, b / 20.0))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--energy-budget: {e}"))?,
+            }),
+            None if spec.energy_budget.is_some() => {
+                bail!("--energy-budget needs an emulated link and a device profile (not --no-link)")
+            }
+            None => None,
+        },
     };
     let d = (mode == Mode::Speculative).then(drafter);
     let rates = spec
@@ -469,6 +488,11 @@ pub fn format_summary(s: &Summary) -> String {
         "uplink {} B ({:.1} B/token)   downlink {} B ({:.1} B/token)\n",
         s.uplink_bytes, s.uplink_bytes_per_token, s.downlink_bytes, s.downlink_bytes_per_token
     ));
+    if let (Some(b), Some(spent)) = (s.energy_budget_j_per_token, s.budget_spent_j_per_token) {
+        o.push_str(&format!(
+            "energy budget {b:.3} J/token · the policy's energy model spent {spent:.3} J/token\n"
+        ));
+    }
     if let (Some(e), Some(per), Some(p)) =
         (s.edge_energy_j, s.energy_per_token_j, &s.energy_profile)
     {

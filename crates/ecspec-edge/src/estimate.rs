@@ -162,6 +162,9 @@ impl RoundEstimator {
             uplink_base_bytes: self.up_base,
             uplink_bytes_per_token: self.up_per_token,
             downlink_bytes: self.down,
+            draft_power_w: 0.0,
+            radio_power_w: 0.0,
+            energy_price: 0.0,
         }
     }
 }

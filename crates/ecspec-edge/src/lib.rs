@@ -17,5 +17,5 @@ pub mod session;
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
 pub use session::{
-    generate, generate_edge_only, EdgeConfig, EdgeError, Mode, RoundRecord, Summary,
+    generate, generate_edge_only, EdgeConfig, EdgeError, EnergyControl, Mode, RoundRecord, Summary,
 };

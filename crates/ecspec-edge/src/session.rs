@@ -61,6 +61,21 @@ pub struct EdgeConfig {
     pub timeout: Duration,
     /// The edge's vocabulary size; the cloud's must match and every token it sends must fit.
     pub vocab_size: usize,
+    /// Energy-aware drafting (None: the policy sees no energy).
+    pub energy: Option<EnergyControl>,
+}
+
+/// What the policy knows about energy: the device's powers and, optionally, a budget whose
+/// virtual queue prices energy each round (design.md §3). Each round is charged
+/// `P_c·drafting + P_r·(drafting + waiting)`, the model the policy plans with.
+#[derive(Debug, Clone)]
+pub struct EnergyControl {
+    /// P_c, W above idle while drafting.
+    pub draft_power_w: f64,
+    /// P_r, W while a round runs (radio active or in its tail).
+    pub radio_power_w: f64,
+    /// The budget (J per committed token) and its queue.
+    pub budget: Option<ecspec_energy::EnergyBudget>,
 }
 
 /// One round as the edge saw it.
@@ -153,6 +168,11 @@ pub struct Summary {
     pub energy_per_token_j: Option<f64>,
     /// The device profile the energy was computed with.
     pub energy_profile: Option<String>,
+    /// With an energy budget: the budget (J/token) and what the policy's own energy model
+    /// charged per committed token (J/token), the quantity the budget constrains.
+    pub energy_budget_j_per_token: Option<f64>,
+    /// See [`Self::energy_budget_j_per_token`].
+    pub budget_spent_j_per_token: Option<f64>,
 }
 
 /// Errors of a generation. Tokens committed before the error are kept in `partial`.
@@ -319,7 +339,13 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             let d = drafter.take().ok_or_else(|| {
                 EdgeError::Protocol("speculative mode needs a draft model".into())
             })?;
-            let st = timing.state(est.alpha());
+            let mut st = timing.state(est.alpha());
+            if let Some(e) = &cfg.energy {
+                st.draft_power_w = e.draft_power_w;
+                st.radio_power_w = e.radio_power_w;
+                // Q/V; bounded so a zero-V budget cannot make every score -inf.
+                st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
+            }
             seen = (st.alpha, st.uplink_bps, st.rtt_s);
             let cap = cfg.policy.choose(&st);
             let stop = cfg.policy.stop_rule();
@@ -393,6 +419,14 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             d.rollback(old_len, k, a)?;
         }
         let _ = est.record(k, a);
+        if let Some(e) = cfg.energy.as_mut() {
+            let d = proposal.elapsed.as_secs_f64();
+            let joules = e.draft_power_w * d + e.radio_power_w * (d + wait.as_secs_f64());
+            if let Some(b) = e.budget.as_mut() {
+                // Finite and ≥ 0 by construction.
+                let _ = b.record(joules, a as u64 + 1);
+            }
+        }
         if !continuing {
             cfg.policy.observe(&RoundOutcome {
                 drafted: k,
@@ -487,6 +521,17 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         edge_energy_j: None,
         energy_per_token_j: None,
         energy_profile: None,
+        energy_budget_j_per_token: cfg
+            .energy
+            .as_ref()
+            .and_then(|e| e.budget.as_ref())
+            .map(|b| b.joules_per_token()),
+        budget_spent_j_per_token: cfg
+            .energy
+            .as_ref()
+            .and_then(|e| e.budget.as_ref())
+            .filter(|b| b.committed_tokens() > 0)
+            .map(|b| b.spent_j() / b.committed_tokens() as f64),
     })
 }
 

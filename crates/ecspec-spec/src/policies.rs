@@ -18,7 +18,8 @@
 //!   streaming cloud-only decoding when no K ≥ 1 pays.
 
 use crate::policy::{
-    best_k, expected_goodput, round_time, DraftLengthPolicy, RoundOutcome, RoundState, StopRule,
+    best_k, expected_energy_per_token, expected_goodput, round_time, DraftLengthPolicy,
+    RoundOutcome, RoundState, StopRule,
 };
 
 /// ECSpec's draft-length policy: the K ∈ [0, k_max] with the highest expected goodput
@@ -68,16 +69,44 @@ impl Ecspec {
         let n = f64::from(n.max(1));
         n / (round_time(state, 0) + (n - 1.0) * state.t_verify_base_s)
     }
+
+    /// Expected edge energy per token of streaming `n` tokens (J/token): the radio stays on.
+    pub fn stream_energy_per_token(state: &RoundState, n: u32) -> f64 {
+        state.radio_power_w / Self::stream_goodput(state, n)
+    }
+
+    /// Score of drafting `k`: goodput minus the energy price times energy per token
+    /// (drift-plus-penalty with λ = Q/V, design.md §3).
+    pub fn score(state: &RoundState, k: usize) -> f64 {
+        expected_goodput(state, k) - state.energy_price * expected_energy_per_token(state, k)
+    }
+
+    /// The K ∈ [1, k_max] with the best [`Self::score`] (ties to the smaller K).
+    pub fn best_scored_k(state: &RoundState, k_max: usize) -> usize {
+        if state.energy_price == 0.0 {
+            return best_k(state, k_max);
+        }
+        let mut best = (1, Self::score(state, 1));
+        for k in 2..=k_max.max(1) {
+            let g = Self::score(state, k);
+            if g > best.1 {
+                best = (k, g);
+            }
+        }
+        best.0
+    }
 }
 
 impl DraftLengthPolicy for Ecspec {
     fn choose(&mut self, state: &RoundState) -> usize {
-        let k = best_k(state, self.k_max);
+        let k = Self::best_scored_k(state, self.k_max);
         if std::mem::take(&mut self.probe_due) {
             return k;
         }
-        let stream_wins = Self::stream_goodput(state, self.stream)
-            > (1.0 + ECSPEC_STREAM_MARGIN) * expected_goodput(state, k);
+        let stream_score = Self::stream_goodput(state, self.stream)
+            - state.energy_price * Self::stream_energy_per_token(state, self.stream);
+        let draft_score = Self::score(state, k);
+        let stream_wins = stream_score > draft_score + ECSPEC_STREAM_MARGIN * draft_score.abs();
         if self.drafted >= ECSPEC_WARMUP_TOKENS && stream_wins {
             // Drafting lost again right after a probe: back off, as TCP does.
             if self.streamed_last {
@@ -309,6 +338,9 @@ mod tests {
             uplink_base_bytes: 40.0,
             uplink_bytes_per_token: 35.0,
             downlink_bytes: 40.0,
+            draft_power_w: 0.0,
+            radio_power_w: 0.0,
+            energy_price: 0.0,
         }
     }
 
@@ -361,6 +393,35 @@ mod tests {
         assert_eq!(p.stream_len(), 16);
         assert_eq!(p.name(), "ecspec:8");
         assert_eq!(Ecspec::new(4, 32).name(), "ecspec:4:32");
+    }
+
+    #[test]
+    fn an_energy_price_moves_ecspec_to_cheaper_choices() {
+        // Drafting is costly on this device (P_c = 8 W over 20 ms/token), the radio cheap.
+        let mut s = state(0.8);
+        s.draft_power_w = 8.0;
+        s.radio_power_w = 1.0;
+        let e = |s: &RoundState, k| expected_energy_per_token(s, k);
+        // (4·0.02·8 + 1·0.27176) / 3.3616 J/token.
+        assert!((e(&s, 4) - (0.64 + 0.27176) / 3.3616).abs() < 1e-9);
+        let free = Ecspec::best_scored_k(&s, 8);
+        assert_eq!(free, best_k(&s, 8), "no price: the goodput optimum");
+        s.energy_price = 20.0;
+        let priced = Ecspec::best_scored_k(&s, 8);
+        assert!(priced < free, "price 20: K {priced} vs {free}");
+        assert!(e(&s, priced) < e(&s, free));
+        // A high enough price prefers streaming (no drafting energy) once warmed up.
+        let mut p = Ecspec::new(8, 16);
+        p.observe(&RoundOutcome {
+            drafted: 8,
+            accepted: 6,
+            committed: 7,
+            round_s: 0.3,
+        });
+        s.energy_price = 0.0;
+        assert!(p.choose(&s) >= 1);
+        s.energy_price = 100.0;
+        assert_eq!(p.choose(&s), 0);
     }
 
     #[test]

@@ -43,6 +43,24 @@ pub struct RoundState {
     pub uplink_bytes_per_token: f64,
     /// Downlink bytes per round S_d (the verdict, framing included).
     pub downlink_bytes: f64,
+    /// Edge power while drafting, above idle, P_c (W); 0 = energy not modelled.
+    #[serde(default)]
+    pub draft_power_w: f64,
+    /// Mean radio power while a round runs, P_r (W): the radio stays in its high-power states
+    /// (transfer, then tail) across back-to-back rounds.
+    #[serde(default)]
+    pub radio_power_w: f64,
+    /// λ ≥ 0: goodput (tokens/s) worth giving up per J/token of edge energy saved; the energy
+    /// budget's multiplier Q/V (0 = no budget binding).
+    #[serde(default)]
+    pub energy_price: f64,
+}
+
+/// Expected edge energy per committed token of a round that drafts `k` tokens (J/token),
+/// design.md §3 simplified for the policy: `(K·t_d·P_c + P_r·T_round(K)) / E[N(K)]`.
+pub fn expected_energy_per_token(state: &RoundState, k: usize) -> f64 {
+    (k as f64 * state.t_draft_s * state.draft_power_w + state.radio_power_w * round_time(state, k))
+        / expected_tokens(state.alpha, k)
 }
 
 /// An invalid [`RoundState`] field.
@@ -91,6 +109,9 @@ impl RoundState {
             ("uplink_base_bytes", self.uplink_base_bytes),
             ("uplink_bytes_per_token", self.uplink_bytes_per_token),
             ("downlink_bytes", self.downlink_bytes),
+            ("draft_power_w", self.draft_power_w),
+            ("radio_power_w", self.radio_power_w),
+            ("energy_price", self.energy_price),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return bad(field, value, "must be finite and >= 0");
@@ -425,6 +446,9 @@ mod tests {
             uplink_base_bytes: 40.0,
             uplink_bytes_per_token: 35.0,
             downlink_bytes: 40.0,
+            draft_power_w: 0.0,
+            radio_power_w: 0.0,
+            energy_price: 0.0,
         }
     }
 
