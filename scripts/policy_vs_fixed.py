@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Goodput of the `ecspec` draft-length policy against every fixed K and cloud-only decoding,
 on real link traces, live (the emulated link in real time): `ecspec generate --json` per
-(trace, policy, prompt). Prints a Markdown table; raw summaries go to --out as JSONL.
+(trace, policy, prompt), prompt i starting the trace at i x --phase-s seconds. Prints a Markdown table; raw summaries go to --out as JSONL.
 
     scripts/policy_vs_fixed.py [--family smollm2] [--max-tokens 48] [--prompts 3]
 
@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--family", default="smollm2")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--phase-s", type=float, default=100.0, help="prompt i starts the link i x this many seconds into the trace")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "ecspec"))
     ap.add_argument("--out", default="policy_vs_fixed.jsonl")
     a = ap.parse_args()
@@ -52,8 +53,10 @@ def main():
         for tname, targs in traces.items():
             for pname, pargs in policies:
                 goodputs = []
-                for prompt in PROMPTS[: a.prompts]:
-                    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt] + targs + pargs
+                for i, prompt in enumerate(PROMPTS[: a.prompts]):
+                    # Each prompt meets another phase of the trace; every policy the same ones.
+                    phase = ["--link-start-s", str(i * a.phase_s)]
+                    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt] + targs + pargs + phase
                     r = subprocess.run(cmd, capture_output=True, text=True)
                     if r.returncode != 0:
                         print(f"{tname} / {pname}: {r.stderr.strip()}", file=sys.stderr)

@@ -155,6 +155,9 @@ pub struct LinkArgs {
     /// Take the RTT from the --link-csv trace's RTT column (Irish 5G: PINGAVG), per second.
     #[arg(long)]
     pub rtt_from_trace: bool,
+    /// Start the link this many seconds into its traces or models (another phase of a trace).
+    #[arg(long, value_name = "S")]
+    pub link_start_s: Option<f64>,
     /// No emulated link: talk to the cloud directly (zero added delay).
     #[arg(long)]
     pub no_link: bool,

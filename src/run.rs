@@ -110,7 +110,8 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
             || args.link_model_up.is_some()
             || args.link_model_down.is_some()
             || args.delay_jitter_ms.is_some()
-            || args.rtt_from_trace;
+            || args.rtt_from_trace
+            || args.link_start_s.is_some();
         if shaped {
             bail!("--no-link cannot be combined with link settings (--link-*, --rtt-ms)");
         }
@@ -168,6 +169,7 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
         delay_jitter_ms: args.delay_jitter_ms,
         jitter_seed: args.jitter_seed,
         rtt_from_trace: args.rtt_from_trace,
+        start_s: args.link_start_s,
         ..Default::default()
     };
     Ok(Some(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::csv_trace::{CsvColumns, CsvTraceError, ThroughputTrace};
-use crate::delay::{DelayProcess, VariableDelay};
+use crate::delay::{DelayProcess, TimeShift, VariableDelay};
 use crate::mahimahi::{MahimahiTrace, TraceEnd, TraceError};
 use crate::model::{ConstantRate, LinkModel};
 use crate::synthetic::{Synthetic, SyntheticError};
@@ -77,6 +77,9 @@ pub enum LinkError {
     /// The RTT was to come from a trace that has none.
     #[error("{0}")]
     RttTrace(String),
+    /// A start offset that is negative or not finite.
+    #[error("link start must be a finite number of seconds ≥ 0, got {0}")]
+    InvalidStart(f64),
     /// A delay jitter that is negative or not finite.
     #[error("delay jitter must be a finite number of ms ≥ 0, got {0}")]
     InvalidJitter(f64),
@@ -125,6 +128,8 @@ pub struct LinkOptions {
     pub jitter_seed: u64,
     /// Take the RTT from the CSV trace's RTT column (per second; one-way = RTT / 2).
     pub rtt_from_trace: bool,
+    /// Start both directions this many seconds into their time lines (traces, models).
+    pub start_s: Option<f64>,
 }
 
 /// The models of both directions of a link: what [`crate::emulate`] runs.
@@ -302,6 +307,14 @@ impl LinkConfig {
                     seed: seed.wrapping_add(1),
                 },
             ));
+        }
+        if let Some(t) = opts.start_s {
+            if !(t.is_finite() && (0.0..=1e9).contains(&t)) {
+                return Err(LinkError::InvalidStart(t));
+            }
+            let off = Duration::from_secs_f64(t);
+            uplink = Box::new(TimeShift::new(uplink, off));
+            downlink = Box::new(TimeShift::new(downlink, off));
         }
         Ok(LinkConfig { uplink, downlink })
     }

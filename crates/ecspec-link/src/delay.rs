@@ -105,6 +105,41 @@ impl LinkModel for VariableDelay {
     }
 }
 
+/// Any model started `offset` into its own time line: a chunk handed over at link time t is
+/// served as the inner model would serve it at t + offset. Starts a trace at another phase (a
+/// trace's first seconds are otherwise what every run sees first).
+#[derive(Debug, Clone)]
+pub struct TimeShift {
+    inner: Box<dyn LinkModel>,
+    offset: Duration,
+}
+
+impl TimeShift {
+    /// `inner` as seen from `offset` into its time line.
+    pub fn new(inner: Box<dyn LinkModel>, offset: Duration) -> Self {
+        Self { inner, offset }
+    }
+}
+
+impl LinkModel for TimeShift {
+    fn transmit(&mut self, t: Duration, bytes: usize) -> Result<Duration, TraceEnded> {
+        let d = self.inner.transmit(t.saturating_add(self.offset), bytes)?;
+        Ok(d.saturating_sub(self.offset))
+    }
+
+    fn mean_rate_bps(&self) -> f64 {
+        self.inner.mean_rate_bps()
+    }
+
+    fn one_way_delay(&self) -> Duration {
+        self.inner.one_way_delay()
+    }
+
+    fn clone_box(&self) -> Box<dyn LinkModel> {
+        Box::new(self.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU64;
@@ -149,6 +184,21 @@ mod tests {
             let mut l = VariableDelay::new(link(30), DelayProcess::Jitter { sd: ms(5), seed: 3 });
             l.transmit(Duration::ZERO, 1000).unwrap()
         });
+    }
+
+    #[test]
+    fn a_time_shift_starts_the_trace_later() {
+        // Second 0 is an outage, second 1 carries 8 kbit/s (1000 B/s).
+        let trace =
+            crate::ThroughputTrace::from_rates("t", vec![0, 8_000], ms(10), crate::TraceEnd::Loop)
+                .unwrap();
+        let mut plain = trace.clone();
+        // From t = 0: waits out the outage, 500 B take 0.5 s of second 1.
+        assert_eq!(plain.transmit(Duration::ZERO, 500).unwrap(), ms(1510));
+        let mut shifted = TimeShift::new(Box::new(trace), Duration::from_secs(1));
+        // Started 1 s in: no outage first.
+        assert_eq!(shifted.transmit(Duration::ZERO, 500).unwrap(), ms(510));
+        assert_eq!(shifted.one_way_delay(), ms(10));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub use config::{
     DEFAULT_RTT_MS, DEFAULT_UPLINK_MBPS,
 };
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
-pub use delay::{DelayProcess, VariableDelay};
+pub use delay::{DelayProcess, TimeShift, VariableDelay};
 pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,
