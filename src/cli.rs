@@ -109,6 +109,20 @@ pub enum VerifyArg {
     Rejection,
 }
 
+/// The edge device's energy.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Energy")]
+pub struct EnergyArgs {
+    /// Device profile for the edge energy in the summary: this-machine, phone-s25ultra,
+    /// jetson-orin-nano, or a profile TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
+    pub energy_profile: String,
+    /// Edge energy budget, J per committed token, kept on average by the ecspec policy (a
+    /// virtual queue prices energy against goodput each round).
+    #[arg(long, value_name = "J")]
+    pub energy_budget: Option<f64>,
+}
+
 /// The emulated wireless link between edge and cloud.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Link")]
@@ -251,14 +265,8 @@ pub struct GenerateArgs {
     /// waiting time, the α and channel estimates the policy saw, energy) to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
-    /// Device profile for the edge energy in the summary: this-machine, phone-s25ultra,
-    /// jetson-orin-nano, or a profile TOML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
-    pub energy_profile: String,
-    /// Edge energy budget, J per committed token, kept on average by the ecspec policy (a
-    /// virtual queue prices energy against goodput each round).
-    #[arg(long, value_name = "J")]
-    pub energy_budget: Option<f64>,
+    #[command(flatten)]
+    pub energy: EnergyArgs,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -285,13 +293,8 @@ pub struct DemoArgs {
     /// number) to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
-    /// Device profile for the edge energy: this-machine, phone-s25ultra, jetson-orin-nano, or
-    /// a profile TOML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
-    pub energy_profile: String,
-    /// Edge energy budget, J per committed token, kept on average by the ecspec policy.
-    #[arg(long, value_name = "J")]
-    pub energy_budget: Option<f64>,
+    #[command(flatten)]
+    pub energy: EnergyArgs,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]

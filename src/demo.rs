@@ -33,7 +33,7 @@ struct DemoRow {
 pub async fn run(args: DemoArgs) -> Result<()> {
     // Bad link settings stop the demo before anything runs.
     let link = link_config(&args.link)?;
-    let profile = crate::energy::load_profile(&args.energy_profile)?;
+    let profile = crate::energy::load_profile(&args.energy.energy_profile)?;
     let loaded = load_family(&args.models, true)?;
     let cloud = LocalCloud::start(&loaded).await?;
     eprintln!(
@@ -58,7 +58,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             max_tokens: args.max_tokens as usize,
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
-            energy_budget: args.energy_budget,
+            energy_budget: args.energy.energy_budget,
             cloud: Some(cloud.addr),
         };
         let json = args.json;

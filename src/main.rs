@@ -184,7 +184,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     } else {
         None
     };
-    let profile = energy::load_profile(&a.energy_profile)?;
+    let profile = energy::load_profile(&a.energy.energy_profile)?;
     let spec = run::RunSpec {
         mode: a.mode,
         draft_len: &a.draft_len,
@@ -194,7 +194,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
         // No emulated link, no radio to model.
         energy: (!a.link.no_link).then_some(&profile),
-        energy_budget: a.energy_budget,
+        energy_budget: a.energy.energy_budget,
     };
     let json = a.json;
     let mut echo = |s: &str| {

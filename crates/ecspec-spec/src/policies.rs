@@ -326,21 +326,12 @@ mod tests {
     use super::*;
     use crate::policy::parse_policy;
 
+    /// The policy tests' round (α = 0.8, t_d = 20 ms, t_v = 100 ms + 10 ms/token, 1 Mbit/s,
+    /// RTT 50 ms) with another α.
     fn state(alpha: f64) -> RoundState {
         RoundState {
             alpha,
-            t_draft_s: 0.02,
-            t_verify_base_s: 0.1,
-            t_verify_per_token_s: 0.01,
-            uplink_bps: 1e6,
-            downlink_bps: 1e6,
-            rtt_s: 0.05,
-            uplink_base_bytes: 40.0,
-            uplink_bytes_per_token: 35.0,
-            downlink_bytes: 40.0,
-            draft_power_w: 0.0,
-            radio_power_w: 0.0,
-            energy_price: 0.0,
+            ..crate::policy::tests::state()
         }
     }
 

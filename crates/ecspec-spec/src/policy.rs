@@ -429,12 +429,12 @@ impl fmt::Debug for dyn DraftLengthPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// α = 0.8, t_d = 20 ms, t_v = 100 ms + 10 ms/token, 1 Mbit/s both ways, RTT 50 ms,
     /// S_u = 40 + 35·K bytes, S_d = 40 bytes.
-    fn state() -> RoundState {
+    pub(crate) fn state() -> RoundState {
         RoundState {
             alpha: 0.8,
             t_draft_s: 0.02,

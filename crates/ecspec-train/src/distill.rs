@@ -30,8 +30,7 @@ use crate::loss::{distill_kl, Teacher};
 use crate::model::{layer_forward, rms_norm, token_tensor, Layer, Linear, Positions};
 use crate::optim::NamedVar;
 use crate::trainer::{
-    mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule,
-    TrainReporter,
+    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
 };
 
 /// Settings of a conventional-draft distillation run.
@@ -211,13 +210,13 @@ pub fn distill_draft(
             var,
         }));
     }
-    let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
-    if let serde_json::Value::Object(m) = &mut settings {
-        m.insert("base_hash".into(), base.base_hash.clone().into());
-        m.insert("teacher".into(), teacher_id.into());
-        m.insert("windows".into(), windows.len().into());
-        m.insert("data_hash".into(), windows_hash(windows).into());
-    }
+    let settings = run_settings(
+        cfg,
+        &["steps", "checkpoint_every"],
+        &base.base_hash,
+        windows,
+        &[("teacher", teacher_id.into())],
+    )?;
     let mut run = Run::start(
         "distill-draft",
         settings,

@@ -35,8 +35,7 @@ use crate::loss::{distill_kl, log_softmax_rows, sparse_teacher, Teacher};
 use crate::model::{layer_forward, F32Model, Layer, Positions};
 use crate::optim::NamedVar;
 use crate::trainer::{
-    mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule,
-    TrainReporter,
+    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
 };
 
 /// Settings of an anchor training run.
@@ -366,12 +365,13 @@ pub fn train_draft(
         .into_iter()
         .map(|(name, var)| NamedVar { name, var })
         .collect();
-    let mut settings = settings_json(cfg, &["steps", "checkpoint_every"])?;
-    if let serde_json::Value::Object(m) = &mut settings {
-        m.insert("base_hash".into(), base.base_hash.clone().into());
-        m.insert("windows".into(), windows.len().into());
-        m.insert("data_hash".into(), windows_hash(windows).into());
-    }
+    let settings = run_settings(
+        cfg,
+        &["steps", "checkpoint_every"],
+        &base.base_hash,
+        windows,
+        &[],
+    )?;
     let mut run = Run::start(
         "train-draft",
         settings,

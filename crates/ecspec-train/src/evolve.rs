@@ -20,8 +20,7 @@ use crate::loss::cross_entropy;
 use crate::model::{token_tensor, F32Model, LoraPair, Positions};
 use crate::optim::NamedVar;
 use crate::trainer::{
-    mean_tokens_per_sec, settings_json, windows_hash, BatchLoss, Objective, Run, Schedule,
-    TrainReporter,
+    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
 };
 
 /// Settings of a LoRA version.
@@ -208,16 +207,16 @@ pub fn evolve(
             var: b,
         });
     }
-    let mut settings = settings_json(cfg, &["steps", "checkpoint_every", "base_model"])?;
-    if let serde_json::Value::Object(m) = &mut settings {
-        m.insert("base_hash".into(), base.base_hash.clone().into());
-        m.insert("windows".into(), windows.len().into());
-        m.insert("data_hash".into(), windows_hash(windows).into());
-        m.insert(
-            "resolved_layers".into(),
+    let settings = run_settings(
+        cfg,
+        &["steps", "checkpoint_every", "base_model"],
+        &base.base_hash,
+        windows,
+        &[(
+            "resolved_layers",
             serde_json::json!([layers.start, layers.end]),
-        );
-    }
+        )],
+    )?;
     let mut run = Run::start(
         "evolve",
         settings,

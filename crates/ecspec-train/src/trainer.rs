@@ -329,6 +329,28 @@ pub(crate) fn settings_json<T: serde::Serialize>(
     Ok(v)
 }
 
+/// A run's settings as its checkpoint records them: `cfg` without the keys in `drop` (they may
+/// change on resume), plus the base's hash, the training data's size and hash, and `extra`
+/// (e.g. the teacher of a distillation). A resume must find exactly these again.
+pub(crate) fn run_settings<T: serde::Serialize>(
+    cfg: &T,
+    drop: &[&str],
+    base_hash: &str,
+    windows: &[Vec<u32>],
+    extra: &[(&str, serde_json::Value)],
+) -> Result<serde_json::Value> {
+    let mut settings = settings_json(cfg, drop)?;
+    if let serde_json::Value::Object(m) = &mut settings {
+        m.insert("base_hash".into(), base_hash.into());
+        m.insert("windows".into(), windows.len().into());
+        m.insert("data_hash".into(), windows_hash(windows).into());
+        for (k, v) in extra {
+            m.insert((*k).into(), v.clone());
+        }
+    }
+    Ok(settings)
+}
+
 /// Writes a run's JSON summary to `out/name` (what was trained, on what, and the loss history).
 ///
 /// # Errors
