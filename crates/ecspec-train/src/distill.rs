@@ -29,9 +29,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::{distill_kl, Teacher};
 use crate::model::{layer_forward, rms_norm, token_tensor, Layer, Linear, Positions};
 use crate::optim::NamedVar;
-use crate::trainer::{
-    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
-};
+use crate::trainer::{run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter};
 
 /// Settings of a conventional-draft distillation run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -260,21 +258,17 @@ pub fn distill_draft(
     let file_bytes = std::fs::metadata(&draft_path)
         .map_err(|e| TrainError::io(&draft_path, e))?
         .len();
-    let tokens_per_sec = mean_tokens_per_sec(&run.history);
-    let summary = serde_json::json!({
-        "kind": "distill-draft",
-        "base": base.path,
-        "base_hash": base.base_hash,
-        "teacher": teacher_id,
-        "config": cfg,
-        "windows": windows.len(),
-        "steps": run.step,
-        "file_bytes": file_bytes,
-        "seconds_this_process": t0.elapsed().as_secs_f64(),
-        "tokens_per_sec": tokens_per_sec,
-        "history": run.history,
-    });
-    crate::trainer::write_summary(out, "distill-draft.json", &summary)?;
+    let tokens_per_sec = run.write_summary(
+        out,
+        base,
+        cfg,
+        windows.len(),
+        t0,
+        &[
+            ("teacher", teacher_id.into()),
+            ("file_bytes", file_bytes.into()),
+        ],
+    )?;
     Ok(DistillOutcome {
         draft_path,
         file_bytes,

@@ -34,9 +34,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::{distill_kl, log_softmax_rows, sparse_teacher, Teacher};
 use crate::model::{layer_forward, F32Model, Layer, Positions};
 use crate::optim::NamedVar;
-use crate::trainer::{
-    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
-};
+use crate::trainer::{run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter};
 
 /// Settings of an anchor training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -392,19 +390,7 @@ pub fn train_draft(
     run.train(&obj, &cfg.schedule, out, reporter)?;
     let anchor_path = out.join("anchor.safetensors");
     save_anchor_vars(&anchor_path, &frozen.config, run.opt.vars())?;
-    let tokens_per_sec = mean_tokens_per_sec(&run.history);
-    let summary = serde_json::json!({
-        "kind": "train-draft",
-        "base": base.path,
-        "base_hash": base.base_hash,
-        "config": cfg,
-        "windows": windows.len(),
-        "steps": run.step,
-        "seconds_this_process": t0.elapsed().as_secs_f64(),
-        "tokens_per_sec": tokens_per_sec,
-        "history": run.history,
-    });
-    crate::trainer::write_summary(out, "train-draft.json", &summary)?;
+    let tokens_per_sec = run.write_summary(out, base, cfg, windows.len(), t0, &[])?;
     Ok(DraftOutcome {
         anchor_path,
         history: run.history,

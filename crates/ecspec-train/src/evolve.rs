@@ -19,9 +19,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy;
 use crate::model::{token_tensor, F32Model, LoraPair, Positions};
 use crate::optim::NamedVar;
-use crate::trainer::{
-    mean_tokens_per_sec, run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter,
-};
+use crate::trainer::{run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter};
 
 /// Settings of a LoRA version.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -247,20 +245,14 @@ pub fn evolve(
     adapter
         .save_peft(out, &config)
         .map_err(ecspec_model::ModelError::from)?;
-    let tokens_per_sec = mean_tokens_per_sec(&run.history);
-    let summary = serde_json::json!({
-        "kind": "evolve",
-        "base": base.path,
-        "base_hash": base.base_hash,
-        "config": cfg,
-        "layers": [layers.start, layers.end],
-        "windows": windows.len(),
-        "steps": run.step,
-        "seconds_this_process": t0.elapsed().as_secs_f64(),
-        "tokens_per_sec": tokens_per_sec,
-        "history": run.history,
-    });
-    crate::trainer::write_summary(out, "evolve.json", &summary)?;
+    let tokens_per_sec = run.write_summary(
+        out,
+        base,
+        cfg,
+        windows.len(),
+        t0,
+        &[("layers", serde_json::json!([layers.start, layers.end]))],
+    )?;
     Ok(EvolveOutcome {
         adapter_dir: out.to_path_buf(),
         adapter,

@@ -217,6 +217,42 @@ impl Run {
         checkpoint::save(out, &meta, self.opt.vars(), &self.opt.state()?)
     }
 
+    /// Writes the run's JSON summary to `out/{kind}.json` — the base, `cfg`, the data size,
+    /// steps, time spent by this process since `started`, tokens/s and the loss history, plus
+    /// `extra` — and returns the mean training tokens/s.
+    ///
+    /// # Errors
+    /// [`crate::TrainError`] for I/O.
+    pub fn write_summary<T: serde::Serialize>(
+        &self,
+        out: &Path,
+        base: &ecspec_model::LoadedModel,
+        cfg: &T,
+        windows: usize,
+        started: Instant,
+        extra: &[(&str, serde_json::Value)],
+    ) -> Result<f64> {
+        let tokens_per_sec = mean_tokens_per_sec(&self.history);
+        let mut summary = serde_json::json!({
+            "kind": self.kind,
+            "base": base.path,
+            "base_hash": base.base_hash,
+            "config": cfg,
+            "windows": windows,
+            "steps": self.step,
+            "seconds_this_process": started.elapsed().as_secs_f64(),
+            "tokens_per_sec": tokens_per_sec,
+            "history": self.history,
+        });
+        if let serde_json::Value::Object(m) = &mut summary {
+            for (k, v) in extra {
+                m.insert((*k).into(), v.clone());
+            }
+        }
+        write_summary(out, &format!("{}.json", self.kind), &summary)?;
+        Ok(tokens_per_sec)
+    }
+
     /// Trains up to `sched.steps`, checkpointing as scheduled and at the end.
     pub fn train(
         &mut self,
