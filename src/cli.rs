@@ -99,7 +99,8 @@ pub enum ModeArg {
 /// Verification rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VerifyArg {
-    /// greedy at temperature 0, rejection otherwise.
+    /// greedy at temperature 0; otherwise match or rejection, chosen each round by expected
+    /// goodput at the current uplink rate.
     Auto,
     /// Accept while drafts equal the target's argmax (temperature 0).
     Greedy,

@@ -125,6 +125,7 @@ mod tests {
             round: 1,
             t_s: 0.2,
             k: 4,
+            verify: "greedy",
             accepted: 2,
             draft_s: 0.1,
             wait_s: 0.08,

@@ -15,6 +15,7 @@ use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
 use ecspec_spec::policy::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
+use ecspec_spec::verify_mode::VerifySelector;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -365,7 +366,10 @@ async fn run_inner(
         ModeArg::Speculative => Mode::Speculative,
         _ => Mode::CloudOnly,
     };
+    // `--verify auto` at temperature > 0: match or rejection per round, by the channel.
+    let switch = spec.sampling.verify == VerifyArg::Auto && !params.is_greedy();
     let cfg = EdgeConfig {
+        verify_switch: switch.then(VerifySelector::default),
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -516,6 +520,7 @@ mod tests {
             round,
             t_s: 0.5 * round as f64,
             k,
+            verify: "greedy",
             accepted,
             draft_s: 0.01,
             wait_s: 0.07,

@@ -137,7 +137,8 @@ impl TargetSession {
     /// One round: a single forward pass over the last committed token and the `draft`
     /// (K + 1 positions, K = `draft.len()`, which may be 0 for a cloud-only step), then the
     /// session's verification rule. `dists` holds one compact draft distribution per drafted
-    /// token in rejection mode and must be empty otherwise.
+    /// token in rejection mode and must be empty otherwise; a rejection session's round that
+    /// carries no distributions is verified by match (both exact).
     ///
     /// # Errors
     /// A round after the end, wrong number of distributions, model errors. On error nothing is
@@ -152,9 +153,10 @@ impl TargetSession {
                 "the session has already finished".into(),
             ));
         }
-        let dists_ok = match (self.rule, self.params.is_greedy()) {
-            (VerifyRule::Rejection, false) => dists.len() == draft.len(),
-            (VerifyRule::Rejection, true) => dists.is_empty() || dists.len() == draft.len(),
+        // A rejection session may verify a round by match instead: the edge sends no
+        // distributions when its uplink makes them cost more than they gain (design.md §4).
+        let dists_ok = match self.rule {
+            VerifyRule::Rejection => dists.is_empty() || dists.len() == draft.len(),
             _ => dists.is_empty(),
         };
         if !dists_ok {
@@ -176,6 +178,9 @@ impl TargetSession {
             _ if self.params.is_greedy() => verify::verify_greedy(draft, &rows),
             VerifyRule::Greedy => verify::verify_greedy(draft, &rows),
             VerifyRule::Match => verify::verify_match(draft, &rows, &self.params, &mut self.rng),
+            VerifyRule::Rejection if dists.is_empty() => {
+                verify::verify_match(draft, &rows, &self.params, &mut self.rng)
+            }
             VerifyRule::Rejection => {
                 verify::verify_rejection(draft, dists, &rows, &self.params, &mut self.rng)
             }

@@ -90,8 +90,10 @@ pub struct RoundEstimator {
     verify: DecayingLineFit,
     /// Network time (wait − cloud compute, s) vs uplink bytes of the round.
     network: DecayingLineFit,
-    /// Uplink bytes per drafted token (EWMA) and fixed bytes per round.
-    up_per_token: f64,
+    /// Uplink bytes per drafted token (EWMA), ids only [0] and ids with compact distributions
+    /// [1] (rejection rounds), and whether each has been measured yet; fixed bytes per round.
+    up_per_token: [f64; 2],
+    up_measured: [bool; 2],
     up_base: f64,
     /// Downlink bytes per round (EWMA).
     down: f64,
@@ -100,7 +102,9 @@ pub struct RoundEstimator {
 
 impl RoundEstimator {
     /// Priors: drafting `t_draft` s/token, a 60 ms RTT and 10 Mbit/s uplink, a verification
-    /// costing `t_verify` s plus 15% per drafted token, 2-byte ids in a 14-byte frame. The
+    /// costing `t_verify` s plus 15% per drafted token, 2-byte ids (36 bytes with a compact
+    /// distribution) in a 14-byte frame; the first measured round of each kind replaces its
+    /// per-token bytes. The
     /// intercepts are replaced by the first measurements; the slopes stay near their priors
     /// until rounds of different K spread the data.
     pub fn new(t_draft: f64, t_verify: f64) -> Self {
@@ -110,7 +114,8 @@ impl RoundEstimator {
             verify: DecayingLineFit::new(t_verify, SlopePrior::RelativeToMean(0.15), 20.0, 0.9),
             // 10 Mbit/s until rounds of different sizes say otherwise.
             network: DecayingLineFit::new(0.060, SlopePrior::Absolute(8.0 / 10e6), 200.0, 0.9),
-            up_per_token: 2.0,
+            up_per_token: [2.0, 36.0],
+            up_measured: [false; 2],
             up_base: 14.0,
             down: 19.0,
             ewma: 0.2,
@@ -118,7 +123,9 @@ impl RoundEstimator {
     }
 
     /// Records one round: K drafted, drafting time (s), uplink/downlink bytes of the round,
-    /// waiting time from send to verdict (s) and the cloud's reported compute time (s).
+    /// waiting time from send to verdict (s), the cloud's reported compute time (s), and
+    /// whether the drafted tokens carried compact distributions (a rejection round).
+    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         k: usize,
@@ -127,12 +134,19 @@ impl RoundEstimator {
         down_bytes: f64,
         wait_s: f64,
         compute_s: f64,
+        dists: bool,
     ) {
         let e = self.ewma;
         if k > 0 {
             self.t_draft = (1.0 - e) * self.t_draft + e * draft_s / k as f64;
             let per_token = ((up_bytes - self.up_base) / k as f64).max(0.0);
-            self.up_per_token = (1.0 - e) * self.up_per_token + e * per_token;
+            let i = usize::from(dists);
+            self.up_per_token[i] = if self.up_measured[i] {
+                (1.0 - e) * self.up_per_token[i] + e * per_token
+            } else {
+                per_token
+            };
+            self.up_measured[i] = true;
         }
         self.down = (1.0 - e) * self.down + e * down_bytes;
         self.verify.observe(k as f64, compute_s);
@@ -145,8 +159,9 @@ impl RoundEstimator {
         self.t_draft
     }
 
-    /// The policy's view of the next round, given the current acceptance estimate α.
-    pub fn state(&self, alpha: f64) -> RoundState {
+    /// The policy's view of the next round, given the acceptance estimate α and whether the
+    /// round would send compact distributions (rejection) or ids only.
+    pub fn state(&self, alpha: f64, dists: bool) -> RoundState {
         let (va, vb) = self.verify.line();
         let (na, nb) = self.network.line();
         // Network time = RTT + bytes·8/R_u (downlink time is folded into the intercept).
@@ -160,7 +175,7 @@ impl RoundEstimator {
             downlink_bps: 1e12,
             rtt_s: na,
             uplink_base_bytes: self.up_base,
-            uplink_bytes_per_token: self.up_per_token,
+            uplink_bytes_per_token: self.up_per_token[usize::from(dists)],
             downlink_bytes: self.down,
             draft_power_w: 0.0,
             radio_power_w: 0.0,
@@ -200,6 +215,21 @@ mod tests {
     }
 
     #[test]
+    fn uplink_bytes_per_token_are_kept_per_round_kind() {
+        let mut e = RoundEstimator::new(0.01, 0.02);
+        // The first round of each kind replaces its prior; later ones are averaged in.
+        e.observe(4, 0.04, 14.0 + 4.0 * 3.0, 19.0, 0.08, 0.02, false);
+        e.observe(2, 0.02, 14.0 + 2.0 * 40.0, 19.0, 0.08, 0.02, true);
+        assert_eq!(e.state(0.5, false).uplink_bytes_per_token, 3.0);
+        assert_eq!(e.state(0.5, true).uplink_bytes_per_token, 40.0);
+        e.observe(1, 0.01, 14.0 + 50.0, 19.0, 0.08, 0.02, true);
+        assert!(
+            (e.state(0.5, true).uplink_bytes_per_token - (0.8 * 40.0 + 0.2 * 50.0)).abs() < 1e-12
+        );
+        assert_eq!(e.state(0.5, false).uplink_bytes_per_token, 3.0);
+    }
+
+    #[test]
     fn network_fit_learns_rtt_and_rate() {
         let mut e = RoundEstimator::new(0.01, 0.02);
         // 100 ms RTT, 1 Mbit/s uplink: 8 µs per byte. Rounds of 20–90 bytes outweigh the
@@ -213,9 +243,10 @@ mod tests {
                 19.0,
                 0.1 + bytes * 8e-6 + 0.02,
                 0.02,
+                false,
             );
         }
-        let s = e.state(0.5);
+        let s = e.state(0.5, false);
         assert!((s.rtt_s - 0.1).abs() < 2e-3, "rtt {}", s.rtt_s);
         assert!(
             (s.uplink_bps - 1e6).abs() / 1e6 < 0.05,

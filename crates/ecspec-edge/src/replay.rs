@@ -74,7 +74,7 @@ pub fn replay(link: &mut LinkConfig, s: &ReplaySettings) -> Result<Vec<ReplayedR
         let k = rng.random_range(1..=s.k_max.max(1));
         t += k as f64 * s.t_draft_s;
         let (up, down) = (14 + 2 * k, 19usize);
-        let st = est.state(0.5);
+        let st = est.state(0.5, false);
         let predicted = st.rtt_s + up as f64 * 8.0 / st.uplink_bps;
         let compute = s.t_verify_s + s.t_verify_per_token_s * k as f64;
         let at_cloud = link
@@ -100,6 +100,7 @@ pub fn replay(link: &mut LinkConfig, s: &ReplaySettings) -> Result<Vec<ReplayedR
             down as f64,
             wait,
             compute,
+            false,
         );
         t = back.as_secs_f64();
     }

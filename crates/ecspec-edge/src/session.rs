@@ -9,6 +9,7 @@ use ecspec_spec::acceptance::AcceptanceEstimator;
 use ecspec_spec::policy::{DraftLengthPolicy, RoundOutcome};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
+use ecspec_spec::verify_mode::{RoundRule, VerifySelector};
 use ecspec_transport::{Connection, TransportError};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -63,6 +64,10 @@ pub struct EdgeConfig {
     pub vocab_size: usize,
     /// Energy-aware drafting (None: the policy sees no energy).
     pub energy: Option<EnergyControl>,
+    /// Channel-aware verification (rejection sessions at temperature > 0): each round is
+    /// verified by match or rejection, whichever promises more goodput at the current uplink
+    /// rate (design.md §4). None: every round uses `rule`.
+    pub verify_switch: Option<VerifySelector>,
 }
 
 /// What the policy knows about energy: the device's powers and, optionally, a budget whose
@@ -87,6 +92,9 @@ pub struct RoundRecord {
     pub t_s: f64,
     /// Draft length K chosen.
     pub k: usize,
+    /// The round's verification rule: `greedy`, `match`, `rejection`, or `none` for a round
+    /// that drafted nothing (a cloud-only or streamed step).
+    pub verify: &'static str,
     /// Drafted tokens accepted.
     pub accepted: usize,
     /// Drafting time (s).
@@ -335,17 +343,35 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         let mut seen = (f64::NAN, f64::NAN, f64::NAN);
         let continuing = streaming > 0;
         let mut stream = 0u32;
+        // With channel-aware verification: the rule chosen for this round.
+        let mut round_rule = None;
         let (k, proposal) = if speculative && !continuing {
             let d = drafter.take().ok_or_else(|| {
                 EdgeError::Protocol("speculative mode needs a draft model".into())
             })?;
-            let mut st = timing.state(est.alpha());
-            if let Some(e) = &cfg.energy {
-                st.draft_power_w = e.draft_power_w;
-                st.radio_power_w = e.radio_power_w;
-                // Q/V; bounded so a zero-V budget cannot make every score -inf.
-                st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
-            }
+            let energy = |mut st: ecspec_spec::policy::RoundState| {
+                if let Some(e) = &cfg.energy {
+                    st.draft_power_w = e.draft_power_w;
+                    st.radio_power_w = e.radio_power_w;
+                    // Q/V; bounded so a zero-V budget cannot make every score -inf.
+                    st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
+                }
+                st
+            };
+            let st = match cfg.verify_switch.as_mut() {
+                Some(sel) => {
+                    let m = energy(timing.state(sel.alpha(RoundRule::Match), false));
+                    let r = energy(timing.state(sel.alpha(RoundRule::Rejection), true));
+                    let pick = sel.choose(&m, &r);
+                    round_rule = Some(pick);
+                    if pick == RoundRule::Match {
+                        m
+                    } else {
+                        r
+                    }
+                }
+                None => energy(timing.state(est.alpha(), cfg.rule == VerifyRule::Rejection)),
+            };
             seen = (st.alpha, st.uplink_bps, st.rtt_s);
             let cap = cfg.policy.choose(&st);
             let stop = cfg.policy.stop_rule();
@@ -366,7 +392,12 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             let block = DraftBlock {
                 round,
                 tokens: proposal.tokens.clone(),
-                dists: proposal.dists.iter().map(dist_to_wire).collect(),
+                // A match round of a rejection session sends ids only.
+                dists: if round_rule == Some(RoundRule::Match) {
+                    Vec::new()
+                } else {
+                    proposal.dists.iter().map(dist_to_wire).collect()
+                },
                 stream,
             };
             conn.write_message(&Message::DraftBlock(block)).await?;
@@ -419,6 +450,11 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             d.rollback(old_len, k, a)?;
         }
         let _ = est.record(k, a);
+        if let (Some(sel), Some(r)) = (cfg.verify_switch.as_mut(), round_rule) {
+            let _ = sel.record(r, k, a);
+        }
+        let sent_dists =
+            k > 0 && !proposal.dists.is_empty() && round_rule != Some(RoundRule::Match);
         if let Some(e) = cfg.energy.as_mut() {
             let d = proposal.elapsed.as_secs_f64();
             let joules = e.draft_power_w * d + e.radio_power_w * (d + wait.as_secs_f64());
@@ -440,6 +476,13 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             round,
             t_s: t_start.elapsed().as_secs_f64(),
             k,
+            verify: match (k, round_rule) {
+                (0, _) => "none",
+                (_, Some(RoundRule::Match)) => "match",
+                (_, Some(RoundRule::Rejection)) => "rejection",
+                (_, None) if cfg.params.is_greedy() => "greedy",
+                (_, None) => cfg.rule.name(),
+            },
             accepted: a,
             draft_s: proposal.elapsed.as_secs_f64(),
             wait_s: wait.as_secs_f64(),
@@ -461,6 +504,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 rec.downlink_bytes as f64,
                 rec.wait_s,
                 rec.cloud_compute_s,
+                sent_dists,
             );
         }
         records.push(rec);
@@ -505,7 +549,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
         downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
         mode: cfg.mode.as_str().into(),
-        verify: if speculative {
+        verify: if speculative && cfg.verify_switch.is_some() {
+            "auto".into()
+        } else if speculative {
             cfg.rule.name().into()
         } else {
             "none".into()

@@ -170,8 +170,10 @@ pub struct DraftBlock {
     /// a cloud-only step in which the cloud just produces its next token.
     #[prost(uint32, repeated, packed = "true", tag = "2")]
     pub tokens: Vec<u32>,
-    /// In [`VerifyMode::Rejection`], exactly one distribution per entry of `tokens`, same
-    /// order; empty in the other modes.
+    /// In [`VerifyMode::Rejection`], one distribution per entry of `tokens`, same order, or
+    /// none: a rejection session's block without distributions is verified by
+    /// [`VerifyMode::Match`] (the edge's per-round choice on a slow uplink). Empty in the
+    /// other modes.
     #[prost(message, repeated, tag = "3")]
     pub dists: Vec<CompactDist>,
     /// With K = 0 only: the cloud generates up to this many tokens on its own (0 and 1 mean

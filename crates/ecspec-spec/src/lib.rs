@@ -10,6 +10,8 @@
 //! - [`compact`]: [`CompactDist`], the top-k, b-bit quantised draft distribution the edge
 //!   samples from and sends in rejection mode.
 //! - [`verify`]: [`verify_greedy`], [`verify_match`], [`verify_rejection`] → [`Verdict`].
+//! - [`verify_mode`]: [`verify_mode::VerifySelector`], the per-round channel-aware choice
+//!   between match and rejection verification.
 //! - [`acceptance`]: [`AcceptanceEstimator`] (α̂ and session totals).
 //! - [`policy`]: [`DraftLengthPolicy`] with [`Fixed`] and [`GoodputAdaptive`];
 //!   [`expected_tokens`], [`round_time`], [`expected_goodput`], [`parse_policy`].
@@ -57,6 +59,7 @@ pub mod policies;
 pub mod policy;
 pub mod sampling;
 pub mod verify;
+pub mod verify_mode;
 
 pub use acceptance::{AcceptanceError, AcceptanceEstimator};
 pub use compact::{CompactDist, CompactError, MAX_BITS, MAX_ENTRIES, MIN_BITS};
