@@ -231,6 +231,10 @@ pub struct SamplingArgs {
     /// Bits per quantized draft probability (rejection mode, 1–16).
     #[arg(long, default_value_t = 8)]
     pub dist_bits: u8,
+    /// Pipelined drafting: while a round is in flight, draft the continuation that assumes
+    /// it is accepted in full, and use it when it is (pays off at high RTT and acceptance).
+    #[arg(long)]
+    pub pipeline_draft: bool,
 }
 
 /// `ecspec generate`

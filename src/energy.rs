@@ -88,6 +88,7 @@ pub fn account(
             1,
         )?;
     }
+    let mut overlapped_j = 0.0;
     for r in &mut summary.round_records {
         let wait =
             (r.wait_s - transfer(r.uplink_bytes, up_bps) - transfer(r.downlink_bytes, down_bps))
@@ -104,9 +105,12 @@ pub fn account(
             },
             r.accepted as u64 + 1,
         )?;
-        r.energy_j = Some(e.total_j());
+        // Pipelined drafting runs while the round waits: compute power on top, no extra span.
+        let pre = profile.compute_power_w * r.pre_draft_s;
+        overlapped_j += pre;
+        r.energy_j = Some(e.total_j() + pre);
     }
-    let total = session.finish().total_j();
+    let total = session.finish().total_j() + overlapped_j;
     summary.edge_energy_j = Some(total);
     summary.energy_per_token_j = Some(total / summary.generated_tokens.max(1) as f64);
     summary.energy_profile = Some(profile.name.clone());
@@ -126,6 +130,8 @@ mod tests {
             t_s: 0.2,
             k: 4,
             verify: "greedy",
+            reused: 0,
+            pre_draft_s: 0.0,
             accepted: 2,
             draft_s: 0.1,
             wait_s: 0.08,

@@ -370,6 +370,7 @@ async fn run_inner(
     let switch = spec.sampling.verify == VerifyArg::Auto && !params.is_greedy();
     let cfg = EdgeConfig {
         verify_switch: switch.then(VerifySelector::default),
+        pipeline: spec.sampling.pipeline_draft,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -521,6 +522,8 @@ mod tests {
             t_s: 0.5 * round as f64,
             k,
             verify: "greedy",
+            reused: 0,
+            pre_draft_s: 0.0,
             accepted,
             draft_s: 0.01,
             wait_s: 0.07,

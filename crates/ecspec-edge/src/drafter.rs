@@ -1,6 +1,7 @@
 //! The draft model on the edge: proposes K tokens after the committed sequence and rolls its
 //! KV cache back to what the cloud accepted. Synchronous compute.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ecspec_model::{LogitsFor, ModelError, Session};
@@ -34,8 +35,19 @@ pub struct Proposal {
     pub confidence: Vec<f32>,
     /// Entropy (nats) of the distribution each drafted token was drawn from.
     pub entropy: Vec<f32>,
-    /// Wall-clock drafting time, catch-up prefill included.
+    /// Wall-clock drafting time, catch-up prefill included (pipelined tokens cost none here:
+    /// they were drafted while the previous round was in flight).
     pub elapsed: Duration,
+    /// Leading tokens taken from the pipelined pre-draft ([`Drafter::pre_draft`]).
+    pub reused: usize,
+}
+
+/// A continuation drafted while a round was in flight, assuming the round is accepted in full:
+/// `guess` is the draft's guess of the target's bonus token, `carry` the tokens after it.
+#[derive(Debug, Clone)]
+struct PreDraft {
+    guess: u32,
+    carry: Proposal,
 }
 
 /// Errors while drafting.
@@ -54,6 +66,11 @@ pub struct Drafter {
     session: Session,
     /// Committed tokens already in the KV cache (a prefix of the committed sequence).
     fed: usize,
+    /// The pre-draft of the round in flight, until its verdict.
+    pending: Option<PreDraft>,
+    /// A pre-draft the verdict confirmed: the next proposal starts with it. The KV cache then
+    /// holds every committed token and `ready.tokens[..len − 1]`.
+    ready: Option<Proposal>,
     rng: ChaCha20Rng,
     sampling: DraftSampling,
 }
@@ -65,6 +82,8 @@ impl Drafter {
         Self {
             session,
             fed: 0,
+            pending: None,
+            ready: None,
             rng,
             sampling,
         }
@@ -73,6 +92,7 @@ impl Drafter {
     /// Feeds committed tokens not yet in the KV cache except the last one (which the next
     /// proposal feeds), e.g. the prompt while waiting for the cloud's first token.
     pub fn prefill(&mut self, committed: &[u32]) -> Result<(), DraftError> {
+        self.drop_pre_draft()?;
         if committed.len() > self.fed + 1 {
             self.session
                 .forward(&committed[self.fed..committed.len() - 1], LogitsFor::Last)?;
@@ -135,7 +155,8 @@ impl Drafter {
     /// Drafts up to `k` tokens after `committed`, stopping after the first token `stop`
     /// rejects (that token is still proposed: it is drafted already, and the verifier may
     /// accept it). The KV cache afterwards holds `committed` and x_1..x_{n−1} for the n tokens
-    /// proposed.
+    /// proposed. When the previous round's pre-draft was confirmed, its tokens come first
+    /// ([`Proposal::reused`]) and only the rest is drafted now.
     pub fn propose_until(
         &mut self,
         committed: &[u32],
@@ -144,15 +165,51 @@ impl Drafter {
     ) -> Result<Proposal, DraftError> {
         let t0 = Instant::now();
         let mut out = Proposal::default();
+        let ready = self.ready.take();
         if k == 0 {
+            if ready.is_some() {
+                self.session.truncate(self.fed)?;
+            }
             return Ok(out);
         }
-        let logits = self
-            .session
-            .forward(&committed[self.fed..], LogitsFor::Last)?;
-        self.fed = committed.len();
-        let mut row = logits.last().to_vec();
-        for i in 0..k {
+        let mut row = match ready {
+            Some(c) => {
+                let mut stopped = false;
+                for i in 0..c.tokens.len().min(k) {
+                    out.tokens.push(c.tokens[i]);
+                    out.confidence.push(c.confidence[i]);
+                    out.entropy.push(c.entropy[i]);
+                    if let Some(d) = c.dists.get(i) {
+                        out.dists.push(d.clone());
+                    }
+                    if stop.is_some_and(|s| !s.keep_drafting(c.confidence[i], c.entropy[i])) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                let n = out.tokens.len();
+                out.reused = n;
+                if stopped || n == k {
+                    // Keep committed + x_1..x_{n−1} in the cache, as after drafting n tokens.
+                    self.session.truncate(self.fed + n - 1)?;
+                    out.elapsed = t0.elapsed();
+                    return Ok(out);
+                }
+                // The cache holds committed + every carried token but the last: feed it.
+                self.session
+                    .forward(&out.tokens[n - 1..], LogitsFor::Last)?
+                    .last()
+                    .to_vec()
+            }
+            None => {
+                let logits = self
+                    .session
+                    .forward(&committed[self.fed..], LogitsFor::Last)?;
+                self.fed = committed.len();
+                logits.last().to_vec()
+            }
+        };
+        for i in out.tokens.len()..k {
             let (x, dist, conf, h) = self.pick(&row)?;
             out.tokens.push(x);
             out.confidence.push(conf);
@@ -171,26 +228,97 @@ impl Drafter {
         Ok(out)
     }
 
-    /// After a verdict: `old_len` committed tokens before the round, `accepted` drafts kept.
-    /// Rolls the KV cache back to the committed prefix it still agrees with.
+    /// Pipelined drafting (SpecEdge, arXiv 2505.17052; PEARL): while the round whose proposal
+    /// ended with `last` is in flight, drafts the continuation that assumes it is accepted in
+    /// full — the draft's own guess of the target's bonus token, then up to `n` tokens after
+    /// it — checking `stop` before each token so the verdict is not kept waiting. The
+    /// continuation is used by the next proposal only if [`Self::rollback`] finds the round
+    /// fully accepted and the bonus token equal to the guess; otherwise it is dropped.
+    ///
+    /// Call right after the proposal ending with `last`, before its rollback.
+    ///
+    /// # Errors
+    /// Model or sampling errors; the pre-draft is then dropped and the next rollback restores
+    /// the cache as usual.
+    pub fn pre_draft(&mut self, last: u32, n: usize, stop: &AtomicBool) -> Result<(), DraftError> {
+        self.pending = None;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let row = self
+            .session
+            .forward(&[last], LogitsFor::Last)?
+            .last()
+            .to_vec();
+        let guess = self.pick(&row)?.0;
+        let mut carry = Proposal::default();
+        let t0 = Instant::now();
+        let mut prev = guess;
+        for _ in 0..n {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let row = self
+                .session
+                .forward(&[prev], LogitsFor::Last)?
+                .last()
+                .to_vec();
+            let (x, dist, conf, h) = self.pick(&row)?;
+            carry.tokens.push(x);
+            carry.confidence.push(conf);
+            carry.entropy.push(h);
+            if let Some(d) = dist {
+                carry.dists.push(d);
+            }
+            prev = x;
+        }
+        carry.elapsed = t0.elapsed();
+        self.pending = Some(PreDraft { guess, carry });
+        Ok(())
+    }
+
+    /// After a verdict: `old_len` committed tokens before the round, `drafted` tokens
+    /// proposed, `accepted` of them kept and `next` the target's token after them. Rolls the
+    /// KV cache back to the committed prefix it still agrees with, or keeps a pre-draft the
+    /// verdict confirmed (all accepted and `next` equal to its guess).
     pub fn rollback(
         &mut self,
         old_len: usize,
         drafted: usize,
         accepted: usize,
+        next: u32,
     ) -> Result<(), DraftError> {
+        if let Some(p) = self.pending.take() {
+            if drafted > 0 && accepted == drafted && next == p.guess && !p.carry.tokens.is_empty() {
+                // The cache holds old + x_1..x_K + guess + carry[..len − 1].
+                self.fed = old_len + drafted + 1;
+                self.ready = Some(p.carry);
+                return Ok(());
+            }
+        }
+        self.ready = None;
         if drafted == 0 {
             return Ok(());
         }
-        // The cache holds old committed + x_1..x_{K−1}; keep x_1..x_min(a, K−1).
+        // The cache holds old committed + x_1..x_{K−1} (and any pre-draft after x_K); keep
+        // x_1..x_min(a, K−1).
         let keep = old_len + accepted.min(drafted - 1);
         self.session.truncate(keep)?;
         self.fed = keep;
         Ok(())
     }
 
+    /// Forgets any pre-draft and restores the cache to the committed tokens fed so far.
+    fn drop_pre_draft(&mut self) -> Result<(), DraftError> {
+        if self.pending.take().is_some() || self.ready.take().is_some() {
+            self.session.truncate(self.fed)?;
+        }
+        Ok(())
+    }
+
     /// Edge-only decoding: the draft's own next token after `committed` (no verification).
     pub fn next_token(&mut self, committed: &[u32]) -> Result<u32, DraftError> {
+        self.drop_pre_draft()?;
         let logits = self
             .session
             .forward(&committed[self.fed..], LogitsFor::Last)?;

@@ -1,6 +1,8 @@
 //! One edge–cloud generation: handshake, then draft → send → verdict → commit rounds until
 //! the cloud says the sequence is finished. The committed sequence only grows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ecspec_link::LinkCounters;
@@ -68,6 +70,9 @@ pub struct EdgeConfig {
     /// verified by match or rejection, whichever promises more goodput at the current uplink
     /// rate (design.md §4). None: every round uses `rule`.
     pub verify_switch: Option<VerifySelector>,
+    /// Pipelined drafting: while a round is in flight, draft the continuation that assumes it
+    /// is accepted in full, and use it when it is ([`Drafter::pre_draft`]).
+    pub pipeline: bool,
 }
 
 /// What the policy knows about energy: the device's powers and, optionally, a budget whose
@@ -97,8 +102,12 @@ pub struct RoundRecord {
     pub verify: &'static str,
     /// Drafted tokens accepted.
     pub accepted: usize,
-    /// Drafting time (s).
+    /// Drafting time (s) before the block was sent.
     pub draft_s: f64,
+    /// Leading drafted tokens taken from the previous round's pipelined pre-draft.
+    pub reused: usize,
+    /// Time spent pre-drafting while this round was in flight (s; 0 without pipelining).
+    pub pre_draft_s: f64,
     /// Send-to-verdict time (s).
     pub wait_s: f64,
     /// Cloud compute time reported by the cloud (s).
@@ -407,6 +416,24 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             stream.saturating_sub(1)
         };
+        // Pipelining: draft on while the block is in flight; stopped when the verdict is in.
+        let pre = match (cfg.pipeline, drafter.take(), proposal.tokens.last()) {
+            (true, Some(mut d), Some(&last)) if !continuing => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&stop);
+                let n = k;
+                let task = tokio::task::spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    let r = d.pre_draft(last, n, &flag);
+                    (d, r, t0.elapsed())
+                });
+                Some((stop, task))
+            }
+            (_, d, _) => {
+                drafter = d;
+                None
+            }
+        };
         let v = match conn.read_message(Some(cfg.timeout)).await? {
             Some((_, Message::Verdict(v))) => v,
             Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
@@ -423,6 +450,16 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let wait = t_send.elapsed();
+        let mut pre_draft_s = 0.0;
+        if let Some((stop, task)) = pre {
+            stop.store(true, Ordering::Relaxed);
+            let (d, r, t) = task
+                .await
+                .map_err(|e| EdgeError::Protocol(format!("draft thread failed: {e}")))?;
+            r?;
+            pre_draft_s = t.as_secs_f64();
+            drafter = Some(d);
+        }
         if v.round != round {
             return Err(EdgeError::Protocol(format!(
                 "verdict for round {}, expected round {round}",
@@ -447,7 +484,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         on_commit(&new);
         finished = v.finished;
         if let Some(d) = drafter.as_mut() {
-            d.rollback(old_len, k, a)?;
+            d.rollback(old_len, k, a, v.next_token)?;
         }
         let _ = est.record(k, a);
         if let (Some(sel), Some(r)) = (cfg.verify_switch.as_mut(), round_rule) {
@@ -456,7 +493,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         let sent_dists =
             k > 0 && !proposal.dists.is_empty() && round_rule != Some(RoundRule::Match);
         if let Some(e) = cfg.energy.as_mut() {
-            let d = proposal.elapsed.as_secs_f64();
+            let d = proposal.elapsed.as_secs_f64() + pre_draft_s;
             let joules = e.draft_power_w * d + e.radio_power_w * (d + wait.as_secs_f64());
             if let Some(b) = e.budget.as_mut() {
                 // Finite and ≥ 0 by construction.
@@ -485,6 +522,8 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             },
             accepted: a,
             draft_s: proposal.elapsed.as_secs_f64(),
+            reused: proposal.reused,
+            pre_draft_s,
             wait_s: wait.as_secs_f64(),
             cloud_compute_s: v.compute_us as f64 * 1e-6,
             uplink_bytes: up1 - up0,
@@ -497,9 +536,15 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         // A streamed verdict after the first arrives one decode step after the previous: it
         // says nothing about the round-trip, so only the stream's first verdict is learnt from.
         if !continuing {
+            // Drafting time per token is learnt from tokens drafted now, not pipelined ones.
+            let draft_s = if rec.reused < k {
+                rec.draft_s * k as f64 / (k - rec.reused) as f64
+            } else {
+                timing.t_draft() * k as f64
+            };
             timing.observe(
                 k,
-                rec.draft_s,
+                draft_s,
                 rec.uplink_bytes as f64,
                 rec.downlink_bytes as f64,
                 rec.wait_s,
