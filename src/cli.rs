@@ -235,6 +235,11 @@ pub struct SamplingArgs {
     /// it is accepted in full, and use it when it is (pays off at high RTT and acceptance).
     #[arg(long)]
     pub pipeline_draft: bool,
+    /// The edge's memory across requests: read the acceptance evidence and the draft-length
+    /// policy's state that earlier requests with this draft and policy left in FILE (JSON,
+    /// created if missing), start from them, and write them back after the request.
+    #[arg(long, value_name = "FILE")]
+    pub edge_memory: Option<PathBuf>,
 }
 
 /// `ecspec generate`

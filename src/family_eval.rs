@@ -290,6 +290,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                 dist_top_k: 8,
                 dist_bits: 8,
                 pipeline_draft: false,
+                edge_memory: None,
             };
             // The target's own output first: greedy speculative runs must reproduce it.
             let mut per_variant: Vec<(&'static str, Vec<Generation>)> = Vec::new();

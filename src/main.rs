@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod edge_memory;
 mod energy;
 mod family;
 mod family_cmd;

@@ -371,6 +371,7 @@ async fn run_inner(
     let cfg = EdgeConfig {
         verify_switch: switch.then(VerifySelector::default),
         pipeline: spec.sampling.pipeline_draft,
+        memory: None,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -398,6 +399,16 @@ async fn run_inner(
             None => None,
         },
     };
+    let mut cfg = cfg;
+    let memory = match (&spec.sampling.edge_memory, mode) {
+        (Some(path), Mode::Speculative) => {
+            let file = crate::edge_memory::load(path)?;
+            let key = crate::edge_memory::key(&cfg.family, &cfg.compat_hash, &cfg.policy.name());
+            cfg.memory = file.get(&key).cloned();
+            Some((path, file, key))
+        }
+        _ => None,
+    };
     let d = (mode == Mode::Speculative).then(drafter);
     let rates = spec
         .link
@@ -412,6 +423,10 @@ async fn run_inner(
     };
     if let (Some(profile), Some((up, down))) = (spec.energy, rates) {
         crate::energy::account(&mut summary, profile, up, down)?;
+    }
+    if let (Some((path, mut file, key)), Some(m)) = (memory, summary.memory.clone()) {
+        file.insert(key, m);
+        crate::edge_memory::save(path, &file)?;
     }
     Ok(summary)
 }

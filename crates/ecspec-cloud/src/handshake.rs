@@ -28,6 +28,8 @@ pub struct SessionPlan {
     pub max_new_tokens: usize,
     /// Whether the cloud generates on its own and streams every token (cloud-only baseline).
     pub autoregressive: bool,
+    /// Tokens to stream right after the HelloAck (0: none; see [`ecspec_proto::Hello::stream`]).
+    pub opening_stream: u32,
 }
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
@@ -154,5 +156,10 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
         params,
         max_new_tokens: (h.max_new_tokens as usize).min(max_new_cap).min(room),
         autoregressive: h.autoregressive,
+        opening_stream: if h.autoregressive || h.stream < 2 {
+            0
+        } else {
+            h.stream
+        },
     })
 }

@@ -279,6 +279,37 @@ async fn run_round(
     })
 }
 
+/// Generates up to `n` tokens on the target's own, one verdict each, numbered `first`,
+/// `first + 1`, …, stopping when the session finishes. A failed step is reported with an
+/// [`ErrorReply`] and ends the stream (nothing of it was committed).
+async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    mut target: TargetSession,
+    first: u32,
+    n: u32,
+    req: u32,
+) -> Result<TargetSession, TransportError> {
+    for i in 0..n {
+        if target.is_finished() {
+            break;
+        }
+        let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
+        target = t;
+        match r {
+            Ok(out) => {
+                conn.reply(&verdict(first.wrapping_add(i), &out), req)
+                    .await?
+            }
+            Err(e) => {
+                conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
+                    .await?;
+                break;
+            }
+        }
+    }
+    Ok(target)
+}
+
 /// Converts a wire distribution to the verifier's type, checking it against the vocabulary.
 fn dist_from_wire(d: &ecspec_proto::CompactDist, vocab: usize) -> Result<CompactDist, String> {
     let bits = u8::try_from(d.bits).map_err(|_| format!("{} bits per probability", d.bits))?;
@@ -384,6 +415,11 @@ async fn handle_connection(
     };
     conn.reply(&Message::HelloAck(ack), req).await?;
     let mut round = 0u32;
+    if plan.opening_stream > 1 {
+        // The edge asked to start streaming right away (it knows drafting does not pay).
+        let n = plan.opening_stream.min(server.config.max_new_tokens as u32);
+        target = stream_tokens(&mut conn, target, 1, n, req).await?;
+    }
     if plan.autoregressive {
         // Cloud-only baseline: generate and stream every token without waiting for the edge.
         while !target.is_finished() {
@@ -422,24 +458,7 @@ async fn handle_connection(
                 if block.tokens.is_empty() && block.stream > 1 {
                     // The edge falls back to streaming: generate on our own, a verdict each.
                     let n = block.stream.min(server.config.max_new_tokens as u32);
-                    for i in 0..n {
-                        if target.is_finished() {
-                            break;
-                        }
-                        let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
-                        target = t;
-                        match r {
-                            Ok(out) => {
-                                let round = block.round.wrapping_add(i);
-                                conn.reply(&verdict(round, &out), req).await?
-                            }
-                            Err(e) => {
-                                conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
-                                    .await?;
-                                break;
-                            }
-                        }
-                    }
+                    target = stream_tokens(&mut conn, target, block.round, n, req).await?;
                     continue;
                 }
                 let (t, r) = run_round(target, block.tokens, dists).await?;

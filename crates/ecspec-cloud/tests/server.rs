@@ -219,6 +219,8 @@ struct Run {
     verify_switch: Option<ecspec_spec::verify_mode::VerifySelector>,
     /// Pipelined drafting.
     pipeline: bool,
+    /// What earlier requests left.
+    memory: Option<ecspec_edge::SessionMemory>,
 }
 
 impl Run {
@@ -236,6 +238,7 @@ impl Run {
             energy: None,
             verify_switch: None,
             pipeline: false,
+            memory: None,
         }
     }
 
@@ -280,6 +283,7 @@ impl Run {
             energy: self.energy.clone(),
             verify_switch: self.verify_switch.clone(),
             pipeline: self.pipeline,
+            memory: self.memory.clone(),
         }
     }
 
@@ -314,6 +318,7 @@ impl Run {
             max_new_tokens: self.max_new as u32,
             prompt: self.prompt.clone(),
             autoregressive: self.mode == Mode::CloudOnly,
+            stream: 0,
         }
     }
 }
@@ -2020,6 +2025,69 @@ async fn pipelined_drafting_reuses_confirmed_pre_drafts_and_stays_lossless() {
             }
         }
     }
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_remembering_that_streaming_pays_opens_with_a_stream_and_stays_lossless() {
+    let cloud = Cloud::default().await;
+    let max_new = 40;
+    let prompt = prompts()[1].clone();
+    let expected = expected_output(&reference(&prompt, max_new), max_new);
+    // A cold request of the ecspec policy, then one that starts from its memory.
+    let cold = Run {
+        link: FAST_LINK,
+        ..Run::greedy(&prompt, DraftChoice::Independent, "ecspec:4:8", max_new)
+    };
+    let o = run_edge(cloud.addr, &cold).await;
+    let s = o.summary();
+    assert_eq!(s.tokens, expected);
+    let m = s
+        .memory
+        .clone()
+        .expect("speculative requests leave a memory");
+    assert_eq!(m.target_version, "v0");
+    assert_eq!(m.alpha_evidence, {
+        let mut e = ecspec_spec::AcceptanceEstimator::default();
+        for r in &s.round_records {
+            e.record(r.k, r.accepted).unwrap();
+        }
+        e.evidence()
+    });
+    let p = m.policy.expect("ecspec remembers");
+    assert_eq!(p.drafted_tokens, s.drafted_tokens);
+    // Memory of a request that ended streaming with 32-token streams.
+    let memory = ecspec_edge::SessionMemory {
+        policy: Some(ecspec_spec::policy::PolicyMemory {
+            drafted_tokens: 100,
+            streaming: true,
+            stream_len: 32,
+        }),
+        ..m
+    };
+    let warm = Run {
+        memory: Some(memory),
+        ..cold
+    };
+    let o = run_edge(cloud.addr, &warm).await;
+    let s = o.summary();
+    assert_eq!(s.tokens, expected, "opening with a stream is lossless");
+    check_counters(s);
+    let n = 32.min(s.generated_tokens - 1);
+    let (opening, rest) = s.round_records.split_at(n);
+    // The stream was asked for in the Hello: no DraftBlock, no uplink bytes in its rounds.
+    assert!(
+        opening.iter().all(|r| r.k == 0 && r.uplink_bytes == 0),
+        "{:?}",
+        opening
+            .iter()
+            .map(|r| (r.k, r.uplink_bytes))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        rest.first().is_none_or(|r| r.k >= 1),
+        "a probe round follows the opening stream"
+    );
     cloud.stop().await;
 }
 

@@ -17,5 +17,6 @@ pub mod session;
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
 pub use session::{
-    generate, generate_edge_only, EdgeConfig, EdgeError, EnergyControl, Mode, RoundRecord, Summary,
+    generate, generate_edge_only, EdgeConfig, EdgeError, EnergyControl, Mode, RoundRecord,
+    SessionMemory, Summary,
 };

@@ -73,6 +73,22 @@ pub struct EdgeConfig {
     /// Pipelined drafting: while a round is in flight, draft the continuation that assumes it
     /// is accepted in full, and use it when it is ([`Drafter::pre_draft`]).
     pub pipeline: bool,
+    /// What earlier requests on this draft learnt (None: start cold). Speculative mode only.
+    pub memory: Option<SessionMemory>,
+}
+
+/// What the edge carries from one request to the next on the same draft: the acceptance
+/// evidence and the draft-length policy's state, tagged with the target version they were
+/// measured against. [`Summary::memory`] returns the updated memory.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SessionMemory {
+    /// Target version the evidence was measured against; a request answered by another version
+    /// drops the acceptance evidence (the policy's state is kept).
+    pub target_version: String,
+    /// Decayed accepted tokens S and rejections F ([`AcceptanceEstimator::evidence`]).
+    pub alpha_evidence: (f64, f64),
+    /// The policy's memory.
+    pub policy: Option<ecspec_spec::policy::PolicyMemory>,
 }
 
 /// What the policy knows about energy: the device's powers and, optionally, a budget whose
@@ -190,6 +206,9 @@ pub struct Summary {
     pub energy_budget_j_per_token: Option<f64>,
     /// See [`Self::energy_budget_j_per_token`].
     pub budget_spent_j_per_token: Option<f64>,
+    /// What this request leaves for the next one (speculative mode).
+    #[serde(skip)]
+    pub memory: Option<SessionMemory>,
 }
 
 /// Errors of a generation. Tokens committed before the error are kept in `partial`.
@@ -268,6 +287,17 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let t_start = Instant::now();
     let mut conn = Connection::new(stream);
     let speculative = cfg.mode == Mode::Speculative;
+    let mut est = AcceptanceEstimator::default();
+    let mut opening = 0u32;
+    if let (true, Some(m)) = (speculative, cfg.memory.as_ref()) {
+        est = est
+            .with_evidence(m.alpha_evidence.0, m.alpha_evidence.1)
+            .map_err(|e| EdgeError::Protocol(format!("edge memory: {e}")))?;
+        if let Some(p) = &m.policy {
+            cfg.policy.recall(p);
+        }
+        opening = cfg.policy.opening_stream();
+    }
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION as u32,
         model_family: cfg.family.clone(),
@@ -286,6 +316,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         })?,
         prompt: prompt.clone(),
         autoregressive: cfg.mode == Mode::CloudOnly,
+        stream: opening,
     };
     conn.write_message(&Message::Hello(hello)).await?;
     // Prefill the draft while the cloud prefills the target.
@@ -335,7 +366,14 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     committed.push(ack.first_token);
     on_commit(&[ack.first_token]);
     let mut finished = ack.finished;
-    let mut est = AcceptanceEstimator::default();
+    if cfg
+        .memory
+        .as_ref()
+        .is_some_and(|m| m.target_version != ack.target_version)
+    {
+        // Another target version: its acceptance must be measured afresh.
+        est = AcceptanceEstimator::default();
+    }
     let mut timing = RoundEstimator::new(
         0.01,
         ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0,
@@ -343,8 +381,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut records = Vec::new();
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
-    // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1).
-    let mut streaming = 0u32;
+    // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
+    // opening stream of the Hello).
+    let mut streaming = opening;
     while !finished {
         round += 1;
         let (up0, down0) = bytes(&link);
@@ -565,7 +604,13 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let tokens = committed[prompt.len()..].to_vec();
     let (up, down) = bytes(&link);
     let rounds = est.rounds();
+    let memory = speculative.then(|| SessionMemory {
+        target_version: ack.target_version.clone(),
+        alpha_evidence: est.evidence(),
+        policy: cfg.policy.remember(),
+    });
     Ok(Summary {
+        memory,
         text: String::new(),
         tokens,
         generated_tokens: generated,

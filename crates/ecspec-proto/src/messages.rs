@@ -96,6 +96,13 @@ pub struct Hello {
     /// [`Verdict`] (with `accepted = 0`) per token, without waiting for drafts.
     #[prost(bool, tag = "12")]
     pub autoregressive: bool,
+    /// With `autoregressive` false: right after the [`HelloAck`] the cloud generates up to this
+    /// many tokens on its own (0 and 1: none), one [`Verdict`] each, numbered 1, 2, …, as if
+    /// answering `DraftBlock { round: 1, tokens: [], stream: n }`; the edge's first block takes
+    /// the number after the last verdict. Lets an edge that already knows streaming pays (from
+    /// earlier requests) start streaming without a round trip.
+    #[prost(uint32, tag = "13")]
+    pub stream: u32,
 }
 
 /// Cloud → edge, the answer to [`Hello`]: accepted or refused, and on acceptance the target's

@@ -21,6 +21,7 @@ fn hello() -> Hello {
         max_new_tokens: 256,
         prompt: vec![1, 9707, 28, 49151, 0, 2],
         autoregressive: false,
+        stream: 0,
     }
 }
 

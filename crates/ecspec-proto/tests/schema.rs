@@ -177,6 +177,7 @@ fn proto_file_matches_rust_messages() {
             max_new_tokens: 5,
             prompt: vec![6],
             autoregressive: true,
+            stream: 7,
         },
     );
     check(

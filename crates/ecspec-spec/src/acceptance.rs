@@ -39,6 +39,14 @@ pub enum AcceptanceError {
         /// The rejected value.
         value: f64,
     },
+    /// Carried-over evidence was NaN, infinite or negative.
+    #[error("acceptance evidence ({successes}, {failures}) must be finite and >= 0")]
+    Evidence {
+        /// Decayed accepted tokens S.
+        successes: f64,
+        /// Decayed rejections F.
+        failures: f64,
+    },
     /// A round reported more accepted than drafted tokens.
     #[error("round accepted {accepted} of only {drafted} drafted tokens")]
     AcceptedExceedsDrafted {
@@ -142,6 +150,29 @@ impl AcceptanceEstimator {
         } else {
             self.prior_alpha
         }
+    }
+
+    /// The decayed evidence (S accepted tokens, F rejections) behind [`Self::alpha`].
+    pub fn evidence(&self) -> (f64, f64) {
+        (self.successes, self.failures)
+    }
+
+    /// This estimator with the decayed evidence (S, F) of an earlier session (see
+    /// [`Self::evidence`]) in place of its own; the session totals are unchanged. Lets the
+    /// edge start a request from what it learnt on the previous ones.
+    ///
+    /// # Errors
+    /// [`AcceptanceError::Evidence`] if S or F is NaN, infinite or negative.
+    pub fn with_evidence(mut self, successes: f64, failures: f64) -> Result<Self, AcceptanceError> {
+        if !(successes.is_finite() && successes >= 0.0 && failures.is_finite() && failures >= 0.0) {
+            return Err(AcceptanceError::Evidence {
+                successes,
+                failures,
+            });
+        }
+        self.successes = successes;
+        self.failures = failures;
+        Ok(self)
     }
 
     /// Verification rounds recorded (K = 0 rounds included).

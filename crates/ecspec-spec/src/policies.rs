@@ -19,7 +19,7 @@
 
 use crate::policy::{
     best_k, expected_energy_per_token, expected_goodput, round_time, DraftLengthPolicy,
-    RoundOutcome, RoundState, StopRule,
+    PolicyMemory, RoundOutcome, RoundState, StopRule,
 };
 
 /// ECSpec's draft-length policy: the K ∈ [0, k_max] with the highest expected goodput
@@ -42,6 +42,8 @@ pub struct Ecspec {
     probe_due: bool,
     streamed_last: bool,
     drafted: usize,
+    /// Recalled mid-stream: the request opens with a stream.
+    opening: bool,
 }
 
 /// Tokens the `ecspec` policy drafts before it may choose to stream.
@@ -61,6 +63,7 @@ impl Ecspec {
             probe_due: false,
             streamed_last: false,
             drafted: 0,
+            opening: false,
         }
     }
 
@@ -128,6 +131,37 @@ impl DraftLengthPolicy for Ecspec {
 
     fn observe(&mut self, outcome: &RoundOutcome) {
         self.drafted += outcome.drafted;
+    }
+
+    fn remember(&self) -> Option<PolicyMemory> {
+        Some(PolicyMemory {
+            drafted_tokens: self.drafted as u64,
+            streaming: self.streamed_last,
+            stream_len: self.current,
+        })
+    }
+
+    /// Skips the warm-up once enough tokens were drafted in earlier requests; if the last
+    /// request ended streaming, opens this one with a stream of the length reached (within
+    /// [stream, 16 × stream]) and probes after it, backing off as within a request.
+    fn recall(&mut self, m: &PolicyMemory) {
+        self.drafted = usize::try_from(m.drafted_tokens).unwrap_or(usize::MAX);
+        if m.streaming {
+            self.current = m
+                .stream_len
+                .clamp(self.stream, self.stream.saturating_mul(16));
+            self.streamed_last = true;
+            self.probe_due = true;
+            self.opening = true;
+        }
+    }
+
+    fn opening_stream(&self) -> u32 {
+        if self.opening {
+            self.current
+        } else {
+            0
+        }
     }
 
     fn name(&self) -> String {
@@ -316,6 +350,22 @@ impl DraftLengthPolicy for Capped {
         self.cap.observe(outcome);
     }
 
+    fn stream_len(&self) -> u32 {
+        self.cap.stream_len()
+    }
+
+    fn remember(&self) -> Option<PolicyMemory> {
+        self.cap.remember()
+    }
+
+    fn recall(&mut self, memory: &PolicyMemory) {
+        self.cap.recall(memory);
+    }
+
+    fn opening_stream(&self) -> u32 {
+        self.cap.opening_stream()
+    }
+
     fn name(&self) -> String {
         format!("{}+{}", self.cap.name(), self.stop)
     }
@@ -325,6 +375,58 @@ impl DraftLengthPolicy for Capped {
 mod tests {
     use super::*;
     use crate::policy::parse_policy;
+
+    #[test]
+    fn ecspec_recalls_an_earlier_request() {
+        // A request that ended streaming: the next opens with a stream of the length reached,
+        // probes once, and skips the warm-up.
+        let m = PolicyMemory {
+            drafted_tokens: 40,
+            streaming: true,
+            stream_len: 64,
+        };
+        let mut p = Ecspec::new(8, 16);
+        assert_eq!(p.opening_stream(), 0);
+        p.recall(&m);
+        assert_eq!(p.opening_stream(), 64);
+        let low = state(0.05);
+        assert!(
+            p.choose(&low) >= 1,
+            "the round after the opening stream is a probe"
+        );
+        assert_eq!(p.choose(&low), 0, "no warm-up: it streams again at once");
+        assert_eq!(
+            p.stream_len(),
+            128,
+            "and backs off from the recalled length"
+        );
+        assert_eq!(
+            p.remember(),
+            Some(PolicyMemory {
+                drafted_tokens: 40,
+                streaming: true,
+                stream_len: 128
+            })
+        );
+        // Out-of-range lengths are clamped to [stream, 16 × stream].
+        let mut q = Ecspec::new(8, 16);
+        q.recall(&PolicyMemory {
+            stream_len: u32::MAX,
+            ..m
+        });
+        assert_eq!(q.opening_stream(), 256);
+        // A request that ended drafting opens with a round, not a stream.
+        let mut r = Ecspec::new(8, 16);
+        r.recall(&PolicyMemory {
+            streaming: false,
+            ..m
+        });
+        assert_eq!(r.opening_stream(), 0);
+        // Capped forwards the memory.
+        let mut c = parse_policy("ecspec:8+p-min:0.2").unwrap();
+        c.recall(&m);
+        assert_eq!(c.opening_stream(), 64);
+    }
 
     /// The policy tests' round (α = 0.8, t_d = 20 ms, t_v = 100 ms + 10 ms/token, 1 Mbit/s,
     /// RTT 50 ms) with another α.

@@ -238,6 +238,29 @@ pub trait DraftLengthPolicy: Send {
     }
     /// The policy's name in the form [`parse_policy`] accepts, e.g. `fixed:4`, `adaptive:8`.
     fn name(&self) -> String;
+    /// What to carry to the next request on the same draft and target (default: nothing).
+    fn remember(&self) -> Option<PolicyMemory> {
+        None
+    }
+    /// Starts from what an earlier request left ([`Self::remember`]; default: ignored).
+    fn recall(&mut self, _memory: &PolicyMemory) {}
+    /// Tokens the cloud should stream right after the handshake, before any round (0: none,
+    /// the default). Only a policy that already knows streaming pays asks for this.
+    fn opening_stream(&self) -> u32 {
+        0
+    }
+}
+
+/// What a draft-length policy carries from one request to the next on the same draft and
+/// target version: the edge's memory across requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PolicyMemory {
+    /// Tokens drafted over all requests so far.
+    pub drafted_tokens: u64,
+    /// Whether the policy's last decision was to stream (drafting did not pay).
+    pub streaming: bool,
+    /// The stream length (tokens) the policy had reached.
+    pub stream_len: u32,
 }
 
 /// Always drafts the same K (`Fixed(0)`: cloud-only decoding, the autoregressive baseline).
