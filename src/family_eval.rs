@@ -324,7 +324,9 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                         sampling: &sampling,
                         max_tokens: a.max_tokens as usize,
                         link: link.clone(),
-                        cloud: Some(cloud.addr),
+                        cloud: Some(crate::run::CloudEndpoint::Tcp(cloud.addr)),
+                        virtual_compute: None,
+                        memory: None,
                         energy: None,
                         energy_budget: None,
                     };

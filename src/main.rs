@@ -1,6 +1,7 @@
 //! `ecspec`: the command-line front end. Parses arguments, dispatches, maps errors to exit
 //! codes; everything else lives in the library crates under `crates/`.
 
+mod bench;
 mod cli;
 mod demo;
 mod edge_memory;
@@ -110,6 +111,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             command: CloudCommand::SetVersion { cloud, version },
         } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
+        Command::Bench(a) => tokio::task::block_in_place(|| bench::run(a)),
         Command::Models { command } => models(command),
         Command::Family {
             command: family_cmd::FamilyCommand::Eval(a),
@@ -192,7 +194,11 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         sampling: &a.sampling,
         max_tokens: a.max_tokens as usize,
         link,
-        cloud: cloud_addr.or(local.as_ref().map(|c| c.addr)),
+        cloud: cloud_addr
+            .or(local.as_ref().map(|c| c.addr))
+            .map(run::CloudEndpoint::Tcp),
+        virtual_compute: None,
+        memory: None,
         // No emulated link, no radio to model.
         energy: (!a.link.no_link).then_some(&profile),
         energy_budget: a.energy.energy_budget,

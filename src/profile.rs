@@ -96,6 +96,13 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
 
 /// Runs the profile.
 pub fn run(args: ProfileArgs) -> Result<()> {
+    if args.toml {
+        print!(
+            "{}",
+            crate::bench::profile_toml(args.family, args.repeats.max(1))?
+        );
+        return Ok(());
+    }
     let fam = info(args.family);
     let mut names = vec![fam.target];
     if fam.draft_file != fam.target {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -248,13 +249,29 @@ pub struct RunSpec<'a> {
     pub max_tokens: usize,
     /// Link (None: direct).
     pub link: Option<LinkConfig>,
-    /// Cloud address.
-    pub cloud: Option<SocketAddr>,
+    /// The cloud.
+    pub cloud: Option<CloudEndpoint>,
+    /// Virtual clock: the edge's modelled compute times (the caller runs the generation on a
+    /// paused tokio clock, and the in-memory cloud has its own). None: the live clock.
+    pub virtual_compute: Option<ecspec_spec::compute::EdgeCompute>,
+    /// What earlier requests left (`--edge-memory FILE` takes precedence). The summary
+    /// returns the updated memory.
+    pub memory: Option<ecspec_edge::SessionMemory>,
     /// Device profile the edge energy is computed with (None: not computed).
     pub energy: Option<&'a ecspec_energy::DeviceProfile>,
     /// Edge energy budget, J per committed token, that the `ecspec` policy keeps on average
     /// (needs `energy`).
     pub energy_budget: Option<f64>,
+}
+
+/// Where the cloud is.
+#[derive(Clone)]
+pub enum CloudEndpoint {
+    /// A server reached over TCP.
+    Tcp(SocketAddr),
+    /// A server in this process, reached over an in-memory pipe (no sockets: what the virtual
+    /// clock needs, since only tokio timers may advance its time).
+    InMemory(Arc<CloudServer>),
 }
 
 /// A failed generation, with what was committed before the failure (never lost).
@@ -352,16 +369,14 @@ async fn run_inner(
         let mut d = drafter();
         let stops = tokenizer.stop_tokens().to_vec();
         let p = prompt.clone();
-        let (tokens, ttft, total) = tokio::task::block_in_place(|| {
-            generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit)
-        })?;
+        let mut decode = || generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit);
+        // A single-thread runtime (the virtual clock) has nothing else to run meanwhile.
+        let (tokens, ttft, total) = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => decode(),
+            _ => tokio::task::block_in_place(decode),
+        }?;
         return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
     }
-    let addr = spec.cloud.context("no cloud address")?;
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the cloud at {addr}"))?;
-    tcp.set_nodelay(true)?;
     let mode = match spec.mode {
         ModeArg::Speculative => Mode::Speculative,
         _ => Mode::CloudOnly,
@@ -371,7 +386,8 @@ async fn run_inner(
     let cfg = EdgeConfig {
         verify_switch: switch.then(VerifySelector::default),
         pipeline: spec.sampling.pipeline_draft,
-        memory: None,
+        memory: spec.memory.clone(),
+        virtual_compute: spec.virtual_compute,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -414,12 +430,37 @@ async fn run_inner(
         .link
         .as_ref()
         .map(|l| (l.uplink.mean_rate_bps(), l.downlink.mean_rate_bps()));
-    let mut summary = match spec.link {
-        Some(link) => {
-            let (s, counters) = emulate(tcp, link).await;
-            generate(s, Some(counters), cfg, d, prompt, on_commit).await?
+    let mut summary = match spec.cloud.context("no cloud address")? {
+        CloudEndpoint::Tcp(addr) => {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to the cloud at {addr}"))?;
+            tcp.set_nodelay(true)?;
+            match spec.link {
+                Some(link) => {
+                    let (s, counters) = emulate(tcp, link).await;
+                    generate(s, Some(counters), cfg, d, prompt, on_commit).await?
+                }
+                None => generate(tcp, None, cfg, d, prompt, on_commit).await?,
+            }
         }
-        None => generate(tcp, None, cfg, d, prompt, on_commit).await?,
+        CloudEndpoint::InMemory(server) => {
+            let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+            let cloud = tokio::spawn(ecspec_cloud::serve_stream(cloud_end, server));
+            let s = match spec.link {
+                Some(link) => {
+                    let (s, counters) = emulate(edge_end, link).await;
+                    generate(s, Some(counters), cfg, d, prompt, on_commit).await
+                }
+                None => generate(edge_end, None, cfg, d, prompt, on_commit).await,
+            };
+            if s.is_err() {
+                // The cloud would otherwise wait out its idle timeout.
+                cloud.abort();
+            }
+            let _ = cloud.await;
+            s?
+        }
     };
     if let (Some(profile), Some((up, down))) = (spec.energy, rates) {
         crate::energy::account(&mut summary, profile, up, down)?;

@@ -22,5 +22,5 @@ pub mod target;
 pub use admin::{set_version, AdminError};
 pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};
-pub use server::{management_allowed, serve, CloudServer, ServerConfig};
+pub use server::{management_allowed, serve, serve_stream, CloudServer, ServerConfig};
 pub use target::{RoundOutcome, TargetSession};

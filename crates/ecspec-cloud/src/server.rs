@@ -12,7 +12,9 @@ use ecspec_proto::{
     ErrorCode, ErrorReply, FrameError, HelloAck, Message, SetVersion, Verdict, VersionAck,
 };
 use ecspec_spec::compact::CompactDist;
+use ecspec_spec::compute::CloudCompute;
 use ecspec_transport::{Connection, TransportError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -36,6 +38,9 @@ pub struct ServerConfig {
     pub max_new_tokens: usize,
     /// How long shutdown waits for running sessions before aborting them.
     pub shutdown_grace: Duration,
+    /// Virtual clock: prefill and verification take these modelled times (slept on tokio's
+    /// clock, which the caller pauses) and are reported as such. None: the live clock.
+    pub virtual_compute: Option<CloudCompute>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(120),
             max_new_tokens: 4096,
             shutdown_grace: Duration::from_secs(5),
+            virtual_compute: None,
         }
     }
 }
@@ -99,7 +105,7 @@ pub fn management_allowed(peer: IpAddr) -> bool {
 /// is answered with a [`VersionAck`] or an [`ErrorReply`], until [`Close`] or end of stream.
 /// A non-loopback peer gets `Forbidden` and the connection is closed.
 async fn manage(
-    conn: &mut Connection<TcpStream>,
+    conn: &mut Connection<impl AsyncRead + AsyncWrite + Unpin>,
     server: &CloudServer,
     peer: Option<IpAddr>,
     mut req: u32,
@@ -186,7 +192,9 @@ pub async fn serve(
                     match server.pending.clone().try_acquire_owned() {
                         Ok(permit) => {
                             sessions.spawn(async move {
-                                if let Err(e) = handle_connection(stream, server, permit).await {
+                                let ip = Some(peer.ip());
+                                if let Err(e) = handle_connection(stream, ip, server, permit).await
+                                {
                                     tracing::info!(%peer, "session ended with an error: {e}");
                                 }
                             });
@@ -256,7 +264,7 @@ fn verdict(round: u32, out: &RoundOutcome) -> Message {
         accepted: out.accepted as u32,
         next_token: out.next_token,
         finished: out.finished,
-        compute_us: out.compute.as_micros().min(u64::MAX as u128) as u64,
+        compute_us: out.compute.as_micros().min(u32::MAX as u128) as u32,
     })
 }
 
@@ -266,8 +274,10 @@ async fn run_round(
     mut target: TargetSession,
     draft: Vec<u32>,
     dists: Vec<CompactDist>,
+    virtual_compute: Option<CloudCompute>,
 ) -> Result<(TargetSession, Result<RoundOutcome, RoundError>), TransportError> {
-    tokio::task::spawn_blocking(move || {
+    let k = draft.len();
+    let (target, mut r) = tokio::task::spawn_blocking(move || {
         let r = target.round(&draft, &dists);
         (target, r)
     })
@@ -276,7 +286,12 @@ async fn run_round(
         TransportError::Io(std::io::Error::other(format!(
             "verification thread failed: {e}"
         )))
-    })
+    })?;
+    if let (Some(vc), Ok(out)) = (virtual_compute, r.as_mut()) {
+        out.compute = vc.verify(k);
+        tokio::time::sleep(out.compute).await;
+    }
+    Ok((target, r))
 }
 
 /// Generates up to `n` tokens on the target's own, one verdict each, numbered `first`,
@@ -288,12 +303,13 @@ async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     first: u32,
     n: u32,
     req: u32,
+    virtual_compute: Option<CloudCompute>,
 ) -> Result<TargetSession, TransportError> {
     for i in 0..n {
         if target.is_finished() {
             break;
         }
-        let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
+        let (t, r) = run_round(target, Vec::new(), Vec::new(), virtual_compute).await?;
         target = t;
         match r {
             Ok(out) => {
@@ -316,12 +332,31 @@ fn dist_from_wire(d: &ecspec_proto::CompactDist, vocab: usize) -> Result<Compact
     CompactDist::from_packed(d.ids.clone(), &d.probs, bits, vocab).map_err(|e| e.to_string())
 }
 
-async fn handle_connection(
-    stream: TcpStream,
+/// Serves one session over any byte stream (an in-memory pipe under the virtual clock, say);
+/// management requests are refused (no peer address). Waits for a free pre-handshake slot.
+///
+/// # Errors
+/// The stream failed.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    server: Arc<CloudServer>,
+) -> Result<(), TransportError> {
+    let permit = server
+        .pending
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| TransportError::Io(std::io::Error::other(e.to_string())))?;
+    handle_connection(stream, None, server, permit).await
+}
+
+async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: Option<IpAddr>,
     server: Arc<CloudServer>,
     pending: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let vc = server.config.virtual_compute;
     let mut conn = Connection::new(stream);
     let idle = Some(server.config.idle_timeout);
     let model = server.model.clone();
@@ -394,7 +429,7 @@ async fn handle_connection(
             TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}")))
         })?
     };
-    let (mut target, first) = match started {
+    let (mut target, mut first) = match started {
         Ok(s) => s,
         Err(e) => {
             conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
@@ -402,6 +437,10 @@ async fn handle_connection(
             return Ok(());
         }
     };
+    if let Some(vc) = vc {
+        first.compute = vc.prefill(target.committed().len() - 1);
+        tokio::time::sleep(first.compute).await;
+    }
     let ack = HelloAck {
         accepted: true,
         reason: String::new(),
@@ -411,20 +450,20 @@ async fn handle_connection(
         eos_token_ids: model.stop_tokens.clone(),
         first_token: first.next_token,
         finished: first.finished,
-        prefill_us: first.compute.as_micros().min(u64::MAX as u128) as u64,
+        prefill_us: first.compute.as_micros().min(u32::MAX as u128) as u32,
     };
     conn.reply(&Message::HelloAck(ack), req).await?;
     let mut round = 0u32;
     if plan.opening_stream > 1 {
         // The edge asked to start streaming right away (it knows drafting does not pay).
         let n = plan.opening_stream.min(server.config.max_new_tokens as u32);
-        target = stream_tokens(&mut conn, target, 1, n, req).await?;
+        target = stream_tokens(&mut conn, target, 1, n, req, vc).await?;
     }
     if plan.autoregressive {
         // Cloud-only baseline: generate and stream every token without waiting for the edge.
         while !target.is_finished() {
             round += 1;
-            let (t, r) = run_round(target, Vec::new(), Vec::new()).await?;
+            let (t, r) = run_round(target, Vec::new(), Vec::new(), vc).await?;
             target = t;
             match r {
                 Ok(out) => conn.reply(&verdict(round, &out), round).await?,
@@ -458,10 +497,10 @@ async fn handle_connection(
                 if block.tokens.is_empty() && block.stream > 1 {
                     // The edge falls back to streaming: generate on our own, a verdict each.
                     let n = block.stream.min(server.config.max_new_tokens as u32);
-                    target = stream_tokens(&mut conn, target, block.round, n, req).await?;
+                    target = stream_tokens(&mut conn, target, block.round, n, req, vc).await?;
                     continue;
                 }
-                let (t, r) = run_round(target, block.tokens, dists).await?;
+                let (t, r) = run_round(target, block.tokens, dists, vc).await?;
                 target = t;
                 match r {
                     Ok(out) => conn.reply(&verdict(block.round, &out), req).await?,

@@ -284,6 +284,7 @@ impl Run {
             verify_switch: self.verify_switch.clone(),
             pipeline: self.pipeline,
             memory: self.memory.clone(),
+            virtual_compute: None,
         }
     }
 
@@ -636,8 +637,8 @@ fn decode_all(bytes: &[u8]) -> Vec<(u32, Message)> {
 }
 
 /// Compute time the edge recorded, back in the Verdict's microseconds.
-fn compute_us(seconds: f64) -> u64 {
-    (seconds * 1e6).round() as u64
+fn compute_us(seconds: f64) -> u32 {
+    (seconds * 1e6).round() as u32
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -784,7 +785,7 @@ async fn greedy_speculative_equals_cloud_only_equals_the_targets_own_greedy_toke
 const FAST_LINK: Option<(f64, f64, f64)> = Some((50.0, 50.0, 2.0));
 
 /// The HelloAck of an accepted session of this server, first token `first`.
-fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u64) -> HelloAck {
+fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u32) -> HelloAck {
     HelloAck {
         accepted: true,
         reason: String::new(),
@@ -800,7 +801,7 @@ fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u64) ->
 
 /// The prefill time the cloud reported, read from the one field of the HelloAck the test
 /// cannot know (it is a measurement).
-fn prefill_us(received: &[u8]) -> u64 {
+fn prefill_us(received: &[u8]) -> u32 {
     match decode_all(received).first() {
         Some((_, Message::HelloAck(a))) => a.prefill_us,
         other => panic!("expected a HelloAck first, got {other:?}"),

@@ -237,13 +237,20 @@ impl Drafter {
     ///
     /// Call right after the proposal ending with `last`, before its rollback.
     ///
+    /// Returns the tokens drafted (the guess included).
+    ///
     /// # Errors
     /// Model or sampling errors; the pre-draft is then dropped and the next rollback restores
     /// the cache as usual.
-    pub fn pre_draft(&mut self, last: u32, n: usize, stop: &AtomicBool) -> Result<(), DraftError> {
+    pub fn pre_draft(
+        &mut self,
+        last: u32,
+        n: usize,
+        stop: &AtomicBool,
+    ) -> Result<usize, DraftError> {
         self.pending = None;
         if stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(0);
         }
         let row = self
             .session
@@ -273,8 +280,9 @@ impl Drafter {
             prev = x;
         }
         carry.elapsed = t0.elapsed();
+        let drafted = 1 + carry.tokens.len();
         self.pending = Some(PreDraft { guess, carry });
-        Ok(())
+        Ok(drafted)
     }
 
     /// After a verdict: `old_len` committed tokens before the round, `drafted` tokens

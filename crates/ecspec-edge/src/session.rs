@@ -3,7 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use ecspec_spec::compute::EdgeCompute;
+use tokio::time::Instant;
 
 use ecspec_link::LinkCounters;
 use ecspec_proto::{Close, DraftBlock, Hello, Message, VerifyMode, PROTOCOL_VERSION};
@@ -75,6 +78,9 @@ pub struct EdgeConfig {
     pub pipeline: bool,
     /// What earlier requests on this draft learnt (None: start cold). Speculative mode only.
     pub memory: Option<SessionMemory>,
+    /// Virtual clock: drafting takes these modelled times (slept on tokio's clock, which the
+    /// caller pauses) instead of the measured ones. None: the live clock.
+    pub virtual_compute: Option<EdgeCompute>,
 }
 
 /// What the edge carries from one request to the next on the same draft: the acceptance
@@ -169,6 +175,8 @@ pub struct Summary {
     pub goodput_tok_s: f64,
     /// Time to first token (s), from the request to the first committed token.
     pub ttft_s: f64,
+    /// The cloud's compute time of the prefill (s), as its HelloAck reported it.
+    pub cloud_prefill_s: f64,
     /// Time per output token after the first (s).
     pub tpot_s: f64,
     /// Wall-clock time of the whole generation (s).
@@ -323,6 +331,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     if let (true, Some(d)) = (speculative, drafter.take()) {
         let p = prompt.clone();
         let (d, ()) = blocking(d, move |d| d.prefill(&p)).await?;
+        if let Some(vc) = cfg.virtual_compute {
+            tokio::time::sleep(vc.prefill(prompt.len())).await;
+        }
         drafter = Some(d);
     }
     let ack = match conn.read_message(Some(cfg.timeout)).await? {
@@ -424,8 +435,13 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             let cap = cfg.policy.choose(&st);
             let stop = cfg.policy.stop_rule();
             let c = committed.clone();
-            let (d, p) = blocking(d, move |d| d.propose_until(&c, cap, stop)).await?;
+            let (d, mut p) = blocking(d, move |d| d.propose_until(&c, cap, stop)).await?;
             drafter = Some(d);
+            if let Some(vc) = cfg.virtual_compute {
+                // Pipelined tokens were paid for while the previous round was in flight.
+                p.elapsed = vc.draft(p.tokens.len() - p.reused);
+                tokio::time::sleep(p.elapsed).await;
+            }
             if cap == 0 {
                 stream = cfg.policy.stream_len();
             }
@@ -462,7 +478,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 let flag = Arc::clone(&stop);
                 let n = k;
                 let task = tokio::task::spawn_blocking(move || {
-                    let t0 = Instant::now();
+                    let t0 = std::time::Instant::now();
                     let r = d.pre_draft(last, n, &flag);
                     (d, r, t0.elapsed())
                 });
@@ -495,8 +511,17 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             let (d, r, t) = task
                 .await
                 .map_err(|e| EdgeError::Protocol(format!("draft thread failed: {e}")))?;
-            r?;
+            let drafted = r?;
             pre_draft_s = t.as_secs_f64();
+            if let Some(vc) = cfg.virtual_compute {
+                // The virtual clock stands still while the draft runs, so the pre-draft always
+                // finishes; only what it would overrun the wait by delays the edge.
+                let modelled = vc.draft(drafted);
+                if let Some(extra) = modelled.checked_sub(wait) {
+                    tokio::time::sleep(extra).await;
+                }
+                pre_draft_s = modelled.as_secs_f64();
+            }
             drafter = Some(d);
         }
         if v.round != round {
@@ -627,6 +652,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         acceptance_rate: est.acceptance_ratio(),
         goodput_tok_s: generated as f64 / total.as_secs_f64(),
         ttft_s: ttft.as_secs_f64(),
+        cloud_prefill_s: f64::from(ack.prefill_us) * 1e-6,
         tpot_s: if generated > 1 {
             (total - ttft).as_secs_f64() / (generated - 1) as f64
         } else {
@@ -682,7 +708,7 @@ pub fn generate_edge_only(
     stop_tokens: &[u32],
     on_commit: OnCommit<'_>,
 ) -> Result<(Vec<u32>, Duration, Duration), DraftError> {
-    let t0 = Instant::now();
+    let t0 = std::time::Instant::now();
     let mut committed = prompt.to_vec();
     let mut ttft = Duration::ZERO;
     for i in 0..max_new_tokens {

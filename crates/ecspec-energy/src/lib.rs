@@ -33,7 +33,7 @@ pub mod radio;
 
 pub use budget::{BudgetKind, EnergyBudget};
 pub use model::{EnergyModel, Round, RoundEnergy, Session};
-pub use profile::{DeviceProfile, DraftTiming, ProfileError};
+pub use profile::{DeviceProfile, DraftTiming, ProfileError, TargetTiming};
 pub use radio::RadioProfile;
 
 /// Invalid inputs to the energy model or budget.

@@ -64,6 +64,23 @@ pub struct DraftTiming {
     /// P_c for this model if it differs from the profile's, W above idle.
     #[serde(default)]
     pub compute_power_w: Option<f64>,
+    /// Seconds per prompt token of the draft's prefill (virtual clock; default
+    /// `seconds_per_token / 8`).
+    #[serde(default)]
+    pub prefill_seconds_per_token: Option<f64>,
+}
+
+/// Timing of one target model on a (cloud) device, for the virtual clock: prefill, and
+/// verification of K drafted tokens in one pass, `t_v(K) = a + b·K` (design.md §2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTiming {
+    /// Seconds per prompt token of the prefill, s/token.
+    pub prefill_seconds_per_token: f64,
+    /// a: one pass over the last committed token alone (a decode step), s.
+    pub verify_base_s: f64,
+    /// b: extra seconds per drafted token verified in the same pass, s/token.
+    pub verify_per_token_s: f64,
 }
 
 /// An edge device: compute power, idle power, draft speed per model and the
@@ -84,7 +101,11 @@ pub struct DeviceProfile {
     /// Where the figures come from (free text, required).
     pub source: String,
     /// Draft models by name.
+    #[serde(default)]
     pub draft: BTreeMap<String, DraftTiming>,
+    /// Target models by name (a cloud profile).
+    #[serde(default)]
+    pub target: BTreeMap<String, TargetTiming>,
 }
 
 impl DeviceProfile {
@@ -135,12 +156,21 @@ impl DeviceProfile {
                 "unknown radio profile (see radio::BUILTIN_RADIOS)",
             ));
         }
-        if self.draft.is_empty() {
+        if self.draft.is_empty() && self.target.is_empty() {
             return Err(bad(
                 "draft".into(),
                 "{}".into(),
-                "at least one draft model is required",
+                "at least one draft or target model is required",
             ));
+        }
+        for (model, t) in &self.target {
+            for (name, v) in [
+                ("prefill_seconds_per_token", t.prefill_seconds_per_token),
+                ("verify_base_s", t.verify_base_s),
+                ("verify_per_token_s", t.verify_per_token_s),
+            ] {
+                non_neg(&format!("target.{model}.{name}"), v)?;
+            }
         }
         for (model, t) in &self.draft {
             let key = format!("draft.{model}.seconds_per_token");
@@ -153,6 +183,9 @@ impl DeviceProfile {
             }
             if let Some(p) = t.compute_power_w {
                 non_neg(&format!("draft.{model}.compute_power_w"), p)?;
+            }
+            if let Some(p) = t.prefill_seconds_per_token {
+                non_neg(&format!("draft.{model}.prefill_seconds_per_token"), p)?;
             }
         }
         debug_assert!(BUILTIN_RADIOS.contains(&self.radio.as_str()));

@@ -154,6 +154,26 @@ fn shipped_profiles_load() {
         let p = DeviceProfile::load(DeviceProfile::shipped_dir().join(f)).unwrap();
         assert!(!p.draft.is_empty());
     }
+    // The virtual clock's entries: phone and Jetson time the SmolLM2 static draft, the
+    // datacenter profile times both targets (a cloud profile: no drafts, no radio).
+    for f in ["phone-s25ultra.toml", "jetson-orin-nano.toml"] {
+        let p = DeviceProfile::load(DeviceProfile::shipped_dir().join(f)).unwrap();
+        let t = &p.draft["smollm2-135m/static"];
+        assert!(t.seconds_per_token > 0.0 && t.prefill_seconds_per_token.unwrap() > 0.0);
+    }
+    let a100 =
+        DeviceProfile::load(DeviceProfile::shipped_dir().join("datacenter-a100.toml")).unwrap();
+    assert!(a100.draft.is_empty() && a100.radio == "none");
+    assert_eq!(a100.target["qwen2.5-coder"].verify_base_s, 0.0027);
+    assert_eq!(a100.target["smollm2-135m"].verify_per_token_s, 0.00003);
+    let bad = GOOD.replace("[draft.m]", "[target.t]\nprefill_seconds_per_token = 0.1\nverify_base_s = -1.0\nverify_per_token_s = 0.0\n[draft.m]");
+    let e = DeviceProfile::parse(&bad, std::path::Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("target.t.verify_base_s") && e.contains("-1"),
+        "{e}"
+    );
     let p = DeviceProfile::load(DeviceProfile::shipped_dir().join("phone-s25ultra.toml")).unwrap();
     let m = EnergyModel::from_profile(&p, "qwen2-0.5b-q4_k_m").unwrap();
     // 8.35 W × 0.019822 s ≈ 0.1655 J/token of decode compute (the table's 0.44

@@ -137,9 +137,9 @@ pub struct HelloAck {
     #[prost(bool, tag = "8")]
     pub finished: bool,
     /// Cloud compute time of the prefill, in microseconds (lets the edge separate network
-    /// time from compute time).
-    #[prost(uint64, tag = "9")]
-    pub prefill_us: u64,
+    /// time from compute time). Fixed width, so a message's size does not depend on timing.
+    #[prost(fixed32, tag = "9")]
+    pub prefill_us: u32,
 }
 
 /// One drafted token's truncated, quantized draft distribution `q`, sent in
@@ -214,9 +214,10 @@ pub struct Verdict {
     #[prost(bool, tag = "4")]
     pub finished: bool,
     /// Cloud compute time of this round's forward pass and verification, in microseconds
-    /// (t_v of design.md §2 as measured by the cloud).
-    #[prost(uint64, tag = "5")]
-    pub compute_us: u64,
+    /// (t_v of design.md §2 as measured by the cloud). Fixed width, so a verdict's size does
+    /// not depend on timing (byte counts are the same on every clock).
+    #[prost(fixed32, tag = "5")]
+    pub compute_us: u32,
 }
 
 /// Either direction: a frame or request was refused. The frame's request id is the id of the

@@ -12,6 +12,8 @@
 //! - [`verify`]: [`verify_greedy`], [`verify_match`], [`verify_rejection`] → [`Verdict`].
 //! - [`verify_mode`]: [`verify_mode::VerifySelector`], the per-round channel-aware choice
 //!   between match and rejection verification.
+//! - [`compute`]: [`compute::EdgeCompute`], [`compute::CloudCompute`], modelled compute times
+//!   of the virtual clock.
 //! - [`acceptance`]: [`AcceptanceEstimator`] (α̂ and session totals).
 //! - [`policy`]: [`DraftLengthPolicy`] with [`Fixed`] and [`GoodputAdaptive`];
 //!   [`expected_tokens`], [`round_time`], [`expected_goodput`], [`parse_policy`].
@@ -55,6 +57,7 @@
 
 pub mod acceptance;
 pub mod compact;
+pub mod compute;
 pub mod policies;
 pub mod policy;
 pub mod sampling;

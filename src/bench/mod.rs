@@ -1,0 +1,690 @@
+//! `ecspec bench`: a workload (Spec-Bench / MT-Bench prompts) × link scenarios × systems ×
+//! target versions, on the live clock (real time over the emulated link) or the virtual clock
+//! (the models really run, so tokens, acceptance and bytes are real, but compute time comes
+//! from device profiles and link time from the link models, on a paused tokio clock). Both
+//! clocks run the same edge, link and cloud code over the same protocol messages.
+//!
+//! Writes `requests.jsonl` (one line per request, with its per-round records),
+//! `summary.csv` and `report.md` to `--out`.
+
+mod compute;
+mod report;
+mod scenario;
+mod system;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use ecspec_cloud::{CloudModel, CloudServer, ServerConfig, TargetVersion};
+use ecspec_edge::Summary;
+use ecspec_model::Draft;
+use ecspec_spec::compute::{CloudCompute, EdgeCompute};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{FamilyName, ModeArg, ModelArgs, SamplingArgs, VerifyArg};
+use crate::family::Loaded;
+use crate::prompts;
+use crate::run::{prompt_ids, run_one, CloudEndpoint, RunSpec};
+pub use scenario::DEFAULT_SCENARIOS;
+use system::{DraftKind, System};
+
+/// The default systems.
+pub const DEFAULT_SYSTEMS: &str = "cloud-only,edge-only,sd-fixed:4,sd-fixed:4+resync,ecspec";
+
+/// Which clock times the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClockArg {
+    /// Discrete-event: compute times from device profiles, link times from the link models.
+    Virtual,
+    /// Real time: this machine's compute, the emulated link in real time.
+    Live,
+}
+
+/// `ecspec bench`
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub family: FamilyName,
+    /// Family manifest with the target versions and the static draft [default: the shipped
+    /// families/<family>/family.toml; a family without one serves its target as `v0`].
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Conventional drafts, one per version: DIR/VERSION/draft.safetensors (`ecspec family
+    /// distill-draft`) [default: ~/.cache/ecspec/train/<family>/conventional when present].
+    /// Without them the `sd-fixed` systems of a shared-backbone family are skipped.
+    #[arg(long, value_name = "DIR")]
+    pub conventional_dir: Option<PathBuf>,
+    /// Prompts (Spec-Bench / MT-Bench JSONL) [default: $ECSPEC_DATA_DIR or ../shared/data,
+    /// prompts/spec_bench_question.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Questions per category (the first ones of the file).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub per_category: u32,
+    /// Only these categories (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+    /// Link scenarios: built-in names (5g-static, 5g-driving, lte-driving, umts-driving,
+    /// const-10mbit-60ms, loopback) or scenario TOML files.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SCENARIOS)]
+    pub scenarios: Vec<String>,
+    /// Systems: cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec, static:POLICY.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SYSTEMS)]
+    pub systems: Vec<String>,
+    /// Target versions (default: all of the manifest's).
+    #[arg(long, value_delimiter = ',')]
+    pub versions: Vec<String>,
+    /// Clock.
+    #[arg(long, value_enum, default_value = "virtual")]
+    pub clock: ClockArg,
+    /// Edge compute times (virtual clock): `measured` (this machine, now), a shipped device
+    /// profile (this-machine, phone-s25ultra, jetson-orin-nano) or a profile file.
+    #[arg(long, default_value = "measured", value_name = "NAME|FILE")]
+    pub edge_profile: String,
+    /// Cloud compute times (virtual clock): `measured`, datacenter-a100, this-machine or a
+    /// profile file.
+    #[arg(long, default_value = "measured", value_name = "NAME|FILE")]
+    pub cloud_profile: String,
+    /// Device profile of the edge energy (radio and compute power).
+    #[arg(long, default_value = "this-machine", value_name = "NAME|FILE")]
+    pub energy_profile: String,
+    /// Tokens generated per request.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_tokens: u32,
+    /// Temperature (0: greedy, and outputs are checked against the cloud-only ones).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Request i starts the link i × this many seconds into its traces (each request meets
+    /// another phase of a trace; every system meets the same ones).
+    #[arg(long, default_value_t = 30.0)]
+    pub phase_s: f64,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
+/// The models of the run: the edge's model file, the drafts, and the target versions.
+struct Models {
+    loaded: Loaded,
+    versions: Vec<TargetVersion>,
+    base: Arc<ecspec_model::LoadedModel>,
+    static_draft: Arc<Draft>,
+    /// Per version: the conventional draft and its file size (bytes) to re-download.
+    conventional: Vec<(Arc<Draft>, u64)>,
+    /// Whether `static_draft` is a shared-backbone draft (else the family's own small model).
+    shared_backbone: bool,
+}
+
+/// Loads the family's models: from its manifest (the shipped one by default) when it has a
+/// shared-backbone draft, else its target and draft pair as the single version `v0`.
+fn load_models(
+    family: FamilyName,
+    manifest: Option<PathBuf>,
+    conventional_dir: Option<PathBuf>,
+) -> Result<Models> {
+    let info = crate::family::info(family);
+    let manifest = manifest.or_else(|| {
+        let p = crate::family::families_dir()
+            .join(info.wire_name)
+            .join("family.toml");
+        (info.shared_backbone && p.exists()).then_some(p)
+    });
+    if let Some(m) = manifest {
+        let fam = crate::family_cmd::open_family(&m, None, family)?;
+        let static_draft = Arc::new(fam.draft()?);
+        let versions: Vec<TargetVersion> = fam
+            .versions()
+            .iter()
+            .map(|v| TargetVersion {
+                name: v.spec.name.clone(),
+                transformer: v.transformer.clone(),
+            })
+            .collect();
+        let dir = conventional_dir.or_else(|| {
+            let d = ecspec_weights::Cache::from_env()
+                .ok()?
+                .root()
+                .join("train")
+                .join(info.wire_name)
+                .join("conventional");
+            d.exists().then_some(d)
+        });
+        let mut conventional = Vec::new();
+        if let Some(dir) = dir {
+            for v in &versions {
+                let f = dir.join(&v.name).join("draft.safetensors");
+                if !f.exists() {
+                    conventional.clear();
+                    eprintln!("ecspec bench: note: no conventional draft {}; the sd-fixed systems are skipped", f.display());
+                    break;
+                }
+                let d = Draft::standalone(&fam.base, &f)
+                    .with_context(|| format!("loading the conventional draft {}", f.display()))?;
+                conventional.push((Arc::new(d), std::fs::metadata(&f)?.len()));
+            }
+        }
+        let loaded = Loaded {
+            info,
+            edge_model: fam.base.clone(),
+            draft: clone_draft(&static_draft),
+            draft_desc: "static shared-backbone draft".into(),
+            target: None,
+        };
+        return Ok(Models {
+            loaded,
+            versions,
+            base: fam.base.clone(),
+            static_draft,
+            conventional,
+            shared_backbone: true,
+        });
+    }
+    let args = ModelArgs {
+        family,
+        model: None,
+        draft_model: None,
+        shared_layers: 4,
+        anchor: None,
+        draft_file: None,
+    };
+    let loaded = crate::family::load_family(&args, true)?;
+    let target = loaded.target.clone().context("the target model")?;
+    let draft = Arc::new(clone_draft(&loaded.draft));
+    let shared = info.shared_backbone;
+    Ok(Models {
+        versions: vec![TargetVersion {
+            name: "v0".into(),
+            transformer: target.transformer.clone(),
+        }],
+        base: target,
+        // Without a family build, the family's own draft serves every system.
+        conventional: vec![(draft.clone(), 0)],
+        static_draft: draft,
+        loaded,
+        shared_backbone: shared,
+    })
+}
+
+fn clone_draft(d: &Draft) -> Draft {
+    Draft {
+        kind: d.kind,
+        transformer: d.transformer.clone(),
+        compat_hash: d.compat_hash.clone(),
+    }
+}
+
+/// The device-profile entries of this machine for `family` (`ecspec profile --toml`): its
+/// static and conventional drafts and its target, measured now (medians of `repeats`).
+///
+/// # Errors
+/// Loading or running the models.
+pub fn profile_toml(family: FamilyName, repeats: usize) -> Result<String> {
+    let m = load_models(family, None, None)?;
+    let name = m.loaded.info.wire_name;
+    let mut out = String::new();
+    let mut draft = |key: &str, t: &Arc<ecspec_model::Transformer>| -> Result<()> {
+        let e = compute::measure_draft(t, repeats)?;
+        out.push_str(&format!(
+            "[draft.\"{name}/{key}\"]\nseconds_per_token = {:.6}   # {:.1} tok/s\nprefill_seconds_per_token = {:.6}\n\n",
+            e.draft_s_per_token,
+            1.0 / e.draft_s_per_token,
+            e.prefill_s_per_token
+        ));
+        Ok(())
+    };
+    draft("static", &m.static_draft.transformer.clone())?;
+    if let Some((d, _)) = m.conventional.first() {
+        draft("conventional", &d.transformer.clone())?;
+    }
+    let c = compute::measure_target(&m.versions[0].transformer, repeats)?;
+    out.push_str(&format!(
+        "[target.\"{name}\"]\nprefill_seconds_per_token = {:.6}\nverify_base_s = {:.6}   # {:.1} tok/s decode\nverify_per_token_s = {:.6}\n",
+        c.prefill_s_per_token,
+        c.verify_base_s,
+        1.0 / c.verify_base_s.max(1e-12),
+        c.verify_per_token_s
+    ));
+    Ok(out)
+}
+
+/// Compute times of the virtual clock.
+struct Clocks {
+    edge_static: EdgeCompute,
+    edge_conventional: EdgeCompute,
+    cloud: CloudCompute,
+    edge_source: String,
+    cloud_source: String,
+}
+
+fn clocks(a: &BenchArgs, m: &Models) -> Result<Clocks> {
+    let family = m.loaded.info.wire_name;
+    let (edge_static, edge_conventional, edge_source) = if a.edge_profile == compute::MEASURED {
+        let s = compute::measure_draft(&m.static_draft.transformer, 5)?;
+        let c = match m.conventional.first() {
+            Some((d, _)) => compute::measure_draft(&d.transformer, 5)?,
+            None => s,
+        };
+        (s, c, "measured on this machine".to_string())
+    } else {
+        let p = crate::energy::load_profile(&a.edge_profile)?;
+        let s = compute::edge_from_profile(&p, family, "static")?;
+        let c = compute::edge_from_profile(&p, family, "conventional").unwrap_or(s);
+        (s, c, format!("device profile {}", p.name))
+    };
+    let (cloud, cloud_source) = if a.cloud_profile == compute::MEASURED {
+        (
+            compute::measure_target(&m.versions[0].transformer, 5)?,
+            "measured on this machine".to_string(),
+        )
+    } else {
+        let p = crate::energy::load_profile(&a.cloud_profile)?;
+        (
+            compute::cloud_from_profile(&p, family)?,
+            format!("device profile {}", p.name),
+        )
+    };
+    Ok(Clocks {
+        edge_static,
+        edge_conventional,
+        cloud,
+        edge_source,
+        cloud_source,
+    })
+}
+
+/// One request's result.
+#[derive(Debug, Clone)]
+pub struct Request {
+    scenario: String,
+    system: String,
+    version: String,
+    category: String,
+    summary: Summary,
+    /// Greedy runs: whether the output equals cloud-only's for the same version and prompt.
+    same_as_cloud: Option<bool>,
+}
+
+/// Runs a future on the chosen clock: live on this runtime, virtual on a fresh paused
+/// single-thread runtime (its own thread), where time moves only through tokio timers.
+fn on_clock<F>(clock: ClockArg, fut: F) -> Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    match clock {
+        ClockArg::Live => Ok(tokio::runtime::Handle::current().block_on(fut)),
+        ClockArg::Virtual => std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .start_paused(true)
+                    .build()
+                    .context("starting the virtual clock")?;
+                Ok(rt.block_on(fut))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the virtual-clock thread panicked"))?
+        }),
+    }
+}
+
+/// Runs `ecspec bench` (blocking; call from a runtime thread through `block_in_place`).
+pub fn run(a: BenchArgs) -> Result<()> {
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!(
+            "--temperature must be finite and ≥ 0, got {}",
+            a.temperature
+        );
+    }
+    if !(a.phase_s.is_finite() && a.phase_s >= 0.0) {
+        bail!("--phase-s must be finite and ≥ 0, got {}", a.phase_s);
+    }
+    let systems: Vec<System> = a
+        .systems
+        .iter()
+        .map(|s| system::parse(s))
+        .collect::<Result<_>>()?;
+    let data = prompts::data_dir();
+    let mut scenarios = Vec::new();
+    for s in &a.scenarios {
+        let sc = scenario::resolve(s, &data)?;
+        match sc.missing_file() {
+            Some(f) => eprintln!(
+                "ecspec bench: skipped scenario {}: {f} is missing (set ECSPEC_DATA_DIR to the shared data)",
+                sc.name
+            ),
+            None => {
+                sc.link(0.0)?;
+                scenarios.push(sc);
+            }
+        }
+    }
+    if scenarios.is_empty() {
+        bail!("no scenario left to run");
+    }
+    let prompts_path = a
+        .prompts
+        .clone()
+        .unwrap_or_else(prompts::default_spec_bench);
+    let all = prompts::load(&prompts_path).with_context(|| {
+        if a.prompts.is_none() {
+            "the default prompts live in the shared data directory: give --prompts FILE or set ECSPEC_DATA_DIR".to_string()
+        } else {
+            "--prompts".to_string()
+        }
+    })?;
+    let questions = prompts::select(&all, a.per_category as usize, &a.categories)?;
+    let m = load_models(a.family, a.manifest.clone(), a.conventional_dir.clone())?;
+    let versions: Vec<&TargetVersion> = if a.versions.is_empty() {
+        m.versions.iter().collect()
+    } else {
+        a.versions
+            .iter()
+            .map(|v| {
+                m.versions.iter().find(|t| &t.name == v).with_context(|| {
+                    format!(
+                        "--versions {v}: not served (versions: {})",
+                        m.versions
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let runnable: Vec<&System> = systems
+        .iter()
+        .filter(|s| match s {
+            System::Speculative { draft, .. } if *draft != DraftKind::Static => {
+                !m.conventional.is_empty()
+            }
+            _ => true,
+        })
+        .collect();
+    let clocks = match a.clock {
+        ClockArg::Virtual => Some(clocks(&a, &m)?),
+        ClockArg::Live => None,
+    };
+    let energy = crate::energy::load_profile(&a.energy_profile)?;
+    let total = (versions.len() * scenarios.len() * runnable.len() * questions.len()) as u64;
+    eprintln!(
+        "ecspec bench: {} · {:?} clock · {} versions × {} scenarios × {} systems × {} prompts = {total} requests · {} tokens each",
+        m.loaded.info.wire_name,
+        a.clock,
+        versions.len(),
+        scenarios.len(),
+        runnable.len(),
+        questions.len(),
+        a.max_tokens
+    );
+    if let Some(c) = &clocks {
+        eprintln!(
+            "  edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
+            c.edge_source,
+            c.edge_static.draft_s_per_token * 1e3,
+            c.cloud_source,
+            c.cloud.verify_base_s * 1e3,
+            c.cloud.verify_per_token_s * 1e3,
+            c.cloud.prefill_s_per_token * 1e3
+        );
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let jsonl_path = a.out.join("requests.jsonl");
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(&jsonl_path)
+            .with_context(|| format!("creating {}", jsonl_path.display()))?,
+    );
+    let sampling = SamplingArgs {
+        temperature: a.temperature,
+        top_p: 1.0,
+        top_k: 0,
+        seed: a.seed,
+        verify: VerifyArg::Auto,
+        dist_top_k: 8,
+        dist_bits: 8,
+        pipeline_draft: false,
+        edge_memory: None,
+    };
+    let mut results: Vec<Request> = Vec::new();
+    let mut resyncs: Vec<report::Resync> = Vec::new();
+    for (vi, version) in versions.iter().enumerate() {
+        let model = CloudModel::with_versions(
+            m.loaded.info.wire_name,
+            &m.base,
+            m.versions.clone(),
+            &version.name,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let server = CloudServer::new(
+            model,
+            ServerConfig {
+                virtual_compute: clocks.as_ref().map(|c| c.cloud),
+                ..ServerConfig::default()
+            },
+        );
+        let vindex = m
+            .versions
+            .iter()
+            .position(|t| t.name == version.name)
+            .unwrap_or(vi);
+        for sc in &scenarios {
+            let link0 = sc.link_base()?;
+            let (down_bps, rtt_s) = link0.as_ref().map_or((f64::INFINITY, 0.0), |l| {
+                (l.downlink.mean_rate_bps(), l.rtt().as_secs_f64())
+            });
+            // Cloud-only first: greedy speculative outputs are checked against it.
+            let mut cloud_tokens: Vec<Option<Vec<u32>>> = vec![None; questions.len()];
+            for sys in &runnable {
+                let (draft, policy, edge_compute, mode) = match sys {
+                    System::CloudOnly => (
+                        m.static_draft.clone(),
+                        "fixed:0".to_string(),
+                        None,
+                        ModeArg::CloudOnly,
+                    ),
+                    System::EdgeOnly => (
+                        m.static_draft.clone(),
+                        "fixed:0".to_string(),
+                        clocks.as_ref().map(|c| c.edge_static),
+                        ModeArg::EdgeOnly,
+                    ),
+                    System::Speculative { draft, policy, .. } => {
+                        let (d, ec) = match draft {
+                            DraftKind::Static => (
+                                m.static_draft.clone(),
+                                clocks.as_ref().map(|c| c.edge_static),
+                            ),
+                            DraftKind::ConventionalStale => (
+                                m.conventional[0].0.clone(),
+                                clocks.as_ref().map(|c| c.edge_conventional),
+                            ),
+                            DraftKind::ConventionalResync => (
+                                m.conventional
+                                    .get(vindex)
+                                    .unwrap_or(&m.conventional[0])
+                                    .0
+                                    .clone(),
+                                clocks.as_ref().map(|c| c.edge_conventional),
+                            ),
+                        };
+                        (d, policy.clone(), ec, ModeArg::Speculative)
+                    }
+                };
+                if let System::Speculative {
+                    draft: DraftKind::ConventionalResync,
+                    name,
+                    ..
+                } = sys
+                {
+                    // The draft of this version is downloaded when it goes live (not for the
+                    // first version: the device already has its draft).
+                    let bytes = if vindex == 0 {
+                        0
+                    } else {
+                        m.conventional.get(vindex).map_or(0, |c| c.1)
+                    };
+                    let seconds = if bytes == 0 {
+                        0.0
+                    } else {
+                        rtt_s + bytes as f64 * 8.0 / down_bps
+                    };
+                    resyncs.push(report::Resync {
+                        scenario: sc.name.clone(),
+                        system: name.clone(),
+                        version: version.name.clone(),
+                        bytes,
+                        seconds,
+                    });
+                }
+                let loaded = Loaded {
+                    info: crate::family::info(a.family),
+                    edge_model: m.loaded.edge_model.clone(),
+                    draft: clone_draft(&draft),
+                    draft_desc: sys.name().to_string(),
+                    target: None,
+                };
+                // A device serving one request after another: each starts from what the
+                // previous ones on this link left (acceptance evidence, policy state).
+                let mut memory = None;
+                for (qi, q) in questions.iter().enumerate() {
+                    bar.set_message(format!(
+                        "{} · {} · {} · {}",
+                        version.name,
+                        sc.name,
+                        sys.name(),
+                        q.category
+                    ));
+                    let ids = prompt_ids(&loaded, &q.turns[0], false)
+                        .with_context(|| format!("question {}", q.question_id))?;
+                    let n_prompt = ids.len();
+                    let link = scenario::shifted(&link0, qi as f64 * a.phase_s);
+                    let spec = RunSpec {
+                        mode,
+                        draft_len: &policy,
+                        sampling: &sampling,
+                        max_tokens: a.max_tokens as usize,
+                        link,
+                        cloud: (mode != ModeArg::EdgeOnly)
+                            .then(|| CloudEndpoint::InMemory(server.clone())),
+                        energy: (sc.name != "loopback").then_some(&energy),
+                        energy_budget: None,
+                        virtual_compute: edge_compute,
+                        memory: memory.clone(),
+                    };
+                    let clock = a.clock;
+                    let mut s = on_clock(clock, async {
+                        run_one(&loaded, ids, spec, &mut |_| {}).await
+                    })?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{} · {} · {} · question {}: {e}",
+                            version.name,
+                            sc.name,
+                            sys.name(),
+                            q.question_id
+                        )
+                    })?;
+                    memory = s.memory.clone();
+                    if let (ClockArg::Virtual, ModeArg::EdgeOnly, Some(ec)) =
+                        (clock, mode, edge_compute)
+                    {
+                        virtual_edge_only(&mut s, n_prompt, ec);
+                    }
+                    let same = match (mode, a.temperature == 0.0, &cloud_tokens[qi]) {
+                        (ModeArg::CloudOnly, _, _) => {
+                            cloud_tokens[qi] = Some(s.tokens.clone());
+                            None
+                        }
+                        (ModeArg::Speculative, true, Some(c)) => Some(*c == s.tokens),
+                        _ => None,
+                    };
+                    let r = Request {
+                        scenario: sc.name.clone(),
+                        system: sys.name().to_string(),
+                        version: version.name.clone(),
+                        category: q.category.clone(),
+                        summary: s,
+                        same_as_cloud: same,
+                    };
+                    writeln!(jsonl, "{}", report::request_json(&r, &q.question_id))?;
+                    results.push(r);
+                    bar.inc(1);
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    jsonl.flush()?;
+    let setup = report::Setup {
+        family: m.loaded.info.wire_name.to_string(),
+        clock: format!("{:?}", a.clock).to_lowercase(),
+        edge: clocks
+            .as_ref()
+            .map_or("this machine (live)".into(), |c| c.edge_source.clone()),
+        cloud: clocks
+            .as_ref()
+            .map_or("this machine (live)".into(), |c| c.cloud_source.clone()),
+        prompts: format!("{} ({} questions)", prompts_path.display(), questions.len()),
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        shared_backbone: m.shared_backbone,
+        skipped: systems
+            .iter()
+            .filter(|s| !runnable.contains(s))
+            .map(|s| s.name().to_string())
+            .collect(),
+        scenarios: scenarios
+            .iter()
+            .map(|s| (s.name.clone(), s.description.clone()))
+            .collect(),
+    };
+    let rows = report::aggregate(&results, &resyncs);
+    let csv_path = a.out.join("summary.csv");
+    std::fs::write(&csv_path, report::csv(&rows))
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let md = report::markdown(&rows, &setup);
+    let md_path = a.out.join("report.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "ecspec bench: wrote {}, {}, {}",
+        jsonl_path.display(),
+        csv_path.display(),
+        md_path.display()
+    );
+    Ok(())
+}
+
+/// Edge-only timings on the virtual clock: the draft's prefill, then one step per token.
+fn virtual_edge_only(s: &mut Summary, prompt_tokens: usize, ec: EdgeCompute) {
+    let n = s.generated_tokens;
+    let prefill = ec.prefill(prompt_tokens);
+    let ttft = prefill + ec.draft(1);
+    let total = prefill + ec.draft(n);
+    s.ttft_s = ttft.as_secs_f64();
+    s.total_s = total.as_secs_f64();
+    s.draft_s = total.as_secs_f64();
+    s.goodput_tok_s = n as f64 / total.as_secs_f64().max(1e-12);
+    s.tpot_s = if n > 1 {
+        (total - ttft).as_secs_f64() / (n - 1) as f64
+    } else {
+        0.0
+    };
+}

@@ -1,0 +1,133 @@
+//! The systems `ecspec bench` compares:
+//!
+//! - `cloud-only`: the target decodes alone and streams every token to the edge;
+//! - `edge-only`: the draft decodes alone on the edge (quality not verified);
+//! - `sd-fixed:K`: conventional speculative decoding, a draft with its own embedding and head
+//!   (the one distilled from the first target version, kept as is), fixed draft length K;
+//! - `sd-fixed:K+resync`: the same, but the draft is re-synchronised: the draft distilled from
+//!   each target version is downloaded when that version goes live;
+//! - `ecspec`: ECSpec — the static shared-backbone draft and the `ecspec` policy;
+//! - `static:POLICY`: the static draft with any `--draft-len` policy (e.g. `static:fixed:4`,
+//!   `static:adaptive`, `static:ucb`).
+//!
+//! In a family without a shared-backbone draft (the Qwen pair) the only draft is its own small
+//! model: `ecspec` and `static:*` then run that draft with the policy, and `+resync` has
+//! nothing to download.
+
+use anyhow::{bail, Result};
+
+use ecspec_spec::policy::parse_policy;
+
+/// Which draft a speculative system runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftKind {
+    /// ECSpec's static shared-backbone draft.
+    Static,
+    /// The conventional draft of the first target version (stale afterwards).
+    ConventionalStale,
+    /// The conventional draft of the served version, downloaded when the version changes.
+    ConventionalResync,
+}
+
+/// One system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum System {
+    /// Target alone, streamed.
+    CloudOnly,
+    /// Draft alone, on the edge.
+    EdgeOnly,
+    /// Speculative decoding.
+    Speculative {
+        /// Name in the results.
+        name: String,
+        /// The draft.
+        draft: DraftKind,
+        /// `--draft-len` policy.
+        policy: String,
+    },
+}
+
+impl System {
+    /// Name in the results.
+    pub fn name(&self) -> &str {
+        match self {
+            System::CloudOnly => "cloud-only",
+            System::EdgeOnly => "edge-only",
+            System::Speculative { name, .. } => name,
+        }
+    }
+}
+
+/// Parses one system name.
+///
+/// # Errors
+/// An unknown name or an invalid policy, naming what is accepted.
+pub fn parse(s: &str) -> Result<System> {
+    let spec = |name: &str, draft, policy: &str| -> Result<System> {
+        parse_policy(policy).map_err(|e| anyhow::anyhow!("system {name:?}: {e}"))?;
+        Ok(System::Speculative {
+            name: name.to_string(),
+            draft,
+            policy: policy.to_string(),
+        })
+    };
+    match s {
+        "cloud-only" => Ok(System::CloudOnly),
+        "edge-only" => Ok(System::EdgeOnly),
+        "ecspec" => spec(s, DraftKind::Static, "ecspec"),
+        _ => {
+            if let Some(p) = s.strip_prefix("static:") {
+                return spec(s, DraftKind::Static, p);
+            }
+            if let Some(k) = s.strip_prefix("sd-fixed:") {
+                let (k, draft) = match k.strip_suffix("+resync") {
+                    Some(k) => (k, DraftKind::ConventionalResync),
+                    None => (k, DraftKind::ConventionalStale),
+                };
+                if k.parse::<usize>().map_or(true, |k| k == 0) {
+                    bail!("system {s:?}: K must be a whole number ≥ 1");
+                }
+                return spec(s, draft, &format!("fixed:{k}"));
+            }
+            bail!(
+                "unknown system {s:?} (expected cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec or static:POLICY)"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(parse("cloud-only").unwrap(), System::CloudOnly);
+        assert_eq!(parse("edge-only").unwrap(), System::EdgeOnly);
+        match parse("sd-fixed:4+resync").unwrap() {
+            System::Speculative { draft, policy, .. } => {
+                assert_eq!(
+                    (draft, policy.as_str()),
+                    (DraftKind::ConventionalResync, "fixed:4")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse("static:adaptive:6").unwrap() {
+            System::Speculative {
+                name,
+                draft,
+                policy,
+            } => {
+                assert_eq!(
+                    (name.as_str(), draft, policy.as_str()),
+                    ("static:adaptive:6", DraftKind::Static, "adaptive:6")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["sd-fixed:0", "sd-fixed:x", "static:nope", "fast"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
