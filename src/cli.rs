@@ -11,8 +11,8 @@ pub struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); also read from RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
-    /// Compute threads for model kernels [default: $ECSPEC_THREADS, else 1; `family` training:
-    /// all cores]. One thread is the robust choice on a 2-core machine running edge and cloud in
+    /// Compute threads for model kernels [default: $ECSPEC_THREADS, else 1; `family` training
+    /// and `bench --clock virtual`: all cores]. One thread is the robust choice on a 2-core machine running edge and cloud in
     /// one process: fork-join kernels stall badly when their threads compete for the cores.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,

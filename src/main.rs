@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             command: family_cmd::FamilyCommand::Eval(_),
         } => 1,
         Command::Family { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // On the virtual clock compute speed does not change the results, only the wall time.
+        Command::Bench(ref b) if b.clock == bench::ClockArg::Virtual => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
         _ => 1,
     };
     let threads = match threads_setting(cli.threads, default_threads) {

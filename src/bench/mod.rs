@@ -5,9 +5,10 @@
 //! clocks run the same edge, link and cloud code over the same protocol messages.
 //!
 //! Writes `requests.jsonl` (one line per request, with its per-round records),
-//! `summary.csv` and `report.md` to `--out`.
+//! `summary.csv`, `report.md` and SVG plots to `--out`.
 
 mod compute;
+mod plot;
 mod report;
 mod scenario;
 mod system;
@@ -463,6 +464,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         edge_memory: None,
     };
     let mut results: Vec<Request> = Vec::new();
+    let mut links: Vec<plot::ScenarioLink> = Vec::new();
     let mut resyncs: Vec<report::Resync> = Vec::new();
     for (vi, version) in versions.iter().enumerate() {
         let model = CloudModel::with_versions(
@@ -489,6 +491,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let (down_bps, rtt_s) = link0.as_ref().map_or((f64::INFINITY, 0.0), |l| {
                 (l.downlink.mean_rate_bps(), l.rtt().as_secs_f64())
             });
+            if vi == 0 {
+                links.push(plot::ScenarioLink {
+                    name: sc.name.clone(),
+                    uplink_mbps: link0
+                        .as_ref()
+                        .map_or(0.0, |l| l.uplink.mean_rate_bps() / 1e6),
+                    rtt_ms: rtt_s * 1e3,
+                });
+            }
             // Cloud-only first: greedy speculative outputs are checked against it.
             let mut cloud_tokens: Vec<Option<Vec<u32>>> = vec![None; questions.len()];
             for sys in &runnable {
@@ -663,11 +674,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let md_path = a.out.join("report.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     println!("{md}");
+    let plots = plot::write_all(&a.out, &rows, &results, &links)?;
     eprintln!(
-        "ecspec bench: wrote {}, {}, {}",
+        "ecspec bench: wrote {}, {}, {} and {} plots ({})",
         jsonl_path.display(),
         csv_path.display(),
-        md_path.display()
+        md_path.display(),
+        plots.len(),
+        plots
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
