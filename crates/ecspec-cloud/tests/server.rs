@@ -2057,12 +2057,13 @@ async fn a_request_remembering_that_streaming_pays_opens_with_a_stream_and_stays
     });
     let p = m.policy.expect("ecspec remembers");
     assert_eq!(p.drafted_tokens, s.drafted_tokens);
-    // Memory of a request that ended streaming with 32-token streams.
+    // Memory of a request that ended streaming with 16-token streams: this one opens with the
+    // back-off's next step, 32.
     let memory = ecspec_edge::SessionMemory {
         policy: Some(ecspec_spec::policy::PolicyMemory {
             drafted_tokens: 100,
             streaming: true,
-            stream_len: 32,
+            stream_len: 16,
         }),
         ..m
     };

@@ -142,13 +142,15 @@ impl DraftLengthPolicy for Ecspec {
     }
 
     /// Skips the warm-up once enough tokens were drafted in earlier requests; if the last
-    /// request ended streaming, opens this one with a stream of the length reached (within
-    /// [stream, 16 × stream]) and probes after it, backing off as within a request.
+    /// request ended streaming (its last probe lost), opens this one with the next stream of
+    /// the back-off — twice the length reached, within [stream, 16 × stream] — and probes
+    /// after it.
     fn recall(&mut self, m: &PolicyMemory) {
         self.drafted = usize::try_from(m.drafted_tokens).unwrap_or(usize::MAX);
         if m.streaming {
             self.current = m
                 .stream_len
+                .saturating_mul(2)
                 .clamp(self.stream, self.stream.saturating_mul(16));
             self.streamed_last = true;
             self.probe_due = true;
@@ -388,24 +390,20 @@ mod tests {
         let mut p = Ecspec::new(8, 16);
         assert_eq!(p.opening_stream(), 0);
         p.recall(&m);
-        assert_eq!(p.opening_stream(), 64);
+        assert_eq!(p.opening_stream(), 128, "the back-off's next step");
         let low = state(0.05);
         assert!(
             p.choose(&low) >= 1,
             "the round after the opening stream is a probe"
         );
         assert_eq!(p.choose(&low), 0, "no warm-up: it streams again at once");
-        assert_eq!(
-            p.stream_len(),
-            128,
-            "and backs off from the recalled length"
-        );
+        assert_eq!(p.stream_len(), 256, "and backs off from there");
         assert_eq!(
             p.remember(),
             Some(PolicyMemory {
                 drafted_tokens: 40,
                 streaming: true,
-                stream_len: 128
+                stream_len: 256
             })
         );
         // Out-of-range lengths are clamped to [stream, 16 × stream].
@@ -425,7 +423,7 @@ mod tests {
         // Capped forwards the memory.
         let mut c = parse_policy("ecspec:8+p-min:0.2").unwrap();
         c.recall(&m);
-        assert_eq!(c.opening_stream(), 64);
+        assert_eq!(c.opening_stream(), 128);
     }
 
     /// The policy tests' round (α = 0.8, t_d = 20 ms, t_v = 100 ms + 10 ms/token, 1 Mbit/s,
