@@ -44,16 +44,8 @@ pub struct EvalArgs {
     /// family distill-draft --out DIR/VERSION`). Without it the conventional rows are left out.
     #[arg(long, value_name = "DIR")]
     pub conventional_dir: Option<PathBuf>,
-    /// Prompts (Spec-Bench / MT-Bench JSONL) [default: $ECSPEC_DATA_DIR or ../shared/data,
-    /// prompts/spec_bench_question.jsonl].
-    #[arg(long, value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
-    /// Questions per category (the first ones of the file).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub per_category: u32,
-    /// Only these categories (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub categories: Vec<String>,
+    #[command(flatten)]
+    pub workload: prompts::WorkloadArgs,
     /// Tokens generated per prompt.
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_tokens: u32,
@@ -169,18 +161,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
     if !(a.resync_rtt_ms.is_finite() && a.resync_rtt_ms >= 0.0) {
         bail!("--resync-rtt-ms must be ≥ 0, got {}", a.resync_rtt_ms);
     }
-    let prompts_path = a
-        .prompts
-        .clone()
-        .unwrap_or_else(prompts::default_spec_bench);
-    let loaded_prompts = prompts::load(&prompts_path).with_context(|| {
-        if a.prompts.is_none() {
-            "the default prompts live in the shared data directory: give --prompts FILE or set ECSPEC_DATA_DIR".to_string()
-        } else {
-            "--prompts".to_string()
-        }
-    })?;
-    let questions = prompts::select(&loaded_prompts, a.per_category as usize, &a.categories)?;
+    let (prompts_path, questions) = a.workload.questions()?;
     let fam = crate::family_cmd::open_family(&a.manifest, a.model.as_deref(), a.base)?;
     let info = crate::family::info(a.base);
     if fam.manifest.name != info.wire_name {
@@ -481,7 +462,7 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
         "### Family eval: {}\n\n{} held-out prompts ({} per category) from `{}`, {} tokens each, draft length `{}`, in-process cloud on loopback (no link delay); goodput is generated tokens per second of wall-clock time, prefill included. Re-sync: the conventional edge downloads the draft re-distilled from the new version, whole, timed at {} Mbit/s with {} ms RTT; ECSpec's static draft downloads nothing. For comparison, the FlexSpec/ECSpec paper's motivating figures: acceptance 0.72 with a matched draft, 0.18 after the target drifted.\n\n",
         a.manifest.display(),
         n_prompts,
-        a.per_category,
+        a.workload.per_category,
         prompts.display(),
         a.max_tokens,
         a.draft_len,

@@ -6,6 +6,41 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+/// The workload options `family eval` and `bench` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Prompts (Spec-Bench / MT-Bench JSONL) [default: $ECSPEC_DATA_DIR or ../shared/data,
+    /// prompts/spec_bench_question.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Questions per category (the first ones of the file).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub per_category: u32,
+    /// Only these categories (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+}
+
+impl WorkloadArgs {
+    /// The prompts file used and the questions selected from it.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file (saying where the default one lives), or a selection
+    /// that leaves nothing.
+    pub fn questions(&self) -> Result<(PathBuf, Vec<Question>)> {
+        let path = self.prompts.clone().unwrap_or_else(default_spec_bench);
+        let all = load(&path).with_context(|| {
+            if self.prompts.is_none() {
+                "the default prompts live in the shared data directory: give --prompts FILE or set ECSPEC_DATA_DIR".to_string()
+            } else {
+                "--prompts".to_string()
+            }
+        })?;
+        let q = select(&all, self.per_category as usize, &self.categories)?;
+        Ok((path, q))
+    }
+}
+
 /// One benchmark question.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Question {

@@ -59,16 +59,8 @@ pub struct BenchArgs {
     /// Without them the `sd-fixed` systems of a shared-backbone family are skipped.
     #[arg(long, value_name = "DIR")]
     pub conventional_dir: Option<PathBuf>,
-    /// Prompts (Spec-Bench / MT-Bench JSONL) [default: $ECSPEC_DATA_DIR or ../shared/data,
-    /// prompts/spec_bench_question.jsonl].
-    #[arg(long, value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
-    /// Questions per category (the first ones of the file).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub per_category: u32,
-    /// Only these categories (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub categories: Vec<String>,
+    #[command(flatten)]
+    pub workload: prompts::WorkloadArgs,
     /// Link scenarios: built-in names (5g-static, 5g-driving, lte-driving, umts-driving,
     /// const-10mbit-60ms, loopback) or scenario TOML files.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SCENARIOS)]
@@ -370,18 +362,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if scenarios.is_empty() {
         bail!("no scenario left to run");
     }
-    let prompts_path = a
-        .prompts
-        .clone()
-        .unwrap_or_else(prompts::default_spec_bench);
-    let all = prompts::load(&prompts_path).with_context(|| {
-        if a.prompts.is_none() {
-            "the default prompts live in the shared data directory: give --prompts FILE or set ECSPEC_DATA_DIR".to_string()
-        } else {
-            "--prompts".to_string()
-        }
-    })?;
-    let questions = prompts::select(&all, a.per_category as usize, &a.categories)?;
+    let (prompts_path, questions) = a.workload.questions()?;
     let m = load_models(a.family, a.manifest.clone(), a.conventional_dir.clone())?;
     let versions: Vec<&TargetVersion> = if a.versions.is_empty() {
         m.versions.iter().collect()
