@@ -354,8 +354,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 sc.name
             ),
             None => {
-                sc.link(0.0)?;
-                scenarios.push(sc);
+                // Parsed once here (traces can be megabytes), shifted per request below.
+                let base = sc.link_base()?;
+                scenarios.push((sc, base));
             }
         }
     }
@@ -467,8 +468,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .iter()
             .position(|t| t.name == version.name)
             .unwrap_or(vi);
-        for sc in &scenarios {
-            let link0 = sc.link_base()?;
+        for (sc, link0) in &scenarios {
             let (down_bps, rtt_s) = link0.as_ref().map_or((f64::INFINITY, 0.0), |l| {
                 (l.downlink.mean_rate_bps(), l.rtt().as_secs_f64())
             });
@@ -566,7 +566,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     let ids = prompt_ids(&loaded, &q.turns[0], false)
                         .with_context(|| format!("question {}", q.question_id))?;
                     let n_prompt = ids.len();
-                    let link = scenario::shifted(&link0, qi as f64 * a.phase_s);
+                    let link = scenario::shifted(link0, qi as f64 * a.phase_s);
                     let spec = RunSpec {
                         mode,
                         draft_len: &policy,
@@ -644,7 +644,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect(),
         scenarios: scenarios
             .iter()
-            .map(|s| (s.name.clone(), s.description.clone()))
+            .map(|(s, _)| (s.name.clone(), s.description.clone()))
             .collect(),
     };
     let rows = report::aggregate(&results, &resyncs);
