@@ -52,13 +52,23 @@ pub fn families_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("families"))
 }
 
-/// The trained anchor shipped with a shared-backbone family, when present and trained for
+/// The trained static draft shipped with a shared-backbone family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShippedDraft {
+    /// The anchor layer file (its SHA-256 checked against the manifest).
+    pub anchor: PathBuf,
+    /// The draft's measured acceptance rate across the family's versions (`draft.acceptance`),
+    /// the edge's starting estimate.
+    pub acceptance: Option<f64>,
+}
+
+/// The trained draft shipped with a shared-backbone family, when present and trained for
 /// `shared_layers` base layers (the manifest's `draft.anchor` and `draft.shared_layers` in
 /// `families/<wire name>/family.toml`).
 ///
 /// # Errors
 /// The manifest exists but is invalid, or the anchor's SHA-256 is not the manifest's.
-pub fn shipped_anchor(info: &FamilyInfo, shared_layers: usize) -> Result<Option<PathBuf>> {
+pub fn shipped_draft(info: &FamilyInfo, shared_layers: usize) -> Result<Option<ShippedDraft>> {
     let path = families_dir().join(info.wire_name).join("family.toml");
     if !info.shared_backbone || !path.is_file() {
         return Ok(None);
@@ -81,7 +91,10 @@ pub fn shipped_anchor(info: &FamilyInfo, shared_layers: usize) -> Result<Option<
             );
         }
     }
-    Ok(Some(file))
+    Ok(Some(ShippedDraft {
+        anchor: file,
+        acceptance: m.draft.acceptance,
+    }))
 }
 
 /// A local path, or the registry model fetched (with progress) into the cache.
@@ -132,6 +145,9 @@ pub struct Loaded {
     pub draft_desc: String,
     /// The target, when loaded.
     pub target: Option<Arc<LoadedModel>>,
+    /// The draft's known acceptance rate (the shipped draft's `draft.acceptance`): where the
+    /// edge's estimate starts. None: an uninformed start.
+    pub acceptance_prior: Option<f64>,
 }
 
 /// Loads the family's draft, and its target when `with_target`.
@@ -154,6 +170,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         Some(p) => Some(load(&p)?),
         None => None,
     };
+    let mut acceptance_prior = None;
     let (draft, draft_desc) = match (info.shared_backbone, &args.anchor, &args.draft_file) {
         (_, _, Some(p)) => (
             Draft::standalone(&edge_model, p)
@@ -165,7 +182,10 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
             let path = match anchor {
                 Some(p) if p.as_os_str() == "none" => None,
                 Some(p) => Some(p.clone()),
-                None => shipped_anchor(&info, args.shared_layers)?,
+                None => shipped_draft(&info, args.shared_layers)?.map(|d| {
+                    acceptance_prior = d.acceptance;
+                    d.anchor
+                }),
             };
             let anchor = match &path {
                 Some(p) => Some(
@@ -201,5 +221,6 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         draft,
         draft_desc,
         target,
+        acceptance_prior,
     })
 }

@@ -293,6 +293,8 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                     },
                     draft_desc: variant.to_string(),
                     target: None,
+                    // Fixed K: no estimate to start.
+                    acceptance_prior: None,
                 };
                 let mut runs = Vec::new();
                 for (qi, q) in questions.iter().enumerate() {

@@ -387,6 +387,7 @@ async fn run_inner(
         verify_switch: switch.then(VerifySelector::default),
         pipeline: spec.sampling.pipeline_draft,
         memory: spec.memory.clone(),
+        acceptance_prior: loaded.acceptance_prior,
         virtual_compute: spec.virtual_compute,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),

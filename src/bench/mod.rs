@@ -169,6 +169,7 @@ fn load_models(
             draft: clone_draft(&static_draft),
             draft_desc: "static shared-backbone draft".into(),
             target: None,
+            acceptance_prior: fam.manifest.draft.acceptance,
         };
         return Ok(Models {
             loaded,
@@ -479,6 +480,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         .as_ref()
                         .map_or(0.0, |l| l.uplink.mean_rate_bps() / 1e6),
                     rtt_ms: rtt_s * 1e3,
+                    uplink: link0.as_ref().map(|l| l.uplink.clone()),
+                    phase_s: a.phase_s,
                 });
             }
             // Cloud-only first: greedy speculative outputs are checked against it.
@@ -545,12 +548,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         seconds,
                     });
                 }
+                let static_draft = matches!(
+                    sys,
+                    System::Speculative {
+                        draft: DraftKind::Static,
+                        ..
+                    }
+                );
                 let loaded = Loaded {
                     info: crate::family::info(a.family),
                     edge_model: m.loaded.edge_model.clone(),
                     draft: clone_draft(&draft),
                     draft_desc: sys.name().to_string(),
                     target: None,
+                    // What the family measured for its static draft; a conventional draft
+                    // is another model.
+                    acceptance_prior: m.loaded.acceptance_prior.filter(|_| static_draft),
                 };
                 // A device serving one request after another: each starts from what the
                 // previous ones on this link left (acceptance evidence, policy state).
@@ -576,7 +589,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         cloud: (mode != ModeArg::EdgeOnly)
                             .then(|| CloudEndpoint::InMemory(server.clone())),
                         energy: (sc.name != "loopback").then_some(&energy),
-                        energy_budget: None,
+                        energy_budget: match sys {
+                            System::Speculative { budget, .. } => *budget,
+                            _ => None,
+                        },
                         virtual_compute: edge_compute,
                         memory: memory.clone(),
                     };

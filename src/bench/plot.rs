@@ -1,6 +1,8 @@
-//! The plots of `ecspec bench` (SVG, plotters): goodput against each scenario's mean uplink rate
-//! and RTT per system, acceptance per target version per speculative system, and the draft
-//! length K the `ecspec` system chose over time on a driving trace.
+//! The plots of `ecspec bench` (plotters; SVG, and PNG with an embedded DejaVu Sans so no
+//! system font is needed): goodput against each scenario's mean uplink rate and RTT per system,
+//! acceptance per target version per speculative system, edge energy per token against the
+//! budget of budgeted systems (`NAME@B`), and the draft length K the `ecspec` system chose over
+//! time on a driving trace with the uplink rate and RTT estimate under it.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +23,7 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-/// One scenario's link, for the x axes.
-#[derive(Debug, Clone)]
+/// One scenario's link, for the x axes and the channel under the K plot.
 pub struct ScenarioLink {
     /// Scenario name.
     pub name: String,
@@ -30,66 +31,118 @@ pub struct ScenarioLink {
     pub uplink_mbps: f64,
     /// RTT (ms) the link is configured with.
     pub rtt_ms: f64,
+    /// The uplink model as request 0 meets it (None: no shaped link).
+    pub uplink: Option<Box<dyn ecspec_link::LinkModel>>,
+    /// Request i meets the link this many seconds × i into its traces.
+    pub phase_s: f64,
 }
 
-/// A line chart of named series of (x, y) points.
-fn line_chart(
-    path: &Path,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
-    let pts = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
-    for &(x, y) in pts {
+/// One panel of a chart: a y axis and its series of (x, y) points.
+struct Panel<'a> {
+    y_desc: &'a str,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// A line chart, written as SVG at `svg` and as PNG beside it (same name, `.png`): one or
+/// more panels stacked over a shared x axis. Returns the files written (none without points).
+fn line_chart(svg: &Path, title: &str, x_desc: &str, panels: &[Panel]) -> Result<Vec<PathBuf>> {
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, _) in panels
+        .iter()
+        .flat_map(|p| p.series.iter().flat_map(|(_, s)| s.iter()))
+    {
         x0 = x0.min(x);
         x1 = x1.max(x);
-        y1 = y1.max(y);
     }
     if !x0.is_finite() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let pad = ((x1 - x0) * 0.05).max(0.5);
-    let err = |e: &dyn std::fmt::Display| anyhow!("{}: {e}", path.display());
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0.0..(y1 * 1.1).max(1e-9))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (name, p)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(p.iter().map(|&q| Circle::new(q, 3, c.filled())))
-            .map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
+    let x = (x0 - pad)..(x1 + pad);
+    let size = (900, 300 + 240 * panels.len() as u32);
+    let png = svg.with_extension("png");
+    // Text is laid out with the embedded font in both backends.
+    fonts()?;
+    draw(
+        SVGBackend::new(svg, size).into_drawing_area(),
+        title,
+        x_desc,
+        x.clone(),
+        panels,
+    )
+    .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
+    draw(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        x_desc,
+        x,
+        panels,
+    )
+    .map_err(|e| anyhow!("{}: {e}", png.display()))?;
+    Ok(vec![svg.to_path_buf(), png])
 }
 
-/// Writes the plots into `dir`; returns the files written.
+/// Registers the embedded DejaVu Sans as "sans-serif" for the PNG text (no system fonts
+/// needed).
+fn fonts() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_ok()
+    });
+    ok.then_some(())
+        .ok_or_else(|| anyhow!("the embedded DejaVu Sans font did not load"))
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_desc: &str,
+    x: std::ops::Range<f64>,
+    panels: &[Panel],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 20))?;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (area, panel) in areas.iter().zip(panels) {
+        let y1 = panel
+            .series
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x.clone(), 0.0..(y1 * 1.1).max(1e-9))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(panel.y_desc)
+            .draw()?;
+        for (i, (name, p)) in panel.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            if p.len() <= 200 {
+                chart.draw_series(p.iter().map(|&q| Circle::new(q, 3, c.filled())))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    root.present()
+}
+
+/// Writes the plots into `dir`, each as SVG and PNG; returns the files written.
 ///
 /// # Errors
 /// A file cannot be written.
@@ -103,12 +156,7 @@ pub fn write_all(
     let Some(first_version) = rows.first().map(|r| r.version.clone()) else {
         return Ok(out);
     };
-    let mut systems: Vec<&str> = Vec::new();
-    for r in rows {
-        if !systems.contains(&r.system.as_str()) {
-            systems.push(&r.system);
-        }
-    }
+    let systems = first_seen(rows.iter().map(|r| r.system.as_str()));
     // Goodput against the scenario's uplink rate and RTT, first version.
     for (file, desc, pick) in [
         (
@@ -137,23 +185,18 @@ pub fn write_all(
                 (s.to_string(), p)
             })
             .collect();
-        let path = dir.join(file);
-        line_chart(
-            &path,
+        out.extend(line_chart(
+            &dir.join(file),
             &format!("Goodput per system (version {first_version})"),
             desc,
-            "goodput (tokens/s, re-sync included)",
-            &series,
-        )?;
-        out.push(path);
+            &[Panel {
+                y_desc: "goodput (tokens/s, re-sync included)",
+                series,
+            }],
+        )?);
     }
     // Acceptance per version, averaged over scenarios, speculative systems only.
-    let mut versions: Vec<&str> = Vec::new();
-    for r in rows {
-        if !versions.contains(&r.version.as_str()) {
-            versions.push(&r.version);
-        }
-    }
+    let versions = first_seen(rows.iter().map(|r| r.version.as_str()));
     let series: Vec<(String, Vec<(f64, f64)>)> = systems
         .iter()
         .filter_map(|s| {
@@ -172,50 +215,119 @@ pub fn write_all(
             (!p.is_empty()).then(|| (s.to_string(), p))
         })
         .collect();
-    let path = dir.join("acceptance_vs_version.svg");
-    line_chart(
-        &path,
+    out.extend(line_chart(
+        &dir.join("acceptance_vs_version.svg"),
         &format!("Acceptance per target version ({})", versions.join(", ")),
         "target version (index, in the order above)",
-        "acceptance rate",
-        &series,
-    )?;
-    out.push(path);
-    // K over time on a driving trace, ecspec, first version: requests back to back.
+        &[Panel {
+            y_desc: "acceptance rate",
+            series,
+        }],
+    )?);
+    // Energy per token against the budget of each budgeted system (`NAME@B`), per scenario.
+    let budgeted: Vec<(&Row, &str, f64)> = rows
+        .iter()
+        .filter(|r| r.version == first_version)
+        .filter_map(|r| {
+            let (base, b) = super::system::split_budget(&r.system)?;
+            Some((r, base, b))
+        })
+        .collect();
+    if !budgeted.is_empty() {
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for (r, base, b) in &budgeted {
+            let Some(e) = r.energy_per_token_j else {
+                continue;
+            };
+            let name = format!("{base} on {}", r.scenario);
+            match series.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, p)) => p.push((*b, e)),
+                None => series.push((name, vec![(*b, e)])),
+            }
+        }
+        for (_, p) in &mut series {
+            p.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        let mut diag: Vec<(f64, f64)> = budgeted.iter().map(|(_, _, b)| (*b, *b)).collect();
+        diag.sort_by(|a, b| a.0.total_cmp(&b.0));
+        diag.dedup();
+        series.push(("budget (spent = budget)".into(), diag));
+        out.extend(line_chart(
+            &dir.join("energy_vs_budget.svg"),
+            &format!("Edge energy per token against its budget (version {first_version})"),
+            "energy budget (J per committed token)",
+            &[Panel {
+                y_desc: "edge energy spent (J per committed token)",
+                series,
+            }],
+        )?);
+    }
+    // K over time on a driving trace, ecspec, first version, requests back to back; under it
+    // the uplink rate each round met.
     if let Some(sc) = links
         .iter()
         .find(|l| l.name.contains("driving"))
         .or(links.first())
     {
         let mut t0 = 0.0;
-        let (mut ks, mut rtt) = (Vec::new(), Vec::new());
-        for r in requests
+        let (mut ks, mut rtt, mut rate) = (Vec::new(), Vec::new(), Vec::new());
+        for (qi, r) in requests
             .iter()
             .filter(|r| r.system == "ecspec" && r.version == first_version && r.scenario == sc.name)
+            .enumerate()
         {
             for rec in &r.summary.round_records {
                 ks.push((t0 + rec.t_s, rec.k as f64));
                 if rec.rtt_s_estimate.is_finite() {
-                    rtt.push((t0 + rec.t_s, rec.rtt_s_estimate * 100.0));
+                    rtt.push((t0 + rec.t_s, rec.rtt_s_estimate * 1e3));
+                }
+            }
+            if let Some(up) = &sc.uplink {
+                // The channel as this request met it, sampled every 0.1 s.
+                let steps = (r.summary.total_s / 0.1).floor() as usize;
+                for i in 0..=steps {
+                    let t = i as f64 * 0.1;
+                    let at = std::time::Duration::from_secs_f64(qi as f64 * sc.phase_s + t);
+                    let bps = ecspec_link::capacity_bps(up.as_ref(), at, 12_000);
+                    rate.push((t0 + t, bps / 1e6));
                 }
             }
             t0 += r.summary.total_s;
         }
-        let path = dir.join("k_over_time.svg");
-        line_chart(
-            &path,
+        let mut panels = vec![Panel {
+            y_desc: "draft length K (0 = cloud stream)",
+            series: vec![("K".to_string(), ks)],
+        }];
+        if !rate.is_empty() {
+            panels.push(Panel {
+                y_desc: "uplink rate (Mbit/s, 12 kB probe)",
+                series: vec![("uplink capacity".to_string(), rate)],
+            });
+        }
+        panels.push(Panel {
+            y_desc: "RTT estimate at the edge (ms)",
+            series: vec![("RTT estimate".to_string(), rtt)],
+        });
+        out.extend(line_chart(
+            &dir.join("k_over_time.svg"),
             &format!(
-                "ecspec on {}: draft length K per round (0 = cloud stream)",
+                "ecspec on {}: draft length K per round, and the channel",
                 sc.name
             ),
             "time, requests back to back (s)",
-            "K; RTT estimate (×100 s)",
-            &[
-                ("K".to_string(), ks),
-                ("RTT estimate ×100 (s)".to_string(), rtt),
-            ],
-        )?;
-        out.push(path);
+            &panels,
+        )?);
     }
     Ok(out)
+}
+
+/// Distinct names in first-seen order.
+fn first_seen<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = Vec::new();
+    for n in names {
+        if !v.contains(&n) {
+            v.push(n);
+        }
+    }
+    v
 }

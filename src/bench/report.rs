@@ -308,7 +308,14 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                 let _ = writeln!(out);
                 for b in cell.iter().filter(|r| r.system != "ecspec") {
                     let (eg, bg) = (e.goodput_with_resync_tok_s, b.goodput_with_resync_tok_s);
-                    let verdict = if eg >= bg { "wins" } else { "loses" };
+                    // Within 0.5%: a tie, not a win or a loss.
+                    let verdict = if (eg - bg).abs() <= 0.005 * bg.abs() {
+                        "ties"
+                    } else if eg > bg {
+                        "wins"
+                    } else {
+                        "loses"
+                    };
                     let why = match b.system.as_str() {
                         "cloud-only" => format!(
                             "streaming costs one RTT per request and a decode step per token; ECSpec drafted with α = {} and {:.2} tokens per round at an estimated RTT of {}",
@@ -328,7 +335,7 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "- vs `{}`: ECSpec {verdict} ({eg:.2} vs {bg:.2} tok/s, {:+.0}%): {why}.",
+                        "- vs `{}`: ECSpec {verdict} ({eg:.2} vs {bg:.2} tok/s, {:+.1}%): {why}.",
                         b.system,
                         100.0 * (eg / bg.max(1e-12) - 1.0)
                     );

@@ -8,7 +8,9 @@
 //!   each target version is downloaded when that version goes live;
 //! - `ecspec`: ECSpec — the static shared-backbone draft and the `ecspec` policy;
 //! - `static:POLICY`: the static draft with any `--draft-len` policy (e.g. `static:fixed:4`,
-//!   `static:adaptive`, `static:ucb`).
+//!   `static:adaptive`, `static:ucb`);
+//! - `NAME@B`, for any speculative system: the same with an edge energy budget of B J per
+//!   committed token (`--energy-budget`), e.g. `ecspec@0.05`.
 //!
 //! In a family without a shared-backbone draft (the Qwen pair) the only draft is its own small
 //! model: `ecspec` and `static:*` then run that draft with the policy, and `+resync` has
@@ -30,7 +32,7 @@ pub enum DraftKind {
 }
 
 /// One system.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum System {
     /// Target alone, streamed.
     CloudOnly,
@@ -44,7 +46,15 @@ pub enum System {
         draft: DraftKind,
         /// `--draft-len` policy.
         policy: String,
+        /// Edge energy budget, J per committed token (`NAME@B`).
+        budget: Option<f64>,
     },
+}
+
+/// `NAME@B` → (`NAME`, B): a system name's energy budget in J per committed token.
+pub fn split_budget(name: &str) -> Option<(&str, f64)> {
+    let (base, b) = name.rsplit_once('@')?;
+    b.parse::<f64>().ok().map(|b| (base, b))
 }
 
 impl System {
@@ -63,12 +73,38 @@ impl System {
 /// # Errors
 /// An unknown name or an invalid policy, naming what is accepted.
 pub fn parse(s: &str) -> Result<System> {
+    if let Some((base, b)) = s.rsplit_once('@') {
+        let budget = b
+            .parse::<f64>()
+            .ok()
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "system {s:?}: the energy budget after @ must be a positive number of J per token"
+                )
+            })?;
+        return match parse(base)? {
+            System::Speculative {
+                draft,
+                policy,
+                budget: None,
+                ..
+            } => Ok(System::Speculative {
+                name: s.to_string(),
+                draft,
+                policy,
+                budget: Some(budget),
+            }),
+            _ => bail!("system {s:?}: only a speculative system takes an energy budget"),
+        };
+    }
     let spec = |name: &str, draft, policy: &str| -> Result<System> {
         parse_policy(policy).map_err(|e| anyhow::anyhow!("system {name:?}: {e}"))?;
         Ok(System::Speculative {
             name: name.to_string(),
             draft,
             policy: policy.to_string(),
+            budget: None,
         })
     };
     match s {
@@ -90,7 +126,7 @@ pub fn parse(s: &str) -> Result<System> {
                 return spec(s, draft, &format!("fixed:{k}"));
             }
             bail!(
-                "unknown system {s:?} (expected cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec or static:POLICY)"
+                "unknown system {s:?} (expected cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec or static:POLICY, optionally with @BUDGET)"
             )
         }
     }
@@ -113,11 +149,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match parse("ecspec@0.05").unwrap() {
+            System::Speculative {
+                name,
+                policy,
+                budget,
+                ..
+            } => assert_eq!(
+                (name.as_str(), policy.as_str(), budget),
+                ("ecspec@0.05", "ecspec", Some(0.05))
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(split_budget("ecspec@0.05"), Some(("ecspec", 0.05)));
+        assert_eq!(split_budget("ecspec"), None);
         match parse("static:adaptive:6").unwrap() {
             System::Speculative {
                 name,
                 draft,
                 policy,
+                ..
             } => {
                 assert_eq!(
                     (name.as_str(), draft, policy.as_str()),
@@ -126,7 +177,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in ["sd-fixed:0", "sd-fixed:x", "static:nope", "fast"] {
+        for bad in [
+            "sd-fixed:0",
+            "sd-fixed:x",
+            "static:nope",
+            "fast",
+            "ecspec@",
+            "ecspec@-1",
+            "cloud-only@0.1",
+            "ecspec@0.1@0.2",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -221,6 +221,7 @@ struct Run {
     pipeline: bool,
     /// What earlier requests left.
     memory: Option<ecspec_edge::SessionMemory>,
+    acceptance_prior: Option<f64>,
 }
 
 impl Run {
@@ -239,6 +240,7 @@ impl Run {
             verify_switch: None,
             pipeline: false,
             memory: None,
+            acceptance_prior: None,
         }
     }
 
@@ -284,6 +286,7 @@ impl Run {
             verify_switch: self.verify_switch.clone(),
             pipeline: self.pipeline,
             memory: self.memory.clone(),
+            acceptance_prior: self.acceptance_prior,
             virtual_compute: None,
         }
     }
@@ -2090,6 +2093,41 @@ async fn a_request_remembering_that_streaming_pays_opens_with_a_stream_and_stays
         rest.first().is_none_or(|r| r.k >= 1),
         "a probe round follows the opening stream"
     );
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_acceptance_rate_skips_the_warm_up_and_stays_lossless() {
+    let cloud = Cloud::default().await;
+    let max_new = 30;
+    let prompt = prompts()[0].clone();
+    let expected = expected_output(&reference(&prompt, max_new), max_new);
+    let cold = Run {
+        link: FAST_LINK,
+        ..Run::greedy(&prompt, DraftChoice::Independent, "ecspec:4:8", max_new)
+    };
+    // Uninformed (prior α 0.5): the policy drafts its 8 warm-up tokens first.
+    let s = run_edge(cloud.addr, &cold).await.summary().clone();
+    assert_eq!(s.tokens, expected);
+    assert!(s.round_records[0].k >= 1, "{:?}", s.round_records[0]);
+    assert!(s.drafted_tokens >= 8, "{}", s.drafted_tokens);
+    // Known α = 0 (a draft that is never accepted): streaming pays from the first round, and
+    // the estimate starts at the known rate.
+    let known = Run {
+        acceptance_prior: Some(0.0),
+        ..cold
+    };
+    let s = run_edge(cloud.addr, &known).await.summary().clone();
+    assert_eq!(
+        s.tokens, expected,
+        "a known α changes the schedule, not the text"
+    );
+    check_counters(&s);
+    let r = &s.round_records;
+    assert_eq!((r[0].k, r[0].uplink_bytes > 0), (0, true), "{:?}", r[0]);
+    assert!(r[0].alpha_estimate < 0.01, "{}", r[0].alpha_estimate);
+    // A stream of 8, then one probe round.
+    assert!(r[1..8.min(r.len())].iter().all(|x| x.k == 0), "{r:?}");
     cloud.stop().await;
 }
 

@@ -78,6 +78,12 @@ pub struct EdgeConfig {
     pub pipeline: bool,
     /// What earlier requests on this draft learnt (None: start cold). Speculative mode only.
     pub memory: Option<SessionMemory>,
+    /// The draft's known acceptance rate α (a shared-backbone family's measured
+    /// `draft.acceptance`, valid for every target version since the draft is static): a cold
+    /// start, or a request answered by another version than the memory's, starts its estimate
+    /// there ([`AcceptanceEstimator::from_known`]) and the policy skips its warm-up. None: an
+    /// uninformed start.
+    pub acceptance_prior: Option<f64>,
     /// Virtual clock: drafting takes these modelled times (slept on tokio's clock, which the
     /// caller pauses) instead of the measured ones. None: the live clock.
     pub virtual_compute: Option<EdgeCompute>,
@@ -295,16 +301,33 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let t_start = Instant::now();
     let mut conn = Connection::new(stream);
     let speculative = cfg.mode == Mode::Speculative;
-    let mut est = AcceptanceEstimator::default();
+    // Where the acceptance estimate starts without (valid) memory.
+    let fresh = match cfg.acceptance_prior {
+        Some(a) => AcceptanceEstimator::from_known(a)
+            .map_err(|e| EdgeError::Protocol(format!("the draft's known acceptance: {e}")))?,
+        None => AcceptanceEstimator::default(),
+    };
+    let mut est = fresh.clone();
     let mut opening = 0u32;
-    if let (true, Some(m)) = (speculative, cfg.memory.as_ref()) {
-        est = est
-            .with_evidence(m.alpha_evidence.0, m.alpha_evidence.1)
-            .map_err(|e| EdgeError::Protocol(format!("edge memory: {e}")))?;
-        if let Some(p) = &m.policy {
-            cfg.policy.recall(p);
+    match (speculative, cfg.memory.as_ref(), cfg.acceptance_prior) {
+        (true, Some(m), _) => {
+            est = est
+                .with_evidence(m.alpha_evidence.0, m.alpha_evidence.1)
+                .map_err(|e| EdgeError::Protocol(format!("edge memory: {e}")))?;
+            if let Some(p) = &m.policy {
+                cfg.policy.recall(p);
+            }
+            opening = cfg.policy.opening_stream();
         }
-        opening = cfg.policy.opening_stream();
+        (true, None, Some(_)) => {
+            // A known α is evidence already: no warm-up to measure it.
+            cfg.policy.recall(&ecspec_spec::policy::PolicyMemory {
+                drafted_tokens: ecspec_spec::acceptance::KNOWN_ALPHA_TOKENS as u64,
+                streaming: false,
+                stream_len: 0,
+            });
+        }
+        _ => {}
     }
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION as u32,
@@ -382,8 +405,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         .as_ref()
         .is_some_and(|m| m.target_version != ack.target_version)
     {
-        // Another target version: its acceptance must be measured afresh.
-        est = AcceptanceEstimator::default();
+        // Another target version: its acceptance must be measured afresh (from the draft's
+        // known α, when there is one).
+        est = fresh;
     }
     let mut timing = RoundEstimator::new(
         0.01,

@@ -123,6 +123,12 @@ pub struct DraftLayout {
     /// file must exist; nothing reads it yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_subset: Option<String>,
+    /// The static draft's measured greedy acceptance rate α ∈ [0, 1] on the family's
+    /// versions (accepted / drafted tokens). The draft never changes across versions, so its α
+    /// is a property of the family: the edge starts its acceptance estimate from it instead of
+    /// an uninformed prior (design.md §2). Absent: the edge starts uninformed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<f64>,
 }
 
 /// One target version.
@@ -303,6 +309,15 @@ impl FamilyManifest {
         }
         if let Some(v) = &self.draft.vocab_subset {
             check_rel(path, "draft.vocab_subset", v)?;
+        }
+        if let Some(a) = self.draft.acceptance {
+            if !(0.0..=1.0).contains(&a) {
+                return Err(invalid(
+                    path,
+                    "draft.acceptance",
+                    format!("{a} is not an acceptance rate in [0, 1]"),
+                ));
+            }
         }
         if self.versions.is_empty() {
             return Err(invalid(

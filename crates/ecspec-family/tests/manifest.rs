@@ -369,6 +369,12 @@ fn value_errors_name_the_key_and_the_value() {
             "at least 1",
         ),
         (
+            "acceptance above 1",
+            replace("shared_layers = 2", "shared_layers = 2\nacceptance = 1.5"),
+            "draft.acceptance",
+            "1.5 is not an acceptance rate in [0, 1]",
+        ),
+        (
             "anchor digest alone",
             replace(
                 "anchor = \"draft/anchor.safetensors\"",

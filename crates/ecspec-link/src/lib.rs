@@ -80,5 +80,5 @@ pub use emulator::{
     MAX_QUEUED_SEGMENTS,
 };
 pub use mahimahi::{MahimahiTrace, TraceEnd, TraceEnded, TraceError, MAX_TRACE_MS};
-pub use model::{ConstantRate, LinkModel, PACKET_BYTES};
+pub use model::{capacity_bps, ConstantRate, LinkModel, PACKET_BYTES};
 pub use synthetic::{SnrProcess, Synthetic, SyntheticError};

@@ -53,6 +53,26 @@ impl Clone for Box<dyn LinkModel> {
     }
 }
 
+/// The rate (bit/s) a fresh copy of `model` delivers a burst of `probe_bytes` at, handed over
+/// at `t`: `probe_bytes·8 / (delivered − t − one-way delay)`. A throughput sample of the
+/// channel around `t` (the burst spans `probe_bytes·8 / rate` seconds), for plots of the rate
+/// under a run; `model` itself is untouched. 0 when the trace has ended (non-looping trace) or
+/// `probe_bytes` is 0.
+pub fn capacity_bps(model: &dyn LinkModel, t: Duration, probe_bytes: usize) -> f64 {
+    let mut m = model.clone_box();
+    match m.transmit(t, probe_bytes) {
+        Ok(done) => {
+            let busy = done.saturating_sub(t).saturating_sub(m.one_way_delay());
+            if probe_bytes == 0 || busy.is_zero() {
+                0.0
+            } else {
+                probe_bytes as f64 * 8.0 / busy.as_secs_f64()
+            }
+        }
+        Err(_) => 0.0,
+    }
+}
+
 /// A link of constant rate `rate_bps` (bit/s) with a constant one-way delay.
 ///
 /// A chunk of `n` bytes handed over at `t` starts serializing at `max(t, link free)`, takes
@@ -161,6 +181,16 @@ mod tests {
 
     fn link(rate_bps: u64, delay: Duration) -> ConstantRate {
         ConstantRate::new(NonZeroU64::new(rate_bps).unwrap(), delay)
+    }
+
+    #[test]
+    fn capacity_probe_reads_the_rate_and_leaves_the_model_alone() {
+        let l = link(2_000_000, ms(30));
+        // 12 000 B at 2 Mbit/s: 48 ms busy, whatever t is.
+        assert_eq!(capacity_bps(&l, ms(5), 12_000), 2_000_000.0);
+        assert_eq!(capacity_bps(&l, ms(0), 0), 0.0);
+        let mut l2 = l.clone();
+        assert_eq!(l2.transmit(ms(0), 250).unwrap(), ms(31));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct AcceptanceEstimator {
     accepted: u64,
 }
 
+/// Tokens of evidence a known α counts for in [`AcceptanceEstimator::from_known`]: twice the
+/// `ecspec` policy's warm-up, so a known α is acted on at once.
+pub const KNOWN_ALPHA_TOKENS: f64 = 16.0;
+
 impl Default for AcceptanceEstimator {
     /// Prior α₀ = 0.5 worth w₀ = 4 tokens, decay λ = 0.95 per round (memory ≈ 20 rounds).
     fn default() -> Self {
@@ -105,6 +109,19 @@ impl AcceptanceEstimator {
             return Err(AcceptanceError::Decay { value: decay });
         }
         Ok(Self::unchecked(prior_alpha, prior_weight, decay))
+    }
+
+    /// An estimator that starts from a known α (a draft's measured acceptance, such as a
+    /// family manifest's `draft.acceptance`): the default prior weight and decay, the prior
+    /// centred on `alpha`, plus [`KNOWN_ALPHA_TOKENS`] tokens of decaying evidence at that rate
+    /// (S = α·n, F = (1 − α)·n), so that live rounds overrule it as fast as they overrule a
+    /// remembered estimate.
+    ///
+    /// # Errors
+    /// [`AcceptanceError::PriorAlpha`] if `alpha` is not in [0, 1].
+    pub fn from_known(alpha: f64) -> Result<Self, AcceptanceError> {
+        let n = KNOWN_ALPHA_TOKENS;
+        Self::new(alpha, 4.0, 0.95)?.with_evidence(alpha * n, (1.0 - alpha) * n)
     }
 
     fn unchecked(prior_alpha: f64, prior_weight: f64, decay: f64) -> Self {
@@ -232,6 +249,34 @@ mod tests {
     use super::*;
     use crate::sampling::{rng_for, EDGE_STREAM};
     use rand::Rng;
+
+    #[test]
+    fn known_alpha_starts_there_and_moves_with_evidence() {
+        let mut e = AcceptanceEstimator::from_known(0.06).unwrap();
+        // (S + w0·α0)/(S + F + w0) with S = 0.96, F = 15.04, w0 = 4, α0 = 0.06.
+        assert!((e.alpha() - 0.06).abs() < 1e-12);
+        let (s0, f0) = e.evidence();
+        assert!(
+            (s0 - 0.96).abs() < 1e-12 && (f0 - 15.04).abs() < 1e-12,
+            "{s0} {f0}"
+        );
+        // Four fully accepted K = 4 rounds: S = 0.95⁴·0.96 + Σ 0.95^i·4 (i = 0..3).
+        for _ in 0..4 {
+            e.record(4, 4).unwrap();
+        }
+        let s = 0.95f64.powi(4) * 0.96 + 4.0 * (1.0 + 0.95 + 0.95f64.powi(2) + 0.95f64.powi(3));
+        let f = 0.95f64.powi(4) * 0.94 * 16.0;
+        let want = (s + 4.0 * 0.06) / (s + f + 4.0);
+        assert!((e.alpha() - want).abs() < 1e-12, "{} vs {want}", e.alpha());
+        assert!(
+            e.alpha() > 0.45,
+            "four accepted rounds outweigh the known rate"
+        );
+        assert_eq!(
+            AcceptanceEstimator::from_known(1.2).unwrap_err(),
+            AcceptanceError::PriorAlpha { value: 1.2 }
+        );
+    }
 
     #[test]
     fn exact_values() {
