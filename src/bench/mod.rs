@@ -47,9 +47,15 @@ pub enum ClockArg {
 /// `ecspec bench`
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Model family.
-    #[arg(long, value_enum, default_value = "smollm2")]
-    pub family: FamilyName,
+    /// Model families, each benchmarked in turn (with several, each writes to OUT/<family> and
+    /// OUT/report.md gathers their reports).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "smollm2,qwen2.5-coder"
+    )]
+    pub family: Vec<FamilyName>,
     /// Family manifest with the target versions and the static draft [default: the shipped
     /// families/<family>/family.toml; a family without one serves its target as `v0`].
     #[arg(long, value_name = "FILE")]
@@ -86,7 +92,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "this-machine", value_name = "NAME|FILE")]
     pub energy_profile: String,
     /// Tokens generated per request.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_tokens: u32,
     /// Temperature (0: greedy, and outputs are checked against the cloud-only ones).
     #[arg(long, default_value_t = 0.0)]
@@ -101,6 +107,10 @@ pub struct BenchArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     pub out: PathBuf,
+    /// Scenarios run side by side on the virtual clock (wall time only; the results do not
+    /// depend on it). The live clock runs one at a time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 /// The models of the run: the edge's model file, the drafts, and the target versions.
@@ -305,6 +315,52 @@ pub struct Request {
     same_as_cloud: Option<bool>,
 }
 
+/// What one scenario of one version produced.
+struct ScenarioOut {
+    link: plot::ScenarioLink,
+    /// Requests in order, with their question ids.
+    requests: Vec<(Request, serde_json::Value)>,
+    resyncs: Vec<report::Resync>,
+}
+
+/// `f` over `items` on `jobs` threads (each item moved to the thread that takes it), results
+/// in the order of `items`. With one job, on this thread.
+fn parallel_map<T: Send, R: Send>(
+    items: Vec<T>,
+    jobs: usize,
+    f: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if jobs <= 1 || items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let slots: Vec<std::sync::Mutex<Option<Result<R>>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(n) {
+            s.spawn(|| loop {
+                // Items are taken from the front, so the first ones start first.
+                let next = {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    (!q.is_empty()).then(|| q.remove(0))
+                };
+                let Some((i, item)) = next else { break };
+                let r = f(item);
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err(anyhow::anyhow!("a worker thread stopped early")))
+        })
+        .collect()
+}
+
 /// Runs a future on the chosen clock: live on this runtime, virtual on a fresh paused
 /// single-thread runtime (its own thread), where time moves only through tokio timers.
 fn on_clock<F>(clock: ClockArg, fut: F) -> Result<F::Output>
@@ -329,8 +385,50 @@ where
     }
 }
 
-/// Runs `ecspec bench` (blocking; call from a runtime thread through `block_in_place`).
+/// Runs `ecspec bench` (blocking; call from a runtime thread through `block_in_place`): each
+/// family in turn.
+///
+/// # Errors
+/// Bad arguments (naming the option), missing models, prompts or traces, unwritable output.
 pub fn run(a: BenchArgs) -> Result<()> {
+    let families = {
+        let mut f = a.family.clone();
+        f.dedup();
+        f
+    };
+    match families.as_slice() {
+        [] => bail!("--family: name at least one family"),
+        [one] => return run_family(&a, *one, &a.out),
+        _ => {}
+    }
+    if a.manifest.is_some() || a.conventional_dir.is_some() || !a.versions.is_empty() {
+        bail!("--manifest, --conventional-dir and --versions describe one family: give a single --family with them");
+    }
+    let started = std::time::Instant::now();
+    let mut report = String::new();
+    for f in families {
+        let name = crate::family::info(f).wire_name;
+        let out = a.out.join(name);
+        run_family(&a, f, &out)?;
+        let md = std::fs::read_to_string(out.join("report.md"))
+            .with_context(|| format!("reading {}", out.join("report.md").display()))?;
+        report.push_str(&md);
+        report.push_str(&format!(
+            "\nFiles of this family (per-request records, CSV, plots as SVG and PNG): `{name}/`.\n\n"
+        ));
+    }
+    let path = a.out.join("report.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "ecspec bench: wrote {} ({:.1} min in all)",
+        path.display(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// One family's benchmark, written to `out`.
+fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Result<()> {
     if !(a.temperature.is_finite() && a.temperature >= 0.0) {
         bail!(
             "--temperature must be finite and ≥ 0, got {}",
@@ -365,7 +463,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("no scenario left to run");
     }
     let (prompts_path, questions) = a.workload.questions()?;
-    let m = load_models(a.family, a.manifest.clone(), a.conventional_dir.clone())?;
+    let m = load_models(family, a.manifest.clone(), a.conventional_dir.clone())?;
     let versions: Vec<&TargetVersion> = if a.versions.is_empty() {
         m.versions.iter().collect()
     } else {
@@ -395,7 +493,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         })
         .collect();
     let clocks = match a.clock {
-        ClockArg::Virtual => Some(clocks(&a, &m)?),
+        ClockArg::Virtual => Some(clocks(a, &m)?),
         ClockArg::Live => None,
     };
     let energy = crate::energy::load_profile(&a.energy_profile)?;
@@ -429,8 +527,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let jsonl_path = a.out.join("requests.jsonl");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let jsonl_path = out.join("requests.jsonl");
     let mut jsonl = std::io::BufWriter::new(
         std::fs::File::create(&jsonl_path)
             .with_context(|| format!("creating {}", jsonl_path.display()))?,
@@ -449,6 +547,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut results: Vec<Request> = Vec::new();
     let mut links: Vec<plot::ScenarioLink> = Vec::new();
     let mut resyncs: Vec<report::Resync> = Vec::new();
+    // Requests of runs already made, by what determines them (virtual clock).
+    let reuse: std::sync::Mutex<std::collections::HashMap<String, Vec<Summary>>> =
+        Default::default();
     for (vi, version) in versions.iter().enumerate() {
         let model = CloudModel::with_versions(
             m.loaded.info.wire_name,
@@ -469,12 +570,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .iter()
             .position(|t| t.name == version.name)
             .unwrap_or(vi);
-        for (sc, link0) in &scenarios {
+        // Scenarios run side by side on the virtual clock (each request on its own paused
+        // runtime; the results do not depend on it), one after another on the live clock.
+        let run_scenario = |(sc, link0): (scenario::Scenario, Option<ecspec_link::LinkConfig>)| -> Result<ScenarioOut> {
+            let link0 = &link0;
             let (down_bps, rtt_s) = link0.as_ref().map_or((f64::INFINITY, 0.0), |l| {
                 (l.downlink.mean_rate_bps(), l.rtt().as_secs_f64())
             });
-            if vi == 0 {
-                links.push(plot::ScenarioLink {
+            let mut out = ScenarioOut {
+                link: plot::ScenarioLink {
                     name: sc.name.clone(),
                     uplink_mbps: link0
                         .as_ref()
@@ -482,8 +586,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     rtt_ms: rtt_s * 1e3,
                     uplink: link0.as_ref().map(|l| l.uplink.clone()),
                     phase_s: a.phase_s,
-                });
-            }
+                },
+                requests: Vec::new(),
+                resyncs: Vec::new(),
+            };
             // Cloud-only first: greedy speculative outputs are checked against it.
             let mut cloud_tokens: Vec<Option<Vec<u32>>> = vec![None; questions.len()];
             for sys in &runnable {
@@ -540,7 +646,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     } else {
                         rtt_s + bytes as f64 * 8.0 / down_bps
                     };
-                    resyncs.push(report::Resync {
+                    out.resyncs.push(report::Resync {
                         scenario: sc.name.clone(),
                         system: name.clone(),
                         version: version.name.clone(),
@@ -556,7 +662,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     }
                 );
                 let loaded = Loaded {
-                    info: crate::family::info(a.family),
+                    info: crate::family::info(family),
                     edge_model: m.loaded.edge_model.clone(),
                     draft: clone_draft(&draft),
                     draft_desc: sys.name().to_string(),
@@ -565,6 +671,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     // is another model.
                     acceptance_prior: m.loaded.acceptance_prior.filter(|_| static_draft),
                 };
+                // On the virtual clock a run is a function of what it runs: a system whose
+                // draft, policy and link are those of one already run gives the same requests
+                // (edge-only on every scenario and version: it uses neither; `+resync` on the
+                // first version: its draft is the stale one), so they are reused, not rerun.
+                let budget = match sys {
+                    System::Speculative { budget, .. } => *budget,
+                    _ => None,
+                };
+                let energy_on = sc.name != "loopback";
+                let key = (a.clock == ClockArg::Virtual).then(|| {
+                    if mode == ModeArg::EdgeOnly {
+                        format!("edge-only|{energy_on}")
+                    } else {
+                        format!(
+                            "{}|{:p}|{policy}|{mode:?}|{budget:?}|{}|{energy_on}",
+                            version.name,
+                            Arc::as_ptr(&draft),
+                            sc.name
+                        )
+                    }
+                });
+                let cached = key.as_ref().and_then(|k| {
+                    reuse
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(k)
+                        .cloned()
+                });
+                let mut produced = Vec::new();
                 // A device serving one request after another: each starts from what the
                 // previous ones on this link left (acceptance evidence, policy state).
                 let mut memory = None;
@@ -576,45 +711,49 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         sys.name(),
                         q.category
                     ));
-                    let ids = prompt_ids(&loaded, &q.turns[0], false)
-                        .with_context(|| format!("question {}", q.question_id))?;
-                    let n_prompt = ids.len();
-                    let link = scenario::shifted(link0, qi as f64 * a.phase_s);
-                    let spec = RunSpec {
-                        mode,
-                        draft_len: &policy,
-                        sampling: &sampling,
-                        max_tokens: a.max_tokens as usize,
-                        link,
-                        cloud: (mode != ModeArg::EdgeOnly)
-                            .then(|| CloudEndpoint::InMemory(server.clone())),
-                        energy: (sc.name != "loopback").then_some(&energy),
-                        energy_budget: match sys {
-                            System::Speculative { budget, .. } => *budget,
-                            _ => None,
-                        },
-                        virtual_compute: edge_compute,
-                        memory: memory.clone(),
+                    let s = match &cached {
+                        Some(c) => c[qi].clone(),
+                        None => {
+                            let ids = prompt_ids(&loaded, &q.turns[0], false)
+                                .with_context(|| format!("question {}", q.question_id))?;
+                            let n_prompt = ids.len();
+                            let link = scenario::shifted(link0, qi as f64 * a.phase_s);
+                            let spec = RunSpec {
+                                mode,
+                                draft_len: &policy,
+                                sampling: &sampling,
+                                max_tokens: a.max_tokens as usize,
+                                link,
+                                cloud: (mode != ModeArg::EdgeOnly)
+                                    .then(|| CloudEndpoint::InMemory(server.clone())),
+                                energy: energy_on.then_some(&energy),
+                                energy_budget: budget,
+                                virtual_compute: edge_compute,
+                                memory: memory.clone(),
+                            };
+                            let clock = a.clock;
+                            let mut s = on_clock(clock, async {
+                                run_one(&loaded, ids, spec, &mut |_| {}).await
+                            })?
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "{} · {} · {} · question {}: {e}",
+                                    version.name,
+                                    sc.name,
+                                    sys.name(),
+                                    q.question_id
+                                )
+                            })?;
+                            memory = s.memory.clone();
+                            if let (ClockArg::Virtual, ModeArg::EdgeOnly, Some(ec)) =
+                                (clock, mode, edge_compute)
+                            {
+                                virtual_edge_only(&mut s, n_prompt, ec);
+                            }
+                            produced.push(s.clone());
+                            s
+                        }
                     };
-                    let clock = a.clock;
-                    let mut s = on_clock(clock, async {
-                        run_one(&loaded, ids, spec, &mut |_| {}).await
-                    })?
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "{} · {} · {} · question {}: {e}",
-                            version.name,
-                            sc.name,
-                            sys.name(),
-                            q.question_id
-                        )
-                    })?;
-                    memory = s.memory.clone();
-                    if let (ClockArg::Virtual, ModeArg::EdgeOnly, Some(ec)) =
-                        (clock, mode, edge_compute)
-                    {
-                        virtual_edge_only(&mut s, n_prompt, ec);
-                    }
                     let same = match (mode, a.temperature == 0.0, &cloud_tokens[qi]) {
                         (ModeArg::CloudOnly, _, _) => {
                             cloud_tokens[qi] = Some(s.tokens.clone());
@@ -631,10 +770,30 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         summary: s,
                         same_as_cloud: same,
                     };
-                    writeln!(jsonl, "{}", report::request_json(&r, &q.question_id))?;
-                    results.push(r);
+                    out.requests.push((r, q.question_id.clone()));
                     bar.inc(1);
                 }
+                if let (Some(k), None) = (key, &cached) {
+                    reuse
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(k, produced);
+                }
+            }
+            Ok(out)
+        };
+        let jobs = match a.clock {
+            ClockArg::Virtual => a.jobs as usize,
+            ClockArg::Live => 1,
+        };
+        for o in parallel_map(scenarios.clone(), jobs, run_scenario)? {
+            if vi == 0 {
+                links.push(o.link);
+            }
+            resyncs.extend(o.resyncs);
+            for (r, qid) in o.requests {
+                writeln!(jsonl, "{}", report::request_json(&r, &qid))?;
+                results.push(r);
             }
         }
     }
@@ -664,14 +823,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect(),
     };
     let rows = report::aggregate(&results, &resyncs);
-    let csv_path = a.out.join("summary.csv");
+    let csv_path = out.join("summary.csv");
     std::fs::write(&csv_path, report::csv(&rows))
         .with_context(|| format!("writing {}", csv_path.display()))?;
     let md = report::markdown(&rows, &setup);
-    let md_path = a.out.join("report.md");
+    let md_path = out.join("report.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     println!("{md}");
-    let plots = plot::write_all(&a.out, &rows, &results, &links)?;
+    let plots = plot::write_all(out, &rows, &results, &links)?;
     eprintln!(
         "ecspec bench: wrote {}, {}, {} and {} plots ({})",
         jsonl_path.display(),
@@ -703,4 +862,31 @@ fn virtual_edge_only(s: &mut Summary, prompt_tokens: usize, ec: EdgeCompute) {
     } else {
         0.0
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_map;
+
+    #[test]
+    fn parallel_map_keeps_order_and_reports_errors() {
+        let items: Vec<u64> = (0..9).collect();
+        for jobs in [1, 2, 4, 16] {
+            let out = parallel_map(items.clone(), jobs, |x| {
+                // Uneven work, so the threads finish out of order.
+                std::thread::sleep(std::time::Duration::from_millis((9 - x) * 2));
+                Ok(x * x)
+            })
+            .unwrap();
+            assert_eq!(out, vec![0, 1, 4, 9, 16, 25, 36, 49, 64], "jobs {jobs}");
+        }
+        let err = parallel_map(items, 3, |x| {
+            if x == 5 {
+                anyhow::bail!("item {x} failed")
+            }
+            Ok(x)
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "item 5 failed");
+    }
 }

@@ -52,6 +52,8 @@ pub struct Row {
     pub rounds: u64,
     pub mean_accepted_tokens: f64,
     pub acceptance_rate: Option<f64>,
+    /// Drafted tokens behind `acceptance_rate`.
+    pub drafted_tokens: u64,
     /// Acceptance at draft positions 1..=8: accepted / reached.
     pub acceptance_by_position: Vec<Option<f64>>,
     pub uplink_bytes_per_token: f64,
@@ -156,6 +158,7 @@ pub fn aggregate(requests: &[Request], resyncs: &[Resync]) -> Vec<Row> {
                     0.0
                 },
                 acceptance_rate: (drafted > 0.0).then(|| accepted / drafted),
+                drafted_tokens: drafted as u64,
                 acceptance_by_position: reached
                     .iter()
                     .zip(&acc)
@@ -179,6 +182,11 @@ pub fn aggregate(requests: &[Request], resyncs: &[Resync]) -> Vec<Row> {
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(String::new, |x| format!("{x:.digits$}"))
+}
+
+/// A Markdown cell: the value, or "–" when there is none.
+fn mopt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
 }
 
 /// The rows as CSV.
@@ -268,7 +276,7 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                 .filter(|r| r.version == v && r.scenario == sc)
                 .collect();
             let _ = writeln!(out, "### `{sc}`\n");
-            let _ = writeln!(out, "| system | goodput (tok/s) | with re-sync | TTFT (s) | TPOT p50 / p95 (ms) | accepted / round | acceptance | α by position 1–4 | uplink B/token | downlink B/token | energy (J/token) | cloud passes / token | re-sync | lossless |");
+            let _ = writeln!(out, "| system | goodput (tok/s) | with re-sync | TTFT (s) | TPOT p50 / p95 (ms) | accepted / round | acceptance (drafted tokens) | α by position 1–4 | uplink B/token | downlink B/token | energy (J/token) | cloud passes / token | re-sync | lossless |");
             let _ = writeln!(
                 out,
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -278,7 +286,7 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                     .acceptance_by_position
                     .iter()
                     .take(4)
-                    .map(|p| opt(*p, 2))
+                    .map(|p| mopt(*p, 2))
                     .collect();
                 let _ = writeln!(
                     out,
@@ -290,11 +298,14 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                     r.tpot_p50_s * 1e3,
                     r.tpot_p95_s * 1e3,
                     r.mean_accepted_tokens,
-                    opt(r.acceptance_rate, 3),
+                    r.acceptance_rate.map_or("–".to_string(), |a| format!(
+                        "{a:.3} ({})",
+                        r.drafted_tokens
+                    )),
                     pos.join(" "),
                     r.uplink_bytes_per_token,
                     r.downlink_bytes_per_token,
-                    opt(r.energy_per_token_j, 4),
+                    mopt(r.energy_per_token_j, 4),
                     r.cloud_passes_per_token,
                     if r.resync_bytes > 0 {
                         format!("{:.1} MB, {:.1} s", r.resync_bytes as f64 / 1e6, r.resync_s)
@@ -317,17 +328,25 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                         "loses"
                     };
                     let why = match b.system.as_str() {
-                        "cloud-only" => format!(
-                            "streaming costs one RTT per request and a decode step per token; ECSpec drafted with α = {} and {:.2} tokens per round at an estimated RTT of {}",
-                            opt(e.acceptance_rate, 3),
-                            e.mean_accepted_tokens,
-                            e.mean_rtt_estimate_s.map_or("–".into(), |r| format!("{:.0} ms", r * 1e3))
-                        ),
+                        "cloud-only" => {
+                            let rtt = e
+                                .mean_rtt_estimate_s
+                                .map_or("–".into(), |r| format!("{:.0} ms", r * 1e3));
+                            match e.acceptance_rate {
+                                Some(a) => format!(
+                                    "streaming costs one RTT per request and a decode step per token; ECSpec drafted with α = {a:.3} and {:.2} tokens per round at an estimated RTT of {rtt}",
+                                    e.mean_accepted_tokens
+                                ),
+                                None => format!(
+                                    "ECSpec drafted nothing (no K ≥ 1 paid at its α) and streamed like cloud-only; the difference is the round trip its stream request adds to a request without memory, at an estimated RTT of {rtt}"
+                                ),
+                            }
+                        }
                         "edge-only" => "edge-only pays no RTT but its output is the draft's own, not the target's".to_string(),
                         _ => format!(
                             "α {} vs {}, {:.2} vs {:.2} tokens per round, re-sync {:.1} s",
-                            opt(e.acceptance_rate, 3),
-                            opt(b.acceptance_rate, 3),
+                            mopt(e.acceptance_rate, 3),
+                            mopt(b.acceptance_rate, 3),
                             e.mean_accepted_tokens,
                             b.mean_accepted_tokens,
                             b.resync_s
