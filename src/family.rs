@@ -60,6 +60,8 @@ pub struct ShippedDraft {
     /// The draft's measured acceptance rate across the family's versions (`draft.acceptance`),
     /// the edge's starting estimate.
     pub acceptance: Option<f64>,
+    /// The FR-Spec vocabulary subset its head scores (`draft.vocab_subset`).
+    pub vocab_subset: Option<Vec<u32>>,
 }
 
 /// The trained draft shipped with a shared-backbone family, when present and trained for
@@ -91,9 +93,14 @@ pub fn shipped_draft(info: &FamilyInfo, shared_layers: usize) -> Result<Option<S
             );
         }
     }
+    let vocab_subset = match &m.draft.vocab_subset {
+        Some(rel) => Some(ecspec_family::vocab_subset::read(&m.resolve(rel))?),
+        None => None,
+    };
     Ok(Some(ShippedDraft {
         anchor: file,
         acceptance: m.draft.acceptance,
+        vocab_subset,
     }))
 }
 
@@ -171,6 +178,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         None => None,
     };
     let mut acceptance_prior = None;
+    let mut vocab_subset = None;
     let (draft, draft_desc) = match (info.shared_backbone, &args.anchor, &args.draft_file) {
         (_, _, Some(p)) => (
             Draft::standalone(&edge_model, p)
@@ -184,6 +192,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
                 Some(p) => Some(p.clone()),
                 None => shipped_draft(&info, args.shared_layers)?.map(|d| {
                     acceptance_prior = d.acceptance;
+                    vocab_subset = d.vocab_subset;
                     d.anchor
                 }),
             };
@@ -194,15 +203,24 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
                 ),
                 None => None,
             };
-            let d = Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
+            let mut d = Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
                 .context("building the draft")?;
+            if let Some(ids) = &vocab_subset {
+                d = d
+                    .with_vocab_subset(ids)
+                    .context("the draft's vocabulary subset (draft.vocab_subset)")?;
+            }
             let desc = format!(
-                "shared-backbone: {} base layers + {}",
+                "shared-backbone: {} base layers + {}{}",
                 args.shared_layers,
                 path.map_or(
                     "untrained anchor (copy of the last layer)".to_string(),
                     |p| { format!("anchor {}", p.display()) }
-                )
+                ),
+                vocab_subset.as_ref().map_or(String::new(), |v| format!(
+                    ", head over {} tokens (FR-Spec)",
+                    v.len()
+                ))
             );
             (d, desc)
         }

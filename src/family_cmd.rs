@@ -30,6 +30,35 @@ pub enum FamilyCommand {
     /// conventional draft (stale and re-synchronised) on held-out benchmark prompts; writes
     /// CSV, Markdown and JSONL.
     Eval(crate::family_eval::EvalArgs),
+    /// Rank the tokens of the training corpora by frequency and write the N most frequent: the
+    /// FR-Spec vocabulary subset a manifest's `draft.vocab_subset` names (arXiv 2502.14856).
+    VocabSubset(VocabSubsetArgs),
+}
+
+/// `ecspec family vocab-subset`
+#[derive(Debug, Clone, Args)]
+pub struct VocabSubsetArgs {
+    /// Family whose tokenizer counts.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub base: FamilyName,
+    /// Base GGUF (default: the family's target, fetched into the cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Corpus files or directories (their training split is counted).
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    pub corpus: Vec<PathBuf>,
+    /// File extensions read from directories.
+    #[arg(long, value_name = "EXT", value_delimiter = ',')]
+    pub ext: Vec<String>,
+    /// Tokens counted, shared equally between the corpus paths.
+    #[arg(long, default_value_t = 131_072)]
+    pub max_tokens: usize,
+    /// N: tokens kept.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub size: u32,
+    /// Output file (one token id per line, most frequent first).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// Settings both trainings share.
@@ -250,8 +279,57 @@ pub fn run(cmd: FamilyCommand) -> Result<()> {
         FamilyCommand::TrainDraft(a) => train_draft(a),
         FamilyCommand::Evolve(a) => evolve(a),
         FamilyCommand::DistillDraft(a) => distill_draft(a),
+        FamilyCommand::VocabSubset(a) => vocab_subset(a),
         FamilyCommand::Eval(_) => bail!("`family eval` runs on the async runtime (dispatch)"),
     }
+}
+
+fn vocab_subset(a: VocabSubsetArgs) -> Result<()> {
+    let info = crate::family::info(a.base);
+    let path = crate::family::model_path(a.model.as_deref(), info.target)?;
+    let base =
+        LoadedModel::load(&path).with_context(|| format!("loading the base {}", path.display()))?;
+    let mut tokens: Vec<u32> = Vec::new();
+    for p in &a.corpus {
+        let spec = CorpusSpec::new(vec![p.clone()], a.ext.clone());
+        let units = corpus::read_units(&spec)
+            .with_context(|| format!("reading the corpus {}", p.display()))?;
+        let w = corpus::token_windows(
+            &base.tokenizer,
+            &units,
+            Split::Train,
+            128,
+            a.max_tokens / a.corpus.len(),
+        )
+        .with_context(|| format!("tokenizing {}", p.display()))?;
+        tokens.extend(w.into_iter().flatten());
+    }
+    let ids = ecspec_family::vocab_subset::most_frequent(tokens.iter().copied(), a.size as usize);
+    let covered = {
+        let set: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        tokens.iter().filter(|t| set.contains(t)).count() as f64 / tokens.len().max(1) as f64
+    };
+    let header = format!(
+        "FR-Spec vocabulary subset: the {} most frequent of {} tokens counted\n(training split of: {}),\n{:.2}% of those tokens; `ecspec family vocab-subset --size {}`",
+        ids.len(),
+        tokens.len(),
+        a.corpus
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        covered * 100.0,
+        a.size
+    );
+    ecspec_family::vocab_subset::write(&a.out, &ids, &header)?;
+    eprintln!(
+        "ecspec: wrote {} ({} tokens, covering {:.2}% of {} counted)",
+        a.out.display(),
+        ids.len(),
+        covered * 100.0,
+        tokens.len()
+    );
+    Ok(())
 }
 
 fn load_base(c: &CommonTrainArgs) -> Result<LoadedModel> {

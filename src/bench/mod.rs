@@ -71,7 +71,8 @@ pub struct BenchArgs {
     /// const-10mbit-60ms, loopback) or scenario TOML files.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SCENARIOS)]
     pub scenarios: Vec<String>,
-    /// Systems: cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec, static:POLICY.
+    /// Systems: cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec, static:POLICY;
+    /// a speculative system with `@B` runs under an edge energy budget of B J per token.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SYSTEMS)]
     pub systems: Vec<String>,
     /// Target versions (default: all of the manifest's).

@@ -342,3 +342,56 @@ fn entropy(q: &[f32]) -> f32 {
         .map(|&p| -(p as f64) * (p as f64).ln())
         .sum::<f64>() as f32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecspec_model::tiny::{write_tiny_model, TinySpec};
+    use std::sync::Arc;
+
+    /// FR-Spec: a draft whose head scores a subset never proposes a token outside it, and the
+    /// distributions it sends for rejection put no mass outside it either (so the verifier's
+    /// q is exactly the pruned draft's).
+    #[test]
+    fn a_pruned_head_never_proposes_outside_its_subset() {
+        let dir = std::env::temp_dir().join(format!("ecspec-fr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.gguf");
+        write_tiny_model(&path, TinySpec::default()).unwrap();
+        let m = ecspec_model::LoadedModel::load(&path).unwrap();
+        // 40 of the 260 tokens, none of them the model's own greedy favourites necessarily.
+        let subset: Vec<u32> = (0..260u32).filter(|t| t % 13 == 5 || t % 13 == 9).collect();
+        let pruned = Arc::new(m.transformer.with_vocab_subset(&subset).unwrap());
+        let prompt: Vec<u32> = b"the quick brown fox"
+            .iter()
+            .map(|&b| u32::from(b))
+            .collect();
+        let mut proposed = 0usize;
+        for (rule, params) in [
+            (VerifyRule::Greedy, SamplingParams::greedy(1)),
+            (VerifyRule::Rejection, SamplingParams::default()),
+            (VerifyRule::Match, SamplingParams::default()),
+        ] {
+            for seed in 0..20u64 {
+                let sampling = DraftSampling {
+                    rule,
+                    params: SamplingParams { seed, ..params },
+                    dist_top_k: 16,
+                    dist_bits: 8,
+                };
+                let mut d = Drafter::new(Session::new(pruned.clone()), sampling);
+                d.prefill(&prompt).unwrap();
+                let p = d.propose(&prompt, 8).unwrap();
+                assert_eq!(p.tokens.len(), 8);
+                for t in &p.tokens {
+                    assert!(subset.contains(t), "{rule:?} seed {seed}: proposed {t}");
+                }
+                for q in &p.dists {
+                    assert!(q.ids().iter().all(|t| subset.contains(t)), "{:?}", q.ids());
+                }
+                proposed += p.tokens.len();
+            }
+        }
+        assert_eq!(proposed, 3 * 20 * 8);
+    }
+}

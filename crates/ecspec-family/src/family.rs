@@ -192,12 +192,14 @@ impl Family {
     }
 
     /// The static edge draft of this family (trained anchor when the manifest names one, else
-    /// the untrained copy of the base's last layer).
+    /// the untrained copy of the base's last layer), scoring only the manifest's
+    /// `draft.vocab_subset` when it names one (FR-Spec).
     ///
     /// # Errors
-    /// [`FamilyError::Draft`] (cannot happen after [`Self::open`] checked the layout).
+    /// [`FamilyError::Draft`]; for the subset file, [`FamilyError::Io`] or
+    /// [`FamilyError::Parse`] (with its line).
     pub fn draft(&self) -> Result<Draft> {
-        Draft::shared_backbone(
+        let d = Draft::shared_backbone(
             &self.base,
             self.manifest.draft.shared_layers,
             self.anchor.clone(),
@@ -206,6 +208,17 @@ impl Family {
             path: self.manifest.path.clone(),
             key: "draft.shared_layers".into(),
             reason: e.to_string(),
-        })
+        })?;
+        match &self.manifest.draft.vocab_subset {
+            None => Ok(d),
+            Some(rel) => {
+                let ids = crate::vocab_subset::read(&self.manifest.resolve(rel))?;
+                d.with_vocab_subset(&ids).map_err(|e| FamilyError::Draft {
+                    path: self.manifest.path.clone(),
+                    key: "draft.vocab_subset".into(),
+                    reason: e.to_string(),
+                })
+            }
+        }
     }
 }

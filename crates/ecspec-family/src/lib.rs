@@ -24,6 +24,7 @@
 pub mod error;
 pub mod family;
 pub mod manifest;
+pub mod vocab_subset;
 
 pub use error::{FamilyError, Result};
 pub use family::{sha256_file, Family, LoadedVersion};

@@ -119,8 +119,9 @@ pub struct DraftLayout {
     /// SHA-256 of the anchor file; checked when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_sha256: Option<String>,
-    /// Reserved for an FR-Spec draft head (a frequency-ranked subset of the vocabulary): the
-    /// file must exist; nothing reads it yet.
+    /// FR-Spec draft head (Zhao et al. 2025, arXiv 2502.14856): a file of token ids, most
+    /// frequent first ([`crate::vocab_subset`]), relative to the manifest's directory; the
+    /// draft scores only these (the target still scores the whole vocabulary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_subset: Option<String>,
     /// The static draft's measured greedy acceptance rate α ∈ [0, 1] on the family's

@@ -83,7 +83,11 @@ fn fixture(name: &str) -> Fixture {
         anchor::StoreDtype::F16,
     )
     .unwrap();
-    std::fs::write(dir.join("draft/vocab.json"), "[]").unwrap();
+    std::fs::write(
+        dir.join("draft/vocab.txt"),
+        "# FR-Spec subset\n0\n1\n2\n72\n",
+    )
+    .unwrap();
     Fixture {
         sha: sha256_file(&gguf).unwrap(),
         base_hash: base.base_hash.clone(),
@@ -112,7 +116,7 @@ base_hash = "{bh}"
 [draft]
 shared_layers = 2
 anchor = "draft/anchor.safetensors"
-vocab_subset = "draft/vocab.json"
+vocab_subset = "draft/vocab.txt"
 
 [[version]]
 name = "v0"
@@ -205,6 +209,11 @@ fn valid_family_opens_with_versions_sharing_the_base() {
     );
     assert_eq!(draft.compat_hash, family.base.base_hash);
     assert!(family.anchor.is_some());
+    // The manifest's FR-Spec subset: the draft's head scores those four tokens only.
+    assert_eq!(
+        draft.transformer.vocab_subset(),
+        Some(&[0u32, 1, 2, 72][..])
+    );
 
     // The manifest round-trips through its own writer.
     let saved = fx.dir.join("saved.toml");
@@ -473,9 +482,9 @@ fn missing_files_are_named_with_their_key() {
         ),
         (
             "vocab subset",
-            replace("draft/vocab.json", "draft/gone.json"),
+            replace("draft/vocab.txt", "draft/gone.txt"),
             "draft.vocab_subset",
-            "gone.json",
+            "gone.txt",
         ),
         (
             "adapter dir",

@@ -93,6 +93,20 @@ impl Draft {
         })
     }
 
+    /// This draft scoring only `ids` (FR-Spec, arXiv 2502.14856; see
+    /// [`Transformer::with_vocab_subset`]). Kind and compatibility hash are unchanged: the
+    /// cloud verifies over the full vocabulary as before.
+    ///
+    /// # Errors
+    /// As [`Transformer::with_vocab_subset`].
+    pub fn with_vocab_subset(&self, ids: &[u32]) -> Result<Self> {
+        Ok(Self {
+            kind: self.kind,
+            transformer: Arc::new(self.transformer.with_vocab_subset(ids)?),
+            compat_hash: self.compat_hash.clone(),
+        })
+    }
+
     /// The shared-backbone draft on `base` with `shared_layers` base layers and `anchor` (a
     /// trained anchor layer, e.g. from [`crate::anchor::load_anchor`]; `None`: a copy of the
     /// base's last layer).

@@ -244,6 +244,18 @@ pub struct Transformer {
     lora: Vec<Option<Arc<LayerLora>>>,
     final_norm: Vec<f32>,
     head: QMatMul,
+    /// FR-Spec draft head: only these rows of `head` are scored.
+    subset: Option<HeadSubset>,
+}
+
+/// The LM head restricted to a subset of the vocabulary (FR-Spec, Zhao et al. 2025,
+/// arXiv 2502.14856): the same frozen rows, gathered, so a draft scores N tokens instead of V.
+#[derive(Clone)]
+struct HeadSubset {
+    /// Token ids scored, in the order of `head`'s rows.
+    ids: Arc<Vec<u32>>,
+    /// `N × d` (padded like the full head).
+    head: QMatMul,
 }
 
 /// `x` (`rows × k`) times `w`ᵀ, zero-padding the rows when `w` was padded by [`qmatmul`].
@@ -306,6 +318,7 @@ impl Transformer {
             lora,
             final_norm,
             head,
+            subset: None,
         })
     }
 
@@ -336,6 +349,7 @@ impl Transformer {
             lora: per_layer.into_iter().map(|l| l.map(Arc::new)).collect(),
             final_norm: base.final_norm.clone(),
             head: base.head.clone(),
+            subset: base.subset.clone(),
         })
     }
 
@@ -388,6 +402,7 @@ impl Transformer {
             lora,
             final_norm,
             head,
+            subset: None,
         })
     }
 
@@ -435,6 +450,7 @@ impl Transformer {
             lora,
             final_norm: base.final_norm.clone(),
             head: base.head.clone(),
+            subset: base.subset.clone(),
         })
     }
 
@@ -564,12 +580,88 @@ impl Transformer {
         Ok(())
     }
 
-    /// Final norm and LM head over `hidden` (`rows × d`) → logits `rows × V`.
+    /// Final norm and LM head over `hidden` (`rows × d`) → logits `rows × V`. With a
+    /// vocabulary subset ([`Self::with_vocab_subset`]) only the subset is scored and every
+    /// other logit is −∞ (probability 0 after softmax).
     pub fn logits(&self, hidden: &[f32]) -> Result<Logits> {
         let d = self.config.hidden_size;
+        let rows = hidden.len() / d;
         let h = ops::rms_norm(hidden, &self.final_norm, self.config.rms_eps);
-        let out = matmul(&self.head, &h, hidden.len() / d, d)?;
-        Ok(Logits::new(self.config.vocab_size, out))
+        let v = self.config.vocab_size;
+        let Some(sub) = &self.subset else {
+            return Ok(Logits::new(v, matmul(&self.head, &h, rows, d)?));
+        };
+        let small = matmul(&sub.head, &h, rows, d)?;
+        let n = sub.ids.len();
+        let mut out = vec![f32::NEG_INFINITY; rows * v];
+        for (row, src) in out.chunks_exact_mut(v).zip(small.chunks_exact(n)) {
+            for (&id, &x) in sub.ids.iter().zip(src) {
+                row[id as usize] = x;
+            }
+        }
+        Ok(Logits::new(v, out))
+    }
+
+    /// This model with its LM head restricted to `ids` (FR-Spec, arXiv 2502.14856): the same
+    /// head rows, gathered, so a forward pass multiplies by an `N × d` head instead of `V × d`;
+    /// logits outside `ids` are −∞. For a draft: the target keeps its full head, so
+    /// verification stays exact (a pruned draft's q is 0 outside the subset, which rejection
+    /// sampling handles like any other q). Gathering Q8_0 rows re-quantizes them to the same
+    /// bytes, so the subset's logits equal the full head's.
+    ///
+    /// # Errors
+    /// [`ModelError::Incompatible`] if `ids` is empty, repeats an id or names one outside the
+    /// vocabulary.
+    pub fn with_vocab_subset(&self, ids: &[u32]) -> Result<Self> {
+        let v = self.config.vocab_size;
+        if ids.is_empty() {
+            return Err(ModelError::Incompatible(
+                "a vocabulary subset needs at least one token".into(),
+            ));
+        }
+        let mut seen = vec![false; v];
+        for &id in ids {
+            let i = id as usize;
+            if i >= v {
+                return Err(ModelError::Incompatible(format!(
+                    "vocabulary subset: token {id} is outside the vocabulary of {v}"
+                )));
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(ModelError::Incompatible(format!(
+                    "vocabulary subset: token {id} is listed twice"
+                )));
+            }
+        }
+        let (full, dtype) = match &self.head {
+            QMatMul::QTensor(t) => (t.dequantize(&Device::Cpu)?, Some(t.dtype())),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                (t.to_dtype(candle_core::DType::F32)?, None)
+            }
+        };
+        let index = Tensor::from_vec(ids.to_vec(), ids.len(), &Device::Cpu)?;
+        let rows = full.index_select(&index, 0)?;
+        let head = match dtype {
+            Some(dt) => QMatMul::from_arc(Arc::new(QTensor::quantize(&rows, dt)?))?,
+            None => QMatMul::Tensor(rows),
+        };
+        Ok(Self {
+            config: self.config.clone(),
+            embedding: self.embedding.share(),
+            layers: self.layers.clone(),
+            lora: self.lora.clone(),
+            final_norm: self.final_norm.clone(),
+            head: self.head.clone(),
+            subset: Some(HeadSubset {
+                ids: Arc::new(ids.to_vec()),
+                head,
+            }),
+        })
+    }
+
+    /// The vocabulary subset this model scores (None: the whole vocabulary).
+    pub fn vocab_subset(&self) -> Option<&[u32]> {
+        self.subset.as_ref().map(|s| s.ids.as_slice())
     }
 
     /// A full forward pass over a block of `tokens` at the cache's current length.

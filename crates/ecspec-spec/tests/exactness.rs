@@ -213,6 +213,16 @@ fn cases() -> Vec<Case> {
             bits: 16,
         },
         Case {
+            // An FR-Spec draft head (arXiv 2502.14856) scores only the subset {1, 3, 4}: q is
+            // zero on the rest, including p's mode (0) and a token p barely allows (5).
+            name: "pruned draft head: q zero outside {1, 3, 4}",
+            params: t1,
+            target: [1.5, 0.5, 0.2, 0.8, 0.1, -1.0],
+            q: [0.0, 0.45, 0.0, 0.35, 0.2, 0.0],
+            top_k: 6,
+            bits: 8,
+        },
+        Case {
             // Disjoint supports: every draft is rejected; the residual is p itself.
             name: "disjoint supports",
             params: t1,
