@@ -316,6 +316,15 @@ pub struct Request {
     same_as_cloud: Option<bool>,
 }
 
+/// "1 version", "2 versions".
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// What one scenario of one version produced.
 struct ScenarioOut {
     link: plot::ScenarioLink,
@@ -500,13 +509,13 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
     let energy = crate::energy::load_profile(&a.energy_profile)?;
     let total = (versions.len() * scenarios.len() * runnable.len() * questions.len()) as u64;
     eprintln!(
-        "ecspec bench: {} · {:?} clock · {} versions × {} scenarios × {} systems × {} prompts = {total} requests · {} tokens each",
+        "ecspec bench: {} · {:?} clock · {} × {} × {} × {} = {total} requests · {} tokens each",
         m.loaded.info.wire_name,
         a.clock,
-        versions.len(),
-        scenarios.len(),
-        runnable.len(),
-        questions.len(),
+        plural(versions.len(), "version"),
+        plural(scenarios.len(), "scenario"),
+        plural(runnable.len(), "system"),
+        plural(questions.len(), "prompt"),
         a.max_tokens
     );
     if let Some(c) = &clocks {
@@ -809,7 +818,11 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
         cloud: clocks
             .as_ref()
             .map_or("this machine (live)".into(), |c| c.cloud_source.clone()),
-        prompts: format!("{} ({} questions)", prompts_path.display(), questions.len()),
+        prompts: format!(
+            "{} ({})",
+            prompts_path.display(),
+            plural(questions.len(), "question")
+        ),
         max_tokens: a.max_tokens,
         temperature: a.temperature,
         shared_backbone: m.shared_backbone,

@@ -114,7 +114,8 @@ fn draw<DB: DrawingBackend>(
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(x.clone(), 0.0..(y1 * 1.1).max(1e-9))?;
+            // An all-zero series (e.g. K = 0 throughout) still gets a readable 0..1 axis.
+            .build_cartesian_2d(x.clone(), 0.0..if y1 > 0.0 { y1 * 1.1 } else { 1.0 })?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
