@@ -305,6 +305,14 @@ fn vocab_subset(a: VocabSubsetArgs) -> Result<()> {
         tokens.extend(w.into_iter().flatten());
     }
     let ids = ecspec_family::vocab_subset::most_frequent(tokens.iter().copied(), a.size as usize);
+    if ids.len() < a.size as usize {
+        eprintln!(
+            "ecspec: note: only {} distinct tokens occur in the {} tokens counted, fewer than --size {}: all of them are kept",
+            ids.len(),
+            tokens.len(),
+            a.size
+        );
+    }
     let covered = {
         let set: std::collections::HashSet<u32> = ids.iter().copied().collect();
         tokens.iter().filter(|t| set.contains(t)).count() as f64 / tokens.len().max(1) as f64

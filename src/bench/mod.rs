@@ -445,14 +445,27 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
             a.temperature
         );
     }
-    if !(a.phase_s.is_finite() && a.phase_s >= 0.0) {
-        bail!("--phase-s must be finite and ≥ 0, got {}", a.phase_s);
+    // A day of offset per request is far beyond any trace (they loop), and keeps every
+    // offset a valid Duration.
+    if !(a.phase_s.is_finite() && (0.0..=86_400.0).contains(&a.phase_s)) {
+        bail!(
+            "--phase-s must be between 0 and 86400 seconds, got {}",
+            a.phase_s
+        );
     }
     let systems: Vec<System> = a
         .systems
         .iter()
         .map(|s| system::parse(s))
         .collect::<Result<_>>()?;
+    for (i, s) in systems.iter().enumerate() {
+        if systems[..i].iter().any(|t| t.name() == s.name()) {
+            bail!(
+                "--systems names {:?} twice (each system is one column of the report)",
+                s.name()
+            );
+        }
+    }
     let data = prompts::data_dir();
     let mut scenarios = Vec::new();
     for s in &a.scenarios {
@@ -471,6 +484,25 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
     }
     if scenarios.is_empty() {
         bail!("no scenario left to run");
+    }
+    // An energy budget needs the radio model of a shaped link: refuse before running anything.
+    if let (Some(b), Some((sc, _))) = (
+        systems.iter().find(|s| {
+            matches!(
+                s,
+                System::Speculative {
+                    budget: Some(_),
+                    ..
+                }
+            )
+        }),
+        scenarios.iter().find(|(sc, _)| sc.name == "loopback"),
+    ) {
+        bail!(
+            "system {:?} has an energy budget, which needs a shaped link; scenario {:?} has none (drop one of them)",
+            b.name(),
+            sc.name
+        );
     }
     let (prompts_path, questions) = a.workload.questions()?;
     let m = load_models(family, a.manifest.clone(), a.conventional_dir.clone())?;

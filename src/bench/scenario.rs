@@ -193,7 +193,8 @@ pub fn shifted(base: &Option<LinkConfig>, start_s: f64) -> Option<LinkConfig> {
     if start_s <= 0.0 {
         return Some(base.clone());
     }
-    let off = std::time::Duration::from_secs_f64(start_s);
+    // The caller bounds start_s; saturate rather than panic if it did not.
+    let off = std::time::Duration::try_from_secs_f64(start_s).unwrap_or(std::time::Duration::MAX);
     let c = base.clone();
     Some(LinkConfig::new(
         Box::new(ecspec_link::TimeShift::new(c.uplink, off)),
