@@ -626,7 +626,11 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
                         .as_ref()
                         .map_or(0.0, |l| l.uplink.mean_rate_bps() / 1e6),
                     rtt_ms: rtt_s * 1e3,
-                    uplink: link0.as_ref().map(|l| l.uplink.clone()),
+                    // None for an unshaped link (loopback counts bytes at no rate).
+                    uplink: link0
+                        .as_ref()
+                        .filter(|_| !sc.args.iter().any(|x| x == "--no-link"))
+                        .map(|l| l.uplink.clone()),
                     phase_s: a.phase_s,
                 },
                 requests: Vec::new(),

@@ -31,7 +31,7 @@ pub struct ScenarioLink {
     pub uplink_mbps: f64,
     /// RTT (ms) the link is configured with.
     pub rtt_ms: f64,
-    /// The uplink model as request 0 meets it (None: no shaped link).
+    /// The uplink model as request 0 meets it (None: an unshaped link, e.g. loopback).
     pub uplink: Option<Box<dyn ecspec_link::LinkModel>>,
     /// Request i meets the link this many seconds × i into its traces.
     pub phase_s: f64,
@@ -178,7 +178,10 @@ pub fn write_all(
                     .iter()
                     .filter(|r| r.version == first_version && r.system == *s)
                     .filter_map(|r| {
-                        let l = links.iter().find(|l| l.name == r.scenario)?;
+                        // An unshaped link (loopback) has no rate or RTT to place it at.
+                        let l = links
+                            .iter()
+                            .find(|l| l.name == r.scenario && l.uplink.is_some())?;
                         Some((pick(l), r.goodput_with_resync_tok_s))
                     })
                     .collect();
@@ -268,7 +271,7 @@ pub fn write_all(
     if let Some(sc) = links
         .iter()
         .find(|l| l.name.contains("driving"))
-        .or(links.first())
+        .or_else(|| links.iter().find(|l| l.uplink.is_some()))
     {
         let mut t0 = 0.0;
         let (mut ks, mut rtt, mut rate) = (Vec::new(), Vec::new(), Vec::new());
