@@ -401,11 +401,13 @@ where
 /// # Errors
 /// Bad arguments (naming the option), missing models, prompts or traces, unwritable output.
 pub fn run(a: BenchArgs) -> Result<()> {
-    let families = {
-        let mut f = a.family.clone();
-        f.dedup();
-        f
-    };
+    // Each family once, in the order given.
+    let mut families: Vec<FamilyName> = Vec::new();
+    for f in &a.family {
+        if !families.contains(f) {
+            families.push(*f);
+        }
+    }
     match families.as_slice() {
         [] => bail!("--family: name at least one family"),
         [one] => return run_family(&a, *one, &a.out),
@@ -496,7 +498,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
                 }
             )
         }),
-        scenarios.iter().find(|(sc, _)| sc.name == "loopback"),
+        scenarios.iter().find(|(sc, _)| !sc.shaped()),
     ) {
         bail!(
             "system {:?} has an energy budget, which needs a shaped link; scenario {:?} has none (drop one of them)",
@@ -629,7 +631,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
                     // None for an unshaped link (loopback counts bytes at no rate).
                     uplink: link0
                         .as_ref()
-                        .filter(|_| !sc.args.iter().any(|x| x == "--no-link"))
+                        .filter(|_| sc.shaped())
                         .map(|l| l.uplink.clone()),
                     phase_s: a.phase_s,
                 },
@@ -725,7 +727,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
                     System::Speculative { budget, .. } => *budget,
                     _ => None,
                 };
-                let energy_on = sc.name != "loopback";
+                let energy_on = sc.shaped();
                 let key = (a.clock == ClockArg::Virtual).then(|| {
                     if mode == ModeArg::EdgeOnly {
                         format!("edge-only|{energy_on}")

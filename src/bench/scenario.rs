@@ -151,6 +151,12 @@ pub fn resolve(name_or_file: &str, data_dir: &Path) -> Result<Scenario> {
 }
 
 impl Scenario {
+    /// Whether the link is shaped (rate, delay, radio model); `--no-link` (the loopback
+    /// scenario) passes bytes unshaped, so it has no rate to plot and no radio energy.
+    pub fn shaped(&self) -> bool {
+        !self.args.iter().any(|a| a == "--no-link")
+    }
+
     /// The link this scenario builds, parsed once (`None`: no emulated link); see
     /// [`shifted`] for a request's own phase of it.
     ///
@@ -167,7 +173,7 @@ impl Scenario {
     /// Invalid options or unreadable traces, naming the scenario.
     pub fn link(&self, start_s: f64) -> Result<Option<LinkConfig>> {
         let mut args = self.args.clone();
-        if start_s > 0.0 && !args.iter().any(|a| a == "--no-link") {
+        if start_s > 0.0 && self.shaped() {
             args.extend(["--link-start-s".to_string(), start_s.to_string()]);
         }
         let parsed = ScenarioArgs::try_parse_from(&args)
