@@ -62,6 +62,9 @@ pub struct ShippedDraft {
     pub acceptance: Option<f64>,
     /// The FR-Spec vocabulary subset its head scores (`draft.vocab_subset`).
     pub vocab_subset: Option<Vec<u32>>,
+    /// The draft's own LoRA update of its lower layers (`draft.lower_adapter`, PEFT directory,
+    /// its SHA-256 checked against the manifest).
+    pub lower_adapter: Option<PathBuf>,
 }
 
 /// The trained draft shipped with a shared-backbone family, when present and trained for
@@ -97,10 +100,29 @@ pub fn shipped_draft(info: &FamilyInfo, shared_layers: usize) -> Result<Option<S
         Some(rel) => Some(ecspec_family::vocab_subset::read(&m.resolve(rel))?),
         None => None,
     };
+    let lower_adapter = match &m.draft.lower_adapter {
+        Some(rel) => {
+            let dir = m.resolve(rel);
+            if let Some(expected) = &m.draft.lower_adapter_sha256 {
+                let f = dir.join("adapter_model.safetensors");
+                let found = ecspec_family::sha256_file(&f)?;
+                if &found != expected {
+                    bail!(
+                        "{}: sha256 {found}, {} (draft.lower_adapter_sha256) expects {expected}",
+                        f.display(),
+                        path.display()
+                    );
+                }
+            }
+            Some(dir)
+        }
+        None => None,
+    };
     Ok(Some(ShippedDraft {
         anchor: file,
         acceptance: m.draft.acceptance,
         vocab_subset,
+        lower_adapter,
     }))
 }
 
@@ -179,6 +201,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
     };
     let mut acceptance_prior = None;
     let mut vocab_subset = None;
+    let mut lower_dir = None;
     let (draft, draft_desc) = match (info.shared_backbone, &args.anchor, &args.draft_file) {
         (_, _, Some(p)) => (
             Draft::standalone(&edge_model, p)
@@ -193,6 +216,7 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
                 None => shipped_draft(&info, args.shared_layers)?.map(|d| {
                     acceptance_prior = d.acceptance;
                     vocab_subset = d.vocab_subset;
+                    lower_dir = d.lower_adapter;
                     d.anchor
                 }),
             };
@@ -203,16 +227,34 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
                 ),
                 None => None,
             };
-            let mut d = Draft::shared_backbone(&edge_model, args.shared_layers, anchor)
-                .context("building the draft")?;
+            let lower = match &lower_dir {
+                Some(dir) => Some(
+                    ecspec_model::LoraAdapter::load_peft(dir, edge_model.transformer.config())
+                        .with_context(|| {
+                            format!("loading the draft's lower-layer adapter {}", dir.display())
+                        })?,
+                ),
+                None => None,
+            };
+            let mut d = Draft::shared_backbone_with_lower(
+                &edge_model,
+                args.shared_layers,
+                anchor,
+                lower.as_ref(),
+            )
+            .context("building the draft")?;
             if let Some(ids) = &vocab_subset {
                 d = d
                     .with_vocab_subset(ids)
                     .context("the draft's vocabulary subset (draft.vocab_subset)")?;
             }
             let desc = format!(
-                "shared-backbone: {} base layers + {}{}",
+                "shared-backbone: {} base layers{} + {}{}",
                 args.shared_layers,
+                lower_dir.as_ref().map_or(String::new(), |d| format!(
+                    " (with the draft's own LoRA {})",
+                    d.display()
+                )),
                 path.map_or(
                     "untrained anchor (copy of the last layer)".to_string(),
                     |p| { format!("anchor {}", p.display()) }

@@ -29,6 +29,8 @@ pub struct Family {
     pub base: Arc<LoadedModel>,
     /// The trained anchor layer, when the manifest names one.
     pub anchor: Option<Arc<DecoderLayer>>,
+    /// The draft's own LoRA update of its lower layers, when the manifest names one.
+    pub lower_adapter: Option<LoraAdapter>,
     versions: Vec<LoadedVersion>,
 }
 
@@ -143,6 +145,33 @@ impl Family {
                 )
             }
         };
+        let lower_adapter = match &manifest.draft.lower_adapter {
+            None => None,
+            Some(rel) => {
+                let dir = manifest.resolve(rel);
+                let bad = |reason: String| FamilyError::Draft {
+                    path: mpath.clone(),
+                    key: "draft.lower_adapter".into(),
+                    reason: format!("{}: {reason}", dir.display()),
+                };
+                if let Some(expected) = &manifest.draft.lower_adapter_sha256 {
+                    let f = dir.join("adapter_model.safetensors");
+                    let found = sha256_file(&f)?;
+                    if &found != expected {
+                        return Err(bad(format!(
+                            "adapter_model.safetensors has sha256 {found}, draft.lower_adapter_sha256 expects {expected}"
+                        )));
+                    }
+                }
+                let a = LoraAdapter::load_peft(&dir, &config).map_err(|e| bad(e.to_string()))?;
+                if let Some(((l, _), _)) = a.iter().find(|((l, _), _)| *l >= k) {
+                    return Err(bad(format!(
+                        "adapts layer {l}, outside the draft's shared layers 0..{k}"
+                    )));
+                }
+                Some(a)
+            }
+        };
         let base = Arc::new(base);
         let mut versions = Vec::with_capacity(manifest.versions.len());
         for spec in &manifest.versions {
@@ -177,6 +206,7 @@ impl Family {
             manifest,
             base,
             anchor,
+            lower_adapter,
             versions,
         })
     }
@@ -199,10 +229,11 @@ impl Family {
     /// [`FamilyError::Draft`]; for the subset file, [`FamilyError::Io`] or
     /// [`FamilyError::Parse`] (with its line).
     pub fn draft(&self) -> Result<Draft> {
-        let d = Draft::shared_backbone(
+        let d = Draft::shared_backbone_with_lower(
             &self.base,
             self.manifest.draft.shared_layers,
             self.anchor.clone(),
+            self.lower_adapter.as_ref(),
         )
         .map_err(|e| FamilyError::Draft {
             path: self.manifest.path.clone(),

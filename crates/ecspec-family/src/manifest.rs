@@ -119,6 +119,13 @@ pub struct DraftLayout {
     /// SHA-256 of the anchor file; checked when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_sha256: Option<String>,
+    /// The draft's own LoRA update of its k lower layers (PEFT directory, relative to the
+    /// manifest's directory), trained with the anchor; edge-only. Absent: the base's layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_adapter: Option<String>,
+    /// SHA-256 of the lower adapter's `adapter_model.safetensors`; checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_adapter_sha256: Option<String>,
     /// FR-Spec draft head (Zhao et al. 2025, arXiv 2502.14856): a file of token ids, most
     /// frequent first ([`crate::vocab_subset`]), relative to the manifest's directory; the
     /// draft scores only these (the target still scores the whole vocabulary).
@@ -311,6 +318,20 @@ impl FamilyManifest {
         if let Some(v) = &self.draft.vocab_subset {
             check_rel(path, "draft.vocab_subset", v)?;
         }
+        if let Some(v) = &self.draft.lower_adapter {
+            check_rel(path, "draft.lower_adapter", v)?;
+        }
+        match (&self.draft.lower_adapter, &self.draft.lower_adapter_sha256) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    path,
+                    "draft.lower_adapter_sha256",
+                    "given without draft.lower_adapter",
+                ))
+            }
+            (_, Some(h)) => check_sha256(path, "draft.lower_adapter_sha256", h)?,
+            _ => {}
+        }
         if let Some(a) = self.draft.acceptance {
             if !(0.0..=1.0).contains(&a) {
                 return Err(invalid(
@@ -400,6 +421,12 @@ impl FamilyManifest {
                 if !f.is_file() {
                     return Err(missing(key.into(), f));
                 }
+            }
+        }
+        if let Some(rel) = &self.draft.lower_adapter {
+            let d = self.resolve(rel);
+            if !d.is_dir() {
+                return Err(missing("draft.lower_adapter".into(), d));
             }
         }
         for (i, v) in self.versions.iter().enumerate() {

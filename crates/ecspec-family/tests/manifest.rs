@@ -621,3 +621,97 @@ fn documented_example_parses() {
             .unwrap_or_else(|| m.versions.last().unwrap().name.clone())
     );
 }
+
+#[test]
+fn a_lower_layer_adapter_changes_the_draft_only_and_is_checked() {
+    let fx = fixture("lower");
+    let mut lower =
+        LoraAdapter::init(&fx.config, 4, 8.0, 0..2, &[LoraTarget::AttnQ], 5, "tiny").unwrap();
+    for layer in 0..2 {
+        for (i, b) in lower
+            .pair_mut(layer, LoraTarget::AttnQ)
+            .unwrap()
+            .b_mut()
+            .iter_mut()
+            .enumerate()
+        {
+            *b = (i as f32 * 0.37).cos() * 0.1;
+        }
+    }
+    lower
+        .save_peft(&fx.dir.join("draft/lower"), &fx.config)
+        .unwrap();
+    let sha = sha256_file(&fx.dir.join("draft/lower/adapter_model.safetensors")).unwrap();
+    let with_lower = |sha: String| {
+        move |t: String| {
+            t.replace(
+                "vocab_subset = \"draft/vocab.txt\"",
+                &format!("lower_adapter = \"draft/lower\"\nlower_adapter_sha256 = \"{sha}\""),
+            )
+        }
+    };
+    let plain = fx
+        .open_with(replace("vocab_subset = \"draft/vocab.txt\"\n", ""))
+        .unwrap();
+    let fam = fx.open_with(with_lower(sha.clone())).unwrap();
+    assert!(fam.lower_adapter.is_some());
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 % 90) as u32).collect();
+    let run = |t: &Arc<ecspec_model::Transformer>| {
+        Session::new(t.clone())
+            .forward(&ids, LogitsFor::All)
+            .unwrap()
+            .row_slices()
+            .concat()
+    };
+    // The draft changes; the versions (the cloud's targets) do not.
+    let (a, b) = (
+        run(&fam.draft().unwrap().transformer),
+        run(&plain.draft().unwrap().transformer),
+    );
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4));
+    assert_eq!(
+        run(&fam.versions()[1].transformer),
+        run(&plain.versions()[1].transformer)
+    );
+    assert_eq!(
+        fam.draft().unwrap().compat_hash,
+        plain.draft().unwrap().compat_hash
+    );
+    // A wrong digest, a digest alone, a missing directory, a layer at or above k.
+    let e = fx
+        .open_with(with_lower("0".repeat(64)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("draft.lower_adapter") && e.contains("expects 0000"),
+        "{e}"
+    );
+    let e = fx
+        .load_with(replace(
+            "vocab_subset = \"draft/vocab.txt\"",
+            "lower_adapter_sha256 = \"00\"",
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("draft.lower_adapter_sha256"), "{e}");
+    let e = fx
+        .load_with(replace(
+            "vocab_subset = \"draft/vocab.txt\"",
+            "lower_adapter = \"draft/nope\"",
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&e, FamilyError::MissingFile { key, .. } if key == "draft.lower_adapter"),
+        "{e:?}"
+    );
+    let e = fx
+        .open_with(|t| with_lower(sha.clone())(t).replace("shared_layers = 2", "shared_layers = 1"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("adapts layer 1, outside the draft's shared layers 0..1"),
+        "{e}"
+    );
+}

@@ -118,12 +118,39 @@ impl Draft {
         shared_layers: usize,
         anchor: Option<Arc<DecoderLayer>>,
     ) -> Result<Self> {
+        Self::shared_backbone_with_lower(base, shared_layers, anchor, None)
+    }
+
+    /// [`Self::shared_backbone`] whose k lower layers carry the draft's own LoRA update
+    /// `lower` (edge-only: trained with the anchor, never sent to the cloud; the embedding,
+    /// final norm and head stay the base's, so the compatibility hash is unchanged).
+    ///
+    /// # Errors
+    /// As [`Self::shared_backbone`]; [`ModelError::Incompatible`] when `lower` adapts a layer
+    /// at or above k (it would not be part of the draft); LoRA shape errors.
+    pub fn shared_backbone_with_lower(
+        base: &LoadedModel,
+        shared_layers: usize,
+        anchor: Option<Arc<DecoderLayer>>,
+        lower: Option<&crate::LoraAdapter>,
+    ) -> Result<Self> {
         if shared_layers == 0 {
             return Err(ModelError::Incompatible(
                 "a shared-backbone draft needs k ≥ 1 base layers".into(),
             ));
         }
-        let t = Transformer::shared_backbone_draft(&base.transformer, shared_layers, anchor)?;
+        let t = match lower {
+            None => Transformer::shared_backbone_draft(&base.transformer, shared_layers, anchor)?,
+            Some(a) => {
+                if let Some(((layer, _), _)) = a.iter().find(|((l, _), _)| *l >= shared_layers) {
+                    return Err(ModelError::Incompatible(format!(
+                        "the draft's lower-layer adapter changes layer {layer}, but the draft has only the base's layers 0..{shared_layers}"
+                    )));
+                }
+                let adapted = Transformer::with_adapter(&base.transformer, a)?;
+                Transformer::shared_backbone_draft(&adapted, shared_layers, anchor)?
+            }
+        };
         Ok(Self {
             kind: DraftKind::SharedBackbone,
             transformer: Arc::new(t),

@@ -4,7 +4,9 @@
 //! Files are found by walking the given paths (directories recursively, in sorted order;
 //! hidden directories and `site-packages`, `__pycache__`, `target`, `node_modules` skipped)
 //! and keeping names that end in one of the given extensions (`rs`, `py`, `txt`, `txt.gz`, …;
-//! `.gz` files are decompressed). Each file is one **unit**; a file longer than
+//! `.gz` files are decompressed). A `.jsonl` file holds self-distillation samples
+//! ([`crate::self_distill`]): each line is one unit of token ids, used as they are. Any other
+//! file is one **unit**; a file longer than
 //! [`CorpusSpec::max_unit_bytes`] (a whole manual in one file) is cut at line boundaries into
 //! units of about that size.
 //!
@@ -73,6 +75,9 @@ pub struct TextUnit {
     pub split: Split,
     /// The text.
     pub text: String,
+    /// Token ids, for units that are already tokenized (self-distillation samples, read
+    /// from `.jsonl` files): used as they are instead of encoding `text`.
+    pub tokens: Option<Vec<u32>>,
 }
 
 const DEFAULT_EXTENSIONS: [&str; 5] = ["rs", "py", "txt", "md", "rst"];
@@ -197,6 +202,27 @@ pub fn read_units(spec: &CorpusSpec) -> Result<Vec<TextUnit>> {
     }
     let mut units = Vec::new();
     for path in list_files(spec)? {
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for (part, sample) in crate::self_distill::read_samples(&path)?
+                .into_iter()
+                .enumerate()
+            {
+                let mut h = Sha256::new();
+                for t in &sample.ids {
+                    h.update(t.to_le_bytes());
+                }
+                let digest = h.finalize();
+                units.push(TextUnit {
+                    source: path.clone(),
+                    part,
+                    hash: hex::encode(digest),
+                    split: split_of(&digest, spec.held_out_fraction),
+                    text: sample.text,
+                    tokens: Some(sample.ids),
+                });
+            }
+            continue;
+        }
         let Some(text) = read_text(&path, spec.max_file_bytes)? else {
             continue;
         };
@@ -214,6 +240,7 @@ pub fn read_units(spec: &CorpusSpec) -> Result<Vec<TextUnit>> {
                 hash: hex::encode(digest),
                 split: split_of(&digest, spec.held_out_fraction),
                 text: piece.to_string(),
+                tokens: None,
             });
         }
     }
@@ -255,8 +282,26 @@ pub fn token_windows(
         if stream.len() >= max_tokens {
             break;
         }
-        stream.extend(tok.encode(&u.text, false)?);
-        stream.push(tok.eos());
+        match &u.tokens {
+            Some(ids) => {
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+                    return Err(TrainError::Corpus(format!(
+                        "{} sample {}: token {bad} is outside the vocabulary of {}",
+                        u.source.display(),
+                        u.part,
+                        tok.vocab_size()
+                    )));
+                }
+                stream.extend(ids);
+                if ids.last() != Some(&tok.eos()) {
+                    stream.push(tok.eos());
+                }
+            }
+            None => {
+                stream.extend(tok.encode(&u.text, false)?);
+                stream.push(tok.eos());
+            }
+        }
     }
     stream.truncate(max_tokens);
     let windows: Vec<Vec<u32>> = stream.chunks_exact(seq_len).map(|c| c.to_vec()).collect();

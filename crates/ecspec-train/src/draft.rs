@@ -26,13 +26,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use ecspec_model::anchor::StoreDtype;
 use ecspec_model::gguf::GgufFile;
-use ecspec_model::{LoadedModel, Transformer};
+use ecspec_model::{LoadedModel, LoraAdapter, Transformer};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::StepRecord;
 use crate::error::{Result, TrainError};
 use crate::loss::{distill_kl, log_softmax_rows, sparse_teacher, Teacher};
-use crate::model::{layer_forward, F32Model, Layer, Positions};
+use crate::model::{layer_forward, token_tensor, F32Model, Layer, Positions};
 use crate::optim::NamedVar;
 use crate::trainer::{run_settings, BatchLoss, Objective, Run, Schedule, TrainReporter};
 
@@ -51,6 +51,23 @@ pub struct DraftTrainConfig {
     pub kl_top_k: Option<usize>,
     /// Optimisation.
     pub schedule: Schedule,
+    /// Also train LoRA updates of the draft's own copies of its k lower layers (edge-only;
+    /// the embedding, final norm and head stay frozen and shared). `None`: the lower layers
+    /// are the base's, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_lora: Option<LowerLora>,
+}
+
+/// LoRA on the draft's lower layers (Hu et al. 2021, arXiv 2106.09685): `W + (α/r)·B·A` on
+/// the named projections of layers `0..k`, saved in PEFT layout as `OUT/lower/`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LowerLora {
+    /// Rank r.
+    pub rank: usize,
+    /// α (updates scaled by α / r).
+    pub alpha: f32,
+    /// PEFT module names (`q_proj`, …, `down_proj`).
+    pub modules: Vec<String>,
 }
 
 impl Default for DraftTrainConfig {
@@ -70,6 +87,7 @@ impl Default for DraftTrainConfig {
                 seed: 0,
                 checkpoint_every: 50,
             },
+            lower_lora: None,
         }
     }
 }
@@ -83,6 +101,8 @@ pub struct DraftOutcome {
     pub history: Vec<StepRecord>,
     /// Mean training tokens per second of the steps in `history`.
     pub tokens_per_sec: f64,
+    /// The lower layers' LoRA adapter (PEFT layout), with [`DraftTrainConfig::lower_lora`].
+    pub lower_adapter: Option<PathBuf>,
 }
 
 /// The base's features over the training windows: the anchor's input (after layer k) and the
@@ -260,6 +280,9 @@ pub fn cached_teacher_features(
 /// The anchor training loss over a batch of windows.
 pub(crate) struct DraftObjective<'a> {
     pub frozen: &'a F32Model,
+    /// With lower-layer LoRA: `frozen` holds layers `0..k` (with their LoRA variables), run
+    /// from the embeddings of `windows`; without: the cached anchor inputs are used.
+    pub lower: Option<&'a [Vec<u32>]>,
     pub anchor: Layer,
     pub pos: Positions,
     pub feats: &'a BaseFeatures,
@@ -278,7 +301,14 @@ impl Objective for DraftObjective<'_> {
             batch.len(),
             &Device::Cpu,
         )?;
-        let x = self.feats.anchor_input.index_select(&idx, 0)?;
+        let x = match self.lower {
+            None => self.feats.anchor_input.index_select(&idx, 0)?,
+            Some(windows) => {
+                let ws: Vec<&[u32]> = batch.iter().map(|&i| windows[i].as_slice()).collect();
+                let e = self.frozen.embed(&token_tensor(&ws)?)?;
+                self.frozen.run(&self.frozen.layers, &self.pos, &e)?
+            }
+        };
         let tgt = self.feats.target.index_select(&idx, 0)?;
         let (b, t, _) = x.dims3()?;
         let y = layer_forward(&self.anchor, c, &self.pos, &x)?;
@@ -349,7 +379,43 @@ pub fn train_draft(
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let frozen = load_frozen_for_draft(base)?;
+    let k = cfg.shared_layers;
+    let n = base.transformer.num_layers();
+    if k == 0 || k >= n {
+        return Err(TrainError::Config(format!(
+            "k = {k} shared layers; the base has {n}"
+        )));
+    }
+    // Without lower LoRA: frozen = the last layer (the anchor's initial value) + head. With
+    // it: frozen = layers 0..k carrying LoRA variables + head, and the last layer apart.
+    let mut lora_vars = Vec::new();
+    let mut adapter = None;
+    let (frozen, last) = match &cfg.lower_lora {
+        None => {
+            let f = load_frozen_for_draft(base)?;
+            let last = f.layers[0].clone();
+            (f, last)
+        }
+        Some(l) => {
+            let mut f = GgufFile::open(&base.path)?;
+            let mut lower = F32Model::load(&mut f, 0..k)?;
+            let last = Layer::load(&mut f, &lower.config, n - 1)?;
+            let targets = crate::evolve::lora_targets(&l.modules)?;
+            let a = LoraAdapter::init(
+                &lower.config,
+                l.rank,
+                l.alpha,
+                0..k,
+                &targets,
+                cfg.schedule.seed,
+                &base.name,
+            )
+            .map_err(ecspec_model::ModelError::from)?;
+            lora_vars = crate::evolve::attach_lora(&mut lower, &a, l.rank)?;
+            adapter = Some(a);
+            (lower, last)
+        }
+    };
     let feats = cached_features(
         base,
         cfg.shared_layers,
@@ -358,11 +424,12 @@ pub fn train_draft(
         out,
         reporter,
     )?;
-    let (anchor, vars) = frozen.layers[0].trainable_copy()?;
-    let vars: Vec<NamedVar> = vars
+    let (anchor, vars) = last.trainable_copy()?;
+    let mut vars: Vec<NamedVar> = vars
         .into_iter()
         .map(|(name, var)| NamedVar { name, var })
         .collect();
+    vars.extend(lora_vars);
     let settings = run_settings(
         cfg,
         &["steps", "checkpoint_every"],
@@ -381,6 +448,7 @@ pub fn train_draft(
     )?;
     let obj = DraftObjective {
         frozen: &frozen,
+        lower: cfg.lower_lora.as_ref().map(|_| windows),
         anchor,
         pos: Positions::new(&frozen.config, cfg.seq_len)?,
         feats: &feats,
@@ -389,12 +457,29 @@ pub fn train_draft(
     let t0 = Instant::now();
     run.train(&obj, &cfg.schedule, out, reporter)?;
     let anchor_path = out.join("anchor.safetensors");
-    save_anchor_vars(&anchor_path, &frozen.config, run.opt.vars())?;
+    let (anchor_vars, lora_vars): (Vec<NamedVar>, Vec<NamedVar>) = run
+        .opt
+        .vars()
+        .iter()
+        .cloned()
+        .partition(|v| !v.name.starts_with("layers."));
+    save_anchor_vars(&anchor_path, &frozen.config, &anchor_vars)?;
+    let lower_adapter = match adapter {
+        None => None,
+        Some(mut a) => {
+            crate::evolve::copy_lora_vars(&mut a, &lora_vars)?;
+            let dir = out.join("lower");
+            a.save_peft(&dir, &frozen.config)
+                .map_err(ecspec_model::ModelError::from)?;
+            Some(dir)
+        }
+    };
     let tokens_per_sec = run.write_summary(out, base, cfg, windows.len(), t0, &[])?;
     Ok(DraftOutcome {
         anchor_path,
         history: run.history,
         tokens_per_sec,
+        lower_adapter,
     })
 }
 

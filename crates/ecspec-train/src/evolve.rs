@@ -84,8 +84,9 @@ pub struct EvolveOutcome {
     pub tokens_per_sec: f64,
 }
 
-fn targets(cfg: &EvolveConfig) -> Result<Vec<LoraTarget>> {
-    cfg.modules
+/// The LoRA targets named by PEFT module names.
+pub(crate) fn lora_targets(modules: &[String]) -> Result<Vec<LoraTarget>> {
+    modules
         .iter()
         .map(|m| {
             LoraTarget::from_peft_module(m).ok_or_else(|| {
@@ -166,7 +167,7 @@ pub fn evolve(
             "LoRA layers {layers:?} of a base with {n} layers"
         )));
     }
-    let targets = targets(cfg)?;
+    let targets = lora_targets(&cfg.modules)?;
     let config = base.transformer.config().clone();
     let mut adapter = LoraAdapter::init(
         &config,
@@ -182,29 +183,7 @@ pub fn evolve(
     reporter.stage("loading the base in f32", 0);
     let mut f = GgufFile::open(&base.path)?;
     let mut model = F32Model::load(&mut f, 0..n)?;
-    let mut vars = Vec::new();
-    let scale = adapter.scale() as f64;
-    for (&(layer, t), pair) in adapter.iter() {
-        let (out_f, in_f) = t.shape(&config);
-        let a = Var::from_vec(pair.a().to_vec(), (cfg.rank, in_f), &Device::Cpu)?;
-        let b = Var::from_vec(pair.b().to_vec(), (out_f, cfg.rank), &Device::Cpu)?;
-        let lin = model.layers[layer]
-            .module_mut(t.peft_module())
-            .ok_or_else(|| TrainError::Config(format!("module {t}")))?;
-        lin.lora = Some(LoraPair {
-            a: a.as_tensor().clone(),
-            b: b.as_tensor().clone(),
-            scale,
-        });
-        vars.push(NamedVar {
-            name: var_name(layer, t, 'A'),
-            var: a,
-        });
-        vars.push(NamedVar {
-            name: var_name(layer, t, 'B'),
-            var: b,
-        });
-    }
+    let vars = attach_lora(&mut model, &adapter, cfg.rank)?;
     let settings = run_settings(
         cfg,
         &["steps", "checkpoint_every", "base_model"],
@@ -231,17 +210,7 @@ pub fn evolve(
     };
     let t0 = Instant::now();
     run.train(&obj, &cfg.schedule, out, reporter)?;
-    for nv in run.opt.vars() {
-        let v = nv.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let (layer, t, half) = parse_var_name(&nv.name)?;
-        let pair = adapter
-            .pair_mut(layer, t)
-            .ok_or_else(|| TrainError::Checkpoint(format!("no pair for {}", nv.name)))?;
-        match half {
-            'A' => pair.a_mut().copy_from_slice(&v),
-            _ => pair.b_mut().copy_from_slice(&v),
-        }
-    }
+    copy_lora_vars(&mut adapter, run.opt.vars())?;
     adapter
         .save_peft(out, &config)
         .map_err(ecspec_model::ModelError::from)?;
@@ -259,6 +228,59 @@ pub fn evolve(
         history: run.history,
         tokens_per_sec,
     })
+}
+
+/// Puts `adapter`'s pairs into `model`'s layers (indexed from `model.layer_range.start`) as
+/// trainable variables, named `layers.{i}.{module}.lora_{A,B}`.
+pub(crate) fn attach_lora(
+    model: &mut F32Model,
+    adapter: &LoraAdapter,
+    rank: usize,
+) -> Result<Vec<NamedVar>> {
+    let config = model.config.clone();
+    let first = model.layer_range.start;
+    let scale = adapter.scale() as f64;
+    let mut vars = Vec::new();
+    for (&(layer, t), pair) in adapter.iter() {
+        let (out_f, in_f) = t.shape(&config);
+        let a = Var::from_vec(pair.a().to_vec(), (rank, in_f), &Device::Cpu)?;
+        let b = Var::from_vec(pair.b().to_vec(), (out_f, rank), &Device::Cpu)?;
+        let lin = model
+            .layers
+            .get_mut(layer - first)
+            .and_then(|l| l.module_mut(t.peft_module()))
+            .ok_or_else(|| TrainError::Config(format!("module {t} of layer {layer}")))?;
+        lin.lora = Some(LoraPair {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale,
+        });
+        vars.push(NamedVar {
+            name: var_name(layer, t, 'A'),
+            var: a,
+        });
+        vars.push(NamedVar {
+            name: var_name(layer, t, 'B'),
+            var: b,
+        });
+    }
+    Ok(vars)
+}
+
+/// Copies trained LoRA variables (named as by [`attach_lora`]) back into `adapter`.
+pub(crate) fn copy_lora_vars(adapter: &mut LoraAdapter, vars: &[NamedVar]) -> Result<()> {
+    for nv in vars {
+        let v = nv.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let (layer, t, half) = parse_var_name(&nv.name)?;
+        let pair = adapter
+            .pair_mut(layer, t)
+            .ok_or_else(|| TrainError::Checkpoint(format!("no pair for {}", nv.name)))?;
+        match half {
+            'A' => pair.a_mut().copy_from_slice(&v),
+            _ => pair.b_mut().copy_from_slice(&v),
+        }
+    }
+    Ok(())
 }
 
 fn parse_var_name(name: &str) -> Result<(usize, LoraTarget, char)> {

@@ -44,6 +44,7 @@
 //! # Ok::<(), ecspec_train::TrainError>(())
 //! ```
 
+pub mod chat_prompts;
 pub mod checkpoint;
 pub mod corpus;
 pub mod distill;
@@ -54,6 +55,7 @@ pub mod evolve;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod self_distill;
 pub mod trainer;
 
 pub use checkpoint::StepRecord;
@@ -63,4 +65,5 @@ pub use draft::{train_draft, DraftOutcome, DraftTrainConfig};
 pub use error::{Result, TrainError};
 pub use eval::{eval_alpha, mean_cross_entropy, AlphaReport};
 pub use evolve::{evolve, EvolveConfig, EvolveOutcome};
+pub use self_distill::{Sample, SelfDistillConfig};
 pub use trainer::{NoReport, Schedule, StepReport, TrainReporter};

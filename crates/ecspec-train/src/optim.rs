@@ -12,6 +12,7 @@ pub use candle_nn::ParamsAdamW;
 use crate::error::{Result, TrainError};
 
 /// A trainable tensor with a stable name (used in checkpoints and saved weights).
+#[derive(Clone)]
 pub struct NamedVar {
     /// Name.
     pub name: String,

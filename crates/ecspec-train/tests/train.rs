@@ -195,6 +195,7 @@ fn draft_cfg(steps: usize, checkpoint_every: usize) -> DraftTrainConfig {
             seed: 7,
             checkpoint_every,
         },
+        lower_lora: None,
     }
 }
 
@@ -233,6 +234,69 @@ fn train_draft_lowers_the_loss_and_its_anchor_loads_into_the_runtime() {
 }
 
 #[test]
+fn train_draft_with_lower_lora_trains_both_and_the_runtime_draft_applies_the_adapter() {
+    let dir = scratch("draft-lower");
+    let base = tiny(&dir);
+    let w = windows(&base, &dir, 32, 1024);
+    let mut cfg = draft_cfg(24, 0);
+    cfg.lower_lora = Some(ecspec_train::draft::LowerLora {
+        rank: 4,
+        alpha: 8.0,
+        modules: vec!["q_proj".into(), "down_proj".into()],
+    });
+    let r = train_draft(&base, &w, &cfg, &dir.join("out"), false, &mut NoReport).unwrap();
+    let losses: Vec<f32> = r.history.iter().map(|s| s.loss).collect();
+    assert!(
+        mean(&losses[20..]) < 0.8 * mean(&losses[..4]),
+        "loss did not fall: {losses:?}"
+    );
+    let lower_dir = r.lower_adapter.expect("a lower adapter");
+    let config = base.transformer.config().clone();
+    let lower = LoraAdapter::load_peft(&lower_dir, &config).unwrap();
+    // Layers 0..k only, both modules, and trained (B starts at zero).
+    let keys: Vec<(usize, String)> = lower
+        .iter()
+        .map(|((l, t), _)| (*l, t.peft_module().to_string()))
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys.iter().all(|(l, _)| *l < 2), "{keys:?}");
+    assert!(lower.iter().any(|(_, p)| p.b().iter().any(|x| *x != 0.0)));
+    let anchor = ecspec_model::anchor::load_anchor(&r.anchor_path, &config).unwrap();
+    let with = ecspec_model::Draft::shared_backbone_with_lower(
+        &base,
+        2,
+        Some(anchor.clone()),
+        Some(&lower),
+    )
+    .unwrap();
+    let without = ecspec_model::Draft::shared_backbone(&base, 2, Some(anchor)).unwrap();
+    let a = with
+        .transformer
+        .forward(&mut with.transformer.new_cache(), &w[0], LogitsFor::All)
+        .unwrap();
+    let b = without
+        .transformer
+        .forward(&mut without.transformer.new_cache(), &w[0], LogitsFor::All)
+        .unwrap();
+    assert!(max_abs_diff(&a.row_slices().concat(), &b.row_slices().concat()) > 1e-3);
+    let a_lower = eval_alpha(&base.transformer, &with.transformer, &w).unwrap();
+    let untrained = Transformer::shared_backbone_draft(&base.transformer, 2, None).unwrap();
+    let a_untrained = eval_alpha(&base.transformer, &untrained, &w).unwrap();
+    assert!(
+        a_lower.alpha() >= a_untrained.alpha(),
+        "{} < {}",
+        a_lower.alpha(),
+        a_untrained.alpha()
+    );
+    // An adapter touching a layer at or above k is refused.
+    let e = ecspec_model::Draft::shared_backbone_with_lower(&base, 1, None, Some(&lower))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("layer 1"), "{e}");
+}
+
+#[test]
 fn an_untrained_anchor_saved_and_loaded_is_the_last_layer_copy() {
     let dir = scratch("anchor-copy");
     let base = tiny(&dir);
@@ -266,11 +330,33 @@ fn an_untrained_anchor_saved_and_loaded_is_the_last_layer_copy() {
 
 #[test]
 fn resumed_draft_run_follows_the_uninterrupted_trajectory() {
-    let dir = scratch("draft-resume");
+    resumed_draft_run(false);
+}
+
+#[test]
+fn resumed_draft_run_with_lower_lora_follows_the_uninterrupted_trajectory() {
+    resumed_draft_run(true);
+}
+
+/// Tolerance: 1e-5 relative per step (same kernels, same batches; only summation order of
+/// multi-threaded reductions may differ).
+fn resumed_draft_run(lower: bool) {
+    let dir = scratch(if lower {
+        "draft-resume-lower"
+    } else {
+        "draft-resume"
+    });
     let base = tiny(&dir);
     let w = windows(&base, &dir, 32, 1024);
     let mut cfg = draft_cfg(8, 4);
     cfg.kl_top_k = Some(16);
+    if lower {
+        cfg.lower_lora = Some(ecspec_train::draft::LowerLora {
+            rank: 4,
+            alpha: 8.0,
+            modules: vec!["v_proj".into(), "up_proj".into()],
+        });
+    }
     let straight = train_draft(&base, &w, &cfg, &dir.join("a"), false, &mut NoReport).unwrap();
     let mut first = cfg.clone();
     first.schedule.steps = 4;
@@ -289,6 +375,23 @@ fn resumed_draft_run_follows_the_uninterrupted_trajectory() {
     let fa = std::fs::read(&straight.anchor_path).unwrap();
     let fb = std::fs::read(&resumed.anchor_path).unwrap();
     assert_eq!(fa, fb, "final anchors differ");
+    if lower {
+        let la = std::fs::read(
+            straight
+                .lower_adapter
+                .unwrap()
+                .join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let lb = std::fs::read(
+            resumed
+                .lower_adapter
+                .unwrap()
+                .join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        assert_eq!(la, lb, "final lower adapters differ");
+    }
     // Other settings: refused, naming the difference.
     let mut other = cfg.clone();
     other.kl_weight = 0.5;
