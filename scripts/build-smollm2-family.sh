@@ -3,7 +3,7 @@
 # draft's trained anchor layer, three evolved target versions (LoRA adapters), and the
 # conventional baseline drafts (distilled per version; cached, never committed).
 #
-#   scripts/build-smollm2-family.sh [anchor|versions|conventional [VERSION...]|all]   (default: all)
+#   scripts/build-smollm2-family.sh [self-distill|anchor|versions|conventional [VERSION...]|all]   (default: all)
 #
 # Corpora come from package registries only (README "Training corpora"): Rust crates this
 # workspace depends on (`cargo fetch`), Debian's python3.11 standard library
@@ -33,15 +33,28 @@ resume_flag() { [ -d "$1/checkpoint" ] && echo --resume || true; }
 # sets KEY = "VALUE" under the manifest's [draft] table
 set_sha() { sed -i "s|^$1 = \".*\"|$1 = \"$2\"|" "$FAM/family.toml"; }
 
-if [[ $stage == anchor || $stage == all ]]; then
+# Self-distillation data: the base's own answers (greedy and T = 0.7, in turn) to chat prompts
+# made from the corpora. Two generation threads of one compute thread each.
+SAMPLES=$WORK/self-distill/samples.jsonl
+if [[ $stage == self-distill || $stage == all ]]; then
   need "${RUST_CORPUS[@]}" "$PYLIB" "$PYDOC" "$DEBREF"
-  out=$WORK/draft
-  "$ECSPEC" family train-draft --shared-layers 4 --steps 800 --lr 1e-3 --kl-top-k 64 \
-    --max-tokens 131072 --corpus "$PYLIB" "$PYDOC" "$DEBREF" "${RUST_CORPUS[0]}" "${RUST_CORPUS[1]}" \
+  mkdir -p "$(dirname "$SAMPLES")"
+  "$ECSPEC" --threads 1 family self-distill --prompts ${SELF_DISTILL_PROMPTS:-2048} --max-new-tokens 128 \
+    --temperatures 0,0.7 --jobs 2 --corpus "$PYLIB" "$PYDOC" "$DEBREF" "${RUST_CORPUS[@]}" --out "$SAMPLES"
+fi
+
+if [[ $stage == anchor || $stage == all ]]; then
+  [ -s "$SAMPLES" ] || { echo "no $SAMPLES: run the self-distill stage first" >&2; exit 1; }
+  out=$WORK/draft-sd-lower
+  # Anchor + the draft's own rank-16 LoRA on its 4 lower layers, on the self-distillation data.
+  "$ECSPEC" family train-draft --shared-layers 4 --steps ${DRAFT_STEPS:-800} --lr 1e-3 --kl-top-k 64 \
+    --lower-lora-rank 16 --max-tokens 196608 --corpus "$SAMPLES" \
     --out "$out" $(resume_flag "$out")
-  mkdir -p "$FAM/draft"
+  mkdir -p "$FAM/draft/lower"
   cp "$out/anchor.safetensors" "$FAM/draft/anchor.safetensors"
+  cp "$out/lower/adapter_config.json" "$out/lower/adapter_model.safetensors" "$FAM/draft/lower/"
   set_sha anchor_sha256 "$(sha256sum "$FAM/draft/anchor.safetensors" | cut -d' ' -f1)"
+  set_sha lower_adapter_sha256 "$(sha256sum "$FAM/draft/lower/adapter_model.safetensors" | cut -d' ' -f1)"
 fi
 
 evolve() { # NAME STEPS CORPUS... (after --)

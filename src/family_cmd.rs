@@ -30,9 +30,50 @@ pub enum FamilyCommand {
     /// conventional draft (stale and re-synchronised) on held-out benchmark prompts; writes
     /// CSV, Markdown and JSONL.
     Eval(crate::family_eval::EvalArgs),
+    /// Self-distillation data: the base's own greedy and sampled answers to chat prompts made
+    /// from the corpora (never the benchmark prompts). Appends to FILE (.jsonl), which
+    /// `train-draft --corpus FILE` reads; an interrupted run continues where it stopped.
+    SelfDistill(SelfDistillArgs),
+    /// In-process greedy speculative decoding with the family's static draft against the
+    /// target's own greedy decoding (same prompts, one process, no link): decode speedup with
+    /// its spread, acceptance, and the draft's cost per token relative to the target.
+    Speedup(crate::speedup::SpeedupArgs),
     /// Rank the tokens of the training corpora by frequency and write the N most frequent: the
     /// FR-Spec vocabulary subset a manifest's `draft.vocab_subset` names (arXiv 2502.14856).
     VocabSubset(VocabSubsetArgs),
+}
+
+/// `ecspec family self-distill`
+#[derive(Debug, Clone, Args)]
+pub struct SelfDistillArgs {
+    /// Family whose base answers.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub base: FamilyName,
+    /// Base GGUF (default: the family's target, fetched into the cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Corpus files or directories the prompts are made from (their training split; give
+    /// both prose and code) [default: the corpora this machine has, as for train-draft].
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// Prompts (answers generated).
+    #[arg(long, default_value_t = 1024)]
+    pub prompts: usize,
+    /// Answer tokens at most per prompt.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_new_tokens: u32,
+    /// Temperatures, used in turn (0 = greedy).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.7")]
+    pub temperatures: Vec<f32>,
+    /// Seed of the prompts and of the sampled answers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Answers generated at once (one thread each; set --threads 1).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Output file (JSON lines; appended to).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `ecspec family vocab-subset`
@@ -127,6 +168,20 @@ pub struct TrainDraftArgs {
     /// Distil on the base's top-k only (faster); default: the full distribution.
     #[arg(long)]
     pub kl_top_k: Option<usize>,
+    /// Also train LoRA updates of rank R on the draft's own copies of its k lower layers
+    /// (edge-only; saved as DIR/lower in PEFT layout); 0: the lower layers stay the base's.
+    #[arg(long, default_value_t = 0)]
+    pub lower_lora_rank: usize,
+    /// LoRA alpha of --lower-lora-rank.
+    #[arg(long, default_value_t = 32.0)]
+    pub lower_lora_alpha: f32,
+    /// Projections of the lower layers adapted (PEFT names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lower_lora_modules: Vec<String>,
     #[command(flatten)]
     pub common: CommonTrainArgs,
 }
@@ -280,6 +335,8 @@ pub fn run(cmd: FamilyCommand) -> Result<()> {
         FamilyCommand::Evolve(a) => evolve(a),
         FamilyCommand::DistillDraft(a) => distill_draft(a),
         FamilyCommand::VocabSubset(a) => vocab_subset(a),
+        FamilyCommand::SelfDistill(a) => self_distill(a),
+        FamilyCommand::Speedup(a) => crate::speedup::run(a),
         FamilyCommand::Eval(_) => bail!("`family eval` runs on the async runtime (dispatch)"),
     }
 }
@@ -336,6 +393,64 @@ fn vocab_subset(a: VocabSubsetArgs) -> Result<()> {
         ids.len(),
         covered * 100.0,
         tokens.len()
+    );
+    Ok(())
+}
+
+fn self_distill(a: SelfDistillArgs) -> Result<()> {
+    if a.out.extension().is_none_or(|e| e != "jsonl") {
+        bail!("--out {}: the samples file must end in .jsonl (train-draft reads such files as samples)", a.out.display());
+    }
+    let info = crate::family::info(a.base);
+    let path = crate::family::model_path(a.model.as_deref(), info.target)?;
+    let base =
+        LoadedModel::load(&path).with_context(|| format!("loading the base {}", path.display()))?;
+    let paths = if a.corpus.is_empty() {
+        default_corpus()
+    } else {
+        a.corpus.clone()
+    };
+    if paths.is_empty() {
+        bail!("no corpus: give --corpus PATH… (see the ecspec-train crate docs for the packages)");
+    }
+    let units = corpus::read_units(&CorpusSpec::new(paths, Vec::new()))
+        .context("reading the prompt corpora")?;
+    let train: Vec<_> = units
+        .into_iter()
+        .filter(|u| u.split == Split::Train)
+        .collect();
+    let material = ecspec_train::chat_prompts::material(&train);
+    let prompts = ecspec_train::chat_prompts::prompts(&material, a.prompts, a.seed)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cfg = ecspec_train::SelfDistillConfig {
+        max_new_tokens: a.max_new_tokens as usize,
+        temperatures: a.temperatures.clone(),
+        seed: a.seed,
+        jobs: a.jobs,
+    };
+    let mut bars = TrainBars::new();
+    let t0 = Instant::now();
+    let samples = ecspec_train::self_distill::generate(
+        &base.transformer,
+        &base.tokenizer,
+        base.chat_template.as_ref(),
+        &prompts,
+        &cfg,
+        &a.out,
+        &mut bars,
+    )?;
+    bars.finish();
+    let answer_tokens: usize = samples.iter().map(|s| s.ids.len() - s.prompt_tokens).sum();
+    let total: usize = samples.iter().map(|s| s.ids.len()).sum();
+    println!(
+        "{}: {} samples, {} tokens ({} answer tokens) · {:.0} s this run",
+        a.out.display(),
+        samples.len(),
+        total,
+        answer_tokens,
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -458,6 +573,11 @@ fn train_draft(a: TrainDraftArgs) -> Result<()> {
         kl_weight: a.kl_weight,
         kl_top_k: a.kl_top_k,
         schedule: schedule(c, 3e-4),
+        lower_lora: (a.lower_lora_rank > 0).then(|| ecspec_train::draft::LowerLora {
+            rank: a.lower_lora_rank,
+            alpha: a.lower_lora_alpha,
+            modules: a.lower_lora_modules.clone(),
+        }),
     };
     let mut bars = TrainBars::new();
     let r = ecspec_train::train_draft(&base, &train, &cfg, &c.out, c.resume, &mut bars)?;
@@ -476,8 +596,14 @@ fn train_draft(a: TrainDraftArgs) -> Result<()> {
             held.len()
         );
         let anchor = ecspec_model::anchor::load_anchor(&r.anchor_path, base.transformer.config())?;
-        let trained =
-            Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, Some(anchor))?;
+        let lower = match &r.lower_adapter {
+            Some(dir) => std::sync::Arc::new(Transformer::with_adapter(
+                &base.transformer,
+                &LoraAdapter::load_peft(dir, base.transformer.config())?,
+            )?),
+            None => base.transformer.clone(),
+        };
+        let trained = Transformer::shared_backbone_draft(&lower, a.shared_layers, Some(anchor))?;
         let untrained =
             Transformer::shared_backbone_draft(&base.transformer, a.shared_layers, None)?;
         let at = ecspec_train::eval_alpha(&base.transformer, &trained, &held)?;

@@ -13,6 +13,7 @@ mod profile;
 mod progress;
 mod prompts;
 mod run;
+mod speedup;
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
