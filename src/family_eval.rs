@@ -77,6 +77,8 @@ struct Totals {
     drafted: u64,
     accepted: u64,
     rounds: u64,
+    /// Drafting rounds that stopped at a rejected draft (accepted < drafted).
+    rejections: u64,
     committed_in_rounds: f64,
     seconds: f64,
     lossless: Option<bool>,
@@ -89,14 +91,26 @@ impl Totals {
         self.drafted += s.drafted_tokens;
         self.accepted += s.accepted_tokens;
         self.rounds += s.rounds;
+        self.rejections += s
+            .round_records
+            .iter()
+            .filter(|r| r.k > 0 && r.accepted < r.k)
+            .count() as u64;
         self.committed_in_rounds += s.mean_accepted_tokens * s.rounds as f64;
         self.seconds += s.total_s;
         if let Some(same) = same_as_target {
             self.lossless = Some(self.lossless.unwrap_or(true) && same);
         }
     }
-    fn alpha(&self) -> Option<f64> {
+    /// Accepted / drafted tokens.
+    fn acceptance_rate(&self) -> Option<f64> {
         (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
+    }
+    /// Per-token acceptance probability α, the MLE under the truncated-geometric model of
+    /// Leviathan et al. 2023 (arXiv 2211.17192, §3.1): accepted / (accepted + rejections).
+    fn alpha(&self) -> Option<f64> {
+        (self.accepted + self.rejections > 0)
+            .then(|| self.accepted as f64 / (self.accepted + self.rejections) as f64)
     }
     fn mean_accepted(&self) -> f64 {
         if self.rounds == 0 {
@@ -422,7 +436,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 fn csv(rows: &[Row], mbps: &[f64]) -> String {
     let mut out = String::from(
-        "version,draft,temperature,category,prompts,generated_tokens,drafted_tokens,accepted_tokens,rounds,acceptance_rate,mean_accepted_tokens,goodput_tok_s,lossless,resync_bytes",
+        "version,draft,temperature,category,prompts,generated_tokens,drafted_tokens,accepted_tokens,rounds,rejections,acceptance_rate,alpha_per_token,mean_accepted_tokens,goodput_tok_s,lossless,resync_bytes",
     );
     for m in mbps {
         out.push_str(&format!(",resync_s_at_{m}mbps"));
@@ -431,7 +445,7 @@ fn csv(rows: &[Row], mbps: &[f64]) -> String {
     for r in rows {
         let t = &r.totals;
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.4},{:.3},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.3},{},{}",
             r.version,
             r.variant,
             r.temperature,
@@ -441,6 +455,8 @@ fn csv(rows: &[Row], mbps: &[f64]) -> String {
             t.drafted,
             t.accepted,
             t.rounds,
+            t.rejections,
+            fmt_opt(t.acceptance_rate(), 4),
             fmt_opt(t.alpha(), 4),
             t.mean_accepted(),
             t.goodput(),
@@ -472,7 +488,7 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
         a.resync_rtt_ms
     );
     s.push_str(&format!(
-        "| version | draft | T | acceptance rate | mean accepted tokens/round | goodput (tok/s) | greedy = target | re-sync bytes | re-sync s @ {} Mbit/s |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| version | draft | T | acceptance rate (accepted/drafted) | α (per-token) | mean accepted tokens/round | goodput (tok/s) | greedy = target | re-sync bytes | re-sync s @ {} Mbit/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
         rates.join("/")
     ));
     for r in rows.iter().filter(|r| r.category == "all") {
@@ -491,10 +507,12 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
                 .join(" / ")
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |\n",
             r.version,
             r.variant,
             r.temperature,
+            t.acceptance_rate()
+                .map_or("–".into(), |x| format!("{x:.3}")),
             t.alpha().map_or("–".into(), |x| format!("{x:.3}")),
             t.mean_accepted(),
             t.goodput(),
@@ -515,7 +533,7 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
         .collect();
     if let Some(t0) = a.temperatures.first() {
         s.push_str(&format!(
-            "\nAcceptance rate per category (T = {t0}):\n\n| version | draft | {} |\n|---|---|{}\n",
+            "\nPer-token α per category (T = {t0}):\n\n| version | draft | {} |\n|---|---|{}\n",
             cats.iter().copied().collect::<Vec<_>>().join(" | "),
             "---|".repeat(cats.len())
         ));
@@ -576,7 +594,43 @@ mod tests {
         s.mean_accepted_tokens = 5.0;
         s.accepted_tokens = 4;
         t.add(&s, Some(false));
-        assert_eq!(t.alpha(), Some(10.0 / 16.0));
+        assert_eq!(t.acceptance_rate(), Some(10.0 / 16.0));
+        // No round records: no rejections seen, α = accepted / accepted.
+        assert_eq!(t.alpha(), Some(1.0));
+        // Rounds (K, accepted): (4, 1) and (4, 0) stop at a rejection, (4, 4) does not, and a
+        // round that drafted nothing counts for neither.
+        let round = |k: usize, accepted: usize| ecspec_edge::RoundRecord {
+            round: 1,
+            t_s: 0.0,
+            k,
+            verify: "greedy",
+            accepted,
+            draft_s: 0.0,
+            reused: 0,
+            pre_draft_s: 0.0,
+            wait_s: 0.0,
+            cloud_compute_s: 0.0,
+            uplink_bytes: 0,
+            downlink_bytes: 0,
+            alpha_estimate: 0.5,
+            uplink_bps_estimate: 1e12,
+            rtt_s_estimate: 0.0,
+            energy_j: None,
+        };
+        let mut u = Totals::default();
+        u.add(
+            &Summary {
+                drafted_tokens: 12,
+                accepted_tokens: 5,
+                rounds: 4,
+                round_records: vec![round(4, 1), round(4, 0), round(4, 4), round(0, 0)],
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(u.rejections, 2);
+        assert_eq!(u.alpha(), Some(5.0 / 7.0));
+        assert_eq!(u.acceptance_rate(), Some(5.0 / 12.0));
         assert!((t.mean_accepted() - 15.0 / 5.0).abs() < 1e-12);
         assert!((t.goodput() - 20.0).abs() < 1e-12);
         assert_eq!(t.lossless, Some(false));

@@ -45,6 +45,12 @@ pub struct SpeedupArgs {
     /// Tokens generated per prompt.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_tokens: u32,
+    /// Stop drafting a round at the first token whose draft probability is below this (0: always
+    /// draft K); a round whose first token is below it is a plain target step. Draft-confidence
+    /// early exit as in BiLD (Kim et al. 2023, arXiv 2302.07863) and SpecDec++ (Huang et al.
+    /// 2024, arXiv 2405.19715).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_confidence: f32,
     /// Write the per-prompt results here (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
@@ -106,6 +112,7 @@ fn speculative(
     prompt: &[u32],
     n: usize,
     k: usize,
+    min_confidence: f32,
     stop: &[u32],
 ) -> Result<Decode> {
     let t0 = Instant::now();
@@ -139,16 +146,22 @@ fn speculative(
             let td = Instant::now();
             let behind = &out[ds.kv_len() - prompt.len()..];
             let mut l = ds.forward(behind, LogitsFor::Last)?;
+            d.draft_forwards += 1;
             for i in 0..k {
-                let t = argmax(l.last());
+                let row = l.last();
+                let t = argmax(row);
+                if min_confidence > 0.0 && top_probability(row) < min_confidence {
+                    break;
+                }
                 drafts.push(t);
                 if i + 1 < k {
                     l = ds.forward(&[t], LogitsFor::Last)?;
+                    d.draft_forwards += 1;
                 }
             }
-            d.draft_forwards += k as u64;
             d.draft_time += td.elapsed();
         }
+        let k = drafts.len();
         // Verify: pending token + drafts in one block.
         let mut block = vec![out[out.len() - 1]];
         block.extend(&drafts);
@@ -175,6 +188,13 @@ fn speculative(
     d.decode = t1.elapsed();
     d.tokens = out;
     Ok(d)
+}
+
+/// The largest softmax probability of a logits row (−∞ entries have probability 0).
+fn top_probability(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = row.iter().map(|x| (x - m).exp()).sum();
+    1.0 / z
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
@@ -240,7 +260,15 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
         let mut ratios = Vec::new();
         for (cat, ids) in &prompts {
             let base = target_alone(&v.transformer, ids, n, &stop)?;
-            let spec = speculative(&draft.transformer, &v.transformer, ids, n, k, &stop)?;
+            let spec = speculative(
+                &draft.transformer,
+                &v.transformer,
+                ids,
+                n,
+                k,
+                a.min_confidence,
+                &stop,
+            )?;
             if spec.tokens != base.tokens {
                 let at = spec
                     .tokens
@@ -324,20 +352,31 @@ mod tests {
         let alone = target_alone(&target, &prompt, 40, &[]).unwrap();
         assert_eq!(alone.tokens.len(), 40);
         for k in [1, 3, 4, 7] {
-            let s = speculative(&weak, &target, &prompt, 40, k, &[]).unwrap();
+            let s = speculative(&weak, &target, &prompt, 40, k, 0.0, &[]).unwrap();
             assert_eq!(s.tokens, alone.tokens, "K = {k}");
             // Every round commits its accepted drafts plus one target token.
             assert_eq!(s.accepted + s.rounds, 39, "K = {k}");
-            let p = speculative(&target, &target, &prompt, 40, k, &[]).unwrap();
+            let p = speculative(&target, &target, &prompt, 40, k, 0.0, &[]).unwrap();
             assert_eq!(p.tokens, alone.tokens, "K = {k}, perfect draft");
             assert_eq!(p.rejections, 0, "K = {k}");
             assert_eq!(p.rounds, 39u64.div_ceil(k as u64 + 1), "K = {k}");
         }
+        // A confidence floor drafts fewer tokens and changes nothing in the output; a floor
+        // above 1 drafts nothing (every round a plain target step).
+        let c = speculative(&weak, &target, &prompt, 40, 4, 0.5, &[]).unwrap();
+        let all = speculative(&weak, &target, &prompt, 40, 4, 0.0, &[]).unwrap();
+        assert_eq!(c.tokens, alone.tokens);
+        assert!(c.drafted < all.drafted, "{} vs {}", c.drafted, all.drafted);
+        let none = speculative(&weak, &target, &prompt, 40, 4, 1.5, &[]).unwrap();
+        assert_eq!(
+            (none.tokens.clone(), none.drafted, none.rounds),
+            (alone.tokens.clone(), 0, 39)
+        );
         // A stop token ends both at the same place.
         let stop = [alone.tokens[10]];
         let first = alone.tokens.iter().position(|t| *t == stop[0]).unwrap();
         let a = target_alone(&target, &prompt, 40, &stop).unwrap();
-        let s = speculative(&weak, &target, &prompt, 40, 4, &stop).unwrap();
+        let s = speculative(&weak, &target, &prompt, 40, 4, 0.0, &stop).unwrap();
         assert_eq!(a.tokens, alone.tokens[..=first]);
         assert_eq!(s.tokens, a.tokens);
         std::fs::remove_dir_all(dir).unwrap();

@@ -131,8 +131,9 @@ pub struct DraftLayout {
     /// draft scores only these (the target still scores the whole vocabulary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_subset: Option<String>,
-    /// The static draft's measured greedy acceptance rate α ∈ [0, 1] on the family's
-    /// versions (accepted / drafted tokens). The draft never changes across versions, so its α
+    /// The static draft's measured greedy per-token acceptance probability α ∈ [0, 1] on the
+    /// family's versions: accepted / (accepted + rejections), the MLE of Leviathan et al.'s
+    /// α (arXiv 2211.17192, §3.1) and the quantity the edge's estimator tracks. The draft never changes across versions, so its α
     /// is a property of the family: the edge starts its acceptance estimate from it instead of
     /// an uninformed prior (design.md §2). Absent: the edge starts uninformed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
