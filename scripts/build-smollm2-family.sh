@@ -45,16 +45,21 @@ fi
 
 if [[ $stage == anchor || $stage == all ]]; then
   [ -s "$SAMPLES" ] || { echo "no $SAMPLES: run the self-distill stage first" >&2; exit 1; }
+  need "${RUST_CORPUS[@]}" "$PYLIB" "$PYDOC" "$DEBREF"
   out=$WORK/draft-sd-lower
-  # Anchor + the draft's own rank-16 LoRA on its 4 lower layers, on the self-distillation data.
-  "$ECSPEC" family train-draft --shared-layers 4 --steps ${DRAFT_STEPS:-800} --lr 1e-3 --kl-top-k 64 \
-    --lower-lora-rank 16 --max-tokens 196608 --corpus "$SAMPLES" \
+  # Anchor + the draft's own rank-16 LoRA on its 4 lower layers, on the self-distillation data
+  # (BENCHMARKS.md, "Training the static draft": variant c).
+  "$ECSPEC" family train-draft --shared-layers 4 --steps 1000 --lr 1e-3 --kl-top-k 64 \
+    --lower-lora-rank 16 --max-tokens 262144 --corpus "$SAMPLES" \
     --out "$out" $(resume_flag "$out")
   mkdir -p "$FAM/draft/lower"
   cp "$out/anchor.safetensors" "$FAM/draft/anchor.safetensors"
   cp "$out/lower/adapter_config.json" "$out/lower/adapter_model.safetensors" "$FAM/draft/lower/"
   set_sha anchor_sha256 "$(sha256sum "$FAM/draft/anchor.safetensors" | cut -d' ' -f1)"
   set_sha lower_adapter_sha256 "$(sha256sum "$FAM/draft/lower/adapter_model.safetensors" | cut -d' ' -f1)"
+  # FR-Spec head: the 8,192 most frequent tokens of the self-distillation data and the corpora.
+  "$ECSPEC" family vocab-subset --size 8192 --max-tokens 1980000 --corpus "$SAMPLES" "$PYLIB" \
+    "$PYDOC" "$DEBREF" "${RUST_CORPUS[0]}" "${RUST_CORPUS[1]}" --out "$FAM/draft/vocab8192.txt"
 fi
 
 evolve() { # NAME STEPS CORPUS... (after --)
