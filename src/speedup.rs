@@ -57,6 +57,7 @@ pub struct SpeedupArgs {
 }
 
 /// One decode, timed.
+#[derive(Default)]
 struct Decode {
     tokens: Vec<u32>,
     ttft: Duration,
@@ -96,12 +97,7 @@ fn target_alone(
         tokens,
         ttft,
         decode: t1.elapsed(),
-        rounds: 0,
-        drafted: 0,
-        accepted: 0,
-        rejections: 0,
-        draft_time: Duration::ZERO,
-        draft_forwards: 0,
+        ..Decode::default()
     })
 }
 
@@ -126,15 +122,8 @@ fn speculative(
     let ttft = t0.elapsed();
     let t1 = Instant::now();
     let mut d = Decode {
-        tokens: Vec::new(),
         ttft,
-        decode: Duration::ZERO,
-        rounds: 0,
-        drafted: 0,
-        accepted: 0,
-        rejections: 0,
-        draft_time: Duration::ZERO,
-        draft_forwards: 0,
+        ..Decode::default()
     };
     while out.len() < n && !stopped(out[out.len() - 1], stop) {
         // Room for the drafts and the target's own token; the last step may draft nothing.
