@@ -12,7 +12,7 @@ use ecspec_edge::{
     generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, EnergyControl, Mode, Summary,
 };
 use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
-use ecspec_model::{encode_chat, ChatMessage, Role, Session, TextStream};
+use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
 use ecspec_spec::policy::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
@@ -188,21 +188,29 @@ pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> 
     if prompt.trim().is_empty() {
         bail!("the prompt is empty");
     }
-    let m = &loaded.edge_model;
-    let msgs = [ChatMessage {
-        role: Role::User,
-        content: prompt.to_string(),
-    }];
-    let ids = match (&m.chat_template, raw) {
-        (Some(t), false) => encode_chat(&m.tokenizer, &t.render_parts(&msgs, true))?,
-        _ => m.tokenizer.encode(prompt, false)?,
-    };
+    let ids = chat_ids(&loaded.edge_model, prompt, raw)?;
     // Leave room for generation and one round of drafts.
     let window = loaded.draft.transformer.config().context_length;
     if ids.len() + 64 >= window {
         bail!("the prompt is {} tokens; the model's context window is {window} (including the answer)", ids.len());
     }
     Ok(ids)
+}
+
+/// `prompt` as one user turn in `m`'s chat template (raw text when `raw` or when the model
+/// has none), ready for generation.
+///
+/// # Errors
+/// Tokenizer errors.
+pub fn chat_ids(m: &LoadedModel, prompt: &str, raw: bool) -> Result<Vec<u32>> {
+    let msgs = [ChatMessage {
+        role: Role::User,
+        content: prompt.to_string(),
+    }];
+    Ok(match (&m.chat_template, raw) {
+        (Some(t), false) => encode_chat(&m.tokenizer, &t.render_parts(&msgs, true))?,
+        _ => m.tokenizer.encode(prompt, false)?,
+    })
 }
 
 /// Appends `summary`'s round records to `out` as JSON lines, each tagged with `tags`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ecspec_model::{encode_chat, ChatMessage, LogitsFor, Role, Session, Transformer};
+use ecspec_model::{LogitsFor, Session, Transformer};
 use ecspec_spec::sampling::argmax;
 
 use crate::cli::FamilyName;
@@ -220,14 +220,7 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
     }
     let mut prompts = Vec::new();
     for q in &questions {
-        let msgs = [ChatMessage {
-            role: Role::User,
-            content: q.turns[0].clone(),
-        }];
-        let ids = match &fam.base.chat_template {
-            Some(t) => encode_chat(&fam.base.tokenizer, &t.render_parts(&msgs, true))?,
-            None => fam.base.tokenizer.encode(&q.turns[0], false)?,
-        };
+        let ids = crate::run::chat_ids(&fam.base, &q.turns[0], false)?;
         if ids.len() + n + k + 1 < fam.base.transformer.config().context_length {
             prompts.push((q.category.clone(), ids));
         }

@@ -57,14 +57,20 @@ pub struct Sample {
 }
 
 /// The samples already in `path` (none when it does not exist). A last line that does not
-/// parse (a run killed mid-write) is cut off the file; a bad line elsewhere is an error.
+/// parse (a run killed mid-write) is skipped; a bad line elsewhere is an error. The file is
+/// only read ([`generate`] cuts a torn last line off before appending).
 ///
 /// # Errors
 /// I/O errors; [`TrainError::Corpus`] naming the line that is not a sample.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    Ok(parse_samples(path)?.0)
+}
+
+/// The samples of `path` and the length in bytes of its whole lines.
+fn parse_samples(path: &Path) -> Result<(Vec<Sample>, u64)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(TrainError::io(path, e)),
     };
     let mut out = Vec::new();
@@ -74,16 +80,10 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
         match serde_json::from_str::<Sample>(line) {
             Ok(s) if line.ends_with('\n') => {
                 out.push(s);
-                good_bytes += line.len();
+                good_bytes += line.len() as u64;
             }
             _ if i + 1 == lines.len() => {
-                tracing::warn!("{}: dropping a torn last line", path.display());
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| TrainError::io(path, e))?;
-                f.set_len(good_bytes as u64)
-                    .map_err(|e| TrainError::io(path, e))?;
+                tracing::warn!("{}: ignoring a torn last line", path.display())
             }
             Ok(_) | Err(_) => {
                 return Err(TrainError::Corpus(format!(
@@ -94,7 +94,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, good_bytes))
 }
 
 /// Generates one answer of `base` to `prompt_ids`.
@@ -157,13 +157,17 @@ pub fn generate(
     if cfg.jobs == 0 {
         return Err(TrainError::Config("jobs must be at least 1".into()));
     }
-    let done: BTreeSet<usize> = read_samples(out)?.iter().map(|s| s.index).collect();
+    let (existing, good_bytes) = parse_samples(out)?;
+    let done: BTreeSet<usize> = existing.iter().map(|s| s.index).collect();
     let todo: Vec<usize> = (0..prompts.len()).filter(|i| !done.contains(i)).collect();
     let context = base.config().context_length;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out)
+        .map_err(|e| TrainError::io(out, e))?;
+    // Cut a torn last line (a run killed mid-write) before appending after it.
+    file.set_len(good_bytes)
         .map_err(|e| TrainError::io(out, e))?;
     reporter.stage(
         &format!(
