@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--phase-s", type=float, default=100.0, help="prompt i starts the link i x this many seconds into the trace")
+    ap.add_argument("--drafter", default="model", help="ecspec generate --drafter (model: the draft model's policies alone, as BENCHMARKS.md measured them)")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "ecspec"))
     ap.add_argument("--out", default="policy_vs_fixed.jsonl")
     a = ap.parse_args()
@@ -62,12 +63,12 @@ def main():
                     # the edge starts each measured request from what the previous ones left.
                     if os.path.exists(memory):
                         os.remove(memory)
-                    warm = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", PROMPTS[-1]] + targs + pargs
+                    warm = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", PROMPTS[-1], "--drafter", a.drafter] + targs + pargs
                     subprocess.run(warm, capture_output=True, text=True)
                 for i, prompt in enumerate(PROMPTS[: a.prompts]):
                     # Each prompt meets another phase of the trace; every policy the same ones.
                     phase = ["--link-start-s", str(i * a.phase_s)]
-                    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt] + targs + pargs + phase
+                    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt, "--drafter", a.drafter] + targs + pargs + phase
                     r = subprocess.run(cmd, capture_output=True, text=True)
                     if r.returncode != 0:
                         print(f"{tname} / {pname}: {r.stderr.strip()}", file=sys.stderr)

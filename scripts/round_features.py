@@ -26,7 +26,7 @@ PROMPTS = [
 
 
 def run(a, out, extra, prompt):
-    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt] + extra
+    cmd = [a.bin, "generate", "--family", a.family, "--json", "--max-tokens", str(a.max_tokens), "--prompt", prompt, "--drafter", a.drafter] + extra
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"{' '.join(extra)}: {r.stderr.strip()}", file=sys.stderr)
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--family", default="qwen2.5-coder")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--drafter", default="model", help="ecspec generate --drafter (model: the draft model's policies alone, as BENCHMARKS.md measured them)")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "ecspec"))
     ap.add_argument("--out", default="round_features.jsonl")
     a = ap.parse_args()

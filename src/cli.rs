@@ -243,6 +243,62 @@ pub struct SamplingArgs {
     /// created if missing), start from them, and write them back after the request.
     #[arg(long, value_name = "FILE")]
     pub edge_memory: Option<PathBuf>,
+    #[command(flatten)]
+    pub lookup: LookupArgs,
+}
+
+/// Where drafted tokens come from, and context lookup's settings.
+#[derive(Debug, Clone, Args)]
+pub struct LookupArgs {
+    /// Drafter: `model` (the static draft model), `lookup` (tokens copied from what followed
+    /// the latest earlier occurrence of the last n-gram of prompt + output: no model compute;
+    /// LLMA, arXiv 2304.04487), or `hybrid` (lookup when it matches and its expected goodput
+    /// beats the model's and a cloud stream's at the current channel state, else the model).
+    #[arg(long, default_value = "hybrid", value_name = "SOURCE")]
+    pub drafter: ecspec_edge::DraftSource,
+    /// Context lookup: tokens proposed per match.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub lookup_len: u32,
+    /// Context lookup: longest suffix n-gram matched (tried first).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub lookup_max_ngram: u32,
+    /// Context lookup: shortest suffix n-gram matched (≤ --lookup-max-ngram).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub lookup_min_ngram: u32,
+}
+
+impl Default for LookupArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        let l = ecspec_edge::Lookup::default();
+        Self {
+            drafter: ecspec_edge::DraftSource::default(),
+            lookup_len: l.draft_len as u32,
+            lookup_max_ngram: l.max_ngram as u32,
+            lookup_min_ngram: l.min_ngram as u32,
+        }
+    }
+}
+
+impl LookupArgs {
+    /// The lookup settings.
+    ///
+    /// # Errors
+    /// `--lookup-min-ngram` above `--lookup-max-ngram`.
+    pub fn lookup(&self) -> anyhow::Result<ecspec_edge::Lookup> {
+        if self.lookup_min_ngram > self.lookup_max_ngram {
+            anyhow::bail!(
+                "--lookup-min-ngram {} is above --lookup-max-ngram {}",
+                self.lookup_min_ngram,
+                self.lookup_max_ngram
+            );
+        }
+        Ok(ecspec_edge::Lookup {
+            max_ngram: self.lookup_max_ngram as usize,
+            min_ngram: self.lookup_min_ngram as usize,
+            draft_len: self.lookup_len as usize,
+        })
+    }
 }
 
 /// `ecspec generate`

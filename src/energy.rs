@@ -130,6 +130,7 @@ mod tests {
             t_s: 0.2,
             k: 4,
             verify: "greedy",
+            source: "model",
             reused: 0,
             pre_draft_s: 0.0,
             accepted: 2,

@@ -52,6 +52,8 @@ pub struct EvalArgs {
     /// Draft-length policy of every speculative run.
     #[arg(long, default_value = "fixed:4")]
     pub draft_len: String,
+    #[command(flatten)]
+    pub lookup: crate::cli::LookupArgs,
     /// Temperatures (0: greedy verification; otherwise rejection sampling).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub temperatures: Vec<f32>,
@@ -286,6 +288,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                 dist_bits: 8,
                 pipeline_draft: false,
                 edge_memory: None,
+                lookup: a.lookup.clone(),
             };
             // The target's own output first: greedy speculative runs must reproduce it.
             let mut per_variant: Vec<(&'static str, Vec<Generation>)> = Vec::new();
@@ -604,6 +607,7 @@ mod tests {
             t_s: 0.0,
             k,
             verify: "greedy",
+            source: "model",
             accepted,
             draft_s: 0.0,
             reused: 0,

@@ -77,6 +77,7 @@ pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
         seed: args.seed,
     };
     params.validate().context("invalid sampling settings")?;
+    args.lookup.lookup()?;
     let rule = match args.verify {
         VerifyArg::Auto if params.is_greedy() => VerifyRule::Greedy,
         VerifyArg::Auto => VerifyRule::Rejection,
@@ -397,6 +398,8 @@ async fn run_inner(
         memory: spec.memory.clone(),
         acceptance_prior: loaded.acceptance_prior,
         virtual_compute: spec.virtual_compute,
+        drafter: spec.sampling.lookup.drafter,
+        lookup: spec.sampling.lookup.lookup()?,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind.as_str().to_string(),
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -587,6 +590,7 @@ mod tests {
             t_s: 0.5 * round as f64,
             k,
             verify: "greedy",
+            source: "model",
             reused: 0,
             pre_draft_s: 0.0,
             accepted,

@@ -10,6 +10,13 @@
 //! apart as TTFT). The two outputs must be equal token for token; a difference is reported
 //! and fails the command (block and single-token kernels can round a near-tie differently,
 //! DESIGN §7).
+//!
+//! `--drafter lookup` or `hybrid` drafts a round by context lookup where the context's last
+//! n-gram occurred before ([`Lookup`]), at no model cost; the table then reports those rounds
+//! apart. `lookup` takes every match; `hybrid` weighs each round as the edge does on a
+//! zero-delay link — a lookup, the model's best K ≤ `--draft-len`, or a plain target step — by
+//! expected goodput on this run's own timings and the lookups' and the model's α (the model's
+//! starting at the manifest's `draft.acceptance`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +24,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ecspec_edge::lookup::{lookup_pays, LOOKUP_PRIOR_ALPHA};
+use ecspec_edge::{DraftSource, Lookup};
 use ecspec_model::{LogitsFor, Session, Transformer};
+use ecspec_spec::acceptance::AcceptanceEstimator;
+use ecspec_spec::policy::{best_k, expected_goodput, RoundState};
 use ecspec_spec::sampling::argmax;
 
 use crate::cli::FamilyName;
@@ -39,7 +50,7 @@ pub struct SpeedupArgs {
     pub versions: Vec<String>,
     #[command(flatten)]
     pub workload: crate::prompts::WorkloadArgs,
-    /// Draft length K per round.
+    /// Draft length K of a round the draft model drafts (a lookup round drafts --lookup-len).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub draft_len: u32,
     /// Tokens generated per prompt.
@@ -51,6 +62,8 @@ pub struct SpeedupArgs {
     /// 2024, arXiv 2405.19715).
     #[arg(long, default_value_t = 0.0)]
     pub min_confidence: f32,
+    #[command(flatten)]
+    pub lookup: crate::cli::LookupArgs,
     /// Write the per-prompt results here (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
@@ -70,6 +83,10 @@ struct Decode {
     /// Time in draft forwards, and their count (speculative only).
     draft_time: Duration,
     draft_forwards: u64,
+    /// Rounds whose drafts came from context lookup, and their drafted and accepted tokens.
+    lookup_rounds: u64,
+    lookup_drafted: u64,
+    lookup_accepted: u64,
 }
 
 fn stopped(t: u32, stop: &[u32]) -> bool {
@@ -101,16 +118,99 @@ fn target_alone(
     })
 }
 
+/// How rounds draft: the model's draft length K and confidence floor, the drafter, and (for
+/// `hybrid`) the draft model's known per-token α.
+#[derive(Debug, Clone, Copy)]
+struct Drafting {
+    k: usize,
+    min_confidence: f32,
+    source: DraftSource,
+    lookup: Lookup,
+    model_alpha: f64,
+}
+
+impl Drafting {
+    /// The draft model only, K per round, no confidence floor.
+    #[cfg(test)]
+    fn model(k: usize) -> Self {
+        Self {
+            k,
+            min_confidence: 0.0,
+            source: DraftSource::Model,
+            lookup: Lookup::default(),
+            model_alpha: 0.0,
+        }
+    }
+}
+
+/// Decaying means of this run's own timings, what the edge's round estimator learns from its
+/// rounds: a target step t_v(0), the target's cost per extra verified token, the draft's cost
+/// per forward (s).
+struct Timings {
+    step: Option<f64>,
+    per_token: Option<f64>,
+    draft: Option<f64>,
+}
+
+impl Timings {
+    fn ema(slot: &mut Option<f64>, x: f64) {
+        *slot = Some(slot.map_or(x, |m| 0.9 * m + 0.1 * x));
+    }
+
+    /// The round state on a zero-delay link at per-token acceptance `alpha`. Before a timing is
+    /// measured: a verified token at 0.2 target steps, a draft forward at 0.2 (this family's
+    /// measured ratios, BENCHMARKS.md), so the first decisions are not blind.
+    fn state(&self, alpha: f64, t_draft: bool) -> RoundState {
+        let step = self.step.unwrap_or(0.013);
+        RoundState {
+            alpha,
+            t_draft_s: if t_draft {
+                self.draft.unwrap_or(0.2 * step)
+            } else {
+                0.0
+            },
+            t_verify_base_s: step,
+            t_verify_per_token_s: self.per_token.unwrap_or(0.2 * step),
+            uplink_bps: 1e12,
+            downlink_bps: 1e12,
+            rtt_s: 0.0,
+            uplink_base_bytes: 0.0,
+            uplink_bytes_per_token: 0.0,
+            downlink_bytes: 0.0,
+            draft_power_w: 0.0,
+            radio_power_w: 0.0,
+            energy_price: 0.0,
+        }
+    }
+}
+
 /// Greedy speculative decoding, draft and target in this process.
 fn speculative(
     draft: &Arc<Transformer>,
     target: &Arc<Transformer>,
     prompt: &[u32],
     n: usize,
-    k: usize,
-    min_confidence: f32,
+    how: Drafting,
     stop: &[u32],
 ) -> Result<Decode> {
+    let Drafting {
+        k,
+        min_confidence,
+        source,
+        lookup,
+        model_alpha,
+    } = how;
+    // Hybrid: each round takes a lookup, the model's best K, or a plain step, whichever the
+    // edge's goodput model favours on a zero-delay link (`lookup_pays`, `best_k`), on this
+    // run's timings and the lookups' and the model's acceptance.
+    let weigh = source == DraftSource::Hybrid;
+    let mut timings = Timings {
+        step: None,
+        per_token: None,
+        draft: None,
+    };
+    let mut model_est = AcceptanceEstimator::from_known(model_alpha.clamp(0.0, 1.0))?;
+    let mut lookup_est = AcceptanceEstimator::from_known(LOOKUP_PRIOR_ALPHA)?;
     let t0 = Instant::now();
     let mut ts = Session::new(target.clone());
     let mut ds = Session::new(draft.clone());
@@ -125,12 +225,37 @@ fn speculative(
         ttft,
         ..Decode::default()
     };
+    // Prompt and output so far, for context lookup.
+    let mut context = prompt.to_vec();
+    context.push(out[0]);
     while out.len() < n && !stopped(out[out.len() - 1], stop) {
         // Room for the drafts and the target's own token; the last step may draft nothing.
-        let k = k.min(n - out.len() - 1);
+        let k_room = n - out.len() - 1;
+        let k = k.min(k_room);
         let committed = prompt.len() + out.len();
         let mut drafts = Vec::with_capacity(k);
-        if k > 0 {
+        let mut looked_up = false;
+        let model = timings.state(model_est.alpha(), true);
+        let model_k = best_k(&model, k.max(1)).min(k);
+        if source.uses_lookup() {
+            drafts = lookup.propose(&context, lookup.draft_len.min(k_room));
+            if weigh
+                && !drafts.is_empty()
+                && !lookup_pays(
+                    &timings.state(lookup_est.alpha(), false),
+                    drafts.len(),
+                    Some((&model, k.max(1))),
+                    1,
+                )
+            {
+                drafts.clear();
+            }
+            looked_up = !drafts.is_empty();
+        }
+        // Hybrid: the model drafts only when its best K beats a plain target step.
+        let model_pays = !weigh || expected_goodput(&model, model_k) > 1.0 / model.t_verify_base_s;
+        let k = if weigh { model_k } else { k };
+        if k > 0 && !looked_up && source.uses_model() && model_pays {
             // Draft: catch the draft's cache up with the committed tokens, then K greedy steps.
             let td = Instant::now();
             let behind = &out[ds.kv_len() - prompt.len()..];
@@ -148,13 +273,27 @@ fn speculative(
                     d.draft_forwards += 1;
                 }
             }
-            d.draft_time += td.elapsed();
+            let dt = td.elapsed();
+            d.draft_time += dt;
+            // Catch-up forwards of several tokens are not a draft step's cost.
+            if behind.len() == 1 {
+                Timings::ema(&mut timings.draft, dt.as_secs_f64() / k.max(1) as f64);
+            }
         }
         let k = drafts.len();
         // Verify: pending token + drafts in one block.
         let mut block = vec![out[out.len() - 1]];
         block.extend(&drafts);
+        let tv = Instant::now();
         let rows = ts.forward(&block, LogitsFor::All)?;
+        let tv = tv.elapsed().as_secs_f64();
+        match (k, timings.step) {
+            (0, _) => Timings::ema(&mut timings.step, tv),
+            (_, Some(step)) => {
+                Timings::ema(&mut timings.per_token, (tv - step).max(0.0) / k as f64)
+            }
+            _ => {}
+        }
         let mut n_acc = 0;
         while n_acc < k && argmax(rows.row(n_acc)) == drafts[n_acc] {
             n_acc += 1;
@@ -164,11 +303,21 @@ fn speculative(
         d.drafted += k as u64;
         d.accepted += n_acc as u64;
         d.rejections += u64::from(n_acc < k);
+        if looked_up {
+            d.lookup_rounds += 1;
+            d.lookup_drafted += k as u64;
+            d.lookup_accepted += n_acc as u64;
+            lookup_est.record(k, n_acc)?;
+        } else if k > 0 {
+            model_est.record(k, n_acc)?;
+        }
         // Keep pending + accepted drafts in the target's cache; the bonus is the new pending.
         ts.truncate(committed + n_acc)?;
         ds.truncate(ds.kv_len().min(committed + n_acc))?;
         out.extend(&drafts[..n_acc]);
         out.push(bonus);
+        context.extend(&drafts[..n_acc]);
+        context.push(bonus);
         if let Some(p) = out.iter().position(|t| stopped(*t, stop)) {
             out.truncate(p + 1);
         }
@@ -206,6 +355,9 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
     let draft = fam.draft()?;
     let stop = fam.base.tokenizer.stop_tokens().to_vec();
     let (n, k) = (a.max_tokens as usize, a.draft_len as usize);
+    let lookup = a.lookup.lookup()?;
+    // What the edge knows of its draft before measuring: the family's α (else nothing).
+    let model_alpha = fam.manifest.draft.acceptance.unwrap_or(0.0);
     let versions: Vec<_> = fam
         .versions()
         .iter()
@@ -221,7 +373,9 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
     let mut prompts = Vec::new();
     for q in &questions {
         let ids = crate::run::chat_ids(&fam.base, &q.turns[0], false)?;
-        if ids.len() + n + k + 1 < fam.base.transformer.config().context_length {
+        if ids.len() + n + k.max(lookup.draft_len) + 1
+            < fam.base.transformer.config().context_length
+        {
             prompts.push((q.category.clone(), ids));
         }
     }
@@ -232,13 +386,14 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
         None => None,
     };
     println!(
-        "| version | prompts | tokens | target decode (tok/s) | speculative decode (tok/s) | speedup: total (per-prompt mean ± sd, min–max) | α (per-token) | acceptance rate (accepted/drafted) | mean accepted tokens/round | draft cost per token / target's | greedy = target |"
+        "| version | prompts | tokens | target decode (tok/s) | speculative decode (tok/s) | speedup: total (per-prompt mean ± sd, min–max) | α (per-token) | acceptance rate (accepted/drafted) | mean accepted tokens/round | draft cost per token / target's | lookup rounds (share, acceptance rate) | greedy = target |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for v in versions {
         let (mut tt, mut st, mut toks) = (Duration::ZERO, Duration::ZERO, 0usize);
         let (mut rounds, mut drafted, mut accepted, mut rejections) = (0u64, 0u64, 0u64, 0u64);
         let (mut draft_time, mut draft_fw) = (Duration::ZERO, 0u64);
+        let (mut lk_rounds, mut lk_drafted, mut lk_accepted) = (0u64, 0u64, 0u64);
         let mut ratios = Vec::new();
         for (cat, ids) in &prompts {
             let base = target_alone(&v.transformer, ids, n, &stop)?;
@@ -247,8 +402,13 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
                 &v.transformer,
                 ids,
                 n,
-                k,
-                a.min_confidence,
+                Drafting {
+                    k,
+                    min_confidence: a.min_confidence,
+                    source: a.lookup.drafter,
+                    lookup,
+                    model_alpha,
+                },
                 &stop,
             )?;
             if spec.tokens != base.tokens {
@@ -274,6 +434,9 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
             rejections += spec.rejections;
             draft_time += spec.draft_time;
             draft_fw += spec.draft_forwards;
+            lk_rounds += spec.lookup_rounds;
+            lk_drafted += spec.lookup_drafted;
+            lk_accepted += spec.lookup_accepted;
             if let Some(w) = jsonl.as_mut() {
                 use std::io::Write;
                 writeln!(
@@ -285,7 +448,9 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
                         "target_decode_s": tb, "speculative_ttft_s": spec.ttft.as_secs_f64(),
                         "speculative_decode_s": ts, "speedup": tb / ts, "rounds": spec.rounds,
                         "drafted": spec.drafted, "accepted": spec.accepted,
-                        "rejections": spec.rejections, "same_as_target": true,
+                        "rejections": spec.rejections, "lookup_rounds": spec.lookup_rounds,
+                        "lookup_drafted": spec.lookup_drafted,
+                        "lookup_accepted": spec.lookup_accepted, "same_as_target": true,
                     })
                 )?;
             }
@@ -295,7 +460,7 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
         let spec_tok_s = toks as f64 / st.as_secs_f64();
         let draft_per_token = draft_time.as_secs_f64() / draft_fw.max(1) as f64;
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2}× ({:.2} ± {:.2}, {:.2}–{:.2}) | {:.3} | {:.3} | {:.2} | {:.2} | yes |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2}× ({:.2} ± {:.2}, {:.2}–{:.2}) | {:.3} | {:.3} | {:.2} | {:.2} | {} ({:.2}, {:.3}) | yes |",
             v.spec.name,
             prompts.len(),
             toks,
@@ -310,6 +475,9 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
             accepted as f64 / drafted.max(1) as f64,
             (accepted + rounds) as f64 / rounds.max(1) as f64,
             draft_per_token * target_tok_s,
+            lk_rounds,
+            lk_rounds as f64 / rounds.max(1) as f64,
+            lk_accepted as f64 / lk_drafted.max(1) as f64,
         );
     }
     Ok(())
@@ -334,31 +502,90 @@ mod tests {
         let alone = target_alone(&target, &prompt, 40, &[]).unwrap();
         assert_eq!(alone.tokens.len(), 40);
         for k in [1, 3, 4, 7] {
-            let s = speculative(&weak, &target, &prompt, 40, k, 0.0, &[]).unwrap();
+            let s = speculative(&weak, &target, &prompt, 40, Drafting::model(k), &[]).unwrap();
             assert_eq!(s.tokens, alone.tokens, "K = {k}");
             // Every round commits its accepted drafts plus one target token.
             assert_eq!(s.accepted + s.rounds, 39, "K = {k}");
-            let p = speculative(&target, &target, &prompt, 40, k, 0.0, &[]).unwrap();
+            let p = speculative(&target, &target, &prompt, 40, Drafting::model(k), &[]).unwrap();
             assert_eq!(p.tokens, alone.tokens, "K = {k}, perfect draft");
             assert_eq!(p.rejections, 0, "K = {k}");
             assert_eq!(p.rounds, 39u64.div_ceil(k as u64 + 1), "K = {k}");
         }
         // A confidence floor drafts fewer tokens and changes nothing in the output; a floor
         // above 1 drafts nothing (every round a plain target step).
-        let c = speculative(&weak, &target, &prompt, 40, 4, 0.5, &[]).unwrap();
-        let all = speculative(&weak, &target, &prompt, 40, 4, 0.0, &[]).unwrap();
+        let c = speculative(
+            &weak,
+            &target,
+            &prompt,
+            40,
+            Drafting {
+                min_confidence: 0.5,
+                ..Drafting::model(4)
+            },
+            &[],
+        )
+        .unwrap();
+        let all = speculative(&weak, &target, &prompt, 40, Drafting::model(4), &[]).unwrap();
         assert_eq!(c.tokens, alone.tokens);
         assert!(c.drafted < all.drafted, "{} vs {}", c.drafted, all.drafted);
-        let none = speculative(&weak, &target, &prompt, 40, 4, 1.5, &[]).unwrap();
+        let none = speculative(
+            &weak,
+            &target,
+            &prompt,
+            40,
+            Drafting {
+                min_confidence: 1.5,
+                ..Drafting::model(4)
+            },
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             (none.tokens.clone(), none.drafted, none.rounds),
             (alone.tokens.clone(), 0, 39)
         );
+        // Context lookup, alone or weighed against the model: the same output; the tiny
+        // target's greedy output loops, so lookups happen. Alone, or beside a draft known to be
+        // useless (α = 0), the model never runs; beside a perfect draft known as such, it drafts
+        // and halves the rounds.
+        for (source, draft, alpha) in [
+            (DraftSource::Lookup, &weak, 0.0),
+            (DraftSource::Hybrid, &weak, 0.0),
+            (DraftSource::Hybrid, &target, 0.95),
+        ] {
+            let how = Drafting {
+                source,
+                model_alpha: alpha,
+                ..Drafting::model(3)
+            };
+            let s = speculative(draft, &target, &prompt, 40, how, &[]).unwrap();
+            let what = format!("{source}, α = {alpha}");
+            assert_eq!(s.tokens, alone.tokens, "{what}");
+            assert_eq!(s.accepted + s.rounds, 39, "{what}");
+            assert!(
+                s.lookup_drafted <= 2 * s.lookup_rounds,
+                "{what}: 2 tokens per lookup"
+            );
+            if alpha == 0.0 {
+                assert!(s.lookup_rounds >= 3 && s.lookup_accepted >= 3, "{what}");
+                assert_eq!(
+                    (s.draft_forwards, s.drafted),
+                    (0, s.lookup_drafted),
+                    "{what}"
+                );
+            } else {
+                assert!(
+                    s.drafted > s.lookup_drafted && s.draft_forwards > 0,
+                    "{what}"
+                );
+                assert!(s.rounds < 20, "{what}: {} rounds", s.rounds);
+            }
+        }
         // A stop token ends both at the same place.
         let stop = [alone.tokens[10]];
         let first = alone.tokens.iter().position(|t| *t == stop[0]).unwrap();
         let a = target_alone(&target, &prompt, 40, &stop).unwrap();
-        let s = speculative(&weak, &target, &prompt, 40, 4, 0.0, &stop).unwrap();
+        let s = speculative(&weak, &target, &prompt, 40, Drafting::model(4), &stop).unwrap();
         assert_eq!(a.tokens, alone.tokens[..=first]);
         assert_eq!(s.tokens, a.tokens);
         std::fs::remove_dir_all(dir).unwrap();

@@ -148,6 +148,19 @@ fn bad_arguments_are_clear_errors() {
     ])
     .contains("/nonexistent.up"));
     assert!(run(&["generate", "--prompt", "  "]).contains("empty"));
+    assert!(run(&["generate", "--prompt", "hi", "--drafter", "ngram"])
+        .contains("unknown drafter \"ngram\" (expected model, lookup or hybrid)"));
+    assert!(run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--lookup-min-ngram",
+        "5",
+        "--lookup-max-ngram",
+        "3"
+    ])
+    .contains("--lookup-min-ngram 5 is above --lookup-max-ngram 3"));
+    assert!(run(&["generate", "--prompt", "hi", "--lookup-len", "0"]).contains("--lookup-len"));
     // Link settings are checked before any model loads, in `demo` as in `generate`.
     assert!(run(&["demo", "--link-model-down", "garbage"])
         .contains("link model `garbage`: unknown model `garbage`"));

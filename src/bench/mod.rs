@@ -587,6 +587,11 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
         dist_bits: 8,
         pipeline_draft: false,
         edge_memory: None,
+        // The benchmark compares draft-length policies of the draft model itself.
+        lookup: crate::cli::LookupArgs {
+            drafter: ecspec_edge::DraftSource::Model,
+            ..crate::cli::LookupArgs::default()
+        },
     };
     let mut results: Vec<Request> = Vec::new();
     let mut links: Vec<plot::ScenarioLink> = Vec::new();

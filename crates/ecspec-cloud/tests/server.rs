@@ -222,6 +222,8 @@ struct Run {
     /// What earlier requests left.
     memory: Option<ecspec_edge::SessionMemory>,
     acceptance_prior: Option<f64>,
+    /// Where drafted tokens come from.
+    drafter: ecspec_edge::DraftSource,
 }
 
 impl Run {
@@ -241,6 +243,7 @@ impl Run {
             pipeline: false,
             memory: None,
             acceptance_prior: None,
+            drafter: ecspec_edge::DraftSource::Model,
         }
     }
 
@@ -288,6 +291,8 @@ impl Run {
             memory: self.memory.clone(),
             acceptance_prior: self.acceptance_prior,
             virtual_compute: None,
+            drafter: self.drafter,
+            lookup: ecspec_edge::Lookup::default(),
         }
     }
 
@@ -1983,6 +1988,127 @@ async fn streamed_cloud_steps_between_drafted_rounds_stay_lossless() {
             assert_eq!(s.rounds as usize, ks.len());
         }
     }
+}
+
+/// Context lookup, alone or before the draft model, commits the target's own tokens; its rounds
+/// are counted apart, leave the draft model's cache consistent for the rounds after them (with
+/// and without pipelining), and go up as ids only, so a sampled rejection session verifies them
+/// by match and follows the target's own sample path exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_lookup_rounds_stay_lossless_and_are_counted_apart() {
+    use ecspec_edge::DraftSource;
+    let cloud = Cloud::default().await;
+    let max_new = 48;
+    let mut lookup_rounds = 0;
+    let mut model_after_lookup = 0;
+    for prompt in prompts() {
+        let expected = expected_output(&reference(&prompt, max_new), max_new);
+        for (drafter, draft, policy, pipeline) in [
+            (DraftSource::Lookup, DraftChoice::Same, "fixed:3", false),
+            (DraftSource::Hybrid, DraftChoice::Partial, "fixed:3", false),
+            (
+                DraftSource::Hybrid,
+                DraftChoice::Independent,
+                "ecspec:4",
+                false,
+            ),
+            (DraftSource::Hybrid, DraftChoice::Partial, "fixed:2", true),
+        ] {
+            let run = Run {
+                drafter,
+                pipeline,
+                ..Run::greedy(&prompt, draft, policy, max_new)
+            };
+            let o = run_edge(cloud.addr, &run).await;
+            let s = o.summary();
+            let what = format!("{drafter} {draft:?} {policy} prompt {prompt:?}");
+            assert_eq!(s.tokens, expected, "{what}: output differs");
+            check_counters(s);
+            let r = &s.round_records;
+            let looked: Vec<_> = r.iter().filter(|x| x.source == "lookup").collect();
+            assert_eq!(s.lookup_rounds, looked.len() as u64, "{what}");
+            assert_eq!(
+                s.lookup_drafted_tokens,
+                looked.iter().map(|x| x.k as u64).sum::<u64>(),
+                "{what}"
+            );
+            assert_eq!(
+                s.lookup_accepted_tokens,
+                looked.iter().map(|x| x.accepted as u64).sum::<u64>(),
+                "{what}"
+            );
+            let len = ecspec_edge::Lookup::default().draft_len;
+            assert!(
+                looked
+                    .iter()
+                    .all(|x| x.k >= 1 && x.k <= len && x.draft_s == 0.0),
+                "{what}"
+            );
+            assert!(
+                r.iter().all(|x| (x.k == 0) == (x.source == "none")),
+                "{what}"
+            );
+            if drafter == DraftSource::Lookup {
+                assert!(r.iter().all(|x| x.source != "model"), "{what}");
+            }
+            lookup_rounds += looked.len();
+            model_after_lookup += r
+                .windows(2)
+                .filter(|w| w[0].source == "lookup" && w[1].source == "model")
+                .count();
+        }
+    }
+    // The tiny target's greedy output loops, so lookups happen (75 rounds here), and the model
+    // drafts again after them (28 times).
+    assert!(lookup_rounds >= 10, "{lookup_rounds} lookup rounds");
+    assert!(model_after_lookup >= 3, "{model_after_lookup}");
+    // Sampled, rejection session, lookup only: every round is a match round or a plain step,
+    // each committing the target's next sample in order, so the output is cloud-only's.
+    // T = 0.15: near enough greedy for the output to repeat itself (10 lookup rounds, 15
+    // copied tokens accepted).
+    let params = SamplingParams {
+        temperature: 0.15,
+        ..sampled_params(42)
+    };
+    let prompt = prompts()[0].clone();
+    let run = Run {
+        drafter: DraftSource::Lookup,
+        params,
+        ..Run::sampled(
+            &prompt,
+            DraftChoice::Same,
+            VerifyRule::Rejection,
+            42,
+            max_new,
+        )
+    };
+    let o = run_edge(cloud.addr, &run).await;
+    let s = o.summary();
+    check_counters(s);
+    assert!(
+        s.lookup_rounds >= 3 && s.lookup_accepted_tokens >= 3,
+        "{} lookup rounds, {} accepted",
+        s.lookup_rounds,
+        s.lookup_accepted_tokens
+    );
+    let cloud_only = Run {
+        params,
+        rule: VerifyRule::Match,
+        ..Run::cloud_only(&prompt, max_new)
+    };
+    let c = run_edge(cloud.addr, &cloud_only).await;
+    assert_eq!(s.tokens, c.summary().tokens);
+    assert!(
+        s.round_records
+            .iter()
+            .all(|x| x.verify == if x.k > 0 { "match" } else { "none" }),
+        "{:?}",
+        s.round_records
+            .iter()
+            .map(|x| (x.k, x.verify))
+            .collect::<Vec<_>>()
+    );
+    cloud.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

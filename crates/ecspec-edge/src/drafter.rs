@@ -42,6 +42,20 @@ pub struct Proposal {
     pub reused: usize,
 }
 
+impl Proposal {
+    /// A proposal of tokens copied from the context ([`crate::Lookup`]): no model ran, so no
+    /// distributions (the round is verified by matching), confidence 1 and entropy 0 each.
+    pub fn copied(tokens: Vec<u32>) -> Self {
+        let n = tokens.len();
+        Self {
+            tokens,
+            confidence: vec![1.0; n],
+            entropy: vec![0.0; n],
+            ..Self::default()
+        }
+    }
+}
+
 /// A continuation drafted while a round was in flight, assuming the round is accepted in full:
 /// `guess` is the draft's guess of the target's bonus token, `carry` the tokens after it.
 #[derive(Debug, Clone)]
@@ -314,6 +328,15 @@ impl Drafter {
         self.session.truncate(keep)?;
         self.fed = keep;
         Ok(())
+    }
+
+    /// A round drafted elsewhere (context lookup): forgets any pre-draft and leaves the cache
+    /// at the committed tokens fed so far; the next proposal catches up from there.
+    ///
+    /// # Errors
+    /// Model errors while truncating the cache.
+    pub fn skip_round(&mut self) -> Result<(), DraftError> {
+        self.drop_pre_draft()
     }
 
     /// Forgets any pre-draft and restores the cache to the committed tokens fed so far.

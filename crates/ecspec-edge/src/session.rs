@@ -19,8 +19,9 @@ use ecspec_transport::{Connection, TransportError};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::drafter::{DraftError, Drafter};
+use crate::drafter::{DraftError, Drafter, Proposal};
 use crate::estimate::RoundEstimator;
+use crate::lookup::{lookup_pays, DraftSource, Lookup, LOOKUP_PRIOR_ALPHA};
 
 /// How the edge generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,6 +88,15 @@ pub struct EdgeConfig {
     /// Virtual clock: drafting takes these modelled times (slept on tokio's clock, which the
     /// caller pauses) instead of the measured ones. None: the live clock.
     pub virtual_compute: Option<EdgeCompute>,
+    /// Where speculative rounds' drafted tokens come from: the draft model, context lookup
+    /// ([`Lookup`], no model compute), or lookup when it matches and the model otherwise.
+    /// Lookup rounds draft `lookup.draft_len` tokens whatever the policy would choose (they
+    /// cost no edge compute), are verified by matching (ids only: for a deterministic draft
+    /// that is the rejection rule itself), and are kept out of the model's acceptance
+    /// estimate and the policy's feedback.
+    pub drafter: DraftSource,
+    /// Context-lookup settings (unused with [`DraftSource::Model`]).
+    pub lookup: Lookup,
 }
 
 /// What the edge carries from one request to the next on the same draft: the acceptance
@@ -130,6 +140,8 @@ pub struct RoundRecord {
     pub verify: &'static str,
     /// Drafted tokens accepted.
     pub accepted: usize,
+    /// Where the drafted tokens came from: `model`, `lookup`, or `none` (nothing drafted).
+    pub source: &'static str,
     /// Drafting time (s) before the block was sent.
     pub draft_s: f64,
     /// Leading drafted tokens taken from the previous round's pipelined pre-draft.
@@ -177,6 +189,12 @@ pub struct Summary {
     pub mean_accepted_tokens: f64,
     /// accepted_tokens / drafted_tokens (0 when nothing was drafted).
     pub acceptance_rate: f64,
+    /// Rounds whose drafts came from context lookup (counted in `rounds` too).
+    pub lookup_rounds: u64,
+    /// Tokens drafted by context lookup (counted in `drafted_tokens` too).
+    pub lookup_drafted_tokens: u64,
+    /// Lookup-drafted tokens accepted (counted in `accepted_tokens` too).
+    pub lookup_accepted_tokens: u64,
     /// generated_tokens / total_s (tokens/s).
     pub goodput_tok_s: f64,
     /// Time to first token (s), from the request to the first committed token.
@@ -350,8 +368,8 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         stream: opening,
     };
     conn.write_message(&Message::Hello(hello)).await?;
-    // Prefill the draft while the cloud prefills the target.
-    if let (true, Some(d)) = (speculative, drafter.take()) {
+    // Prefill the draft while the cloud prefills the target (a lookup-only edge never runs it).
+    if let (true, true, Some(d)) = (speculative, cfg.drafter.uses_model(), drafter.take()) {
         let p = prompt.clone();
         let (d, ()) = blocking(d, move |d| d.prefill(&p)).await?;
         if let Some(vc) = cfg.virtual_compute {
@@ -414,6 +432,10 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0,
     );
     let mut records = Vec::new();
+    // Lookup rounds, drafted and accepted tokens, and their α (apart from the model's).
+    let mut lookups = (0u64, 0u64, 0u64);
+    let mut lookup_est = AcceptanceEstimator::from_known(LOOKUP_PRIOR_ALPHA)
+        .map_err(|e| EdgeError::Protocol(e.to_string()))?;
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
     // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
@@ -428,19 +450,42 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         let mut stream = 0u32;
         // With channel-aware verification: the rule chosen for this round.
         let mut round_rule = None;
-        let (k, proposal) = if speculative && !continuing {
+        let energy = |mut st: ecspec_spec::policy::RoundState| {
+            if let Some(e) = &cfg.energy {
+                st.draft_power_w = e.draft_power_w;
+                st.radio_power_w = e.radio_power_w;
+                // Q/V; bounded so a zero-V budget cannot make every score -inf.
+                st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
+            }
+            st
+        };
+        let rejection = cfg.rule == VerifyRule::Rejection;
+        // Context lookup first: free to draft; taken when it promises more than the model or
+        // a cloud stream would (channel-aware, like the draft length).
+        let mut copied = Vec::new();
+        if speculative && !continuing && cfg.drafter.uses_lookup() {
+            copied = cfg.lookup.propose(&committed, cfg.lookup.draft_len);
+            if !copied.is_empty() {
+                let mut l = energy(timing.state(lookup_est.alpha(), false));
+                l.t_draft_s = 0.0;
+                let m = energy(timing.state(est.alpha(), rejection));
+                // The model's side at the default policy's K_max (`ecspec:8`).
+                let model = cfg.drafter.uses_model().then_some((&m, 8));
+                if !lookup_pays(&l, copied.len(), model, cfg.policy.stream_len().max(1)) {
+                    copied.clear();
+                }
+            }
+        }
+        let looked_up = !copied.is_empty();
+        let (k, proposal) = if looked_up {
+            if let Some(d) = drafter.as_mut() {
+                d.skip_round()?;
+            }
+            (copied.len(), Proposal::copied(copied))
+        } else if speculative && !continuing && cfg.drafter.uses_model() {
             let d = drafter.take().ok_or_else(|| {
                 EdgeError::Protocol("speculative mode needs a draft model".into())
             })?;
-            let energy = |mut st: ecspec_spec::policy::RoundState| {
-                if let Some(e) = &cfg.energy {
-                    st.draft_power_w = e.draft_power_w;
-                    st.radio_power_w = e.radio_power_w;
-                    // Q/V; bounded so a zero-V budget cannot make every score -inf.
-                    st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
-                }
-                st
-            };
             let st = match cfg.verify_switch.as_mut() {
                 Some(sel) => {
                     let m = energy(timing.state(sel.alpha(RoundRule::Match), false));
@@ -453,7 +498,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                         r
                     }
                 }
-                None => energy(timing.state(est.alpha(), cfg.rule == VerifyRule::Rejection)),
+                None => energy(timing.state(est.alpha(), rejection)),
             };
             seen = (st.alpha, st.uplink_bps, st.rtt_s);
             let cap = cfg.policy.choose(&st);
@@ -472,6 +517,11 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             // A stop rule may end the round's drafting below the cap.
             (p.tokens.len(), p)
         } else {
+            // Cloud-only, a streamed verdict, or a lookup-only round without a lookup: the
+            // cloud decodes alone, streaming as the policy would.
+            if speculative && !continuing {
+                stream = cfg.policy.stream_len();
+            }
             (0, Default::default())
         };
         draft_total += proposal.elapsed;
@@ -497,7 +547,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // Pipelining: draft on while the block is in flight; stopped when the verdict is in.
         let pre = match (cfg.pipeline, drafter.take(), proposal.tokens.last()) {
-            (true, Some(mut d), Some(&last)) if !continuing => {
+            (true, Some(mut d), Some(&last)) if !continuing && !looked_up => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let flag = Arc::clone(&stop);
                 let n = k;
@@ -571,12 +621,19 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         committed.extend_from_slice(&new);
         on_commit(&new);
         finished = v.finished;
-        if let Some(d) = drafter.as_mut() {
-            d.rollback(old_len, k, a, v.next_token)?;
-        }
-        let _ = est.record(k, a);
-        if let (Some(sel), Some(r)) = (cfg.verify_switch.as_mut(), round_rule) {
-            let _ = sel.record(r, k, a);
+        if looked_up {
+            lookups.0 += 1;
+            lookups.1 += k as u64;
+            lookups.2 += a as u64;
+            let _ = lookup_est.record(k, a);
+        } else {
+            if let Some(d) = drafter.as_mut() {
+                d.rollback(old_len, k, a, v.next_token)?;
+            }
+            let _ = est.record(k, a);
+            if let (Some(sel), Some(r)) = (cfg.verify_switch.as_mut(), round_rule) {
+                let _ = sel.record(r, k, a);
+            }
         }
         let sent_dists =
             k > 0 && !proposal.dists.is_empty() && round_rule != Some(RoundRule::Match);
@@ -588,7 +645,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = b.record(joules, a as u64 + 1);
             }
         }
-        if !continuing {
+        if !continuing && !looked_up {
             cfg.policy.observe(&RoundOutcome {
                 drafted: k,
                 accepted: a,
@@ -603,12 +660,19 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             k,
             verify: match (k, round_rule) {
                 (0, _) => "none",
+                // Copied tokens go up as ids only: a rejection session verifies them by match.
+                (_, _) if looked_up && cfg.rule == VerifyRule::Rejection => "match",
                 (_, Some(RoundRule::Match)) => "match",
                 (_, Some(RoundRule::Rejection)) => "rejection",
                 (_, None) if cfg.params.is_greedy() => "greedy",
                 (_, None) => cfg.rule.name(),
             },
             accepted: a,
+            source: match (k, looked_up) {
+                (0, _) => "none",
+                (_, true) => "lookup",
+                (_, false) => "model",
+            },
             draft_s: proposal.elapsed.as_secs_f64(),
             reused: proposal.reused,
             pre_draft_s,
@@ -624,8 +688,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         // A streamed verdict after the first arrives one decode step after the previous: it
         // says nothing about the round-trip, so only the stream's first verdict is learnt from.
         if !continuing {
-            // Drafting time per token is learnt from tokens drafted now, not pipelined ones.
-            let draft_s = if rec.reused < k {
+            // Drafting time per token is learnt from tokens drafted now, not pipelined or
+            // looked-up ones.
+            let draft_s = if rec.reused < k && !looked_up {
                 rec.draft_s * k as f64 / (k - rec.reused) as f64
             } else {
                 timing.t_draft() * k as f64
@@ -652,7 +717,8 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let generated = committed.len() - prompt.len();
     let tokens = committed[prompt.len()..].to_vec();
     let (up, down) = bytes(&link);
-    let rounds = est.rounds();
+    let rounds = est.rounds() + lookups.0;
+    let (drafted, accepted) = (est.drafted() + lookups.1, est.accepted() + lookups.2);
     let memory = speculative.then(|| SessionMemory {
         target_version: ack.target_version.clone(),
         alpha_evidence: est.evidence(),
@@ -666,14 +732,21 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         prompt_tokens: prompt.len(),
         rounds,
         target_forward_passes: rounds + 1,
-        drafted_tokens: est.drafted(),
-        accepted_tokens: est.accepted(),
+        drafted_tokens: drafted,
+        accepted_tokens: accepted,
         mean_accepted_tokens: if rounds > 0 {
             (generated as f64 - 1.0) / rounds as f64
         } else {
             0.0
         },
-        acceptance_rate: est.acceptance_ratio(),
+        acceptance_rate: if drafted > 0 {
+            accepted as f64 / drafted as f64
+        } else {
+            0.0
+        },
+        lookup_rounds: lookups.0,
+        lookup_drafted_tokens: lookups.1,
+        lookup_accepted_tokens: lookups.2,
         goodput_tok_s: generated as f64 / total.as_secs_f64(),
         ttft_s: ttft.as_secs_f64(),
         cloud_prefill_s: f64::from(ack.prefill_us) * 1e-6,
