@@ -37,9 +37,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let loaded = load_family(&args.models, true)?;
     let cloud = LocalCloud::start(&loaded).await?;
     eprintln!(
-        "ecspec demo: family {} · draft {} · link {} · {} prompts, up to {} tokens each",
+        "ecspec demo: family {} · draft {} · drafter {} · link {} · {} prompts, up to {} tokens each",
         loaded.info.wire_name,
         loaded.draft_desc,
+        args.sampling.lookup.drafter,
         link_text(&args),
         PROMPTS.len(),
         args.max_tokens

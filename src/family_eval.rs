@@ -235,14 +235,15 @@ pub async fn run(a: EvalArgs) -> Result<()> {
     let n_variants = drafts.len() + usize::from(!conventional.is_empty()) + 1;
     let total = (versions.len() * n_variants * a.temperatures.len() * questions.len()) as u64;
     eprintln!(
-        "ecspec family eval: {} versions × {} drafts (+ cloud-only) × {} temperatures × {} prompts ({} categories) · {} tokens · draft length {}",
+        "ecspec family eval: {} versions × {} drafts (+ cloud-only) × {} temperatures × {} prompts ({} categories) · {} tokens · draft length {} · drafter {}",
         versions.len(),
         n_variants - 1,
         a.temperatures.len(),
         questions.len(),
         questions.iter().map(|q| q.category.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
         a.max_tokens,
-        a.draft_len
+        a.draft_len,
+        a.lookup.drafter
     );
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -480,13 +481,14 @@ fn csv(rows: &[Row], mbps: &[f64]) -> String {
 fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> String {
     let rates: Vec<String> = a.resync_mbps.iter().map(|m| format!("{m}")).collect();
     let mut s = format!(
-        "### Family eval: {}\n\n{} held-out prompts ({} per category) from `{}`, {} tokens each, draft length `{}`, in-process cloud on loopback (no link delay); goodput is generated tokens per second of wall-clock time, prefill included. Re-sync: the conventional edge downloads the draft re-distilled from the new version, whole, timed at {} Mbit/s with {} ms RTT; ECSpec's static draft downloads nothing. For comparison, the FlexSpec/ECSpec paper's motivating figures: acceptance 0.72 with a matched draft, 0.18 after the target drifted.\n\n",
+        "### Family eval: {}\n\n{} held-out prompts ({} per category) from `{}`, {} tokens each, draft length `{}`, drafter `{}`, in-process cloud on loopback (no link delay); goodput is generated tokens per second of wall-clock time, prefill included. Re-sync: the conventional edge downloads the draft re-distilled from the new version, whole, timed at {} Mbit/s with {} ms RTT; ECSpec's static draft downloads nothing. For comparison, the FlexSpec/ECSpec paper's motivating figures: acceptance 0.72 with a matched draft, 0.18 after the target drifted.\n\n",
         a.manifest.display(),
         n_prompts,
         a.workload.per_category,
         prompts.display(),
         a.max_tokens,
         a.draft_len,
+        a.lookup.drafter,
         rates.join(" / "),
         a.resync_rtt_ms
     );
