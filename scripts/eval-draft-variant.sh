@@ -6,7 +6,8 @@
 #
 #   scripts/eval-draft-variant.sh TRAIN_DIR [SUBSET_FILE] [-- extra `family speedup` args]
 #
-# Prints the speedup table (α per version, mean accepted tokens, draft cost, decode speedup).
+# Prints the speedup table (α per version, mean accepted tokens, draft cost, decode speedup) of
+# the learned draft alone (`--drafter model`, unless the extra args name another drafter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 train=${1:?usage: eval-draft-variant.sh TRAIN_DIR [SUBSET_FILE] [-- args]}
@@ -36,4 +37,7 @@ if [ -n "$subset" ]; then
   extra+='vocab_subset = "subset.txt"\n'
 fi
 [ -n "$extra" ] && sed -i "s|^anchor = \"anchor.safetensors\"|&\n${extra%\\n}|" "$tmp/family.toml"
-ECSPEC_THREADS=${ECSPEC_THREADS:-1} "$ECSPEC" family speedup --manifest "$tmp/family.toml" "$@"
+# The learned draft on its own unless the caller names a drafter.
+drafter=(--drafter model)
+for a in "$@"; do [[ $a == --drafter* ]] && drafter=(); done
+ECSPEC_THREADS=${ECSPEC_THREADS:-1} "$ECSPEC" family speedup --manifest "$tmp/family.toml" "${drafter[@]}" "$@"

@@ -52,8 +52,11 @@ pub struct EvalArgs {
     /// Draft-length policy of every speculative run.
     #[arg(long, default_value = "fixed:4")]
     pub draft_len: String,
-    #[command(flatten)]
-    pub lookup: crate::cli::LookupArgs,
+    /// Drafter of every speculative run: `model` compares the draft kinds on their own;
+    /// `lookup` / `hybrid` add context lookup (the same for every draft kind, so it narrows
+    /// their differences).
+    #[arg(long, default_value = "model", value_name = "SOURCE")]
+    pub drafter: ecspec_edge::DraftSource,
     /// Temperatures (0: greedy verification; otherwise rejection sampling).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub temperatures: Vec<f32>,
@@ -243,7 +246,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
         questions.iter().map(|q| q.category.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
         a.max_tokens,
         a.draft_len,
-        a.lookup.drafter
+        a.drafter
     );
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -289,7 +292,10 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                 dist_bits: 8,
                 pipeline_draft: false,
                 edge_memory: None,
-                lookup: a.lookup.clone(),
+                lookup: crate::cli::LookupArgs {
+                    drafter: a.drafter,
+                    ..crate::cli::LookupArgs::default()
+                },
             };
             // The target's own output first: greedy speculative runs must reproduce it.
             let mut per_variant: Vec<(&'static str, Vec<Generation>)> = Vec::new();
@@ -488,7 +494,7 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
         prompts.display(),
         a.max_tokens,
         a.draft_len,
-        a.lookup.drafter,
+        a.drafter,
         rates.join(" / "),
         a.resync_rtt_ms
     );

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ecspec_edge::lookup::{lookup_pays, LOOKUP_PRIOR_ALPHA};
+use ecspec_edge::lookup::{
+    lookup_pays, LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, LOOKUP_PROBE_EVERY,
+};
 use ecspec_edge::{DraftSource, Lookup};
 use ecspec_model::{LogitsFor, Session, Transformer};
 use ecspec_spec::acceptance::AcceptanceEstimator;
@@ -83,6 +85,10 @@ struct Decode {
     /// Time in draft forwards, and their count (speculative only).
     draft_time: Duration,
     draft_forwards: u64,
+    /// Time in draft forwards of one token (a draft step, not a catch-up block), and their
+    /// count: the draft's cost per token.
+    draft_step_time: Duration,
+    draft_steps: u64,
     /// Rounds whose drafts came from context lookup, and their drafted and accepted tokens.
     lookup_rounds: u64,
     lookup_drafted: u64,
@@ -142,6 +148,10 @@ impl Drafting {
         }
     }
 }
+
+/// A declined draft model is tried again after this many rounds: its α only moves on its own
+/// rounds (the `ecspec` policy probes after each stream for the same reason).
+const MODEL_PROBE_EVERY: u32 = 16;
 
 /// Decaying means of this run's own timings, what the edge's round estimator learns from its
 /// rounds: a target step t_v(0), the target's cost per extra verified token, the draft's cost
@@ -210,7 +220,10 @@ fn speculative(
         draft: None,
     };
     let mut model_est = AcceptanceEstimator::from_known(model_alpha.clamp(0.0, 1.0))?;
-    let mut lookup_est = AcceptanceEstimator::from_known(LOOKUP_PRIOR_ALPHA)?;
+    let mut lookup_est = AcceptanceEstimator::new(LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, 0.95)?;
+    // Lookups and model rounds declined in a row (a probe is due at the limit).
+    let (mut lookup_declined, mut model_declined) = (0u32, 0u32);
+    let mut model_probe_every = MODEL_PROBE_EVERY;
     let t0 = Instant::now();
     let mut ts = Session::new(target.clone());
     let mut ds = Session::new(draft.clone());
@@ -239,28 +252,50 @@ fn speculative(
         let model_k = best_k(&model, k.max(1)).min(k);
         if source.uses_lookup() {
             drafts = lookup.propose(&context, lookup.draft_len.min(k_room));
-            if weigh
-                && !drafts.is_empty()
-                && !lookup_pays(
-                    &timings.state(lookup_est.alpha(), false),
-                    drafts.len(),
-                    Some((&model, k.max(1))),
-                    1,
-                )
-            {
-                drafts.clear();
+            if weigh && !drafts.is_empty() {
+                let l = timings.state(lookup_est.alpha(), false);
+                if lookup_pays(&l, drafts.len(), Some((&model, k.max(1))), 1)
+                    || lookup_declined + 1 >= LOOKUP_PROBE_EVERY
+                {
+                    lookup_declined = 0;
+                } else {
+                    lookup_declined += 1;
+                    drafts.clear();
+                }
             }
             looked_up = !drafts.is_empty();
         }
-        // Hybrid: the model drafts only when its best K beats a plain target step.
-        let model_pays = !weigh || expected_goodput(&model, model_k) > 1.0 / model.t_verify_base_s;
+        // Hybrid: the model drafts when its best K beats a plain target step, or as a probe
+        // after `model_probe_every` − 1 declined rounds, a gap that doubles (up to 16×) while
+        // probes do not make the model pay, as the `ecspec` policy backs off its streams.
+        let model_wins = expected_goodput(&model, model_k) > 1.0 / model.t_verify_base_s;
+        let probe = !model_wins && model_declined + 1 >= model_probe_every;
+        let model_pays = !weigh || model_wins || probe;
         let k = if weigh { model_k } else { k };
+        if weigh && !looked_up {
+            model_declined = if model_pays { 0 } else { model_declined + 1 };
+            model_probe_every = match (model_wins, probe) {
+                (true, _) => MODEL_PROBE_EVERY,
+                (false, true) => (model_probe_every * 2).min(MODEL_PROBE_EVERY * 16),
+                (false, false) => model_probe_every,
+            };
+        }
         if k > 0 && !looked_up && source.uses_model() && model_pays {
             // Draft: catch the draft's cache up with the committed tokens, then K greedy steps.
             let td = Instant::now();
+            let f0 = d.draft_forwards;
             let behind = &out[ds.kv_len() - prompt.len()..];
-            let mut l = ds.forward(behind, LogitsFor::Last)?;
-            d.draft_forwards += 1;
+            let mut step = |ds: &mut Session, tokens: &[u32]| {
+                let t = Instant::now();
+                let l = ds.forward(tokens, LogitsFor::Last);
+                d.draft_forwards += 1;
+                if tokens.len() == 1 {
+                    d.draft_step_time += t.elapsed();
+                    d.draft_steps += 1;
+                }
+                l
+            };
+            let mut l = step(&mut ds, behind)?;
             for i in 0..k {
                 let row = l.last();
                 let t = argmax(row);
@@ -269,15 +304,15 @@ fn speculative(
                 }
                 drafts.push(t);
                 if i + 1 < k {
-                    l = ds.forward(&[t], LogitsFor::Last)?;
-                    d.draft_forwards += 1;
+                    l = step(&mut ds, &[t])?;
                 }
             }
             let dt = td.elapsed();
             d.draft_time += dt;
             // Catch-up forwards of several tokens are not a draft step's cost.
             if behind.len() == 1 {
-                Timings::ema(&mut timings.draft, dt.as_secs_f64() / k.max(1) as f64);
+                let forwards = (d.draft_forwards - f0).max(1) as f64;
+                Timings::ema(&mut timings.draft, dt.as_secs_f64() / forwards);
             }
         }
         let k = drafts.len();
@@ -392,7 +427,7 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
     for v in versions {
         let (mut tt, mut st, mut toks) = (Duration::ZERO, Duration::ZERO, 0usize);
         let (mut rounds, mut drafted, mut accepted, mut rejections) = (0u64, 0u64, 0u64, 0u64);
-        let (mut draft_time, mut draft_fw) = (Duration::ZERO, 0u64);
+        let (mut draft_time, mut draft_steps) = (Duration::ZERO, 0u64);
         let (mut lk_rounds, mut lk_drafted, mut lk_accepted) = (0u64, 0u64, 0u64);
         let mut ratios = Vec::new();
         for (cat, ids) in &prompts {
@@ -432,8 +467,8 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
             drafted += spec.drafted;
             accepted += spec.accepted;
             rejections += spec.rejections;
-            draft_time += spec.draft_time;
-            draft_fw += spec.draft_forwards;
+            draft_time += spec.draft_step_time;
+            draft_steps += spec.draft_steps;
             lk_rounds += spec.lookup_rounds;
             lk_drafted += spec.lookup_drafted;
             lk_accepted += spec.lookup_accepted;
@@ -458,9 +493,17 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
         let (mean, sd, min, max) = stats(&ratios);
         let target_tok_s = toks as f64 / tt.as_secs_f64();
         let spec_tok_s = toks as f64 / st.as_secs_f64();
-        let draft_per_token = draft_time.as_secs_f64() / draft_fw.max(1) as f64;
+        // Per draft step (one-token forward); none measured: no model step ran.
+        let draft_cost = if draft_steps > 0 {
+            format!(
+                "{:.2}",
+                draft_time.as_secs_f64() / draft_steps as f64 * target_tok_s
+            )
+        } else {
+            "–".into()
+        };
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2}× ({:.2} ± {:.2}, {:.2}–{:.2}) | {:.3} | {:.3} | {:.2} | {:.2} | {} ({:.2}, {:.3}) | yes |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2}× ({:.2} ± {:.2}, {:.2}–{:.2}) | {:.3} | {:.3} | {:.2} | {} | {} ({:.2}, {:.3}) | yes |",
             v.spec.name,
             prompts.len(),
             toks,
@@ -474,7 +517,7 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
             accepted as f64 / (accepted + rejections).max(1) as f64,
             accepted as f64 / drafted.max(1) as f64,
             (accepted + rounds) as f64 / rounds.max(1) as f64,
-            draft_per_token * target_tok_s,
+            draft_cost,
             lk_rounds,
             lk_rounds as f64 / rounds.max(1) as f64,
             lk_accepted as f64 / lk_drafted.max(1) as f64,
@@ -545,9 +588,9 @@ mod tests {
             (alone.tokens.clone(), 0, 39)
         );
         // Context lookup, alone or weighed against the model: the same output; the tiny
-        // target's greedy output loops, so lookups happen. Alone, or beside a draft known to be
-        // useless (α = 0), the model never runs; beside a perfect draft known as such, it drafts
-        // and halves the rounds.
+        // target's greedy output loops, so lookups happen. Alone the model never runs; beside a
+        // draft known to be useless (α = 0) only as a probe; beside a perfect draft known as
+        // such, it drafts and halves the rounds.
         for (source, draft, alpha) in [
             (DraftSource::Lookup, &weak, 0.0),
             (DraftSource::Hybrid, &weak, 0.0),
@@ -566,13 +609,19 @@ mod tests {
                 s.lookup_drafted <= 2 * s.lookup_rounds,
                 "{what}: 2 tokens per lookup"
             );
-            if alpha == 0.0 {
+            if source == DraftSource::Lookup {
                 assert!(s.lookup_rounds >= 3 && s.lookup_accepted >= 3, "{what}");
                 assert_eq!(
                     (s.draft_forwards, s.drafted),
                     (0, s.lookup_drafted),
                     "{what}"
                 );
+            } else if alpha == 0.0 {
+                // The useless draft runs only as a probe, one K = 1 round after 15 declined.
+                assert!(s.lookup_rounds >= 3 && s.lookup_accepted >= 3, "{what}");
+                let probes = s.drafted - s.lookup_drafted;
+                assert_eq!(s.draft_forwards, probes, "{what}");
+                assert!(probes <= s.rounds / 16 + 1, "{what}: {probes} model rounds");
             } else {
                 assert!(
                     s.drafted > s.lookup_drafted && s.draft_forwards > 0,

@@ -2111,6 +2111,113 @@ async fn context_lookup_rounds_stay_lossless_and_are_counted_apart() {
     cloud.stop().await;
 }
 
+/// Lookup rounds leave the draft model's cache at the committed context: with the draft equal
+/// to the target, every model round after a lookup — also right after a confirmed pipelined
+/// pre-draft — is accepted in full (a wrong cache would show as a rejected perfect draft, which
+/// greedy output alone cannot reveal); and the α evidence carried to the next request counts
+/// the model's rounds only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_rounds_after_lookup_rounds_draft_from_the_committed_context() {
+    use ecspec_edge::DraftSource;
+    let cloud = Cloud::default().await;
+    let max_new = 48;
+    let (mut transitions, mut after_confirmed) = (0, 0);
+    for prompt in prompts() {
+        let expected = expected_output(&reference(&prompt, max_new), max_new);
+        for (pipeline, link) in [(true, Some((50.0, 50.0, 20.0))), (false, None)] {
+            // α = 0 known for the model: every lookup that matches is taken.
+            let run = Run {
+                drafter: DraftSource::Hybrid,
+                pipeline,
+                link,
+                acceptance_prior: Some(0.0),
+                ..Run::greedy(&prompt, DraftChoice::Same, "fixed:3", max_new)
+            };
+            let o = run_edge(cloud.addr, &run).await;
+            let s = o.summary();
+            let r = &s.round_records;
+            let what = format!(
+                "pipeline {pipeline} prompt {prompt:?}: {:?}",
+                r.iter()
+                    .map(|x| (x.source, x.k, x.accepted, x.reused))
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(s.tokens, expected, "{what}");
+            check_counters(s);
+            // The budget may cut the last round.
+            let (_, full) = r.split_last().unwrap();
+            for x in full.iter().filter(|x| x.source == "model") {
+                assert_eq!(x.accepted, x.k, "round {}: {what}", x.round);
+            }
+            let mut e = ecspec_spec::AcceptanceEstimator::from_known(0.0).unwrap();
+            for x in r.iter().filter(|x| x.source != "lookup") {
+                e.record(x.k, x.accepted).unwrap();
+            }
+            assert_eq!(
+                s.memory.as_ref().unwrap().alpha_evidence,
+                e.evidence(),
+                "{what}"
+            );
+            for w in r.windows(3) {
+                if w[1].source == "lookup" && w[2].source == "model" {
+                    transitions += 1;
+                    let confirmed =
+                        w[0].source == "model" && w[0].accepted == w[0].k && w[0].pre_draft_s > 0.0;
+                    after_confirmed += usize::from(confirmed);
+                }
+            }
+        }
+    }
+    // 14 and 4 when written.
+    assert!(transitions >= 5, "{transitions} lookup → model transitions");
+    assert!(
+        after_confirmed >= 1,
+        "{after_confirmed} after a confirmed pre-draft"
+    );
+    cloud.stop().await;
+}
+
+/// Lookups between cloud streams (lookup-only and hybrid under the `ecspec` policy on a 2 ms
+/// link): a verdict inside a stream drafts and sends nothing, the output is the target's, and
+/// lookups still happen — declined ones are probed again, so the prior cannot lock them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_interleave_with_cloud_streams_and_are_probed_when_declined() {
+    use ecspec_edge::DraftSource;
+    let cloud = Cloud::default().await;
+    let max_new = 48;
+    let (mut streamed, mut looked) = (0, 0);
+    for prompt in prompts() {
+        let expected = expected_output(&reference(&prompt, max_new), max_new);
+        for drafter in [DraftSource::Lookup, DraftSource::Hybrid] {
+            let run = Run {
+                drafter,
+                link: FAST_LINK,
+                ..Run::greedy(&prompt, DraftChoice::Partial, "ecspec:4:2", max_new)
+            };
+            let o = run_edge(cloud.addr, &run).await;
+            let s = o.summary();
+            let r = &s.round_records;
+            let what = format!(
+                "{drafter} {prompt:?}: {:?}",
+                r.iter()
+                    .map(|x| (x.source, x.k, x.accepted, x.uplink_bytes))
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(s.tokens, expected, "{what}");
+            check_counters(s);
+            assert!(r.iter().all(|x| x.k == 0 || x.uplink_bytes > 0), "{what}");
+            streamed += r.iter().filter(|x| x.uplink_bytes == 0).count();
+            looked += s.lookup_rounds;
+        }
+    }
+    // 103 and 13 when written (1 lookup with the declined ones never probed).
+    assert!(
+        streamed > 0 && looked >= 5,
+        "{streamed} streamed, {looked} lookups"
+    );
+    cloud.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_drafting_reuses_confirmed_pre_drafts_and_stays_lossless() {
     // A 20 ms RTT leaves the edge time to pre-draft while each round is in flight.

@@ -19,7 +19,8 @@ use ecspec_spec::policy::RoundState;
 
 /// Per-token acceptance a lookup round is assumed to have before any lookup round was
 /// verified: below what SmolLM2-135M's lookups reach on Spec-Bench (0.65–0.76, BENCHMARKS.md),
-/// so live rounds raise it rather than having to pull it down.
+/// so live rounds raise it rather than having to pull it down (declined lookups are probed
+/// every [`LOOKUP_PROBE_EVERY`] matches, so a low prior cannot lock them out).
 pub const LOOKUP_PRIOR_ALPHA: f64 = 0.5;
 
 /// Where a speculative round's drafted tokens come from.
@@ -132,6 +133,16 @@ impl Lookup {
         Vec::new()
     }
 }
+
+/// Strength of [`LOOKUP_PRIOR_ALPHA`] in tokens: weak, so that the first lookup rounds (a probe
+/// among them) decide; the estimate then decays at 0.95 per round as the model's does.
+pub const LOOKUP_PRIOR_WEIGHT: f64 = 4.0;
+
+/// Of matches that would be declined, every this-many-th in a row is taken anyway: the lookups'
+/// α only moves on lookup rounds, so a prior that loses would otherwise never be corrected (as
+/// the verification selector retries an unused rule, design.md §4). A probe costs at most one
+/// round's worth of goodput, so it comes often.
+pub const LOOKUP_PROBE_EVERY: u32 = 4;
 
 /// Whether a lookup round of `k` copied tokens promises at least the score of the best
 /// alternative this round: the draft model's best K ∈ [1, `k_max`] (`model`, the round state at

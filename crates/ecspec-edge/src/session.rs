@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::drafter::{DraftError, Drafter, Proposal};
 use crate::estimate::RoundEstimator;
-use crate::lookup::{lookup_pays, DraftSource, Lookup, LOOKUP_PRIOR_ALPHA};
+use crate::lookup::{
+    lookup_pays, DraftSource, Lookup, LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, LOOKUP_PROBE_EVERY,
+};
 
 /// How the edge generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -434,8 +436,10 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut records = Vec::new();
     // Lookup rounds, drafted and accepted tokens, and their α (apart from the model's).
     let mut lookups = (0u64, 0u64, 0u64);
-    let mut lookup_est = AcceptanceEstimator::from_known(LOOKUP_PRIOR_ALPHA)
+    let mut lookup_est = AcceptanceEstimator::new(LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, 0.95)
         .map_err(|e| EdgeError::Protocol(e.to_string()))?;
+    // Matches declined in a row since the last lookup round (a probe is due at the limit).
+    let mut declined = 0u32;
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
     // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
@@ -471,7 +475,12 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 let m = energy(timing.state(est.alpha(), rejection));
                 // The model's side at the default policy's K_max (`ecspec:8`).
                 let model = cfg.drafter.uses_model().then_some((&m, 8));
-                if !lookup_pays(&l, copied.len(), model, cfg.policy.stream_len().max(1)) {
+                if lookup_pays(&l, copied.len(), model, cfg.policy.stream_len().max(1))
+                    || declined + 1 >= LOOKUP_PROBE_EVERY
+                {
+                    declined = 0;
+                } else {
+                    declined += 1;
                     copied.clear();
                 }
             }
@@ -660,8 +669,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             k,
             verify: match (k, round_rule) {
                 (0, _) => "none",
-                // Copied tokens go up as ids only: a rejection session verifies them by match.
-                (_, _) if looked_up && cfg.rule == VerifyRule::Rejection => "match",
+                // Copied tokens go up as ids only: a sampled rejection session verifies them
+                // by match.
+                (_, _) if looked_up && rejection && !cfg.params.is_greedy() => "match",
                 (_, Some(RoundRule::Match)) => "match",
                 (_, Some(RoundRule::Rejection)) => "rejection",
                 (_, None) if cfg.params.is_greedy() => "greedy",
