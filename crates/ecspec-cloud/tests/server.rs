@@ -2218,6 +2218,80 @@ async fn lookups_interleave_with_cloud_streams_and_are_probed_when_declined() {
     cloud.stop().await;
 }
 
+/// Behind 60 ms of RTT the `ecspec` policy's 16-token cloud stream beats a round trip for two
+/// copied tokens, so a lookup-only edge takes a lookup only as a probe: at most one of every
+/// four rounds that sent a block (here, with streams of 16, none). A sampled hybrid rejection session mixes model rounds (with
+/// distributions) and lookup rounds (ids, verified by match) and reproduces itself per seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_are_declined_behind_a_long_rtt_and_mix_with_rejection_rounds() {
+    use ecspec_edge::DraftSource;
+    let cloud = Cloud::default().await;
+    let max_new = 48;
+    let mut sent_total = 0;
+    for prompt in prompts() {
+        let expected = expected_output(&reference(&prompt, max_new), max_new);
+        let run = Run {
+            drafter: DraftSource::Lookup,
+            link: Some((10.0, 20.0, 60.0)),
+            ..Run::greedy(&prompt, DraftChoice::Partial, "ecspec", max_new)
+        };
+        let o = run_edge(cloud.addr, &run).await;
+        let s = o.summary();
+        check_counters(s);
+        assert_eq!(s.tokens, expected);
+        let sent = s
+            .round_records
+            .iter()
+            .filter(|x| x.uplink_bytes > 0)
+            .count() as u64;
+        assert!(
+            s.lookup_rounds * 4 <= sent + 3,
+            "{} lookups in {sent} rounds that sent a block",
+            s.lookup_rounds
+        );
+        sent_total += sent;
+    }
+    // Lookups forced on fail this: 4 lookups in 7 such rounds on the first prompt.
+    assert!(sent_total >= 6, "{sent_total} rounds sent a block");
+    let prompt = prompts()[0].clone();
+    let run = Run {
+        drafter: DraftSource::Hybrid,
+        params: SamplingParams {
+            temperature: 0.15,
+            ..sampled_params(42)
+        },
+        ..Run::sampled(
+            &prompt,
+            DraftChoice::Partial,
+            VerifyRule::Rejection,
+            42,
+            max_new,
+        )
+    };
+    let (a, b) = (
+        run_edge(cloud.addr, &run).await,
+        run_edge(cloud.addr, &run).await,
+    );
+    let (sa, sb) = (a.summary(), b.summary());
+    check_counters(sa);
+    assert_eq!(sa.tokens, sb.tokens, "same seed, same tokens");
+    let verify: Vec<_> = sa
+        .round_records
+        .iter()
+        .map(|x| (x.source, x.verify))
+        .collect();
+    assert!(verify.contains(&("model", "rejection")), "{verify:?}");
+    assert!(verify.contains(&("lookup", "match")), "{verify:?}");
+    assert!(
+        verify.iter().all(|v| matches!(
+            v,
+            ("model", "rejection") | ("lookup", "match") | ("none", "none")
+        )),
+        "{verify:?}"
+    );
+    cloud.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_drafting_reuses_confirmed_pre_drafts_and_stays_lossless() {
     // A 20 ms RTT leaves the edge time to pre-draft while each round is in flight.

@@ -247,6 +247,16 @@ mod tests {
         // a 4-token stream's 38 tok/s.
         let sure = state(0.98, 0.0, 0.060);
         assert!(lookup_pays(&sure, 16, None, 4));
+        // A model accepted at α = 0.95 for 1 ms a token beats a shaky lookup (α = 0.3): its
+        // best K commits many tokens per verification.
+        let strong = state(0.95, 0.001, 0.0);
+        assert!(!lookup_pays(
+            &state(0.3, 0.0, 0.0),
+            2,
+            Some((&strong, 8)),
+            1
+        ));
+        assert!(lookup_pays(&state(0.3, 0.0, 0.0), 2, None, 1));
     }
 
     #[test]
