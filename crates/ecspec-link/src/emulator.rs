@@ -337,7 +337,9 @@ impl AsyncWrite for EmulatedStream {
 /// most [`PACKET_BYTES`] bytes, asks the direction's [`LinkModel`] when each is delivered,
 /// and queues `(deliver_at, bytes)`; *egress* sleeps until each `deliver_at` (an absolute
 /// instant from link time zero, so no drift accumulates) and writes the bytes to the
-/// receiver, batching segments already due into one write. Since delivery times are
+/// receiver, batching segments already due into one write (a segment due within half of
+/// tokio's 1 ms timer tick goes out without sleeping, so delivery is within ±0.5 ms of the
+/// model's time and an unshaped link adds no tick per message). Since delivery times are
 /// computed on arrival, a chunk's one-way delay overlaps the serialization of the chunks
 /// behind it, and segments of a large write reach the receiver one after the other, as on a
 /// real link.
@@ -470,6 +472,9 @@ async fn ingress<R>(
     }
 }
 
+/// Half the timer's resolution (1 ms): a segment due sooner is delivered without sleeping.
+const DUE_WITHIN: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// Delivers the queued segments of `dir` at their times; passes EOF on at the end.
 async fn egress<W>(
     dir: Direction,
@@ -495,13 +500,19 @@ async fn egress<W>(
                 },
             },
         };
-        tokio::select! {
-            biased;
-            () = stopped(&mut stop, dir) => return,
-            () = sleep_until(first.deliver_at) => {}
+        // A segment due within half a timer tick goes out now: the timer rounds every deadline
+        // up to its next millisecond tick, which would add up to a millisecond per direction
+        // that an unshaped or fast link does not have (delivery is thus within ±0.5 ms of the
+        // model's time, instead of 0–1 ms late).
+        if first.deliver_at > Instant::now() + DUE_WITHIN {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop, dir) => return,
+                () = sleep_until(first.deliver_at) => {}
+            }
         }
         // Everything else already due goes out in the same write.
-        let now = Instant::now();
+        let now = Instant::now() + DUE_WITHIN;
         out.clear();
         let (mut chunks, mut last_chunk) = (0, None);
         let mut segment = first;

@@ -92,6 +92,28 @@ async fn deliveries_happen_at_the_model_times_pipelined() {
     );
 }
 
+/// A link with no delay and a rate beyond any message (the unshaped link of `--no-link`)
+/// delivers at once: a segment already due is not put through the timer, which would round its
+/// deadline up to the next millisecond tick in each direction.
+#[tokio::test(start_paused = true)]
+async fn an_unshaped_link_adds_no_timer_tick() {
+    let (socket, mut peer) = tokio::io::duplex(1 << 20);
+    let cfg = LinkConfig::constant(1e6, 1e6, 0.0).unwrap();
+    let (mut edge, _counters) = emulate(socket, cfg).await;
+    let t0 = Instant::now();
+    for round in 0..5u8 {
+        edge.write_all(&[round; 18]).await.unwrap();
+        let mut buf = [0u8; 18];
+        peer.read_exact(&mut buf).await.unwrap();
+        peer.write_all(&buf[..10]).await.unwrap();
+        let mut back = [0u8; 10];
+        edge.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [round; 10]);
+    }
+    // Five round trips in no virtual time (one timer tick each way: 10 ms).
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_mahimahi_link_delivers_at_opportunities() {
     let (socket, mut peer) = tokio::io::duplex(1 << 20);
