@@ -91,11 +91,14 @@ pub struct EdgeConfig {
     /// caller pauses) instead of the measured ones. None: the live clock.
     pub virtual_compute: Option<EdgeCompute>,
     /// Where speculative rounds' drafted tokens come from: the draft model, context lookup
-    /// ([`Lookup`], no model compute), or lookup when it matches and the model otherwise.
-    /// Lookup rounds draft `lookup.draft_len` tokens whatever the policy would choose (they
-    /// cost no edge compute), are verified by matching (ids only: for a deterministic draft
-    /// that is the rejection rule itself), and are kept out of the model's acceptance
-    /// estimate and the policy's feedback.
+    /// ([`Lookup`], no model compute), or both. A lookup match is taken when
+    /// [`crate::lookup::lookup_pays`] says it beats the model's best K (hybrid) and the
+    /// policy's cloud stream on the current round state, or as a probe every
+    /// [`LOOKUP_PROBE_EVERY`]th declined match; otherwise the round is the policy's (hybrid)
+    /// or the cloud decodes alone (lookup). Lookup rounds draft `lookup.draft_len` tokens,
+    /// are verified by matching (ids only: for a deterministic draft that is the rejection
+    /// rule itself), and are kept out of the model's acceptance estimate and the policy's
+    /// feedback.
     pub drafter: DraftSource,
     /// Context-lookup settings (unused with [`DraftSource::Model`]).
     pub lookup: Lookup,
@@ -158,7 +161,8 @@ pub struct RoundRecord {
     pub uplink_bytes: u64,
     /// Downlink bytes of the round.
     pub downlink_bytes: u64,
-    /// The acceptance rate α the policy was given when it chose K.
+    /// The acceptance rate α the policy was given when it chose K (a lookup round: the
+    /// lookups' own α it was weighed at).
     pub alpha_estimate: f64,
     /// The edge's uplink rate estimate when it chose K (bit/s; 10¹² until measured).
     pub uplink_bps_estimate: f64,
@@ -479,6 +483,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                     || declined + 1 >= LOOKUP_PROBE_EVERY
                 {
                     declined = 0;
+                    seen = (l.alpha, l.uplink_bps, l.rtt_s);
                 } else {
                     declined += 1;
                     copied.clear();
