@@ -82,8 +82,7 @@ struct Decode {
     drafted: u64,
     accepted: u64,
     rejections: u64,
-    /// Time in draft forwards, and their count (speculative only).
-    draft_time: Duration,
+    /// Draft forwards, catch-up blocks included (speculative only).
     draft_forwards: u64,
     /// Time in draft forwards of one token (a draft step, not a catch-up block), and their
     /// count: the draft's cost per token.
@@ -282,16 +281,17 @@ fn speculative(
         }
         if k > 0 && !looked_up && source.uses_model() && model_pays {
             // Draft: catch the draft's cache up with the committed tokens, then K greedy steps.
-            let td = Instant::now();
-            let f0 = d.draft_forwards;
             let behind = &out[ds.kv_len() - prompt.len()..];
             let mut step = |ds: &mut Session, tokens: &[u32]| {
                 let t = Instant::now();
                 let l = ds.forward(tokens, LogitsFor::Last);
                 d.draft_forwards += 1;
+                // Catch-up blocks of several tokens are not a draft step's cost.
                 if tokens.len() == 1 {
-                    d.draft_step_time += t.elapsed();
+                    let dt = t.elapsed();
+                    d.draft_step_time += dt;
                     d.draft_steps += 1;
+                    Timings::ema(&mut timings.draft, dt.as_secs_f64());
                 }
                 l
             };
@@ -306,13 +306,6 @@ fn speculative(
                 if i + 1 < k {
                     l = step(&mut ds, &[t])?;
                 }
-            }
-            let dt = td.elapsed();
-            d.draft_time += dt;
-            // Catch-up forwards of several tokens are not a draft step's cost.
-            if behind.len() == 1 {
-                let forwards = (d.draft_forwards - f0).max(1) as f64;
-                Timings::ema(&mut timings.draft, dt.as_secs_f64() / forwards);
             }
         }
         let k = drafts.len();
