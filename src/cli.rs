@@ -388,8 +388,71 @@ pub struct ServeArgs {
     /// manifest's active version is served first, `cloud set-version` switches it.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// Rows (token positions of all sessions together) one batched forward pass takes at
+    /// most: drafted blocks, streaming steps and prompt chunks share it.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_batch_tokens: u32,
+    /// KV-cache budget of all sessions together, e.g. `2GiB`, `512MiB`, `1e9` (bytes).
+    /// Default: a quarter of this machine's memory. A session reserves its worst case when
+    /// admitted; a Hello beyond the budget waits, then is refused `busy`.
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_budget: Option<u64>,
+    /// Hellos that may wait for KV budget at once; more are refused `busy` at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Seconds a Hello waits for KV budget before it is refused `busy`.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub admission_wait_s: f64,
+    /// Serve Prometheus metrics at `GET http://ADDR/metrics` (vLLM's names, `ecspec:` prefix).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub models: ModelArgs,
+}
+
+/// A byte count: a number (may be in e-notation) with an optional unit `B`, `KiB`, `MiB`,
+/// `GiB`, `TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
+///
+/// # Errors
+/// Not a positive number, an unknown unit, or more than 2⁶⁴ − 1 bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 2GiB, 512MiB, 1e9)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024f64,
+        "MiB" => 1024f64.powi(2),
+        "GiB" => 1024f64.powi(3),
+        "TiB" => 1024f64.powi(4),
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        u => return Err(format!("unknown unit `{u}` in `{s}`: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{s}` is not a positive byte count below 2^64"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A non-negative, finite number of seconds.
+///
+/// # Errors
+/// Not a number, negative, or not finite.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 && x < 1e9 => Ok(x),
+        _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
+    }
 }
 
 /// `ecspec profile`
@@ -408,4 +471,22 @@ pub struct ProfileArgs {
     /// static and conventional drafts, and its target) as TOML, for a profile file.
     #[arg(long, conflicts_with = "json")]
     pub toml: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1e9"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("1.5KB"), Ok(1500));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "GiB", "-1GiB", "0", "2 gallons", "1e30TiB", "nan"] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")) || e.contains("unknown unit"), "{bad}: {e}");
+        }
+    }
 }

@@ -324,17 +324,51 @@ async fn serve(a: ServeArgs) -> Result<()> {
     );
     let config = ecspec_cloud::ServerConfig {
         max_sessions: a.max_sessions as usize,
+        max_batch_tokens: a.max_batch_tokens as usize,
+        kv_budget_bytes: a.kv_budget.unwrap_or_else(default_kv_budget),
+        max_waiting: a.max_waiting,
+        admission_wait: std::time::Duration::from_secs_f64(a.admission_wait_s),
         ..Default::default()
     };
+    eprintln!(
+        "ecspec cloud: batches of up to {} rows · KV budget {:.1} MiB ({} KiB a position)",
+        config.max_batch_tokens,
+        config.kv_budget_bytes as f64 / (1u64 << 20) as f64,
+        model.active().transformer.kv_bytes_per_position() / 1024
+    );
     let server = ecspec_cloud::CloudServer::new(model, config);
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
+    if let Some(addr) = &a.metrics_listen {
+        let ml = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        eprintln!("ecspec cloud: metrics at http://{}/metrics", ml.local_addr()?);
+        tokio::spawn(ecspec_cloud::serve_metrics(
+            ml,
+            server.metrics().clone(),
+            std::future::pending(),
+        ));
+    }
     ecspec_cloud::serve(listener, server, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
     Ok(())
+}
+
+/// A quarter of this machine's memory (`/proc/meminfo`'s MemTotal), else 4 GiB: what the
+/// cloud's KV caches may take together when `--kv-budget` is not given.
+fn default_kv_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024 / 4)
+        })
+        .unwrap_or(4 << 30)
 }
 
 fn models(cmd: ModelsCommand) -> Result<()> {

@@ -7,7 +7,10 @@
 //!   settings), pure.
 //! - [`TargetSession`]: one session's target KV cache; prefill, then one forward pass over
 //!   K + 1 positions per round and the verification rule of design.md §4.
-//! - [`serve`]: the accept loop; one task per connection, compute on blocking threads. A
+//! - [`Scheduler`]: iteration-level batching — every session's prefill chunks, rounds and
+//!   streaming steps in shared forward passes, up to `max_batch_tokens` rows each.
+//! - [`Metrics`]: vLLM-named counters in the Prometheus text format ([`serve_metrics`]).
+//! - [`serve`]: the accept loop; one task per connection, compute through the scheduler. A
 //!   connection from loopback may open with `SetVersion` instead of `Hello` to switch the
 //!   active version ([`set_version`] is the client side).
 //!
@@ -15,12 +18,19 @@
 
 pub mod admin;
 pub mod handshake;
+pub mod metrics;
 pub mod model;
+pub mod scheduler;
 pub mod server;
 pub mod target;
 
 pub use admin::{set_version, AdminError};
 pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};
-pub use server::{management_allowed, serve, serve_stream, CloudServer, ServerConfig};
+pub use metrics::{serve_metrics, Metrics};
+pub use scheduler::{Scheduler, SchedulerConfig, Work};
+pub use server::{
+    management_allowed, serve, serve_stream, CloudServer, ServerConfig, ServerStats,
+    MAX_BLOCK_TOKENS,
+};
 pub use target::{RoundOutcome, TargetSession};

@@ -1,5 +1,13 @@
 //! The verifier server: accepts edge sessions over TCP, one task per connection, each with
-//! its own target KV cache; one session's failure never touches the others.
+//! its own target KV cache; one session's failure never touches the others. A connection's task
+//! does the protocol; its target work (prefill, rounds, streaming steps) goes to the server's
+//! [`Scheduler`], which batches the work of every session into shared forward passes.
+//!
+//! **Admission.** A session reserves its worst-case KV cache (prompt + token budget + one
+//! block of [`MAX_BLOCK_TOKENS`]) from the KV budget when its Hello is accepted, and returns it
+//! when it ends, so the caches never outgrow the budget. A Hello that does not fit waits, in
+//! arrival order (a fair semaphore), for at most `admission_wait`, in a queue of at most
+//! `max_waiting`; beyond either it is refused `Busy` with a retry hint.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +25,20 @@ use ecspec_transport::{Connection, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::AtomicUsize;
 use tokio::task::JoinSet;
 
 use crate::handshake::check_hello;
+use crate::metrics::Metrics;
 use crate::model::CloudModel;
+use crate::scheduler::{Scheduler, SchedulerConfig, Work};
 use crate::target::{RoundError, RoundOutcome, TargetSession};
+
+/// Most drafted tokens one block may carry; a session's KV reservation includes one such block.
+pub const MAX_BLOCK_TOKENS: usize = 64;
+
+/// The KV budget is counted in KiB so a semaphore's `u32` permits cover terabytes.
+const KV_UNIT: u64 = 1024;
 
 /// Server limits.
 #[derive(Debug, Clone)]
@@ -41,6 +58,16 @@ pub struct ServerConfig {
     /// Virtual clock: prefill and verification take these modelled times (slept on tokio's
     /// clock, which the caller pauses) and are reported as such. None: the live clock.
     pub virtual_compute: Option<CloudCompute>,
+    /// Rows (token positions, all sessions together) one batched forward pass takes at most;
+    /// a drafted block larger than this still runs, alone (`--max-batch-tokens`).
+    pub max_batch_tokens: usize,
+    /// Bytes of target KV cache all sessions may hold together (`--kv-budget`). A session
+    /// reserves its worst case (prompt + token budget + one block) when admitted.
+    pub kv_budget_bytes: u64,
+    /// Hellos that may wait for KV budget at once; more are refused `busy` at once.
+    pub max_waiting: usize,
+    /// How long a Hello waits for KV budget before it is refused `busy`.
+    pub admission_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +80,10 @@ impl Default for ServerConfig {
             max_new_tokens: 4096,
             shutdown_grace: Duration::from_secs(5),
             virtual_compute: None,
+            max_batch_tokens: 512,
+            kv_budget_bytes: 4 << 30,
+            max_waiting: 64,
+            admission_wait: Duration::from_secs(10),
         }
     }
 }
@@ -70,6 +101,14 @@ pub struct CloudServer {
     slots: Arc<Semaphore>,
     /// One permit per connection still before its handshake.
     pending: Arc<Semaphore>,
+    /// The KV budget in KiB: a session holds its reservation's permits while it runs.
+    kv: Arc<Semaphore>,
+    /// Hellos waiting for KV budget now.
+    waiting: AtomicUsize,
+    /// Batches every session's target work.
+    scheduler: Arc<Scheduler>,
+    /// What `GET /metrics` exports.
+    metrics: Arc<Metrics>,
 }
 
 impl CloudServer {
@@ -79,18 +118,162 @@ impl CloudServer {
         let cap = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(cap(config.max_sessions)));
         let pending = Arc::new(Semaphore::new(cap(config.max_pending)));
+        let kv_units = (config.kv_budget_bytes / KV_UNIT).min(u64::from(u32::MAX)) as usize;
+        let kv = Arc::new(Semaphore::new(cap(kv_units)));
+        let metrics = Metrics::new(config.kv_budget_bytes);
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_batch_tokens: config.max_batch_tokens,
+                // An eighth of the budget: a prompt always moves, rounds keep most of it.
+                min_prefill_chunk: (config.max_batch_tokens / 8).max(1),
+                virtual_compute: config.virtual_compute,
+            },
+            Arc::clone(&metrics),
+        );
         Arc::new(Self {
             model: Arc::new(model),
             config,
             next_session: AtomicU64::new(1),
             slots,
             pending,
+            kv,
+            waiting: AtomicUsize::new(0),
+            scheduler,
+            metrics,
         })
+    }
+
+    /// The server's metrics (served by [`crate::metrics::serve_metrics`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// KV-cache bytes a session with `prompt_len` prompt tokens and a budget of
+    /// `max_new_tokens` reserves: every position it can hold at once.
+    pub fn kv_reservation(&self, prompt_len: usize, max_new_tokens: usize) -> u64 {
+        let per = self.model.active().transformer.kv_bytes_per_position();
+        (prompt_len + max_new_tokens + MAX_BLOCK_TOKENS) as u64 * per
     }
 
     /// The served model.
     pub fn model(&self) -> &CloudModel {
         &self.model
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> ServerStats {
+        let m = &self.metrics;
+        ServerStats {
+            iterations: m.iterations.get(),
+            rows: m.rows.get(),
+            prefill_rows: m.prefill_rows.get(),
+            busy_s: m.busy_seconds.get(),
+            sessions_running: m.sessions_running.get().max(0) as usize,
+            sessions_waiting: m.sessions_waiting.get().max(0) as usize,
+            refused_hellos: m.refused_hellos.get(),
+            kv_bytes_used: m.kv_bytes_used.get().max(0) as u64,
+            kv_budget_bytes: self.config.kv_budget_bytes,
+        }
+    }
+
+    /// Reserves `bytes` of the KV budget for a new session, waiting in arrival order while
+    /// the budget is spent (see the module docs). Err: the `Busy` refusal and its retry hint
+    /// in milliseconds.
+    async fn admit(self: &Arc<Self>, bytes: u64) -> Result<(KvReservation, Duration), (String, u32)> {
+        let units = bytes.div_ceil(KV_UNIT);
+        let budget_units = self.config.kv_budget_bytes / KV_UNIT;
+        let retry_ms = 1000;
+        if units > budget_units || units > u64::from(u32::MAX) {
+            let m = format!(
+                "the request needs {bytes} bytes of KV cache, more than this server's whole \
+                 budget of {} bytes: ask for fewer tokens",
+                self.config.kv_budget_bytes
+            );
+            return Err((m, 0));
+        }
+        let t0 = tokio::time::Instant::now();
+        let permit = match self.kv.clone().try_acquire_many_owned(units as u32) {
+            Ok(p) => p,
+            Err(_) => {
+                let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _left = Decrement(&self.waiting, &self.metrics.sessions_waiting);
+                self.metrics.sessions_waiting.inc();
+                if waiting >= self.config.max_waiting {
+                    let m = format!(
+                        "the server is busy: its KV cache budget is spent and {waiting} requests \
+                         are already waiting; retry in {retry_ms} ms"
+                    );
+                    return Err((m, retry_ms));
+                }
+                let acquire = self.kv.clone().acquire_many_owned(units as u32);
+                match tokio::time::timeout(self.config.admission_wait, acquire).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        let m = format!(
+                            "the server is busy: no KV cache budget came free within {:?}; \
+                             retry in {retry_ms} ms",
+                            self.config.admission_wait
+                        );
+                        return Err((m, retry_ms));
+                    }
+                }
+            }
+        };
+        self.metrics.kv_bytes_used.inc_by(bytes as i64);
+        self.metrics.sessions_running.inc();
+        let r = KvReservation {
+            _permit: permit,
+            bytes,
+            metrics: Arc::clone(&self.metrics),
+        };
+        Ok((r, t0.elapsed()))
+    }
+}
+
+/// A snapshot of the server's counters (what `GET /metrics` exports).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerStats {
+    /// Batched target forward passes run.
+    pub iterations: u64,
+    /// Rows (token positions) over all passes; `rows / iterations` is the mean batch.
+    pub rows: u64,
+    /// Of `rows`, prompt positions (prefill chunks).
+    pub prefill_rows: u64,
+    /// Seconds spent in forward passes (wall clock, or modelled on the virtual clock).
+    pub busy_s: f64,
+    /// Sessions admitted and not yet ended.
+    pub sessions_running: usize,
+    /// Hellos waiting for KV budget.
+    pub sessions_waiting: usize,
+    /// Hellos refused `busy`.
+    pub refused_hellos: u64,
+    /// KV-cache bytes reserved by running sessions.
+    pub kv_bytes_used: u64,
+    /// The KV budget (`ServerConfig::kv_budget_bytes`).
+    pub kv_budget_bytes: u64,
+}
+
+/// A session's share of the KV budget, returned when dropped.
+struct KvReservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for KvReservation {
+    fn drop(&mut self) {
+        self.metrics.kv_bytes_used.dec_by(self.bytes as i64);
+        self.metrics.sessions_running.dec();
+    }
+}
+
+/// Decrements a waiting count (and its gauge) when a waiting Hello is done waiting.
+struct Decrement<'a>(&'a AtomicUsize, &'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.1.dec();
     }
 }
 
@@ -229,10 +412,7 @@ pub async fn serve(
 
 async fn refuse_busy(stream: TcpStream, message: String) {
     let mut conn = Connection::new(stream);
-    let msg = Message::ErrorReply(ErrorReply {
-        code: ErrorCode::Internal as i32,
-        message,
-    });
+    let msg = busy_reply(message, 1000);
     // Request id 0: this reply answers no frame (the connection's frames are never read).
     let _ = conn.reply(&msg, 0).await;
     let _ = conn.shutdown().await;
@@ -242,6 +422,16 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
     Message::ErrorReply(ErrorReply {
         code: code as i32,
         message: message.into(),
+        retry_after_ms: 0,
+    })
+}
+
+/// A `Busy` refusal with its retry hint (milliseconds; 0: never).
+fn busy_reply(message: String, retry_after_ms: u32) -> Message {
+    Message::ErrorReply(ErrorReply {
+        code: ErrorCode::Busy as i32,
+        message,
+        retry_after_ms,
     })
 }
 
@@ -268,28 +458,21 @@ fn verdict(round: u32, out: &RoundOutcome) -> Message {
     })
 }
 
-/// Runs one target round on a blocking thread (the session and its KV cache move there and
-/// back, so no lock is held across an await).
+/// Runs one target round through the scheduler (batched with the other sessions' work).
 async fn run_round(
-    mut target: TargetSession,
+    server: &CloudServer,
+    target: TargetSession,
     draft: Vec<u32>,
     dists: Vec<CompactDist>,
-    virtual_compute: Option<CloudCompute>,
 ) -> Result<(TargetSession, Result<RoundOutcome, RoundError>), TransportError> {
     let k = draft.len();
-    let (target, mut r) = tokio::task::spawn_blocking(move || {
-        let r = target.round(&draft, &dists);
-        (target, r)
-    })
-    .await
-    .map_err(|e| {
-        TransportError::Io(std::io::Error::other(format!(
-            "verification thread failed: {e}"
-        )))
-    })?;
-    if let (Some(vc), Ok(out)) = (virtual_compute, r.as_mut()) {
-        out.compute = vc.verify(k);
-        tokio::time::sleep(out.compute).await;
+    let (target, r) = server
+        .scheduler
+        .submit(target, Work::Round { draft, dists })
+        .await
+        .map_err(|e| TransportError::Io(std::io::Error::other(e.to_string())))?;
+    if let Ok(out) = &r {
+        server.metrics.record_round(k, out.accepted);
     }
     Ok((target, r))
 }
@@ -299,17 +482,17 @@ async fn run_round(
 /// [`ErrorReply`] and ends the stream (nothing of it was committed).
 async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
+    server: &CloudServer,
     mut target: TargetSession,
     first: u32,
     n: u32,
     req: u32,
-    virtual_compute: Option<CloudCompute>,
 ) -> Result<TargetSession, TransportError> {
     for i in 0..n {
         if target.is_finished() {
             break;
         }
-        let (t, r) = run_round(target, Vec::new(), Vec::new(), virtual_compute).await?;
+        let (t, r) = run_round(server, target, Vec::new(), Vec::new()).await?;
         target = t;
         match r {
             Ok(out) => {
@@ -324,6 +507,24 @@ async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     }
     Ok(target)
+}
+
+/// Prefills `target` through the scheduler while watching the connection: when the edge
+/// goes away (end of stream or an error) the prefill is abandoned at its next chunk boundary
+/// and `None` is returned. The edge sends nothing before the `HelloAck`; a frame that arrives
+/// anyway is a protocol error and ends the session the same way.
+async fn prefill<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    server: &CloudServer,
+    target: TargetSession,
+) -> Result<Option<crate::scheduler::Finished>, TransportError> {
+    let work = server.scheduler.submit(target, Work::Prefill);
+    tokio::select! {
+        done = work => done
+            .map(Some)
+            .map_err(|e| TransportError::Io(std::io::Error::other(e.to_string()))),
+        _ = conn.read_message(None) => Ok(None),
+    }
 }
 
 /// Converts a wire distribution to the verifier's type, checking it against the vocabulary.
@@ -356,7 +557,6 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     server: Arc<CloudServer>,
     pending: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
-    let vc = server.config.virtual_compute;
     let mut conn = Connection::new(stream);
     let idle = Some(server.config.idle_timeout);
     let model = server.model.clone();
@@ -405,42 +605,52 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
+        server.metrics.refused_hellos.inc();
         let m = format!(
-            "the server is busy: all {} session slots are taken",
+            "the server is busy: all {} session slots are taken; retry in 1000 ms",
             server.config.max_sessions
         );
-        conn.reply(&error_reply(ErrorCode::Internal, m), req)
-            .await?;
+        conn.reply(&busy_reply(m, 1000), req).await?;
         return Ok(());
     };
     drop(pending);
-    let started = {
-        let (m, prompt, stops, p) = (
-            version.transformer.clone(),
-            hello.prompt,
-            model.stop_tokens.clone(),
-            plan.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            TargetSession::start(m, &prompt, p.rule, p.params, stops, p.max_new_tokens)
-        })
-        .await
-        .map_err(|e| {
-            TransportError::Io(std::io::Error::other(format!("prefill thread failed: {e}")))
-        })?
-    };
-    let (mut target, mut first) = match started {
-        Ok(s) => s,
+    let target = match TargetSession::new(
+        version.transformer.clone(),
+        &hello.prompt,
+        plan.rule,
+        plan.params,
+        model.stop_tokens.clone(),
+        plan.max_new_tokens,
+    ) {
+        Ok(t) => t,
         Err(e) => {
             conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
                 .await?;
             return Ok(());
         }
     };
-    if let Some(vc) = vc {
-        first.compute = vc.prefill(target.committed().len() - 1);
-        tokio::time::sleep(first.compute).await;
-    }
+    let bytes = server.kv_reservation(hello.prompt.len(), plan.max_new_tokens);
+    let (_kv, queued) = match server.admit(bytes).await {
+        Ok(r) => r,
+        Err((m, retry)) => {
+            server.metrics.refused_hellos.inc();
+            tracing::info!(session_id, "refused: {m}");
+            conn.reply(&busy_reply(m, retry), req).await?;
+            return Ok(());
+        }
+    };
+    let Some((mut target, first)) = prefill(&mut conn, &server, target).await? else {
+        tracing::info!(session_id, "the edge left during the prefill");
+        return Ok(());
+    };
+    let first = match first {
+        Ok(f) => f,
+        Err(e) => {
+            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
+                .await?;
+            return Ok(());
+        }
+    };
     let ack = HelloAck {
         accepted: true,
         reason: String::new(),
@@ -451,19 +661,20 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
         first_token: first.next_token,
         finished: first.finished,
         prefill_us: first.compute.as_micros().min(u32::MAX as u128) as u32,
+        queue_us: queued.as_micros().min(u32::MAX as u128) as u32,
     };
     conn.reply(&Message::HelloAck(ack), req).await?;
     let mut round = 0u32;
     if plan.opening_stream > 1 {
         // The edge asked to start streaming right away (it knows drafting does not pay).
         let n = plan.opening_stream.min(server.config.max_new_tokens as u32);
-        target = stream_tokens(&mut conn, target, 1, n, req, vc).await?;
+        target = stream_tokens(&mut conn, &server, target, 1, n, req).await?;
     }
     if plan.autoregressive {
         // Cloud-only baseline: generate and stream every token without waiting for the edge.
         while !target.is_finished() {
             round += 1;
-            let (t, r) = run_round(target, Vec::new(), Vec::new(), vc).await?;
+            let (t, r) = run_round(&server, target, Vec::new(), Vec::new()).await?;
             target = t;
             match r {
                 Ok(out) => conn.reply(&verdict(round, &out), round).await?,
@@ -497,10 +708,20 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 if block.tokens.is_empty() && block.stream > 1 {
                     // The edge falls back to streaming: generate on our own, a verdict each.
                     let n = block.stream.min(server.config.max_new_tokens as u32);
-                    target = stream_tokens(&mut conn, target, block.round, n, req, vc).await?;
+                    target =
+                        stream_tokens(&mut conn, &server, target, block.round, n, req).await?;
                     continue;
                 }
-                let (t, r) = run_round(target, block.tokens, dists, vc).await?;
+                if block.tokens.len() > MAX_BLOCK_TOKENS {
+                    let m = format!(
+                        "{} drafted tokens in one block; at most {MAX_BLOCK_TOKENS}",
+                        block.tokens.len()
+                    );
+                    conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
+                        .await?;
+                    continue;
+                }
+                let (t, r) = run_round(&server, target, block.tokens, dists).await?;
                 target = t;
                 match r {
                     Ok(out) => conn.reply(&verdict(block.round, &out), req).await?,

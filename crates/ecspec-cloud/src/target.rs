@@ -1,10 +1,15 @@
 //! One session's target model: prefill, then one verification forward pass per round.
-//! Synchronous compute; the server runs it on a blocking thread.
+//! Synchronous compute. Each step is split in three — the block to run
+//! ([`TargetSession::prefill_chunk`], [`TargetSession::round_block`]), the forward pass, and
+//! what the logits commit ([`TargetSession::finish_prefill_chunk`],
+//! [`TargetSession::finish_round`]) — so the server's scheduler can run the blocks of many
+//! sessions in one batched pass; [`TargetSession::start`] and [`TargetSession::round`] do all
+//! three for one session alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecspec_model::{LogitsFor, ModelError, Session, Transformer};
+use ecspec_model::{BatchItem, Logits, LogitsFor, ModelError, Session, Transformer};
 use ecspec_spec::compact::CompactDist;
 use ecspec_spec::sampling::{self, SamplingParams};
 use ecspec_spec::verify::{self, VerifyRule};
@@ -50,7 +55,58 @@ pub struct TargetSession {
 }
 
 impl TargetSession {
-    /// Prefills `prompt` and picks the first generated token (the TTFT token).
+    /// A session whose prompt is still to be prefilled (by [`Self::prefill_chunk`] /
+    /// [`Self::finish_prefill_chunk`], or all at once by [`Self::start`]).
+    ///
+    /// # Errors
+    /// An empty prompt, a token budget of 0, an id outside the vocabulary, a prompt that
+    /// leaves no room in the context.
+    pub fn new(
+        model: Arc<Transformer>,
+        prompt: &[u32],
+        rule: VerifyRule,
+        params: SamplingParams,
+        stop_tokens: Vec<u32>,
+        max_new_tokens: usize,
+    ) -> Result<Self, RoundError> {
+        if prompt.is_empty() {
+            return Err(RoundError::BadRound("empty prompt".into()));
+        }
+        if max_new_tokens == 0 {
+            return Err(RoundError::BadRound(
+                "max_new_tokens must be at least 1".into(),
+            ));
+        }
+        let c = model.config();
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab_size: c.vocab_size,
+            }
+            .into());
+        }
+        if prompt.len() > c.context_length {
+            return Err(ModelError::ContextOverflow {
+                needed: prompt.len(),
+                max: c.context_length,
+            }
+            .into());
+        }
+        Ok(Self {
+            session: Session::new(model),
+            rule,
+            rng: sampling::rng_for(params.seed, sampling::CLOUD_STREAM),
+            params,
+            stop_tokens,
+            max_new_tokens,
+            committed: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            finished: false,
+        })
+    }
+
+    /// Prefills `prompt` and picks the first generated token (the TTFT token): [`Self::new`]
+    /// and the whole prompt as one chunk.
     ///
     /// # Errors
     /// Model errors (out-of-vocabulary ids, context overflow) and an empty prompt.
@@ -62,39 +118,81 @@ impl TargetSession {
         stop_tokens: Vec<u32>,
         max_new_tokens: usize,
     ) -> Result<(Self, RoundOutcome), RoundError> {
-        if prompt.is_empty() {
-            return Err(RoundError::BadRound("empty prompt".into()));
-        }
-        if max_new_tokens == 0 {
-            return Err(RoundError::BadRound(
-                "max_new_tokens must be at least 1".into(),
-            ));
-        }
         let t0 = Instant::now();
-        let mut session = Session::new(model);
-        let logits = session.forward(prompt, LogitsFor::Last)?;
-        let mut me = Self {
-            session,
-            rule,
-            rng: sampling::rng_for(params.seed, sampling::CLOUD_STREAM),
-            params,
-            stop_tokens,
-            max_new_tokens,
-            committed: prompt.to_vec(),
-            prompt_len: prompt.len(),
-            finished: false,
-        };
-        let first = me.pick(logits.last())?;
-        let finished = me.commit(&[], first);
-        Ok((
-            me,
-            RoundOutcome {
-                accepted: 0,
-                next_token: first,
-                finished,
-                compute: t0.elapsed(),
-            },
-        ))
+        let mut me = Self::new(model, prompt, rule, params, stop_tokens, max_new_tokens)?;
+        let (tokens, want) = me.prefill_chunk(usize::MAX);
+        let tokens = tokens.to_vec();
+        let logits = me.session.forward(&tokens, want.unwrap_or(LogitsFor::Last))?;
+        let mut first = me
+            .finish_prefill_chunk(Some(logits))?
+            .expect("the whole prompt was one chunk");
+        first.compute = t0.elapsed();
+        Ok((me, first))
+    }
+
+    /// Prompt tokens not yet in the KV cache (0 once the first token is committed).
+    pub fn prefill_left(&self) -> usize {
+        if self.committed.len() > self.prompt_len {
+            0
+        } else {
+            self.prompt_len - self.session.kv_len()
+        }
+    }
+
+    /// The next prefill chunk: up to `max_rows` prompt tokens after what the cache holds
+    /// (at least one), and the logits it needs (the last row when it ends the prompt).
+    pub fn prefill_chunk(&self, max_rows: usize) -> (&[u32], Option<LogitsFor>) {
+        let kv = self.session.kv_len();
+        let end = (kv + max_rows.max(1)).min(self.prompt_len);
+        let want = (end == self.prompt_len).then_some(LogitsFor::Last);
+        (&self.committed[kv..end], want)
+    }
+
+    /// Takes the logits of a prefill chunk's pass (the chunk's rows are in the cache): after
+    /// the prompt's last chunk picks and commits the first token and returns it (`compute`
+    /// left zero for the caller to fill in); before it, `None`.
+    ///
+    /// # Errors
+    /// A last chunk without logits, or a sampling failure.
+    pub fn finish_prefill_chunk(
+        &mut self,
+        logits: Option<Logits>,
+    ) -> Result<Option<RoundOutcome>, RoundError> {
+        if self.session.kv_len() < self.prompt_len {
+            return Ok(None);
+        }
+        let logits = logits.ok_or_else(|| {
+            RoundError::BadRound("the prompt's last chunk ran without logits".into())
+        })?;
+        let first = self.pick(logits.last())?;
+        let finished = self.commit(&[], first);
+        Ok(Some(RoundOutcome {
+            accepted: 0,
+            next_token: first,
+            finished,
+            compute: Duration::ZERO,
+        }))
+    }
+
+    /// The model and cache a batched pass runs this session's block on.
+    pub fn batch_item<'a>(&'a mut self, tokens: &'a [u32], want: Option<LogitsFor>) -> BatchItem<'a> {
+        let (model, cache) = self.session.parts_mut();
+        BatchItem {
+            model,
+            cache,
+            tokens,
+            want,
+        }
+    }
+
+    /// Positions in the KV cache.
+    pub fn kv_len(&self) -> usize {
+        self.session.kv_len()
+    }
+
+    /// The model (target version) of this session.
+    pub fn model(&self) -> &Arc<Transformer> {
+        self.session.model()
     }
 
     fn pick(&mut self, row: &[f32]) -> Result<u32, RoundError> {
@@ -148,9 +246,30 @@ impl TargetSession {
         draft: &[u32],
         dists: &[CompactDist],
     ) -> Result<RoundOutcome, RoundError> {
+        let t0 = Instant::now();
+        let block = self.round_block(draft, dists)?;
+        let kv = self.session.kv_len();
+        let logits = self.session.forward(&block, LogitsFor::All)?;
+        let mut out = self.finish_round(draft, dists, kv, &logits)?;
+        out.compute = t0.elapsed();
+        Ok(out)
+    }
+
+    /// Checks a round's inputs and returns its block: the last committed token, then the
+    /// drafts (run with [`LogitsFor::All`]).
+    ///
+    /// # Errors
+    /// A round after the end or before the prefill finished, a wrong number of
+    /// distributions.
+    pub fn round_block(&self, draft: &[u32], dists: &[CompactDist]) -> Result<Vec<u32>, RoundError> {
         if self.finished {
             return Err(RoundError::BadRound(
                 "the session has already finished".into(),
+            ));
+        }
+        if self.prefill_left() > 0 || self.committed.len() == self.prompt_len {
+            return Err(RoundError::BadRound(
+                "a round before the prompt was prefilled".into(),
             ));
         }
         // A rejection session may verify a round by match instead: the edge sends no
@@ -167,12 +286,26 @@ impl TargetSession {
                 self.rule
             )));
         }
-        let t0 = Instant::now();
-        let kv = self.session.kv_len();
         let mut block = Vec::with_capacity(draft.len() + 1);
         block.push(*self.committed.last().expect("prompt is never empty"));
         block.extend_from_slice(draft);
-        let logits = self.session.forward(&block, LogitsFor::All)?;
+        Ok(block)
+    }
+
+    /// Verifies a round from its block's `logits` (the block is in the cache after `kv`
+    /// positions) and commits: the cache keeps the fed last token and the accepted drafts.
+    /// `compute` is left zero for the caller to fill in.
+    ///
+    /// # Errors
+    /// A verification failure (a bad distribution, say): nothing is committed and the cache is
+    /// rolled back to `kv`.
+    pub fn finish_round(
+        &mut self,
+        draft: &[u32],
+        dists: &[CompactDist],
+        kv: usize,
+        logits: &Logits,
+    ) -> Result<RoundOutcome, RoundError> {
         let rows = logits.row_slices();
         let v = match self.rule {
             _ if self.params.is_greedy() => verify::verify_greedy(draft, &rows),
@@ -203,7 +336,7 @@ impl TargetSession {
             accepted,
             next_token,
             finished,
-            compute: t0.elapsed(),
+            compute: Duration::ZERO,
         })
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
+use ecspec_cloud::{serve, serve_stream, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{generate, DraftSampling, Drafter, EdgeConfig, EdgeError, Mode, Summary};
 use ecspec_link::{emulate, LinkConfig};
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
@@ -430,6 +430,16 @@ async fn run_edge_with(
 ) -> Outcome {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
+    run_edge_over(tcp, run, tweak).await
+}
+
+/// Runs one generation over `tcp`, any byte stream to a server (an in-memory pipe to
+/// [`serve_stream`] on the virtual clock, say).
+async fn run_edge_over<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    tcp: S,
+    run: &Run,
+    tweak: impl FnOnce(&mut EdgeConfig),
+) -> Outcome {
     let mut cfg = run.config();
     tweak(&mut cfg);
     let (sent, received) = (Arc::default(), Arc::default());
@@ -804,6 +814,7 @@ fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u32) ->
         first_token: first,
         finished,
         prefill_us,
+        queue_us: 0,
     }
 }
 
@@ -1787,7 +1798,7 @@ async fn a_full_server_refuses_with_an_error_frame_until_a_slot_frees() {
         cloud.addr,
         &frame(&Message::Hello(hello.clone()), 9),
         false,
-        ErrorCode::Internal,
+        ErrorCode::Busy,
     )
     .await;
     assert!(
@@ -2253,6 +2264,30 @@ async fn lookups_are_declined_behind_a_long_rtt_and_mix_with_rejection_rounds() 
     }
     // Lookups forced on fail this: 4 lookups in 7 such rounds on the first prompt.
     assert!(sent_total >= 6, "{sent_total} rounds sent a block");
+    cloud.stop().await;
+}
+
+/// A sampled hybrid session mixes rejection-verified model rounds and match-verified lookup
+/// rounds, and repeats per seed. The hybrid weighs every round on measured timings, and a
+/// rejection session's draws depend on its rounds, so the two runs must see the same timings:
+/// the virtual clock (modelled compute on a paused clock, the edge and the cloud in this
+/// runtime over an in-memory pipe) gives them that on any machine under any load.
+#[tokio::test(start_paused = true)]
+async fn a_sampled_hybrid_session_mixes_rules_and_repeats_per_seed_on_the_virtual_clock() {
+    use ecspec_edge::DraftSource;
+    use ecspec_spec::compute::{CloudCompute, EdgeCompute};
+    let server = CloudServer::new(
+        CloudModel::new(FAMILY, VERSION, &models().target),
+        ServerConfig {
+            virtual_compute: Some(CloudCompute {
+                prefill_s_per_token: 0.000_5,
+                verify_base_s: 0.004,
+                verify_per_token_s: 0.000_5,
+            }),
+            ..Default::default()
+        },
+    );
+    let max_new = 48;
     let prompt = prompts()[0].clone();
     let run = Run {
         drafter: DraftSource::Hybrid,
@@ -2268,13 +2303,24 @@ async fn lookups_are_declined_behind_a_long_rtt_and_mix_with_rejection_rounds() 
             max_new,
         )
     };
-    let (a, b) = (
-        run_edge(cloud.addr, &run).await,
-        run_edge(cloud.addr, &run).await,
-    );
+    let once = || async {
+        let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+        let cloud = tokio::spawn(serve_stream(cloud_end, server.clone()));
+        let o = run_edge_over(edge_end, &run, |c| {
+            c.virtual_compute = Some(EdgeCompute {
+                draft_s_per_token: 0.002,
+                prefill_s_per_token: 0.000_2,
+            })
+        })
+        .await;
+        cloud.await.unwrap().unwrap();
+        o
+    };
+    let (a, b) = (once().await, once().await);
     let (sa, sb) = (a.summary(), b.summary());
     check_counters(sa);
     assert_eq!(sa.tokens, sb.tokens, "same seed, same tokens");
+    assert_eq!(sa.round_records.len(), sb.round_records.len(), "same rounds");
     let verify: Vec<_> = sa
         .round_records
         .iter()
@@ -2289,7 +2335,6 @@ async fn lookups_are_declined_behind_a_long_rtt_and_mix_with_rejection_rounds() 
         )),
         "{verify:?}"
     );
-    cloud.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2478,4 +2523,347 @@ async fn a_binding_energy_budget_makes_ecspec_draft_less_and_stays_lossless() {
             "with the budget: {priced:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The shared cloud: batched iterations, chunked prefill, admission, metrics.
+// ---------------------------------------------------------------------------------------------
+
+/// A virtual-clock profile for the tiny target: each batched pass costs 4 ms plus 0.5 ms per
+/// extra row, prompt rows 0.5 ms each.
+fn tiny_profile() -> ecspec_spec::compute::CloudCompute {
+    ecspec_spec::compute::CloudCompute {
+        prefill_s_per_token: 0.000_5,
+        verify_base_s: 0.004,
+        verify_per_token_s: 0.000_5,
+    }
+}
+
+/// A server on the virtual clock (reached over in-memory pipes, see [`over_pipe`]).
+fn virtual_server(config: ServerConfig) -> Arc<CloudServer> {
+    CloudServer::new(
+        CloudModel::new(FAMILY, VERSION, &models().target),
+        ServerConfig {
+            virtual_compute: Some(tiny_profile()),
+            ..config
+        },
+    )
+}
+
+/// Runs `run` against `server` over an in-memory pipe, its edge on the virtual clock too.
+async fn over_pipe(server: Arc<CloudServer>, run: Run) -> Outcome {
+    let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+    let cloud = tokio::spawn(serve_stream(cloud_end, server));
+    let o = run_edge_over(edge_end, &run, |c| {
+        c.virtual_compute = Some(ecspec_spec::compute::EdgeCompute {
+            draft_s_per_token: 0.002,
+            prefill_s_per_token: 0.000_2,
+        })
+    })
+    .await;
+    cloud.await.unwrap().unwrap();
+    o
+}
+
+/// Sessions of every kind — greedy with three drafts and two policies, cloud-only, sampled
+/// match and rejection with fixed draft lengths (so their rounds, and with them their draws,
+/// do not depend on timing) — served all at once share forward passes, and each commits
+/// exactly the tokens it commits served alone.
+#[tokio::test(start_paused = true)]
+async fn many_concurrent_sessions_share_passes_and_commit_what_each_commits_alone() {
+    let server = virtual_server(ServerConfig {
+        max_batch_tokens: 24,
+        ..Default::default()
+    });
+    let max_new = 24;
+    let mut runs = Vec::new();
+    for (i, prompt) in prompts().iter().enumerate() {
+        let seed = 100 + i as u64;
+        runs.extend([
+            Run::greedy(prompt, DraftChoice::Same, "fixed:4", max_new),
+            Run::greedy(prompt, DraftChoice::Partial, "fixed:3", max_new),
+            Run::greedy(prompt, DraftChoice::Independent, "ecspec", max_new),
+            Run::cloud_only(prompt, max_new),
+            Run::sampled(prompt, DraftChoice::Partial, VerifyRule::Match, seed, max_new),
+            Run {
+                policy: "fixed:2",
+                ..Run::sampled(prompt, DraftChoice::Same, VerifyRule::Rejection, seed, max_new)
+            },
+            Run {
+                mode: Mode::CloudOnly,
+                policy: "fixed:0",
+                ..Run::sampled(prompt, DraftChoice::Same, VerifyRule::Match, seed, max_new)
+            },
+        ]);
+    }
+    let s0 = server.stats();
+    let mut alone = Vec::new();
+    for run in &runs {
+        alone.push(over_pipe(server.clone(), run.clone()).await.summary().tokens.clone());
+    }
+    let s1 = server.stats();
+    let tasks: Vec<_> = runs
+        .iter()
+        .map(|run| tokio::spawn(over_pipe(server.clone(), run.clone())))
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let o = t.await.unwrap();
+        let s = o.summary();
+        check_counters(s);
+        assert_eq!(s.tokens, alone[i], "run {i} ({:?}): batched output differs", runs[i]);
+    }
+    let s2 = server.stats();
+    let (alone_passes, batched_passes) = (s1.iterations - s0.iterations, s2.iterations - s1.iterations);
+    assert_eq!(s2.rows - s1.rows, s1.rows - s0.rows, "the same rows, batched or not");
+    assert!(
+        batched_passes * 4 < alone_passes,
+        "{batched_passes} batched passes for the work of {alone_passes} alone"
+    );
+    assert_eq!(s2.kv_bytes_used, 0, "every reservation was returned");
+    assert_eq!(s2.sessions_running, 0);
+}
+
+/// A long prompt is prefilled in chunks beside other sessions' rounds: a session that was
+/// already running finishes its whole generation before the long prompt's first token.
+#[tokio::test(start_paused = true)]
+async fn a_long_prefill_is_chunked_and_does_not_stall_other_sessions() {
+    let server = virtual_server(ServerConfig {
+        max_batch_tokens: 16,
+        ..Default::default()
+    });
+    let short = prompts()[0].clone();
+    let long: Vec<u32> = ids(&"All work and no play makes a dull model. ".repeat(9));
+    assert!(long.len() > 300);
+    let running = tokio::spawn(over_pipe(
+        server.clone(),
+        Run::greedy(&short, DraftChoice::Same, "fixed:4", 40),
+    ));
+    // The long prompt arrives while the first session runs.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let t_long = tokio::time::Instant::now();
+    let late = tokio::spawn(over_pipe(
+        server.clone(),
+        Run::greedy(&long, DraftChoice::Same, "fixed:4", 8),
+    ));
+    let a = running.await.unwrap();
+    let a_done = tokio::time::Instant::now();
+    let b = late.await.unwrap();
+    let (a, b) = (a.summary(), b.summary());
+    assert_eq!(a.tokens, expected_output(&reference(&short, 40), 40));
+    assert_eq!(b.tokens, expected_output(&reference(&long, 8), 8));
+    assert!(
+        a_done - t_long < Duration::from_secs_f64(b.ttft_s),
+        "the running session ended {:?} after the long prompt came, its first token took {} s",
+        a_done - t_long,
+        b.ttft_s
+    );
+    let s = server.stats();
+    assert_eq!(s.prefill_rows as usize, short.len() + long.len());
+    // Each pass holds at most the budget (a round of 5 rows plus a prompt chunk).
+    let chunks = long.len().div_ceil(16);
+    assert!(s.iterations as usize >= chunks, "{} passes", s.iterations);
+}
+
+/// An edge that goes away while its long prompt is prefilled stops the prefill at the next
+/// chunk boundary: the cloud does not go on computing for nobody.
+#[tokio::test(start_paused = true)]
+async fn a_prefill_stops_at_the_next_chunk_when_its_edge_leaves() {
+    let server = virtual_server(ServerConfig {
+        max_batch_tokens: 4,
+        ..Default::default()
+    });
+    let long: Vec<u32> = ids(&"x".repeat(400));
+    let hello = Run::greedy(&long, DraftChoice::Same, "fixed:4", 8).hello();
+    let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+    let cloud = tokio::spawn(serve_stream(cloud_end, server.clone()));
+    let mut conn = ecspec_transport::Connection::new(edge_end);
+    conn.write_message(&Message::Hello(hello)).await.unwrap();
+    // Each 4-row chunk takes 4 ms + 2 ms on this profile: about 16 chunks in 100 ms.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = server.stats().prefill_rows;
+    assert!(before > 0 && before < 400, "{before} prompt rows after 100 ms");
+    drop(conn);
+    cloud.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = server.stats();
+    assert!(
+        after.prefill_rows <= before + 4,
+        "{} prompt rows computed after the edge left at {before}",
+        after.prefill_rows
+    );
+    assert_eq!((after.kv_bytes_used, after.sessions_running), (0, 0));
+    // The server serves the next request as usual.
+    let prompt = prompts()[0].clone();
+    let o = over_pipe(server, Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10)).await;
+    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 10), 10));
+}
+
+/// Sends a Hello over a new pipe to `server`; returns the edge's end.
+async fn hello_over_pipe(
+    server: &Arc<CloudServer>,
+    hello: Hello,
+) -> ecspec_transport::Connection<tokio::io::DuplexStream> {
+    let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+    tokio::spawn(serve_stream(cloud_end, server.clone()));
+    let mut conn = ecspec_transport::Connection::new(edge_end);
+    conn.write_message(&Message::Hello(hello)).await.unwrap();
+    conn
+}
+
+async fn reply(conn: &mut ecspec_transport::Connection<tokio::io::DuplexStream>) -> Message {
+    conn.read_message(None).await.unwrap().expect("a reply").1
+}
+
+/// The KV budget: a Hello that does not fit waits for a session to end (its HelloAck says how
+/// long it waited), at most `max_waiting` wait, a wait ends `Busy` after `admission_wait`, and a
+/// request that could never fit is refused at once with no retry hint.
+#[tokio::test(start_paused = true)]
+async fn hellos_beyond_the_kv_budget_wait_then_are_refused_busy() {
+    let prompt = prompts()[0].clone();
+    let hello = Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10).hello();
+    // The tiny target: 4 layers × 2 KV heads × 16 dims × (K and V) × 4 bytes = 1 KiB a position.
+    let per = models().target.transformer.kv_bytes_per_position();
+    assert_eq!(per, 1024);
+    let one = (prompt.len() + 10 + ecspec_cloud::MAX_BLOCK_TOKENS) as u64 * per;
+    let server = virtual_server(ServerConfig {
+        kv_budget_bytes: one + one / 2,
+        max_waiting: 1,
+        admission_wait: Duration::from_secs(5),
+        ..Default::default()
+    });
+    assert_eq!(server.kv_reservation(prompt.len(), 10), one);
+    let mut a = hello_over_pipe(&server, hello.clone()).await;
+    assert!(matches!(reply(&mut a).await, Message::HelloAck(h) if h.accepted && h.queue_us == 0));
+    assert_eq!(server.stats().kv_bytes_used, one);
+    // B waits; C finds the waiting queue full.
+    let mut b = hello_over_pipe(&server, hello.clone()).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(server.stats().sessions_waiting, 1);
+    let mut c = hello_over_pipe(&server, hello.clone()).await;
+    match reply(&mut c).await {
+        Message::ErrorReply(e) => {
+            assert_eq!((e.code(), e.retry_after_ms), (ErrorCode::Busy, 1000));
+            assert!(e.message.contains("1 requests are already waiting"), "{}", e.message);
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // B's wait runs out.
+    match reply(&mut b).await {
+        Message::ErrorReply(e) => {
+            assert_eq!(e.code(), ErrorCode::Busy);
+            assert!(e.message.contains("within 5s"), "{}", e.message);
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // D waits until A ends, then is served, and says how long it waited.
+    let mut d = hello_over_pipe(&server, hello.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.write_message(&Message::Close(Close {})).await.unwrap();
+    match reply(&mut d).await {
+        Message::HelloAck(h) => {
+            assert!(h.accepted);
+            assert!(h.queue_us >= 2_000_000, "waited {} us", h.queue_us);
+        }
+        other => panic!("expected a HelloAck, got {other:?}"),
+    }
+    // A request larger than the whole budget can never be served.
+    let mut big = hello.clone();
+    big.max_new_tokens = 1000;
+    let mut e = hello_over_pipe(&server, big).await;
+    match reply(&mut e).await {
+        Message::ErrorReply(e) => {
+            assert_eq!((e.code(), e.retry_after_ms), (ErrorCode::Busy, 0));
+            assert!(e.message.contains("more than this server's whole budget"), "{}", e.message);
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(server.stats().refused_hellos, 3);
+}
+
+/// `GET /metrics` over HTTP, parsed by a Prometheus text parser: the speculative-decoding
+/// counters equal what the edges counted, and the pass histogram agrees with the pass count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds() {
+    let server = CloudServer::new(
+        CloudModel::new(FAMILY, VERSION, &models().target),
+        ServerConfig {
+            shutdown_grace: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let serving = tokio::spawn(serve(listener, server.clone(), async {
+        let _ = rx.await;
+    }));
+    let mlistener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = mlistener.local_addr().unwrap();
+    tokio::spawn(ecspec_cloud::serve_metrics(
+        mlistener,
+        server.metrics().clone(),
+        std::future::pending(),
+    ));
+    let (mut drafts, mut drafted, mut accepted) = (0u64, 0u64, 0u64);
+    let mut first_pos = 0u64;
+    for prompt in prompts() {
+        for (draft, policy) in [(DraftChoice::Partial, "fixed:4"), (DraftChoice::Same, "fixed:3")] {
+            let o = run_edge(addr, &Run::greedy(&prompt, draft, policy, 20)).await;
+            let s = o.summary();
+            drafts += s.round_records.iter().filter(|r| r.k > 0).count() as u64;
+            drafted += s.drafted_tokens;
+            accepted += s.accepted_tokens;
+            first_pos += s.round_records.iter().filter(|r| r.accepted > 0).count() as u64;
+        }
+    }
+    let mut tcp = TcpStream::connect(maddr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    timeout(PATIENCE, tcp.read_to_string(&mut raw)).await.unwrap().unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The body is OpenMetrics text (the format Prometheus scrapes), ending with `# EOF`.
+    let scrape = openmetrics_parser::openmetrics::parse_openmetrics(body)
+        .unwrap_or_else(|e| panic!("{e:?} parsing:\n{body}"));
+    use openmetrics_parser::{MetricNumber, OpenMetricsValue as V};
+    let sample = |family: &str, labels: &[&str]| -> V {
+        let f = scrape
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} missing from:\n{body}"));
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        f.get_sample_by_label_values(&labels)
+            .unwrap_or_else(|| panic!("{family} {labels:?} missing from:\n{body}"))
+            .value
+            .clone()
+    };
+    let value = |family: &str, labels: &[&str]| -> f64 {
+        match sample(family, labels) {
+            V::Counter(c) => c.value.as_f64(),
+            V::Gauge(g) | V::Unknown(g) => g.as_f64(),
+            other => panic!("{family}: {other:?}"),
+        }
+    };
+    assert_eq!(value("ecspec:spec_decode_num_drafts", &[]), drafts as f64);
+    assert_eq!(value("ecspec:spec_decode_num_draft_tokens", &[]), drafted as f64);
+    assert_eq!(value("ecspec:spec_decode_num_accepted_tokens", &[]), accepted as f64);
+    assert_eq!(
+        value("ecspec:spec_decode_num_accepted_tokens_per_pos", &["0"]),
+        first_pos as f64
+    );
+    let passes = value("ecspec:iterations", &[]);
+    assert_eq!(passes, server.stats().iterations as f64);
+    match sample("ecspec:iteration_rows", &[]) {
+        V::Histogram(h) => {
+            assert_eq!(h.count, Some(passes as u64), "every pass is in the histogram");
+            let rows = h.sum.as_ref().map(MetricNumber::as_f64);
+            assert_eq!(rows, Some(server.stats().rows as f64));
+        }
+        other => panic!("ecspec:iteration_rows is {other:?}"),
+    }
+    assert_eq!(value("ecspec:kv_cache_budget_bytes", &[]), (4u64 << 30) as f64);
+    let _ = stop.send(());
+    serving.await.unwrap();
 }

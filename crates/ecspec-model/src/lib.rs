@@ -42,4 +42,4 @@ pub use error::{ModelError, Result};
 pub use loaded::LoadedModel;
 pub use lora::{LoraAdapter, LoraError, LoraPair, LoraTarget};
 pub use tokenizer::{GgufTokenizer, TextStream};
-pub use transformer::{DecoderLayer, KvCache, Logits, LogitsFor, Session, Transformer};
+pub use transformer::{BatchItem, DecoderLayer, KvCache, Logits, LogitsFor, Session, Transformer};

@@ -273,6 +273,33 @@ fn matmul(w: &QMatMul, x: &[f32], rows: usize, k: usize) -> Result<Vec<f32>> {
     Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// One session's part of a batched forward pass ([`Transformer::forward_batch`]).
+pub struct BatchItem<'a> {
+    /// The session's model (its target version): must share item 0's base weights.
+    pub model: &'a Transformer,
+    /// The session's KV cache; `tokens` are appended at its length.
+    pub cache: &'a mut KvCache,
+    /// The block: a prompt chunk, or the last committed token and the drafts.
+    pub tokens: &'a [u32],
+    /// Which logits to return; `None` for a prefill chunk that is not the prompt's last.
+    pub want: Option<LogitsFor>,
+}
+
+/// What [`Transformer::check_block`] looks at.
+struct Block<'a> {
+    cache: &'a KvCache,
+    pos: usize,
+    rows: usize,
+}
+
+/// A block of rows of a batched pass: whose cache and LoRA, at which position.
+struct Segment<'a> {
+    lora: &'a [Option<Arc<LayerLora>>],
+    cache: &'a mut KvCache,
+    pos: usize,
+    rows: usize,
+}
+
 fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     if let Some(b) = b {
         for row in x.chunks_exact_mut(b.len()) {
@@ -501,46 +528,103 @@ impl Transformer {
         pos: usize,
         layers: Range<usize>,
     ) -> Result<()> {
+        let rows = hidden.len() / self.config.hidden_size;
+        self.check_block(cache, pos, rows, &layers)?;
+        let mut seg = [Segment {
+            lora: &self.lora,
+            cache,
+            pos,
+            rows,
+        }];
+        self.run_segments(&mut seg, hidden, layers)
+    }
+
+    /// Checks that a block of `rows` at `pos` fits the context and that `cache` holds exactly
+    /// `pos` positions in every layer of `layers`.
+    fn check_block(
+        &self,
+        cache: &KvCache,
+        pos: usize,
+        rows: usize,
+        layers: &Range<usize>,
+    ) -> Result<()> {
         let c = &self.config;
-        let d = c.hidden_size;
-        let rows = hidden.len() / d;
-        if rows == 0 {
+        let s = Block { cache, pos, rows };
+        if s.rows == 0 {
             return Err(ModelError::EmptyBlock);
         }
-        if pos + rows > c.context_length {
+        if s.pos + s.rows > c.context_length {
             return Err(ModelError::ContextOverflow {
-                needed: pos + rows,
+                needed: s.pos + s.rows,
                 max: c.context_length,
             });
         }
-        if layers.end > self.layers.len() || cache.k.len() != self.layers.len() {
+        if layers.end > self.layers.len() || s.cache.k.len() != self.layers.len() {
             return Err(ModelError::Tensor {
                 name: "kv_cache".into(),
                 reason: format!(
                     "cache has {} layers, model {}, asked for {layers:?}",
-                    cache.k.len(),
+                    s.cache.k.len(),
                     self.layers.len()
                 ),
             });
         }
         let kv_dim = c.num_kv_heads * c.head_dim;
+        for li in layers.clone() {
+            if s.cache.k[li].len() != s.pos * kv_dim {
+                return Err(ModelError::Tensor {
+                    name: format!("kv_cache[{li}]"),
+                    reason: format!(
+                        "holds {} positions, forward starts at {}",
+                        s.cache.k[li].len() / kv_dim,
+                        s.pos
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The layers over `hidden`, the rows of every segment one after another: the weight
+    /// matmuls run once over all rows (this model's base weights), each segment's LoRA
+    /// update, RoPE, KV cache and attention are its own. Every kernel is row-wise, so a row's
+    /// numbers do not depend on the other rows. Segments were checked by
+    /// [`Self::check_block`].
+    fn run_segments(
+        &self,
+        segs: &mut [Segment<'_>],
+        hidden: &mut [f32],
+        layers: Range<usize>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        let rows = hidden.len() / d;
+        let (qd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let style = match c.arch {
             Architecture::Llama => RopeStyle::Interleaved,
             Architecture::Qwen2 => RopeStyle::Halves,
         };
-        let rope = RopeTables::new(pos, rows, c.head_dim, c.rope_theta);
+        let ropes: Vec<RopeTables> = segs
+            .iter()
+            .map(|s| RopeTables::new(s.pos, s.rows, c.head_dim, c.rope_theta))
+            .collect();
+        // Applies `f(segment, lora, its rows of a, its rows of b)` per segment.
+        fn per_segment<'s>(
+            segs: &mut [Segment<'s>],
+            a: (&[f32], usize),
+            b: (&mut [f32], usize),
+            mut f: impl FnMut(usize, &mut Segment<'s>, &[f32], &mut [f32]),
+        ) {
+            let (mut ra, mut rb) = (0, 0);
+            for (i, s) in segs.iter_mut().enumerate() {
+                let (na, nb) = (s.rows * a.1, s.rows * b.1);
+                f(i, s, &a.0[ra..ra + na], &mut b.0[rb..rb + nb]);
+                (ra, rb) = (ra + na, rb + nb);
+            }
+        }
         for li in layers {
             let layer = &self.layers[li];
-            let lora = &self.lora[li];
-            if cache.k[li].len() != pos * kv_dim {
-                return Err(ModelError::Tensor {
-                    name: format!("kv_cache[{li}]"),
-                    reason: format!(
-                        "holds {} positions, forward starts at {pos}",
-                        cache.k[li].len() / kv_dim
-                    ),
-                });
-            }
+            let lora = |s: &Segment<'_>| s.lora[li].clone();
             let h = ops::rms_norm(hidden, &layer.attn_norm, c.rms_eps);
             let mut q = matmul(&layer.wq, &h, rows, d)?;
             let mut k = matmul(&layer.wk, &h, rows, d)?;
@@ -548,36 +632,203 @@ impl Transformer {
             add_bias(&mut q, &layer.bq);
             add_bias(&mut k, &layer.bk);
             add_bias(&mut v, &layer.bv);
-            LayerLora::apply(lora, LoraTarget::AttnQ, &h, &mut q);
-            LayerLora::apply(lora, LoraTarget::AttnK, &h, &mut k);
-            LayerLora::apply(lora, LoraTarget::AttnV, &h, &mut v);
-            rope.apply(&mut q, c.num_heads, style);
-            rope.apply(&mut k, c.num_kv_heads, style);
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
-            let att = ops::causal_attention(
-                &q,
-                &cache.k[li],
-                &cache.v[li],
-                pos,
-                c.num_heads,
-                c.num_kv_heads,
-                c.head_dim,
-            );
+            for (t, y, n) in [
+                (LoraTarget::AttnQ, &mut q, qd),
+                (LoraTarget::AttnK, &mut k, kvd),
+                (LoraTarget::AttnV, &mut v, kvd),
+            ] {
+                per_segment(segs, (&h, d), (y, n), |_, s, x, y| {
+                    LayerLora::apply(&lora(s), t, x, y)
+                });
+            }
+            let mut att = vec![0f32; rows * qd];
+            let mut r = 0;
+            for (s, rope) in segs.iter_mut().zip(&ropes) {
+                let (qs, ks, vs) = (
+                    &mut q[r * qd..(r + s.rows) * qd],
+                    &mut k[r * kvd..(r + s.rows) * kvd],
+                    &v[r * kvd..(r + s.rows) * kvd],
+                );
+                rope.apply(qs, c.num_heads, style);
+                rope.apply(ks, c.num_kv_heads, style);
+                s.cache.k[li].extend_from_slice(ks);
+                s.cache.v[li].extend_from_slice(vs);
+                let a = ops::causal_attention(
+                    qs,
+                    &s.cache.k[li],
+                    &s.cache.v[li],
+                    s.pos,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                );
+                att[r * qd..(r + s.rows) * qd].copy_from_slice(&a);
+                r += s.rows;
+            }
             let mut o = matmul(&layer.wo, &att, rows, d)?;
-            LayerLora::apply(lora, LoraTarget::AttnOutput, &att, &mut o);
+            per_segment(segs, (&att, qd), (&mut o, d), |_, s, x, y| {
+                LayerLora::apply(&lora(s), LoraTarget::AttnOutput, x, y)
+            });
             ops::add_assign(hidden, &o);
             let h = ops::rms_norm(hidden, &layer.ffn_norm, c.rms_eps);
             let mut g = matmul(&layer.w_gate, &h, rows, d)?;
             let mut u = matmul(&layer.w_up, &h, rows, d)?;
-            LayerLora::apply(lora, LoraTarget::FfnGate, &h, &mut g);
-            LayerLora::apply(lora, LoraTarget::FfnUp, &h, &mut u);
+            let f = c.ffn_size;
+            per_segment(segs, (&h, d), (&mut g, f), |_, s, x, y| {
+                LayerLora::apply(&lora(s), LoraTarget::FfnGate, x, y)
+            });
+            per_segment(segs, (&h, d), (&mut u, f), |_, s, x, y| {
+                LayerLora::apply(&lora(s), LoraTarget::FfnUp, x, y)
+            });
             ops::silu_mul(&mut g, &u);
-            let mut down = matmul(&layer.w_down, &g, rows, c.ffn_size)?;
-            LayerLora::apply(lora, LoraTarget::FfnDown, &g, &mut down);
+            let mut down = matmul(&layer.w_down, &g, rows, f)?;
+            per_segment(segs, (&g, f), (&mut down, d), |_, s, x, y| {
+                LayerLora::apply(&lora(s), LoraTarget::FfnDown, x, y)
+            });
             ops::add_assign(hidden, &down);
         }
         Ok(())
+    }
+
+    /// Whether `other` runs on this model's base weights (embedding, decoder layers, final
+    /// norm and LM head the same memory or values): then the two may share a batched forward
+    /// pass ([`Self::forward_batch`]), each with its own LoRA update.
+    pub fn shares_base_with(&self, other: &Transformer) -> bool {
+        let same_emb = match (&self.embedding, &other.embedding) {
+            (Embedding::Quantized(a), Embedding::Quantized(b)) => Arc::ptr_eq(a, b),
+            (Embedding::Dense(a), Embedding::Dense(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let same_head = match (&self.head, &other.head) {
+            (QMatMul::QTensor(a), QMatMul::QTensor(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let same_subset = match (&self.subset, &other.subset) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.ids, &b.ids),
+            _ => false,
+        };
+        same_emb
+            && same_head
+            && same_subset
+            && self.final_norm == other.final_norm
+            && self.layers.len() == other.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// One forward pass over the blocks of several sessions at once (iteration-level
+    /// batching, as in Orca / vLLM): item i's `tokens` are appended at its cache's length and
+    /// run through every layer together with the other items' rows — the weight matmuls
+    /// once over all `Σ tokens.len()` rows, attention per item over its own cache, each
+    /// item's LoRA update (its target version) on its own rows.
+    ///
+    /// **Invariant:** each row is computed with exactly the operations of
+    /// [`Self::forward`] on that item alone, so an item's logits do not depend on what else
+    /// shares the batch.
+    ///
+    /// Returns, per item in order, its logits (`want`: every row, the last, or none for a
+    /// prefill chunk that is not the last) or its own error (empty block, out-of-vocabulary
+    /// id, context overflow, a cache that does not fit, a model on other base weights than
+    /// item 0's, see [`Self::shares_base_with`]); a failed item's cache is untouched and the
+    /// others still run.
+    ///
+    /// # Errors
+    /// A tensor backend failure of the pass itself; every cache is then rolled back.
+    pub fn forward_batch(items: &mut [BatchItem<'_>]) -> Result<Vec<Result<Option<Logits>>>> {
+        let Some(base) = items.first().map(|i| i.model) else {
+            return Ok(Vec::new());
+        };
+        let d = base.config.hidden_size;
+        let all = 0..base.layers.len();
+        let mut out: Vec<Result<Option<Logits>>> = Vec::with_capacity(items.len());
+        let mut hidden = Vec::new();
+        let mut live = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let checked = if !it.model.shares_base_with(base) {
+                Err(ModelError::Incompatible(format!(
+                    "batch item {i} runs on other base weights than item 0"
+                )))
+            } else {
+                base.check_block(it.cache, it.cache.len(), it.tokens.len(), &all)
+                    .and_then(|()| it.model.embed(it.tokens))
+            };
+            match checked {
+                Ok(h) => {
+                    hidden.extend_from_slice(&h);
+                    live.push(i);
+                    out.push(Ok(None));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        if live.is_empty() {
+            return Ok(out);
+        }
+        let starts: Vec<usize> = live.iter().map(|&i| items[i].cache.len()).collect();
+        let mut segs: Vec<Segment<'_>> = Vec::with_capacity(live.len());
+        let mut wants = Vec::with_capacity(live.len());
+        let mut li = 0;
+        for (i, it) in items.iter_mut().enumerate() {
+            if live.get(li) == Some(&i) {
+                segs.push(Segment {
+                    lora: &it.model.lora,
+                    pos: starts[li],
+                    rows: it.tokens.len(),
+                    cache: &mut *it.cache,
+                });
+                wants.push(it.want);
+                li += 1;
+            }
+        }
+        if let Err(e) = base.run_segments(&mut segs, &mut hidden, all) {
+            for (s, &p) in segs.iter_mut().zip(&starts) {
+                s.cache.truncate(p)?;
+            }
+            return Err(e);
+        }
+        // The LM head once over every row that wants logits.
+        let mut picked = Vec::new();
+        let mut counts = Vec::with_capacity(segs.len());
+        let mut r = 0;
+        for (s, want) in segs.iter().zip(&wants) {
+            let n = match want {
+                Some(LogitsFor::All) => s.rows,
+                Some(LogitsFor::Last) => 1,
+                None => 0,
+            };
+            let end = (r + s.rows) * d;
+            picked.extend_from_slice(&hidden[end - n * d..end]);
+            counts.push(n);
+            r += s.rows;
+        }
+        drop(segs);
+        let logits = if picked.is_empty() {
+            None
+        } else {
+            match base.logits(&picked) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    for (&i, &p) in live.iter().zip(&starts) {
+                        items[i].cache.truncate(p)?;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let v = base.config.vocab_size;
+        let mut row = 0;
+        for (&i, &n) in live.iter().zip(&counts) {
+            if let (Some(l), true) = (&logits, n > 0) {
+                let data = l.data[row * v..(row + n) * v].to_vec();
+                out[i] = Ok(Some(Logits::new(v, data)));
+                row += n;
+            }
+        }
+        Ok(out)
     }
 
     /// Final norm and LM head over `hidden` (`rows × d`) → logits `rows × V`. With a
@@ -686,6 +937,12 @@ impl Transformer {
         }
     }
 
+    /// Bytes of KV cache one position takes (f32 keys and values of every layer).
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        let c = &self.config;
+        (2 * self.layers.len() * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64
+    }
+
     /// A KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache {
@@ -762,5 +1019,9 @@ impl Session {
     /// Rolls the KV cache back to `len` positions.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         self.cache.truncate(len)
+    }
+    /// The model and the cache, apart: what a [`BatchItem`] borrows.
+    pub fn parts_mut(&mut self) -> (&Transformer, &mut KvCache) {
+        (&self.model, &mut self.cache)
     }
 }

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     /// A management request ([`SetVersion`]) from a peer not allowed to manage the server
     /// (only loopback peers are).
     Forbidden = 6,
+    /// The server cannot take the request now (KV-cache budget, waiting queue or session
+    /// slots full); [`ErrorReply::retry_after_ms`] says when to try again (0: never).
+    Busy = 7,
 }
 
 /// Edge → cloud, the first frame of a session: who the draft is, how to sample, and the prompt.
@@ -140,6 +143,10 @@ pub struct HelloAck {
     /// time from compute time). Fixed width, so a message's size does not depend on timing.
     #[prost(fixed32, tag = "9")]
     pub prefill_us: u32,
+    /// Time the Hello waited for KV-cache budget before it was admitted, in microseconds (0,
+    /// not sent, when it did not wait).
+    #[prost(fixed32, tag = "10")]
+    pub queue_us: u32,
 }
 
 /// One drafted token's truncated, quantized draft distribution `q`, sent in
@@ -230,6 +237,9 @@ pub struct ErrorReply {
     /// What was wrong, for people (logs); not meant to be parsed.
     #[prost(string, tag = "2")]
     pub message: String,
+    /// [`ErrorCode::Busy`]: milliseconds after which a retry may succeed (0: never).
+    #[prost(uint32, tag = "3")]
+    pub retry_after_ms: u32,
 }
 
 /// Either direction: a clean end of the session. The receiver closes the connection after it.

@@ -36,6 +36,7 @@ fn hello_ack() -> HelloAck {
         first_token: 504,
         finished: false,
         prefill_us: 0,
+        queue_us: 0,
     }
 }
 
@@ -95,6 +96,13 @@ fn samples() -> Vec<Message> {
         ErrorReply {
             code: ErrorCode::IncompatibleDraft as i32,
             message: "other base".into(),
+            retry_after_ms: 0,
+        }
+        .into(),
+        ErrorReply {
+            code: ErrorCode::Busy as i32,
+            message: "kv budget".into(),
+            retry_after_ms: 1000,
         }
         .into(),
         Close {}.into(),
@@ -138,6 +146,7 @@ fn accessors_read_enums_and_default_unknown_values_to_unspecified() {
     let e = ErrorReply {
         code: 5,
         message: String::new(),
+        retry_after_ms: 0,
     };
     assert_eq!(e.code(), ErrorCode::Internal);
 }

@@ -193,6 +193,7 @@ fn proto_file_matches_rust_messages() {
             first_token: 4,
             finished: true,
             prefill_us: 7,
+            queue_us: 8,
         },
     );
     check(
@@ -222,6 +223,7 @@ fn proto_file_matches_rust_messages() {
         &ErrorReply {
             code: 1,
             message: "m".into(),
+            retry_after_ms: 2,
         },
     );
     check(&schema, "Close", &Close {});

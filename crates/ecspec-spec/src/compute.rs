@@ -54,6 +54,19 @@ impl CloudCompute {
     pub fn verify(&self, k: usize) -> Duration {
         secs(self.verify_base_s + self.verify_per_token_s * k as f64)
     }
+
+    /// One batched pass of the cloud's scheduler over `decode_rows` rows of rounds and
+    /// streaming steps (Σ (K_i + 1) over the sessions in it) and `prefill_rows` prompt rows:
+    /// `a + b·(decode_rows − 1) + t_pf·prefill_rows`. The weights are read once per pass (a);
+    /// every row adds its compute (b, t_pf). One session alone gets [`Self::verify`] or
+    /// [`Self::prefill`].
+    pub fn iteration(&self, decode_rows: usize, prefill_rows: usize) -> Duration {
+        secs(
+            self.verify_base_s
+                + self.verify_per_token_s * decode_rows.saturating_sub(1) as f64
+                + self.prefill_s_per_token * prefill_rows as f64,
+        )
+    }
 }
 
 /// A non-negative, finite number of seconds as a Duration (anything else is 0).
@@ -85,6 +98,10 @@ mod tests {
         assert_eq!(c.verify(0), Duration::from_millis(30));
         assert_eq!(c.verify(5), Duration::from_millis(40));
         assert_eq!(c.prefill(200), Duration::from_millis(130));
+        // A batch of one equals one session alone; four rounds of K = 4 share a.
+        assert_eq!(c.iteration(6, 0), c.verify(5));
+        assert_eq!(c.iteration(0, 200), c.prefill(200));
+        assert_eq!(c.iteration(20, 10), Duration::from_micros(30_000 + 38_000 + 5_000));
         let bad = EdgeCompute {
             draft_s_per_token: f64::NAN,
             prefill_s_per_token: -1.0,

@@ -1,0 +1,389 @@
+//! Iteration-level (continuous) batching of every session's target work, as in Orca (Yu et al.
+//! 2022) and vLLM: each iteration takes, from every session that has work, that work — a
+//! drafted block to verify (K + 1 rows), a streaming step (1 row) or a chunk of a prefill — up
+//! to a row budget, and runs **one** forward pass over all those rows
+//! ([`Transformer::forward_batch`]); then each session's own verification rule decides its
+//! verdict.
+//!
+//! Sessions submit work with [`Scheduler::submit`] and await the result; the session (with its
+//! KV cache) moves into the scheduler and back, so no lock is held across an await. The
+//! iteration loop is a task spawned on the submitting runtime when work arrives and no loop is
+//! running, and it ends when the queue is empty: the scheduler needs no runtime of its own (the
+//! virtual clock runs each request on a fresh paused runtime).
+//!
+//! **Batch policy (fairness).** Work is served in arrival order. Rounds and streaming steps
+//! first, oldest first, while their rows fit `max_batch_tokens` (the oldest always runs, alone
+//! if it is larger than the budget); then prefill chunks, oldest first, in the rows left —
+//! but the oldest waiting prefill always gets at least `min_prefill_chunk` rows, so a stream
+//! of rounds cannot starve a prompt, and no prompt can stall the rounds by more than one
+//! chunk. Work left out of an iteration keeps its place and goes first in the next. A prefill
+//! whose edge is gone (its result receiver dropped) is dropped at the next chunk boundary.
+//!
+//! **Invariant:** a session's tokens and logits do not depend on what else shares its batch
+//! (the forward pass computes every row on its own; `crates/ecspec-cloud/tests/batching.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ecspec_model::{Logits, LogitsFor, Transformer};
+use ecspec_spec::compact::CompactDist;
+use ecspec_spec::compute::CloudCompute;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::target::{RoundError, RoundOutcome, TargetSession};
+
+/// What a session asks of one step.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Prefill the prompt (in chunks) and pick the first token.
+    Prefill,
+    /// Verify `draft` (empty: one streaming step) with `dists` in rejection mode.
+    Round {
+        /// Drafted token ids.
+        draft: Vec<u32>,
+        /// Compact draft distributions (rejection mode) or empty.
+        dists: Vec<CompactDist>,
+    },
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Rows per forward pass (`--max-batch-tokens`).
+    pub max_batch_tokens: usize,
+    /// Rows the oldest waiting prefill gets in every iteration, whatever else runs.
+    pub min_prefill_chunk: usize,
+    /// Virtual clock: an iteration takes [`CloudCompute::iteration`] of its rows (slept on
+    /// tokio's clock, which the caller pauses). None: the live clock.
+    pub virtual_compute: Option<CloudCompute>,
+}
+
+/// The result of a submitted step: the session back, and what the step committed (for a
+/// prefill, the first token; `compute` is the time of the passes it took part in).
+pub type Finished = (TargetSession, Result<RoundOutcome, RoundError>);
+
+/// The scheduler has stopped (its task was cancelled with the runtime).
+#[derive(Debug, thiserror::Error)]
+#[error("the cloud's batch scheduler stopped")]
+pub struct SchedulerStopped;
+
+struct Job {
+    /// Arrival order: what fairness is decided on.
+    seq: u64,
+    session: TargetSession,
+    work: Work,
+    reply: oneshot::Sender<Finished>,
+    /// Compute time of the passes this job took part in so far.
+    compute: Duration,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    next_seq: u64,
+    running: bool,
+}
+
+/// The batch scheduler of one server (see the module docs).
+pub struct Scheduler {
+    config: SchedulerConfig,
+    queue: Mutex<Queue>,
+    metrics: Arc<Metrics>,
+}
+
+/// One job's share of an iteration.
+struct Planned {
+    job: Job,
+    tokens: Vec<u32>,
+    want: Option<LogitsFor>,
+    kv_before: usize,
+    /// The block could not be formed (reported without running it).
+    error: Option<RoundError>,
+}
+
+impl Scheduler {
+    /// A scheduler recording into `metrics`.
+    pub fn new(config: SchedulerConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            queue: Mutex::new(Queue::default()),
+            metrics,
+        })
+    }
+
+    /// Queues `work` for `session` and waits for its result.
+    ///
+    /// # Errors
+    /// [`SchedulerStopped`] when the iteration loop was cancelled (its runtime shut down).
+    pub async fn submit(
+        self: &Arc<Self>,
+        session: TargetSession,
+        work: Work,
+    ) -> Result<Finished, SchedulerStopped> {
+        let (reply, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().expect("scheduler queue poisoned");
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.jobs.push(Job {
+                seq,
+                session,
+                work,
+                reply,
+                compute: Duration::ZERO,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).drive());
+        }
+        rx.await.map_err(|_| SchedulerStopped)
+    }
+
+    /// The iteration loop: runs while there is work.
+    async fn drive(self: Arc<Self>) {
+        // Clears `running` if this task is cancelled mid-iteration, so the next submit starts
+        // a new loop instead of waiting forever.
+        struct Running<'a>(&'a Mutex<Queue>);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut q) = self.0.lock() {
+                    q.running = false;
+                }
+            }
+        }
+        let _running = Running(&self.queue);
+        loop {
+            let planned = {
+                let mut q = self.queue.lock().expect("scheduler queue poisoned");
+                let planned = self.plan(&mut q.jobs);
+                if planned.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                planned
+            };
+            let vc = self.config.virtual_compute;
+            let ran = tokio::task::spawn_blocking(move || run_iteration(planned)).await;
+            let (planned, result, rows, elapsed) = match ran {
+                Ok(r) => r,
+                Err(e) => {
+                    // The pass panicked: its sessions are lost; their edges get an error (the
+                    // reply senders were dropped with them).
+                    tracing::error!("a batched forward pass failed: {e}");
+                    continue;
+                }
+            };
+            let took = match vc {
+                Some(vc) => {
+                    let t = vc.iteration(rows.decode, rows.prefill);
+                    tokio::time::sleep(t).await;
+                    t
+                }
+                None => elapsed,
+            };
+            self.metrics
+                .record_iteration(rows.decode + rows.prefill, rows.prefill, took);
+            self.settle(planned, result, took);
+        }
+    }
+
+    /// Takes this iteration's work out of `jobs` (see the module docs for the policy).
+    fn plan(&self, jobs: &mut Vec<Job>) -> Vec<Planned> {
+        // Edges that went away: their work is dropped (a prefill stops at this chunk
+        // boundary).
+        jobs.retain(|j| !j.reply.is_closed());
+        jobs.sort_by_key(|j| j.seq);
+        let budget = self.config.max_batch_tokens.max(1);
+        let mut rows = 0;
+        let mut take = vec![None; jobs.len()];
+        for (i, j) in jobs.iter().enumerate() {
+            if let Work::Round { draft, .. } = &j.work {
+                let n = draft.len() + 1;
+                if rows == 0 || rows + n <= budget {
+                    take[i] = Some(n);
+                    rows += n;
+                }
+            }
+        }
+        let mut first_prefill = true;
+        for (i, j) in jobs.iter().enumerate() {
+            if matches!(j.work, Work::Prefill) {
+                let left = j.session.prefill_left();
+                let floor = if first_prefill {
+                    self.config.min_prefill_chunk.max(1)
+                } else {
+                    0
+                };
+                let n = left.min(budget.saturating_sub(rows).max(floor));
+                first_prefill = false;
+                if n > 0 {
+                    take[i] = Some(n);
+                    rows += n;
+                }
+            }
+        }
+        let mut planned = Vec::new();
+        let mut kept = Vec::with_capacity(jobs.len());
+        for (j, t) in std::mem::take(jobs).into_iter().zip(take) {
+            match t {
+                Some(n) => planned.push(plan_job(j, n)),
+                None => kept.push(j),
+            }
+        }
+        *jobs = kept;
+        planned
+    }
+
+    /// Hands each finished job its result; unfinished prefills go back to the queue with their
+    /// place.
+    fn settle(&self, planned: Vec<Planned>, result: Result<Vec<StepResult>, String>, took: Duration) {
+        let mut back = Vec::new();
+        match result {
+            Ok(steps) => {
+                for (mut p, step) in planned.into_iter().zip(steps) {
+                    p.job.compute += took;
+                    match step {
+                        StepResult::Pending => back.push(p.job),
+                        StepResult::Done(mut r) => {
+                            if let Ok(out) = r.as_mut() {
+                                out.compute = match p.job.work {
+                                    Work::Prefill => p.job.compute,
+                                    Work::Round { .. } => took,
+                                };
+                            }
+                            let _ = p.job.reply.send((p.job.session, r));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for p in planned {
+                    let err = RoundError::BadRound(format!("the batched forward pass failed: {e}"));
+                    let _ = p.job.reply.send((p.job.session, Err(err)));
+                }
+            }
+        }
+        if !back.is_empty() {
+            self.queue
+                .lock()
+                .expect("scheduler queue poisoned")
+                .jobs
+                .extend(back);
+        }
+    }
+}
+
+/// A job's block for this iteration: `n` rows (a round's whole block, or a prefill chunk).
+fn plan_job(job: Job, n: usize) -> Planned {
+    let kv_before = job.session.kv_len();
+    let (tokens, want, error) = match &job.work {
+        Work::Prefill => {
+            let (t, w) = job.session.prefill_chunk(n);
+            (t.to_vec(), w, None)
+        }
+        Work::Round { draft, dists } => match job.session.round_block(draft, dists) {
+            Ok(b) => (b, Some(LogitsFor::All), None),
+            Err(e) => (Vec::new(), None, Some(e)),
+        },
+    };
+    Planned {
+        job,
+        tokens,
+        want,
+        kv_before,
+        error,
+    }
+}
+
+/// What an iteration did for one job.
+enum StepResult {
+    /// A prefill chunk that was not the prompt's last.
+    Pending,
+    /// The step's result.
+    Done(Result<RoundOutcome, RoundError>),
+}
+
+/// Rows of an iteration: drafted blocks and streaming steps, prompt chunks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rows {
+    decode: usize,
+    prefill: usize,
+}
+
+/// One forward pass over every planned block (grouped by base weights: all target versions of
+/// one family share theirs), then each job's verdict. Runs on a blocking thread.
+#[allow(clippy::type_complexity)]
+fn run_iteration(
+    mut planned: Vec<Planned>,
+) -> (Vec<Planned>, Result<Vec<StepResult>, String>, Rows, Duration) {
+    let t0 = Instant::now();
+    let mut rows = Rows::default();
+    for p in &planned {
+        match p.job.work {
+            Work::Prefill => rows.prefill += p.tokens.len(),
+            Work::Round { .. } => rows.decode += p.tokens.len(),
+        }
+    }
+    // Jobs whose block could not be formed skip the pass; the rest are grouped by base.
+    let mut bases: Vec<Arc<Transformer>> = Vec::new();
+    let mut group = vec![None; planned.len()];
+    for (i, p) in planned.iter().enumerate() {
+        if p.error.is_some() {
+            continue;
+        }
+        let m = p.job.session.model();
+        group[i] = Some(match bases.iter().position(|b| b.shares_base_with(m)) {
+            Some(g) => g,
+            None => {
+                bases.push(Arc::clone(m));
+                bases.len() - 1
+            }
+        });
+    }
+    let mut logits: Vec<Option<ecspec_model::Result<Option<Logits>>>> =
+        (0..planned.len()).map(|_| None).collect();
+    for g in 0..bases.len() {
+        let mut items: Vec<_> = planned
+            .iter_mut()
+            .zip(&group)
+            .filter(|(_, gi)| **gi == Some(g))
+            .map(|(p, _)| {
+                let Planned { job, tokens, want, .. } = p;
+                job.session.batch_item(tokens, *want)
+            })
+            .collect();
+        let out = match Transformer::forward_batch(&mut items) {
+            Ok(o) => o,
+            Err(e) => return (planned, Err(e.to_string()), rows, t0.elapsed()),
+        };
+        drop(items);
+        let ids = group.iter().enumerate().filter(|(_, gi)| **gi == Some(g));
+        for ((i, _), r) in ids.zip(out) {
+            logits[i] = Some(r);
+        }
+    }
+    let mut steps = Vec::with_capacity(planned.len());
+    for (p, l) in planned.iter_mut().zip(logits) {
+        let s = &mut p.job.session;
+        let step = match (&p.job.work, l, p.error.take()) {
+            (_, _, Some(e)) => StepResult::Done(Err(e)),
+            (Work::Prefill, Some(Ok(l)), None) => match s.finish_prefill_chunk(l) {
+                Ok(None) => StepResult::Pending,
+                Ok(Some(out)) => StepResult::Done(Ok(out)),
+                Err(e) => StepResult::Done(Err(e)),
+            },
+            (Work::Round { draft, dists }, Some(Ok(Some(l))), None) => {
+                StepResult::Done(s.finish_round(draft, dists, p.kv_before, &l))
+            }
+            (_, Some(Err(e)), None) => StepResult::Done(Err(e.into())),
+            (_, _, None) => StepResult::Done(Err(RoundError::BadRound(
+                "a batched pass returned no logits for a round".into(),
+            ))),
+        };
+        steps.push(step);
+    }
+    (planned, Ok(steps), rows, t0.elapsed())
+}
+
