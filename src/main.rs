@@ -117,6 +117,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
         Command::Bench(a) => tokio::task::block_in_place(|| bench::run(a)),
+        Command::Load(a) => bench::load::run(a).await,
         Command::Models { command } => models(command),
         Command::Family {
             command: family_cmd::FamilyCommand::Eval(a),

@@ -37,6 +37,93 @@ pub struct VerifyCost {
     pub stepwise_ms: f64,
 }
 
+/// Batched verification of S sessions against serving them one at a time.
+#[derive(Debug, Serialize)]
+pub struct BatchCost {
+    /// Sessions S.
+    pub sessions: usize,
+    /// Rows of the batched pass: S · (K + 1).
+    pub rows: usize,
+    /// One batched pass over every session's block (ms), median.
+    pub batched_ms: f64,
+    /// One pass per session, one after another (ms), median.
+    pub one_at_a_time_ms: f64,
+}
+
+impl BatchCost {
+    /// Rows verified per second, batched.
+    pub fn batched_rows_per_s(&self) -> f64 {
+        self.rows as f64 / (self.batched_ms / 1e3)
+    }
+    /// Rows verified per second, one session at a time.
+    pub fn alone_rows_per_s(&self) -> f64 {
+        self.rows as f64 / (self.one_at_a_time_ms / 1e3)
+    }
+}
+
+/// Times `Transformer::forward_batch` over S sessions' blocks of K + 1 rows (each session at
+/// its own 128-token context) against S separate passes, for each S in `sessions`.
+fn batch_profile(
+    t: &std::sync::Arc<Transformer>,
+    sessions: &[u32],
+    k: usize,
+    repeats: usize,
+) -> Result<Vec<BatchCost>> {
+    let mut out = Vec::new();
+    for &n in sessions {
+        let n = n as usize;
+        let mut caches: Vec<_> = (0..n)
+            .map(|i| {
+                let prompt: Vec<u32> = (0..128u32)
+                    .map(|j| 200 + ((j + 7 * i as u32) * 37) % 5000)
+                    .collect();
+                let mut c = t.new_cache();
+                t.forward(&mut c, &prompt, LogitsFor::Last).map(|_| c)
+            })
+            .collect::<Result<_, _>>()?;
+        let blocks: Vec<Vec<u32>> = (0..n)
+            .map(|i| (0..=k as u32).map(|j| 400 + j + i as u32).collect())
+            .collect();
+        let (mut batched, mut alone) = (Vec::new(), Vec::new());
+        for _ in 0..repeats {
+            let t0 = Instant::now();
+            let mut items: Vec<ecspec_model::BatchItem<'_>> = caches
+                .iter_mut()
+                .zip(&blocks)
+                .map(|(cache, b)| ecspec_model::BatchItem {
+                    model: t,
+                    cache,
+                    tokens: b,
+                    want: Some(LogitsFor::All),
+                })
+                .collect();
+            for r in Transformer::forward_batch(&mut items)? {
+                r?;
+            }
+            drop(items);
+            batched.push(t0.elapsed().as_secs_f64() * 1e3);
+            for c in caches.iter_mut() {
+                c.truncate(128)?;
+            }
+            let t0 = Instant::now();
+            for (c, b) in caches.iter_mut().zip(&blocks) {
+                t.forward(c, b, LogitsFor::All)?;
+            }
+            alone.push(t0.elapsed().as_secs_f64() * 1e3);
+            for c in caches.iter_mut() {
+                c.truncate(128)?;
+            }
+        }
+        out.push(BatchCost {
+            sessions: n,
+            rows: n * (k + 1),
+            batched_ms: median(batched),
+            one_at_a_time_ms: median(alone),
+        });
+    }
+    Ok(out)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -104,6 +191,37 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         return Ok(());
     }
     let fam = info(args.family);
+    if !args.batch.is_empty() {
+        let path = model_path(None, fam.target)?;
+        let m = ecspec_model::LoadedModel::load(&path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let k = args.batch_k as usize;
+        let costs = batch_profile(&m.transformer, &args.batch, k, args.repeats.max(1))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&costs)?);
+            return Ok(());
+        }
+        println!(
+            "{}: batched verification, K = {k} ({} rows a session) at 128 positions of context",
+            fam.target,
+            k + 1
+        );
+        println!("| sessions | rows | one batched pass | one pass per session | rows/s batched | rows/s one at a time | ratio |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for c in &costs {
+            println!(
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.0} | {:.0} | {:.2}x |",
+                c.sessions,
+                c.rows,
+                c.batched_ms,
+                c.one_at_a_time_ms,
+                c.batched_rows_per_s(),
+                c.alone_rows_per_s(),
+                c.one_at_a_time_ms / c.batched_ms
+            );
+        }
+        return Ok(());
+    }
     let mut names = vec![fam.target];
     if fam.draft_file != fam.target {
         names.push(fam.draft_file);

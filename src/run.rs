@@ -355,40 +355,37 @@ pub async fn run_one(
     }
 }
 
-async fn run_inner(
+/// The edge's draft model session for `sampling`'s draft distribution settings.
+fn drafter(
     loaded: &Loaded,
-    prompt: Vec<u32>,
-    spec: RunSpec<'_>,
-    on_commit: &mut (dyn FnMut(&[u32]) + Send),
-) -> Result<Summary> {
+    sampling: &SamplingArgs,
+    rule: VerifyRule,
+    params: SamplingParams,
+) -> Drafter {
+    Drafter::new(
+        Session::new(loaded.draft.transformer.clone()),
+        DraftSampling {
+            rule,
+            params,
+            dist_top_k: sampling.dist_top_k,
+            dist_bits: sampling.dist_bits,
+        },
+    )
+}
+
+/// The edge's settings of one speculative or cloud-only generation (`spec.memory` included,
+/// `--edge-memory` not read) and, when speculative, its drafter: what [`run_one`] runs and what
+/// `ecspec load` builds for every request.
+///
+/// # Errors
+/// Invalid sampling, policy or energy settings; edge-only mode (it has no cloud session).
+pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Option<Drafter>)> {
     let (params, rule) = sampling(spec.sampling)?;
-    let tokenizer = loaded.edge_model.tokenizer.clone();
-    let drafter = || {
-        Drafter::new(
-            Session::new(loaded.draft.transformer.clone()),
-            DraftSampling {
-                rule,
-                params,
-                dist_top_k: spec.sampling.dist_top_k,
-                dist_bits: spec.sampling.dist_bits,
-            },
-        )
-    };
-    if spec.mode == ModeArg::EdgeOnly {
-        let mut d = drafter();
-        let stops = tokenizer.stop_tokens().to_vec();
-        let p = prompt.clone();
-        let mut decode = || generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit);
-        // A single-thread runtime (the virtual clock) has nothing else to run meanwhile.
-        let (tokens, ttft, total) = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => decode(),
-            _ => tokio::task::block_in_place(decode),
-        }?;
-        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
-    }
+    let tokenizer = &loaded.edge_model.tokenizer;
     let mode = match spec.mode {
         ModeArg::Speculative => Mode::Speculative,
-        _ => Mode::CloudOnly,
+        ModeArg::CloudOnly => Mode::CloudOnly,
+        ModeArg::EdgeOnly => bail!("edge-only generation has no cloud session to set up"),
     };
     // `--verify auto` at temperature > 0: match or rejection per round, by the channel.
     let switch = spec.sampling.verify == VerifyArg::Auto && !params.is_greedy();
@@ -427,7 +424,31 @@ async fn run_inner(
             None => None,
         },
     };
-    let mut cfg = cfg;
+    let d = (mode == Mode::Speculative).then(|| drafter(loaded, spec.sampling, rule, params));
+    Ok((cfg, d))
+}
+
+async fn run_inner(
+    loaded: &Loaded,
+    prompt: Vec<u32>,
+    spec: RunSpec<'_>,
+    on_commit: &mut (dyn FnMut(&[u32]) + Send),
+) -> Result<Summary> {
+    if spec.mode == ModeArg::EdgeOnly {
+        let (params, rule) = sampling(spec.sampling)?;
+        let mut d = drafter(loaded, spec.sampling, rule, params);
+        let stops = loaded.edge_model.tokenizer.stop_tokens().to_vec();
+        let p = prompt.clone();
+        let mut decode = || generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit);
+        // A single-thread runtime (the virtual clock) has nothing else to run meanwhile.
+        let (tokens, ttft, total) = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => decode(),
+            _ => tokio::task::block_in_place(decode),
+        }?;
+        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
+    }
+    let (mut cfg, d) = edge_setup(loaded, &spec)?;
+    let mode = cfg.mode;
     let memory = match (&spec.sampling.edge_memory, mode) {
         (Some(path), Mode::Speculative) => {
             let file = crate::edge_memory::load(path)?;
@@ -437,7 +458,6 @@ async fn run_inner(
         }
         _ => None,
     };
-    let d = (mode == Mode::Speculative).then(drafter);
     let rates = spec
         .link
         .as_ref()

@@ -8,6 +8,7 @@
 //! `summary.csv`, `report.md` and SVG plots to `--out`.
 
 mod compute;
+pub mod load;
 mod plot;
 mod report;
 mod scenario;
@@ -268,9 +269,11 @@ struct Clocks {
     cloud_source: String,
 }
 
-fn clocks(a: &BenchArgs, m: &Models) -> Result<Clocks> {
+/// The virtual clock's compute times: the edge's from `edge_profile`, the cloud's from
+/// `cloud_profile` (`measured`: this machine, now; else a profile name or file).
+fn clocks(edge_profile: &str, cloud_profile: &str, m: &Models) -> Result<Clocks> {
     let family = m.loaded.info.wire_name;
-    let (edge_static, edge_conventional, edge_source) = if a.edge_profile == compute::MEASURED {
+    let (edge_static, edge_conventional, edge_source) = if edge_profile == compute::MEASURED {
         let s = compute::measure_draft(&m.static_draft.transformer, 5)?;
         let c = match m.conventional.first() {
             Some((d, _)) => compute::measure_draft(&d.transformer, 5)?,
@@ -278,18 +281,18 @@ fn clocks(a: &BenchArgs, m: &Models) -> Result<Clocks> {
         };
         (s, c, "measured on this machine".to_string())
     } else {
-        let p = crate::energy::load_profile(&a.edge_profile)?;
+        let p = crate::energy::load_profile(edge_profile)?;
         let s = compute::edge_from_profile(&p, family, "static")?;
         let c = compute::edge_from_profile(&p, family, "conventional").unwrap_or(s);
         (s, c, format!("device profile {}", p.name))
     };
-    let (cloud, cloud_source) = if a.cloud_profile == compute::MEASURED {
+    let (cloud, cloud_source) = if cloud_profile == compute::MEASURED {
         (
             compute::measure_target(&m.versions[0].transformer, 5)?,
             "measured on this machine".to_string(),
         )
     } else {
-        let p = crate::energy::load_profile(&a.cloud_profile)?;
+        let p = crate::energy::load_profile(cloud_profile)?;
         (
             compute::cloud_from_profile(&p, family)?,
             format!("device profile {}", p.name),
@@ -302,6 +305,90 @@ fn clocks(a: &BenchArgs, m: &Models) -> Result<Clocks> {
         edge_source,
         cloud_source,
     })
+}
+
+/// The sampling settings every benchmarked system runs with: `temperature` (greedy at 0,
+/// else match or rejection chosen per round), `seed`, and drafts from the draft model only.
+fn sampling_args(temperature: f32, seed: u64) -> SamplingArgs {
+    SamplingArgs {
+        temperature,
+        top_p: 1.0,
+        top_k: 0,
+        seed,
+        verify: VerifyArg::Auto,
+        dist_top_k: 8,
+        dist_bits: 8,
+        pipeline_draft: false,
+        edge_memory: None,
+        // The benchmark compares draft-length policies of the draft model itself.
+        lookup: crate::cli::LookupArgs {
+            drafter: ecspec_edge::DraftSource::Model,
+            ..crate::cli::LookupArgs::default()
+        },
+    }
+}
+
+/// What `sys` runs against target version `vindex` of `m`: its draft, `--draft-len` policy,
+/// modelled edge compute (the virtual clock's; None on the live clock) and mode.
+fn system_setup(
+    sys: &System,
+    m: &Models,
+    vindex: usize,
+    clocks: Option<&Clocks>,
+) -> (Arc<Draft>, String, Option<EdgeCompute>, ModeArg) {
+    match sys {
+        System::CloudOnly => (
+            m.static_draft.clone(),
+            "fixed:0".to_string(),
+            None,
+            ModeArg::CloudOnly,
+        ),
+        System::EdgeOnly => (
+            m.static_draft.clone(),
+            "fixed:0".to_string(),
+            clocks.map(|c| c.edge_static),
+            ModeArg::EdgeOnly,
+        ),
+        System::Speculative { draft, policy, .. } => {
+            let (d, ec) = match draft {
+                DraftKind::Static => (m.static_draft.clone(), clocks.map(|c| c.edge_static)),
+                DraftKind::ConventionalStale => (
+                    m.conventional[0].0.clone(),
+                    clocks.map(|c| c.edge_conventional),
+                ),
+                DraftKind::ConventionalResync => (
+                    m.conventional
+                        .get(vindex)
+                        .unwrap_or(&m.conventional[0])
+                        .0
+                        .clone(),
+                    clocks.map(|c| c.edge_conventional),
+                ),
+            };
+            (d, policy.clone(), ec, ModeArg::Speculative)
+        }
+    }
+}
+
+/// The edge's models for `sys` running `draft` (from [`system_setup`]): the family's file and
+/// tokenizer, the draft, and the family's measured acceptance when the draft is its static one.
+fn system_loaded(sys: &System, m: &Models, family: FamilyName, draft: &Draft) -> Loaded {
+    let static_draft = matches!(
+        sys,
+        System::Speculative {
+            draft: DraftKind::Static,
+            ..
+        }
+    );
+    Loaded {
+        info: crate::family::info(family),
+        edge_model: m.loaded.edge_model.clone(),
+        draft: clone_draft(draft),
+        draft_desc: sys.name().to_string(),
+        target: None,
+        // What the family measured for its static draft; a conventional draft is another model.
+        acceptance_prior: m.loaded.acceptance_prior.filter(|_| static_draft),
+    }
 }
 
 /// One request's result.
@@ -537,7 +624,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
         })
         .collect();
     let clocks = match a.clock {
-        ClockArg::Virtual => Some(clocks(a, &m)?),
+        ClockArg::Virtual => Some(clocks(&a.edge_profile, &a.cloud_profile, &m)?),
         ClockArg::Live => None,
     };
     let energy = crate::energy::load_profile(&a.energy_profile)?;
@@ -577,22 +664,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
         std::fs::File::create(&jsonl_path)
             .with_context(|| format!("creating {}", jsonl_path.display()))?,
     );
-    let sampling = SamplingArgs {
-        temperature: a.temperature,
-        top_p: 1.0,
-        top_k: 0,
-        seed: a.seed,
-        verify: VerifyArg::Auto,
-        dist_top_k: 8,
-        dist_bits: 8,
-        pipeline_draft: false,
-        edge_memory: None,
-        // The benchmark compares draft-length policies of the draft model itself.
-        lookup: crate::cli::LookupArgs {
-            drafter: ecspec_edge::DraftSource::Model,
-            ..crate::cli::LookupArgs::default()
-        },
-    };
+    let sampling = sampling_args(a.temperature, a.seed);
     let mut results: Vec<Request> = Vec::new();
     let mut links: Vec<plot::ScenarioLink> = Vec::new();
     let mut resyncs: Vec<report::Resync> = Vec::new();
@@ -646,41 +718,8 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
             // Cloud-only first: greedy speculative outputs are checked against it.
             let mut cloud_tokens: Vec<Option<Vec<u32>>> = vec![None; questions.len()];
             for sys in &runnable {
-                let (draft, policy, edge_compute, mode) = match sys {
-                    System::CloudOnly => (
-                        m.static_draft.clone(),
-                        "fixed:0".to_string(),
-                        None,
-                        ModeArg::CloudOnly,
-                    ),
-                    System::EdgeOnly => (
-                        m.static_draft.clone(),
-                        "fixed:0".to_string(),
-                        clocks.as_ref().map(|c| c.edge_static),
-                        ModeArg::EdgeOnly,
-                    ),
-                    System::Speculative { draft, policy, .. } => {
-                        let (d, ec) = match draft {
-                            DraftKind::Static => (
-                                m.static_draft.clone(),
-                                clocks.as_ref().map(|c| c.edge_static),
-                            ),
-                            DraftKind::ConventionalStale => (
-                                m.conventional[0].0.clone(),
-                                clocks.as_ref().map(|c| c.edge_conventional),
-                            ),
-                            DraftKind::ConventionalResync => (
-                                m.conventional
-                                    .get(vindex)
-                                    .unwrap_or(&m.conventional[0])
-                                    .0
-                                    .clone(),
-                                clocks.as_ref().map(|c| c.edge_conventional),
-                            ),
-                        };
-                        (d, policy.clone(), ec, ModeArg::Speculative)
-                    }
-                };
+                let (draft, policy, edge_compute, mode) =
+                    system_setup(sys, &m, vindex, clocks.as_ref());
                 if let System::Speculative {
                     draft: DraftKind::ConventionalResync,
                     name,
@@ -707,23 +746,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
                         seconds,
                     });
                 }
-                let static_draft = matches!(
-                    sys,
-                    System::Speculative {
-                        draft: DraftKind::Static,
-                        ..
-                    }
-                );
-                let loaded = Loaded {
-                    info: crate::family::info(family),
-                    edge_model: m.loaded.edge_model.clone(),
-                    draft: clone_draft(&draft),
-                    draft_desc: sys.name().to_string(),
-                    target: None,
-                    // What the family measured for its static draft; a conventional draft
-                    // is another model.
-                    acceptance_prior: m.loaded.acceptance_prior.filter(|_| static_draft),
-                };
+                let loaded = system_loaded(sys, &m, family, &draft);
                 // On the virtual clock a run is a function of what it runs: a system whose
                 // draft, policy and link are those of one already run gives the same requests
                 // (edge-only on every scenario and version: it uses neither; `+resync` on the

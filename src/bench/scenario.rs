@@ -201,11 +201,7 @@ pub fn shifted(base: &Option<LinkConfig>, start_s: f64) -> Option<LinkConfig> {
     }
     // The caller bounds start_s; saturate rather than panic if it did not.
     let off = std::time::Duration::try_from_secs_f64(start_s).unwrap_or(std::time::Duration::MAX);
-    let c = base.clone();
-    Some(LinkConfig::new(
-        Box::new(ecspec_link::TimeShift::new(c.uplink, off)),
-        Box::new(ecspec_link::TimeShift::new(c.downlink, off)),
-    ))
+    Some(base.shifted(off))
 }
 
 #[cfg(test)]

@@ -166,6 +166,17 @@ fn shipped_profiles_load() {
     assert!(a100.draft.is_empty() && a100.radio == "none");
     assert_eq!(a100.target["qwen2.5-coder"].verify_base_s, 0.0027);
     assert_eq!(a100.target["smollm2-135m"].verify_per_token_s, 0.00003);
+    // The batched GPU profiles of `ecspec load`: a pass costs a, each row b more, a ≫ b.
+    for (f, a, b) in [
+        ("a100-7b-batched.toml", 0.010, 0.000072),
+        ("a100-14b-batched.toml", 0.020, 0.000158),
+    ] {
+        let p = DeviceProfile::load(DeviceProfile::shipped_dir().join(f)).unwrap();
+        for fam in ["smollm2-135m", "qwen2.5-coder"] {
+            let t = &p.target[fam];
+            assert_eq!((t.verify_base_s, t.verify_per_token_s), (a, b), "{f} {fam}");
+        }
+    }
     let bad = GOOD.replace("[draft.m]", "[target.t]\nprefill_seconds_per_token = 0.1\nverify_base_s = -1.0\nverify_per_token_s = 0.0\n[draft.m]");
     let e = DeviceProfile::parse(&bad, std::path::Path::new("x.toml"))
         .unwrap_err()

@@ -326,6 +326,20 @@ impl LinkConfig {
             .one_way_delay()
             .saturating_add(self.downlink.one_way_delay())
     }
+
+    /// A fresh copy of this link seen `offset` into its time line, both directions (the same
+    /// as building it with [`LinkOptions::start_s`], without parsing its traces again): what
+    /// gives each request or each edge its own phase of a trace.
+    pub fn shifted(&self, offset: Duration) -> LinkConfig {
+        let c = self.clone();
+        if offset.is_zero() {
+            return c;
+        }
+        LinkConfig::new(
+            Box::new(TimeShift::new(c.uplink, offset)),
+            Box::new(TimeShift::new(c.downlink, offset)),
+        )
+    }
 }
 
 fn constant_rate(
