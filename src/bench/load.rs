@@ -141,6 +141,8 @@ struct SystemEdge {
     max_tokens: usize,
     /// The virtual clock's modelled drafting times (None: live).
     virtual_compute: Option<ecspec_spec::compute::EdgeCompute>,
+    /// Load-aware speculation.
+    load_aware: bool,
 }
 
 impl ecspec_load::EdgeFactory for SystemEdge {
@@ -157,7 +159,9 @@ impl ecspec_load::EdgeFactory for SystemEdge {
             energy: None,
             energy_budget: None,
         };
-        edge_setup(&self.loaded, &spec).map_err(|e| format!("{e:#}"))
+        let (mut cfg, drafter) = edge_setup(&self.loaded, &spec).map_err(|e| format!("{e:#}"))?;
+        cfg.load_aware = self.load_aware;
+        Ok((cfg, drafter))
     }
 }
 
@@ -354,6 +358,7 @@ pub async fn run(a: LoadArgs) -> Result<()> {
                 mode,
                 max_tokens: a.max_tokens as usize,
                 virtual_compute,
+                load_aware: !matches!(s, System::Speculative { load_aware: false, .. }),
             }),
         });
     }

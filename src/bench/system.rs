@@ -6,7 +6,10 @@
 //!   (the one distilled from the first target version, kept as is), fixed draft length K;
 //! - `sd-fixed:K+resync`: the same, but the draft is re-synchronised: the draft distilled from
 //!   each target version is downloaded when that version goes live;
-//! - `ecspec`: ECSpec — the static shared-backbone draft and the `ecspec` policy;
+//! - `ecspec`: ECSpec — the static shared-backbone draft and the `ecspec` policy, load-aware
+//!   (each row asked of a shared cloud priced at the delay it adds to the cloud's other
+//!   sessions);
+//! - `ecspec-unaware`: the same, blind to the cloud's load;
 //! - `static:POLICY`: the static draft with any `--draft-len` policy (e.g. `static:fixed:4`,
 //!   `static:adaptive`, `static:ucb`);
 //! - `NAME@B`, for any speculative system: the same with an edge energy budget of B J per
@@ -48,6 +51,8 @@ pub enum System {
         policy: String,
         /// Edge energy budget, J per committed token (`NAME@B`).
         budget: Option<f64>,
+        /// Load-aware speculation (`EdgeConfig::load_aware`); off for `ecspec-unaware`.
+        load_aware: bool,
     },
 }
 
@@ -88,12 +93,14 @@ pub fn parse(s: &str) -> Result<System> {
                 draft,
                 policy,
                 budget: None,
+                load_aware,
                 ..
             } => Ok(System::Speculative {
                 name: s.to_string(),
                 draft,
                 policy,
                 budget: Some(budget),
+                load_aware,
             }),
             _ => bail!("system {s:?}: only a speculative system takes an energy budget"),
         };
@@ -105,12 +112,30 @@ pub fn parse(s: &str) -> Result<System> {
             draft,
             policy: policy.to_string(),
             budget: None,
+            load_aware: true,
         })
     };
     match s {
         "cloud-only" => Ok(System::CloudOnly),
         "edge-only" => Ok(System::EdgeOnly),
         "ecspec" => spec(s, DraftKind::Static, "ecspec"),
+        // ECSpec blind to the cloud's load: the comparison that shows what pricing rows buys.
+        "ecspec-unaware" => match spec(s, DraftKind::Static, "ecspec")? {
+            System::Speculative {
+                name,
+                draft,
+                policy,
+                budget,
+                ..
+            } => Ok(System::Speculative {
+                name,
+                draft,
+                policy,
+                budget,
+                load_aware: false,
+            }),
+            other => Ok(other),
+        },
         _ => {
             if let Some(p) = s.strip_prefix("static:") {
                 return spec(s, DraftKind::Static, p);
@@ -126,7 +151,7 @@ pub fn parse(s: &str) -> Result<System> {
                 return spec(s, draft, &format!("fixed:{k}"));
             }
             bail!(
-                "unknown system {s:?} (expected cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec or static:POLICY, optionally with @BUDGET)"
+                "unknown system {s:?} (expected cloud-only, edge-only, sd-fixed:K, sd-fixed:K+resync, ecspec, ecspec-unaware or static:POLICY, optionally with @BUDGET)"
             )
         }
     }
@@ -140,6 +165,17 @@ mod tests {
     fn names_parse() {
         assert_eq!(parse("cloud-only").unwrap(), System::CloudOnly);
         assert_eq!(parse("edge-only").unwrap(), System::EdgeOnly);
+        for (n, aware) in [("ecspec", true), ("ecspec-unaware", false), ("ecspec-unaware@0.1", false)] {
+            match parse(n).unwrap() {
+                System::Speculative {
+                    name,
+                    policy,
+                    load_aware,
+                    ..
+                } => assert_eq!((name.as_str(), policy.as_str(), load_aware), (n, "ecspec", aware)),
+                other => panic!("{other:?}"),
+            }
+        }
         match parse("sd-fixed:4+resync").unwrap() {
             System::Speculative { draft, policy, .. } => {
                 assert_eq!(

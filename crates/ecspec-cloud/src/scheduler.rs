@@ -83,6 +83,45 @@ struct Queue {
     jobs: Vec<Job>,
     next_seq: u64,
     running: bool,
+    /// The marginal time per row, fitted over passes.
+    row_time: RowTimeFit,
+}
+
+/// Exponentially weighted least squares of a pass's time against its rows, t ≈ a + b·rows,
+/// over passes without prompt rows (which cost another slope): b is the marginal time per
+/// row that load-aware edges are charged (`Verdict::row_cost_us`).
+#[derive(Debug, Default, Clone, Copy)]
+struct RowTimeFit {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+}
+
+impl RowTimeFit {
+    /// Weight of the past per pass: about the last 50 passes count.
+    const DECAY: f64 = 0.98;
+
+    fn observe(&mut self, rows: usize, seconds: f64) {
+        let d = Self::DECAY;
+        let x = rows as f64;
+        self.w = self.w * d + 1.0;
+        self.x = self.x * d + x;
+        self.y = self.y * d + seconds;
+        self.xx = self.xx * d + x * x;
+        self.xy = self.xy * d + x * seconds;
+    }
+
+    /// b (s/row), once the passes seen spread over enough row counts to tell it; never < 0.
+    fn per_row(&self) -> Option<f64> {
+        let var = self.xx / self.w.max(1e-12) - (self.x / self.w.max(1e-12)).powi(2);
+        if self.w < 2.0 || var < 0.25 {
+            return None;
+        }
+        let cov = self.xy / self.w - (self.x / self.w) * (self.y / self.w);
+        Some((cov / var).max(0.0))
+    }
 }
 
 /// The batch scheduler of one server (see the module docs).
@@ -185,7 +224,22 @@ impl Scheduler {
             };
             self.metrics
                 .record_iteration(rows.decode + rows.prefill, rows.prefill, took);
-            self.settle(planned, result, took);
+            let per_row = {
+                let mut q = self.queue.lock().expect("scheduler queue poisoned");
+                if rows.prefill == 0 && rows.decode > 0 {
+                    q.row_time.observe(rows.decode, took.as_secs_f64());
+                }
+                match vc {
+                    // The profile's own slope: exact, and the same on every machine.
+                    Some(vc) => Some(vc.verify_per_token_s),
+                    None => q.row_time.per_row(),
+                }
+            };
+            let sharing = planned.len().saturating_sub(1) as f64;
+            let row_cost = Duration::from_secs_f64(
+                per_row.filter(|b| b.is_finite()).unwrap_or(0.0) * sharing,
+            );
+            self.settle(planned, result, took, row_cost);
         }
     }
 
@@ -238,7 +292,13 @@ impl Scheduler {
 
     /// Hands each finished job its result; unfinished prefills go back to the queue with their
     /// place.
-    fn settle(&self, planned: Vec<Planned>, result: Result<Vec<StepResult>, String>, took: Duration) {
+    fn settle(
+        &self,
+        planned: Vec<Planned>,
+        result: Result<Vec<StepResult>, String>,
+        took: Duration,
+        row_cost: Duration,
+    ) {
         let mut back = Vec::new();
         match result {
             Ok(steps) => {
@@ -252,6 +312,7 @@ impl Scheduler {
                                     Work::Prefill => p.job.compute,
                                     Work::Round { .. } => took,
                                 };
+                                out.row_cost = row_cost;
                             }
                             let _ = p.job.reply.send((p.job.session, r));
                         }

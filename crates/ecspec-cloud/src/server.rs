@@ -455,6 +455,7 @@ fn verdict(round: u32, out: &RoundOutcome) -> Message {
         next_token: out.next_token,
         finished: out.finished,
         compute_us: out.compute.as_micros().min(u32::MAX as u128) as u32,
+        row_cost_us: out.row_cost.as_micros().min(u32::MAX as u128) as u32,
     })
 }
 

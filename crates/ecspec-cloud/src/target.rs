@@ -37,6 +37,9 @@ pub struct RoundOutcome {
     pub finished: bool,
     /// Time the forward pass and verification took.
     pub compute: Duration,
+    /// The delay one more row of this round added to the other sessions of its pass (the
+    /// scheduler's marginal time per row × those sessions); zero alone or without an estimate.
+    pub row_cost: Duration,
 }
 
 /// A target model session: its KV cache holds every committed token but the last, which is
@@ -171,6 +174,7 @@ impl TargetSession {
             next_token: first,
             finished,
             compute: Duration::ZERO,
+            row_cost: Duration::ZERO,
         }))
     }
 
@@ -337,6 +341,7 @@ impl TargetSession {
             next_token,
             finished,
             compute: Duration::ZERO,
+            row_cost: Duration::ZERO,
         })
     }
 }

@@ -293,6 +293,7 @@ impl Run {
             virtual_compute: None,
             drafter: self.drafter,
             lookup: ecspec_edge::Lookup::default(),
+            load_aware: true,
         }
     }
 
@@ -896,6 +897,7 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
                     next_token: r.next_token,
                     finished: r.finished,
                     compute_us: compute_us(rec.cloud_compute_s),
+                    row_cost_us: 0,
                 })
             })
             .collect();
@@ -964,6 +966,7 @@ async fn link_byte_counts_equal_the_frames_on_the_wire() {
                 next_token: expected[i + 1],
                 finished: i + 1 == n,
                 compute_us: compute_us(rec.cloud_compute_s),
+                row_cost_us: 0,
             }))
         })
         .sum();
@@ -1543,6 +1546,7 @@ async fn bad_draft_blocks_get_an_error_and_commit_nothing() {
         next_token: r[3],
         finished: false,
         compute_us: 0,
+        row_cost_us: 0,
     };
     match read_frame(&mut tcp, &mut buf).await {
         (13, Message::Verdict(v)) => assert_eq!(Verdict { compute_us: 0, ..v }, want),
@@ -2866,4 +2870,73 @@ async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds()
     assert_eq!(value("ecspec:kv_cache_budget_bytes", &[]), (4u64 << 30) as f64);
     let _ = stop.send(());
     serving.await.unwrap();
+}
+
+/// Load-aware speculation: when each row of a pass delays the pass's other sessions (the cloud
+/// reports the delay in every verdict), load-aware edges ask for fewer rows per committed
+/// token than edges blind to it, and both stay lossless. Virtual clock: the rows each pass
+/// holds, and so every price, are the same on every machine.
+#[tokio::test(start_paused = true)]
+async fn load_aware_edges_ask_a_busy_cloud_for_fewer_rows() {
+    // A compute-bound cloud: 20 ms a pass plus 10 ms per further row.
+    let server = CloudServer::new(
+        CloudModel::new(FAMILY, VERSION, &models().target),
+        ServerConfig {
+            virtual_compute: Some(ecspec_spec::compute::CloudCompute {
+                prefill_s_per_token: 0.000_5,
+                verify_base_s: 0.020,
+                verify_per_token_s: 0.010,
+            }),
+            ..Default::default()
+        },
+    );
+    let max_new = 32;
+    let runs: Vec<Run> = (0..12)
+        .map(|i| {
+            let p = &prompts()[i % 3];
+            Run {
+                link: Some((50.0, 50.0, 10.0)),
+                acceptance_prior: Some(0.6),
+                ..Run::greedy(p, DraftChoice::Partial, "ecspec", max_new)
+            }
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for aware in [true, false] {
+        let tasks: Vec<_> = runs
+            .iter()
+            .map(|run| {
+                let (server, run) = (server.clone(), run.clone());
+                tokio::spawn(async move {
+                    let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+                    let cloud = tokio::spawn(serve_stream(cloud_end, server));
+                    let o = run_edge_over(edge_end, &run, |c| {
+                        c.load_aware = aware;
+                        c.virtual_compute = Some(ecspec_spec::compute::EdgeCompute {
+                            draft_s_per_token: 0.001,
+                            prefill_s_per_token: 0.000_1,
+                        });
+                    })
+                    .await;
+                    cloud.await.unwrap().unwrap();
+                    o
+                })
+            })
+            .collect();
+        let mut asked = 0u64;
+        for (t, run) in tasks.into_iter().zip(&runs) {
+            let o = t.await.unwrap();
+            let s = o.summary();
+            assert_eq!(s.tokens, expected_output(&reference(&run.prompt, max_new), max_new));
+            // Rows asked of the cloud: K + 1 a drafted round, 1 a streamed token.
+            asked += s.round_records.iter().map(|r| r.k as u64 + 1).sum::<u64>();
+        }
+        rows.push(asked);
+    }
+    assert!(
+        rows[0] < rows[1],
+        "load-aware edges asked for {} rows, blind ones for {}",
+        rows[0],
+        rows[1]
+    );
 }

@@ -180,6 +180,7 @@ impl RoundEstimator {
             draft_power_w: 0.0,
             radio_power_w: 0.0,
             energy_price: 0.0,
+            row_price_s: 0.0,
         }
     }
 }

@@ -102,6 +102,10 @@ pub struct EdgeConfig {
     pub drafter: DraftSource,
     /// Context-lookup settings (unused with [`DraftSource::Model`]).
     pub lookup: Lookup,
+    /// Load-aware speculation: price every row asked of the cloud at the delay one more row
+    /// adds to the cloud's other sessions (each verdict's `row_cost_us`, smoothed), so the
+    /// edge drafts shorter or streams as a shared cloud fills. No effect on an idle cloud.
+    pub load_aware: bool,
 }
 
 /// What the edge carries from one request to the next on the same draft: the acceptance
@@ -444,6 +448,8 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| EdgeError::Protocol(e.to_string()))?;
     // Matches declined in a row since the last lookup round (a probe is due at the limit).
     let mut declined = 0u32;
+    // The cloud's row price (s/row), smoothed over verdicts; 0 unless load-aware.
+    let mut row_price = 0.0f64;
     let mut draft_total = Duration::ZERO;
     let mut round = 0u32;
     // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
@@ -459,6 +465,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         // With channel-aware verification: the rule chosen for this round.
         let mut round_rule = None;
         let energy = |mut st: ecspec_spec::policy::RoundState| {
+            st.row_price_s = row_price;
             if let Some(e) = &cfg.energy {
                 st.draft_power_w = e.draft_power_w;
                 st.radio_power_w = e.radio_power_w;
@@ -635,6 +642,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         committed.extend_from_slice(&new);
         on_commit(&new);
         finished = v.finished;
+        if cfg.load_aware {
+            row_price = 0.5 * row_price + 0.5 * f64::from(v.row_cost_us) * 1e-6;
+        }
         if looked_up {
             lookups.0 += 1;
             lookups.1 += k as u64;

@@ -91,6 +91,7 @@ fn edge(mode: Mode, policy: &'static str) -> Arc<dyn EdgeFactory> {
                 virtual_compute: None,
                 drafter: DraftSource::Model,
                 lookup: Lookup::default(),
+                load_aware: true,
             };
             let drafter = (mode == Mode::Speculative).then(|| {
                 Drafter::new(

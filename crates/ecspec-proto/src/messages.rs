@@ -225,6 +225,12 @@ pub struct Verdict {
     /// not depend on timing (byte counts are the same on every clock).
     #[prost(fixed32, tag = "5")]
     pub compute_us: u32,
+    /// Load: the delay, in microseconds, that one more row in this round's pass added to the
+    /// other sessions sharing the pass (the cloud's marginal time per row × those sessions);
+    /// what a load-aware edge prices each row it asks for. 0 (not sent) when the round ran
+    /// alone or the cloud has no estimate yet.
+    #[prost(fixed32, tag = "6")]
+    pub row_cost_us: u32,
 }
 
 /// Either direction: a frame or request was refused. The frame's request id is the id of the

@@ -83,6 +83,7 @@ fn samples() -> Vec<Message> {
             next_token: 1234,
             finished: false,
             compute_us: 0,
+            row_cost_us: 0,
         }
         .into(),
         Verdict {
@@ -91,6 +92,7 @@ fn samples() -> Vec<Message> {
             next_token: 2,
             finished: true,
             compute_us: 0,
+            row_cost_us: 0,
         }
         .into(),
         ErrorReply {
@@ -273,6 +275,7 @@ fn cloud_only_block_verdict_and_close_sizes() {
         next_token: 1234,
         finished: false,
         compute_us: 0,
+        row_cost_us: 0,
     };
     let frame = encode_frame(&v.clone().into(), 9).unwrap();
     assert_eq!(
@@ -284,6 +287,7 @@ fn cloud_only_block_verdict_and_close_sizes() {
             &Verdict {
                 finished: true,
                 compute_us: 0,
+                row_cost_us: 0,
                 ..v
             }
             .into()

@@ -215,6 +215,7 @@ fn proto_file_matches_rust_messages() {
             next_token: 3,
             finished: true,
             compute_us: 9,
+            row_cost_us: 10,
         },
     );
     check(

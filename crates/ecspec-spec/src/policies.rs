@@ -19,7 +19,7 @@
 
 use crate::policy::{
     best_k, expected_energy_per_token, expected_goodput, round_time, DraftLengthPolicy,
-    PolicyMemory, RoundOutcome, RoundState, StopRule,
+    PolicyMemory, RoundOutcome, RoundState, StopRule, row_price,
 };
 
 /// ECSpec's draft-length policy: the K ∈ [0, k_max] with the highest expected goodput
@@ -70,7 +70,8 @@ impl Ecspec {
     /// Expected goodput of streaming `n` tokens (tokens/s).
     pub fn stream_goodput(state: &RoundState, n: u32) -> f64 {
         let n = f64::from(n.max(1));
-        n / (round_time(state, 0) + (n - 1.0) * state.t_verify_base_s)
+        // One row per streamed token, priced like a drafted round's rows.
+        n / (round_time(state, 0) + (n - 1.0) * state.t_verify_base_s + n * row_price(state))
     }
 
     /// Expected edge energy per token of streaming `n` tokens (J/token): the radio stays on.
@@ -433,6 +434,33 @@ mod tests {
             alpha,
             ..crate::policy::tests::state()
         }
+    }
+
+    #[test]
+    fn a_row_price_drafts_shorter_and_then_streams() {
+        // Load-aware speculation: the more each row costs the cloud's other sessions, the
+        // fewer rows per committed token the edge asks for.
+        let s = state(0.8);
+        let at = |p: f64| RoundState {
+            row_price_s: p,
+            ..s
+        };
+        let ks: Vec<usize> = [0.0, 0.01, 0.05, 0.2, 1.0]
+            .iter()
+            .map(|&p| best_k(&at(p), 16))
+            .collect();
+        assert!(ks.windows(2).all(|w| w[1] <= w[0]), "{ks:?}");
+        assert!(ks[0] > ks[4], "{ks:?}");
+        // A price of 0 (or a bad one) changes nothing.
+        for p in [0.0, -1.0, f64::NAN] {
+            assert_eq!(expected_goodput(&at(p), 4), expected_goodput(&s, 4));
+        }
+        // At a high price a stream (one row per token) beats drafting any K.
+        let hi = at(10.0);
+        let stream = Ecspec::stream_goodput(&hi, 4);
+        assert!((1..=16).all(|k| stream > Ecspec::score(&hi, k)));
+        let free = Ecspec::stream_goodput(&s, 4);
+        assert!(free > stream, "a priced stream is slower too");
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct RoundState {
     /// budget's multiplier Q/V (0 = no budget binding).
     #[serde(default)]
     pub energy_price: f64,
+    /// Price of each row a round asks of a shared cloud (s/row): the delay one more row adds
+    /// to the other sessions in the cloud's pass, as the cloud reports it
+    /// (`Verdict::row_cost_us`); 0 for an idle or unshared cloud. Goodput is weighed over
+    /// `T_round(K) + (K + 1)·price` ([`expected_goodput`]): load-aware speculation.
+    #[serde(default)]
+    pub row_price_s: f64,
 }
 
 /// Expected edge energy per committed token of a round that drafts `k` tokens (J/token),
@@ -157,9 +163,22 @@ pub fn round_time(state: &RoundState, k: usize) -> f64 {
 }
 
 /// Expected goodput of drafting `k` tokens per round, `E[N(K)] / T_round(K)` (tokens/s),
-/// design.md §2.
+/// design.md §2. On a loaded shared cloud each of the round's K + 1 rows is priced at
+/// [`RoundState::row_price_s`]: `E[N(K)] / (T_round(K) + (K + 1)·price)`, so the edge drafts
+/// shorter, or streams (one row per token), as the cloud fills.
 pub fn expected_goodput(state: &RoundState, k: usize) -> f64 {
-    expected_tokens(state.alpha, k) / round_time(state, k)
+    expected_tokens(state.alpha, k) / (round_time(state, k) + (k as f64 + 1.0) * row_price(state))
+}
+
+/// The row price in force: [`RoundState::row_price_s`], or 0 when it is not a non-negative
+/// finite number.
+pub fn row_price(state: &RoundState) -> f64 {
+    let p = state.row_price_s;
+    if p.is_finite() && p > 0.0 {
+        p
+    } else {
+        0.0
+    }
 }
 
 /// The K ∈ [1, max(k_max, 1)] with the highest [`expected_goodput`]. Ties go to the smaller K
@@ -472,6 +491,7 @@ pub(crate) mod tests {
             draft_power_w: 0.0,
             radio_power_w: 0.0,
             energy_price: 0.0,
+            row_price_s: 0.0,
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
             draft_power_w: 0.0,
             radio_power_w: 0.0,
             energy_price: 0.0,
+            row_price_s: 0.0,
         }
     }
 
