@@ -250,7 +250,121 @@ fn questions(w: &prompts::WorkloadArgs) -> Result<(String, Vec<String>)> {
 /// # Errors
 /// Bad arguments (naming the flag), missing models, prompts or traces, an unreachable
 /// `--cloud`, unwritable output files.
+/// What a sweep measured, with what describes it.
+pub struct Sweep {
+    /// Every level's requests.
+    pub runs: Vec<LevelRun>,
+    /// Per system and level.
+    pub reports: Vec<ecspec_load::LevelReport>,
+    /// Per system: the highest load within the SLO.
+    pub capacities: Vec<ecspec_load::Capacity>,
+    /// The family's wire name, the served version.
+    pub family: String,
+    /// Target version served.
+    pub version: String,
+    /// The link scenario.
+    pub scenario: scenario::Scenario,
+    /// `live` or `virtual`.
+    pub clock: &'static str,
+    /// Where the edge's and the cloud's compute times came from.
+    pub edge_compute: String,
+    /// See `edge_compute`.
+    pub cloud_compute: String,
+    /// Where the cloud ran.
+    pub cloud_desc: String,
+    /// Prompts' source and count.
+    pub prompt_source: String,
+    /// Prompts used.
+    pub prompt_count: usize,
+    /// Minutes the sweep took.
+    pub minutes: f64,
+    /// The level bounds.
+    pub bounds: Bounds,
+}
+
+/// Runs `ecspec load`: the sweep, then the report on stdout and the files asked for.
+///
+/// # Errors
+/// Bad settings, models that cannot be loaded, a cloud that cannot be reached, unwritable
+/// files.
 pub async fn run(a: LoadArgs) -> Result<()> {
+    let sw = sweep(&a).await?;
+    let Sweep {
+        runs,
+        reports,
+        capacities: caps,
+        family,
+        version,
+        scenario: sc,
+        clock,
+        edge_compute,
+        cloud_compute,
+        cloud_desc,
+        prompt_source,
+        prompt_count,
+        minutes,
+        bounds,
+    } = sw;
+    println!(
+        "## ecspec load · {family} (target {version}) · {} · {clock} clock\n",
+        sc.name
+    );
+    println!(
+        "{prompt_count} prompts from {prompt_source}, {} tokens each, temperature {}; cloud {cloud_desc}; \
+         latencies in ms (nearest-rank percentiles over completed requests); {minutes:.1} min in all.\n",
+        a.max_tokens,
+        a.temperature,
+    );
+    println!("{}", ecspec_load::markdown(&reports, &caps, a.slo_tpot_ms));
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    if let Some(p) = &a.csv {
+        write(p, ecspec_load::csv(&reports))?;
+    }
+    if let Some(p) = &a.json {
+        let setup = serde_json::json!({
+            "family": family,
+            "target_version": version,
+            "clock": clock,
+            "edge_compute": edge_compute,
+            "cloud_compute": cloud_compute,
+            "cloud": cloud_desc,
+            "scenario": sc.name,
+            "scenario_description": sc.description,
+            "phase_s": a.phase_s,
+            "prompts": prompt_source,
+            "prompt_count": prompt_count,
+            "max_tokens": a.max_tokens,
+            "temperature": a.temperature,
+            "seed": a.seed,
+            "requests_per_level": bounds.requests(),
+            "duration_s_per_level": bounds.duration().map(|d| d.as_secs_f64()),
+        });
+        let j = ecspec_load::json(setup, &reports, &caps, Some(&runs));
+        write(p, format!("{}\n", serde_json::to_string_pretty(&j)?))?;
+    }
+    if let Some(p) = &a.plot {
+        let title = format!("p95 TPOT against load · {family} · {} · {clock} clock", sc.name);
+        ecspec_load::write_tpot_plot(p, &title, &reports, a.slo_tpot_ms)?;
+    }
+    let files: Vec<String> = [&a.csv, &a.json, &a.plot]
+        .into_iter()
+        .flatten()
+        .map(|p| p.display().to_string())
+        .collect();
+    if !files.is_empty() {
+        eprintln!("ecspec load: wrote {}", files.join(", "));
+    }
+    Ok(())
+}
+
+/// Runs every system at every load level of `a` and measures them (what `ecspec load` and the
+/// demo's shared-cloud scene run); progress goes to stderr.
+///
+/// # Errors
+/// Bad settings, models that cannot be loaded, a cloud that cannot be reached.
+pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
     if !(a.slo_tpot_ms.is_finite() && a.slo_tpot_ms > 0.0) {
         bail!(
             "--slo-tpot-ms must be a positive number of ms, got {}",
@@ -466,64 +580,28 @@ pub async fn run(a: LoadArgs) -> Result<()> {
     let greedy = a.temperature == 0.0;
     let clock = if virtual_clock { "virtual" } else { "live" };
     let reports = ecspec_load::level_reports(&runs, a.slo_tpot_ms, greedy);
-    let caps = ecspec_load::capacities(&reports, a.slo_tpot_ms);
-    println!(
-        "## ecspec load · {} (target {version}) · {} · {clock} clock\n",
-        m.loaded.info.wire_name, sc.name
-    );
-    println!(
-        "{} prompts from {prompt_source}, {} tokens each, temperature {}; cloud {cloud_desc}; \
-         latencies in ms (nearest-rank percentiles over completed requests); {:.1} min in all.\n",
-        settings.prompts.len(),
-        a.max_tokens,
-        a.temperature,
-        started.elapsed().as_secs_f64() / 60.0
-    );
-    println!("{}", ecspec_load::markdown(&reports, &caps, a.slo_tpot_ms));
-    let write = |path: &PathBuf, text: String| {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let capacities = ecspec_load::capacities(&reports, a.slo_tpot_ms);
+    let source = |f: fn(&Clocks) -> &String| {
+        clocks
+            .as_ref()
+            .map_or("this machine (live)".to_string(), |c| f(c).clone())
     };
-    if let Some(p) = &a.csv {
-        write(p, ecspec_load::csv(&reports))?;
-    }
-    if let Some(p) = &a.json {
-        let setup = serde_json::json!({
-            "family": m.loaded.info.wire_name,
-            "target_version": version,
-            "clock": clock,
-            "edge_compute": clocks.as_ref().map_or("this machine (live)".into(), |c| c.edge_source.clone()),
-            "cloud_compute": clocks.as_ref().map_or("this machine (live)".into(), |c| c.cloud_source.clone()),
-            "cloud": cloud_desc,
-            "scenario": sc.name,
-            "scenario_description": sc.description,
-            "phase_s": a.phase_s,
-            "prompts": prompt_source,
-            "prompt_count": settings.prompts.len(),
-            "max_tokens": a.max_tokens,
-            "temperature": a.temperature,
-            "seed": a.seed,
-            "requests_per_level": bounds.requests(),
-            "duration_s_per_level": bounds.duration().map(|d| d.as_secs_f64()),
-        });
-        let j = ecspec_load::json(setup, &reports, &caps, Some(&runs));
-        write(p, format!("{}\n", serde_json::to_string_pretty(&j)?))?;
-    }
-    if let Some(p) = &a.plot {
-        let title = format!(
-            "p95 TPOT against load · {} · {} · {clock} clock",
-            m.loaded.info.wire_name, sc.name
-        );
-        ecspec_load::write_tpot_plot(p, &title, &reports, a.slo_tpot_ms)?;
-    }
-    let files: Vec<String> = [&a.csv, &a.json, &a.plot]
-        .into_iter()
-        .flatten()
-        .map(|p| p.display().to_string())
-        .collect();
-    if !files.is_empty() {
-        eprintln!("ecspec load: wrote {}", files.join(", "));
-    }
-    Ok(())
+    Ok(Sweep {
+        runs,
+        reports,
+        capacities,
+        family: m.loaded.info.wire_name.to_string(),
+        version,
+        clock,
+        edge_compute: source(|c| &c.edge_source),
+        cloud_compute: source(|c| &c.cloud_source),
+        cloud_desc,
+        prompt_source,
+        prompt_count: settings.prompts.len(),
+        minutes: started.elapsed().as_secs_f64() / 60.0,
+        bounds,
+        scenario: sc,
+    })
 }
 
 /// Runs the sweep on a fresh paused single-thread runtime on its own thread: the virtual

@@ -899,7 +899,10 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
             .collect(),
         scenarios: scenarios
             .iter()
-            .map(|(s, _)| (s.name.clone(), s.description.clone()))
+            .map(|(s, _)| {
+                let rtt = report::delivered_rtt(&results, &s.name);
+                (s.name.clone(), s.description.clone(), rtt)
+            })
             .collect(),
     };
     let rows = report::aggregate(&results, &resyncs);

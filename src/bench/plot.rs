@@ -1,5 +1,6 @@
 //! The plots of `ecspec bench` (plotters; SVG, and PNG with an embedded DejaVu Sans so no
-//! system font is needed): goodput against each scenario's mean uplink rate and RTT per system,
+//! system font is needed): goodput against each scenario's mean uplink rate and against the
+//! mean RTT its rounds delivered, per system,
 //! acceptance per target version per speculative system, edge energy per token against the
 //! budget of budgeted systems (`NAME@B`), and the draft length K the `ecspec` system chose over
 //! time on a driving trace with the uplink rate and RTT estimate under it.
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::report::Row;
+use super::report::{self, Row};
 use super::Request;
 
 const COLORS: [RGBColor; 8] = [
@@ -29,7 +30,8 @@ pub struct ScenarioLink {
     pub name: String,
     /// Mean uplink rate (Mbit/s).
     pub uplink_mbps: f64,
-    /// RTT (ms) the link is configured with.
+    /// RTT (ms) the link is configured with. The goodput-vs-RTT plot places the scenario at
+    /// the RTT its rounds delivered (a trace's RTT, stalls), at this only where none was measured.
     pub rtt_ms: f64,
     /// The uplink model as request 0 meets it (None: an unshaped link, e.g. loopback).
     pub uplink: Option<Box<dyn ecspec_link::LinkModel>>,
@@ -158,18 +160,21 @@ pub fn write_all(
         return Ok(out);
     };
     let systems = first_seen(rows.iter().map(|r| r.system.as_str()));
-    // Goodput against the scenario's uplink rate and RTT, first version.
-    for (file, desc, pick) in [
+    // Goodput against the scenario's uplink rate and delivered RTT, first version. An unshaped
+    // link (loopback) has no rate or RTT to place it at.
+    let uplink: Vec<(String, f64)> = links
+        .iter()
+        .filter(|l| l.uplink.is_some())
+        .map(|l| (l.name.clone(), l.uplink_mbps))
+        .collect();
+    let (rtt, rtt_desc) = rtt_axis(links, requests);
+    for (file, desc, xs) in [
         (
             "goodput_vs_uplink.svg",
-            "mean uplink rate of the scenario (Mbit/s)",
-            (|l: &ScenarioLink| l.uplink_mbps) as fn(&ScenarioLink) -> f64,
+            "mean uplink rate of the scenario (Mbit/s)".to_string(),
+            uplink,
         ),
-        (
-            "goodput_vs_rtt.svg",
-            "RTT of the scenario (ms)",
-            |l: &ScenarioLink| l.rtt_ms,
-        ),
+        ("goodput_vs_rtt.svg", rtt_desc, rtt),
     ] {
         let series: Vec<(String, Vec<(f64, f64)>)> = systems
             .iter()
@@ -178,11 +183,8 @@ pub fn write_all(
                     .iter()
                     .filter(|r| r.version == first_version && r.system == *s)
                     .filter_map(|r| {
-                        // An unshaped link (loopback) has no rate or RTT to place it at.
-                        let l = links
-                            .iter()
-                            .find(|l| l.name == r.scenario && l.uplink.is_some())?;
-                        Some((pick(l), r.goodput_with_resync_tok_s))
+                        let (_, x) = xs.iter().find(|(n, _)| *n == r.scenario)?;
+                        Some((*x, r.goodput_with_resync_tok_s))
                     })
                     .collect();
                 p.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -192,7 +194,7 @@ pub fn write_all(
         out.extend(line_chart(
             &dir.join(file),
             &format!("Goodput per system (version {first_version})"),
-            desc,
+            &desc,
             &[Panel {
                 y_desc: "goodput (tokens/s, re-sync included)",
                 series,
@@ -325,6 +327,30 @@ pub fn write_all(
     Ok(out)
 }
 
+/// Each shaped scenario's place on the goodput-vs-RTT plot — the mean RTT its rounds delivered
+/// ([`report::delivered_rtt`], every system and version), or the link's configured RTT where no
+/// round sent a block — and the axis text naming each scenario's value.
+fn rtt_axis(links: &[ScenarioLink], requests: &[Request]) -> (Vec<(String, f64)>, String) {
+    let mut named = Vec::new();
+    let xs = links
+        .iter()
+        .filter(|l| l.uplink.is_some())
+        .map(|l| {
+            let (ms, how) = match report::delivered_rtt(requests, &l.name) {
+                Some(d) => (d.mean_s * 1e3, ""),
+                None => (l.rtt_ms, " configured"),
+            };
+            named.push(format!("{} {ms:.0}{how}", l.name));
+            (l.name.clone(), ms)
+        })
+        .collect();
+    let desc = format!(
+        "RTT delivered (ms, mean over the rounds): {}",
+        named.join(" · ")
+    );
+    (xs, desc)
+}
+
 /// Distinct names in first-seen order.
 fn first_seen<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut v: Vec<&str> = Vec::new();
@@ -334,4 +360,57 @@ fn first_seen<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report::tests::{request, round, scenario_requests};
+
+    fn link(name: &str, rtt_ms: f64, shaped: bool) -> ScenarioLink {
+        ScenarioLink {
+            name: name.into(),
+            uplink_mbps: 10.0,
+            rtt_ms,
+            uplink: shaped.then(|| {
+                ecspec_link::LinkConfig::constant(10.0, 10.0, rtt_ms)
+                    .unwrap()
+                    .uplink
+            }),
+            phase_s: 30.0,
+        }
+    }
+
+    #[test]
+    fn scenarios_sit_at_the_rtt_their_rounds_delivered() {
+        // Both configured at 60 ms: a trace's RTT (5g) and a slower, stalling link (lte) now
+        // sit apart; a scenario without round trips keeps its configured RTT, and says so.
+        let mut rs = scenario_requests("5g");
+        rs.push(request(
+            "lte",
+            "sd-fixed:4",
+            2,
+            vec![round(1, 0, 30, 0.5, 0.25), round(1, 0, 30, 0.375, 0.25)],
+            true,
+        ));
+        let links = [
+            link("5g", 60.0, true),
+            link("lte", 60.0, true),
+            link("co", 100.0, true),
+            link("loopback", 0.0, false),
+        ];
+        let (xs, desc) = rtt_axis(&links, &rs);
+        assert_eq!(
+            xs,
+            vec![
+                ("5g".to_string(), (0.125 + 0.25 + 0.0625) / 3.0 * 1e3),
+                ("lte".to_string(), (0.25 + 0.125) / 2.0 * 1e3),
+                ("co".to_string(), 100.0),
+            ]
+        );
+        assert_eq!(
+            desc,
+            "RTT delivered (ms, mean over the rounds): 5g 146 · lte 188 · co 100 configured"
+        );
+    }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use ecspec_edge::Summary;
+
 use super::Request;
 
 /// A conventional draft's re-download when a version goes live.
@@ -33,7 +35,8 @@ pub struct Setup {
     pub temperature: f32,
     pub shared_backbone: bool,
     pub skipped: Vec<String>,
-    pub scenarios: Vec<(String, String)>,
+    /// Name, description, and the RTT its rounds met ([`delivered_rtt`]).
+    pub scenarios: Vec<(String, String, Option<DeliveredRtt>)>,
 }
 
 /// One (version, scenario, system) cell.
@@ -59,7 +62,13 @@ pub struct Row {
     pub uplink_bytes_per_token: f64,
     pub downlink_bytes_per_token: f64,
     pub energy_per_token_j: Option<f64>,
-    pub cloud_passes_per_token: f64,
+    /// Target forward passes per committed token: the prefill's and one per round or
+    /// streamed step (the edge's count, `Summary::target_forward_passes`).
+    pub target_passes_per_token: f64,
+    /// Target rows per committed token, prefill apart: see [`target_rows`].
+    pub target_rows_per_token: f64,
+    /// The prompts' prefill rows per committed token.
+    pub prefill_rows_per_token: f64,
     pub resync_bytes: u64,
     pub resync_s: f64,
     /// Goodput with the re-sync download counted: tokens / (seconds + resync_s).
@@ -69,16 +78,61 @@ pub struct Row {
     pub mean_rtt_estimate_s: Option<f64>,
 }
 
-/// The JSON line of one request (its summary, per-round records included, text left out).
+/// The rows (token positions) the cloud's target computed for a request, as (rounds, prefill):
+/// per round its block of K + 1 positions (the last committed token and K drafts; a streamed
+/// step is 1), and apart from them the prompt's prefill rows — none for a request the cloud
+/// never saw (edge-only). Counted from the edge's round records: the wire carries no row count.
+pub fn target_rows(s: &Summary) -> (u64, u64) {
+    let rounds = s.round_records.iter().map(|r| r.k as u64 + 1).sum();
+    let prefill = if s.target_forward_passes > 0 {
+        s.prompt_tokens as u64
+    } else {
+        0
+    };
+    (rounds, prefill)
+}
+
+/// The round-trip time a scenario delivered, measured by the edge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveredRtt {
+    /// Mean over the round trips (s).
+    pub mean_s: f64,
+    /// Round trips measured.
+    pub rounds: usize,
+}
+
+/// The mean round-trip time the rounds of `scenario` met, over every request of it: per round
+/// that sent a block (uplink bytes > 0) and waited for its verdict, the send-to-verdict time
+/// less the cloud's compute time — the network time the edge fits its RTT estimate from,
+/// serialization and link stalls included. A streamed step after a stream's first sends nothing
+/// and is no round trip. None when no round sent a block (only cloud-only and edge-only ran).
+pub fn delivered_rtt(requests: &[Request], scenario: &str) -> Option<DeliveredRtt> {
+    let trips: Vec<f64> = requests
+        .iter()
+        .filter(|r| r.scenario == scenario)
+        .flat_map(|r| &r.summary.round_records)
+        .filter(|rec| rec.uplink_bytes > 0)
+        .map(|rec| rec.wait_s - rec.cloud_compute_s)
+        .collect();
+    (!trips.is_empty()).then(|| DeliveredRtt {
+        mean_s: trips.iter().sum::<f64>() / trips.len() as f64,
+        rounds: trips.len(),
+    })
+}
+
+/// The JSON line of one request (its summary, per-round records included, text left out, and
+/// the target rows it cost the cloud).
 pub fn request_json(r: &Request, question_id: &serde_json::Value) -> String {
     let mut s = serde_json::to_value(&r.summary).unwrap_or_default();
     if let serde_json::Value::Object(m) = &mut s {
         m.remove("text");
     }
+    let (rows, prefill_rows) = target_rows(&r.summary);
     serde_json::json!({
         "scenario": r.scenario, "system": r.system, "version": r.version,
         "question_id": question_id, "category": r.category,
-        "same_as_cloud_only": r.same_as_cloud, "summary": s,
+        "same_as_cloud_only": r.same_as_cloud,
+        "target_rows": rows, "prefill_rows": prefill_rows, "summary": s,
     })
     .to_string()
 }
@@ -139,6 +193,10 @@ pub fn aggregate(requests: &[Request], resyncs: &[Resync]) -> Vec<Row> {
             });
             let (resync_bytes, resync_s) = resync.map_or((0, 0.0), |x| (x.bytes, x.seconds));
             let checked: Vec<bool> = rs.iter().filter_map(|r| r.same_as_cloud).collect();
+            let (rows, prefill_rows) = rs
+                .iter()
+                .map(|r| target_rows(&r.summary))
+                .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
             let tok = tokens.max(1) as f64;
             Row {
                 version: k.0.clone(),
@@ -168,7 +226,9 @@ pub fn aggregate(requests: &[Request], resyncs: &[Resync]) -> Vec<Row> {
                 downlink_bytes_per_token: sum(&|r| r.summary.downlink_bytes as f64) / tok,
                 energy_per_token_j: (energy.len() == rs.len())
                     .then(|| energy.iter().sum::<f64>() / tok),
-                cloud_passes_per_token: sum(&|r| r.summary.target_forward_passes as f64) / tok,
+                target_passes_per_token: sum(&|r| r.summary.target_forward_passes as f64) / tok,
+                target_rows_per_token: rows as f64 / tok,
+                prefill_rows_per_token: prefill_rows as f64 / tok,
                 resync_bytes,
                 resync_s,
                 goodput_with_resync_tok_s: tokens as f64 / (seconds + resync_s).max(1e-12),
@@ -191,7 +251,7 @@ fn mopt(v: Option<f64>, digits: usize) -> String {
 
 /// The rows as CSV.
 pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("version,scenario,system,requests,tokens,seconds,goodput_tok_s,ttft_mean_s,tpot_p50_s,tpot_p95_s,rounds,mean_accepted_tokens,acceptance_rate,acceptance_by_position,uplink_bytes_per_token,downlink_bytes_per_token,energy_per_token_j,cloud_passes_per_token,resync_bytes,resync_s,goodput_with_resync_tok_s,lossless\n");
+    let mut out = String::from("version,scenario,system,requests,tokens,seconds,goodput_tok_s,ttft_mean_s,tpot_p50_s,tpot_p95_s,rounds,mean_accepted_tokens,acceptance_rate,acceptance_by_position,uplink_bytes_per_token,downlink_bytes_per_token,energy_per_token_j,target_passes_per_token,target_rows_per_token,prefill_rows_per_token,resync_bytes,resync_s,goodput_with_resync_tok_s,lossless\n");
     for r in rows {
         let pos: Vec<String> = r
             .acceptance_by_position
@@ -200,7 +260,7 @@ pub fn csv(rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{:.4},{:.3},{:.4},{:.5},{:.5},{},{:.3},{},{},{:.2},{:.2},{},{:.4},{},{:.3},{:.3},{}",
+            "{},{},{},{},{},{:.4},{:.3},{:.4},{:.5},{:.5},{},{:.3},{},{},{:.2},{:.2},{},{:.4},{:.4},{:.4},{},{:.3},{:.3},{}",
             r.version,
             r.scenario,
             r.system,
@@ -218,7 +278,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.uplink_bytes_per_token,
             r.downlink_bytes_per_token,
             opt(r.energy_per_token_j, 5),
-            r.cloud_passes_per_token,
+            r.target_passes_per_token,
+            r.target_rows_per_token,
+            r.prefill_rows_per_token,
             r.resync_bytes,
             r.resync_s,
             r.goodput_with_resync_tok_s,
@@ -247,9 +309,21 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
             s.skipped.join(", ")
         );
     }
-    for (name, desc) in &s.scenarios {
-        let _ = writeln!(out, "- `{name}`: {desc}");
+    for (name, desc, rtt) in &s.scenarios {
+        let _ = match rtt {
+            Some(d) => writeln!(
+                out,
+                "- `{name}`: {desc}; RTT delivered: {:.1} ms (mean over {} round trips)",
+                d.mean_s * 1e3,
+                d.rounds
+            ),
+            None => writeln!(out, "- `{name}`: {desc}"),
+        };
     }
+    let _ = writeln!(
+        out,
+        "\nRTT delivered: per round that sent a block, send-to-verdict time less the cloud's compute, as the edge measured it. Cloud cost per committed token: target passes (the prefill's and one per round or streamed step) and target rows (positions computed: K + 1 per drafted round, 1 per streamed step; the prompts' prefill rows are left out here and given apart as `prefill_rows_per_token` in summary.csv)."
+    );
     let versions: Vec<&str> = {
         let mut v: Vec<&str> = Vec::new();
         for r in rows {
@@ -276,10 +350,10 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                 .filter(|r| r.version == v && r.scenario == sc)
                 .collect();
             let _ = writeln!(out, "### `{sc}`\n");
-            let _ = writeln!(out, "| system | goodput (tok/s) | with re-sync | TTFT (s) | TPOT p50 / p95 (ms) | accepted / round | acceptance (drafted tokens) | α by position 1–4 | uplink B/token | downlink B/token | energy (J/token) | cloud passes / token | re-sync | lossless |");
+            let _ = writeln!(out, "| system | goodput (tok/s) | with re-sync | TTFT (s) | TPOT p50 / p95 (ms) | accepted / round | acceptance (drafted tokens) | α by position 1–4 | uplink B/token | downlink B/token | energy (J/token) | target passes / token | target rows / token | re-sync | lossless |");
             let _ = writeln!(
                 out,
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for r in &cell {
                 let pos: Vec<String> = r
@@ -290,7 +364,7 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.2} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {} | {} |",
+                    "| {} | {:.2} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {:.3} | {} | {} |",
                     r.system,
                     r.goodput_tok_s,
                     r.goodput_with_resync_tok_s,
@@ -306,7 +380,8 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
                     r.uplink_bytes_per_token,
                     r.downlink_bytes_per_token,
                     mopt(r.energy_per_token_j, 4),
-                    r.cloud_passes_per_token,
+                    r.target_passes_per_token,
+                    r.target_rows_per_token,
                     if r.resync_bytes > 0 {
                         format!("{:.1} MB, {:.1} s", r.resync_bytes as f64 / 1e6, r.resync_s)
                     } else {
@@ -364,4 +439,215 @@ pub fn markdown(rows: &[Row], s: &Setup) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use ecspec_edge::{RoundRecord, Summary};
+
+    use super::*;
+
+    /// A round: K drafted, `accepted` of them kept; `up` bytes sent (0: a streamed step after
+    /// the stream's first), `wait_s` from send to verdict, `compute_s` of it the cloud's.
+    pub(in crate::bench) fn round(
+        k: usize,
+        accepted: usize,
+        up: u64,
+        wait_s: f64,
+        compute_s: f64,
+    ) -> RoundRecord {
+        RoundRecord {
+            round: 1,
+            t_s: 0.0,
+            k,
+            verify: if k == 0 { "none" } else { "greedy" },
+            accepted,
+            source: if k == 0 { "none" } else { "model" },
+            draft_s: 0.0,
+            reused: 0,
+            pre_draft_s: 0.0,
+            wait_s,
+            cloud_compute_s: compute_s,
+            uplink_bytes: up,
+            downlink_bytes: 20,
+            alpha_estimate: f64::NAN,
+            uplink_bps_estimate: f64::NAN,
+            rtt_s_estimate: f64::NAN,
+            energy_j: None,
+        }
+    }
+
+    /// A request of `system` on `scenario`: `generated` tokens after a 10-token prompt, its
+    /// rounds, and passes as the edge counts them (prefill + rounds; 0 without a cloud).
+    pub(in crate::bench) fn request(
+        scenario: &str,
+        system: &str,
+        generated: usize,
+        rounds: Vec<RoundRecord>,
+        cloud: bool,
+    ) -> Request {
+        Request {
+            scenario: scenario.into(),
+            system: system.into(),
+            version: "v0".into(),
+            category: "writing".into(),
+            summary: Summary {
+                generated_tokens: generated,
+                prompt_tokens: 10,
+                rounds: rounds.len() as u64,
+                target_forward_passes: if cloud { rounds.len() as u64 + 1 } else { 0 },
+                round_records: rounds,
+                total_s: 1.0,
+                ..Summary::default()
+            },
+            same_as_cloud: None,
+        }
+    }
+
+    /// One scenario's requests: cloud-only streaming from its Hello (no round trip), a
+    /// drafted system (K = 4 keeping 3, then K = 2 keeping none: 1 + 4 + 1 tokens), `ecspec`
+    /// opening a stream with a K = 0 round and getting one more streamed step, and edge-only.
+    pub(in crate::bench) fn scenario_requests(scenario: &str) -> Vec<Request> {
+        vec![
+            request(
+                scenario,
+                "cloud-only",
+                4,
+                vec![round(0, 0, 0, 0.25, 0.25); 3],
+                true,
+            ),
+            request(
+                scenario,
+                "sd-fixed:4",
+                6,
+                vec![round(4, 3, 30, 0.375, 0.25), round(2, 0, 22, 0.5, 0.25)],
+                true,
+            ),
+            request(
+                scenario,
+                "ecspec",
+                3,
+                vec![round(0, 0, 14, 0.3125, 0.25), round(0, 0, 0, 0.25, 0.25)],
+                true,
+            ),
+            request(scenario, "edge-only", 5, Vec::new(), false),
+        ]
+    }
+
+    #[test]
+    fn target_rows_count_each_round_block_and_the_prefill_apart() {
+        let rs = scenario_requests("s");
+        let rows: Vec<(u64, u64)> = rs.iter().map(|r| target_rows(&r.summary)).collect();
+        // Streamed steps 1 row each; drafted rounds K + 1; edge-only costs the cloud nothing.
+        assert_eq!(rows, vec![(3, 10), (5 + 3, 10), (2, 10), (0, 0)]);
+        let agg = aggregate(&rs, &[]);
+        let by = |sys: &str| agg.iter().find(|r| r.system == sys).unwrap();
+        let cells: Vec<(f64, f64, f64)> = ["cloud-only", "sd-fixed:4", "ecspec", "edge-only"]
+            .iter()
+            .map(|s| {
+                let r = by(s);
+                (
+                    r.target_passes_per_token,
+                    r.target_rows_per_token,
+                    r.prefill_rows_per_token,
+                )
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            vec![
+                (4.0 / 4.0, 3.0 / 4.0, 10.0 / 4.0),
+                (3.0 / 6.0, 8.0 / 6.0, 10.0 / 6.0),
+                (3.0 / 3.0, 2.0 / 3.0, 10.0 / 3.0),
+                (0.0, 0.0, 0.0),
+            ]
+        );
+        // Requests of one cell add up before dividing: (8 + 3) rows over (6 + 4) tokens.
+        let mut two = scenario_requests("s");
+        two[0].system = "sd-fixed:4".into();
+        let r = aggregate(&two, &[]);
+        let sd = r.iter().find(|r| r.system == "sd-fixed:4").unwrap();
+        assert_eq!(
+            (sd.target_passes_per_token, sd.target_rows_per_token),
+            (7.0 / 10.0, 11.0 / 10.0)
+        );
+    }
+
+    #[test]
+    fn the_rtt_delivered_is_the_mean_network_time_of_the_rounds_that_sent_a_block() {
+        let mut rs = scenario_requests("5g");
+        rs.extend(scenario_requests("lte"));
+        // Another scenario's rounds do not count.
+        rs.push(request(
+            "lte",
+            "sd-fixed:4",
+            2,
+            vec![round(1, 0, 30, 2.0, 0.25)],
+            true,
+        ));
+        rs.push(request(
+            "co",
+            "cloud-only",
+            4,
+            vec![round(0, 0, 0, 0.25, 0.25); 3],
+            true,
+        ));
+        // 0.125 and 0.25 (drafted rounds), 0.0625 (ecspec's stream request); the streamed
+        // steps sent nothing and are no round trips.
+        assert_eq!(
+            delivered_rtt(&rs, "5g"),
+            Some(DeliveredRtt {
+                mean_s: (0.125 + 0.25 + 0.0625) / 3.0,
+                rounds: 3
+            })
+        );
+        assert_eq!(delivered_rtt(&rs, "lte").map(|d| d.rounds), Some(4));
+        assert_eq!(delivered_rtt(&rs, "co"), None);
+        assert_eq!(delivered_rtt(&rs, "none"), None);
+    }
+
+    #[test]
+    fn csv_markdown_and_json_name_the_cloud_cost() {
+        let rs = scenario_requests("s");
+        let rows = aggregate(&rs, &[]);
+        let csv = csv(&rows);
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let sd: Vec<&str> = lines.nth(1).unwrap().split(',').collect();
+        assert_eq!(header.len(), sd.len());
+        let field = |name: &str| sd[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(field("system"), "sd-fixed:4");
+        assert_eq!(field("target_passes_per_token"), "0.5000");
+        assert_eq!(field("target_rows_per_token"), "1.3333");
+        assert_eq!(field("prefill_rows_per_token"), "1.6667");
+        let setup = Setup {
+            family: "f".into(),
+            clock: "virtual".into(),
+            edge: "e".into(),
+            cloud: "c".into(),
+            prompts: "p".into(),
+            max_tokens: 6,
+            temperature: 0.0,
+            shared_backbone: true,
+            skipped: Vec::new(),
+            scenarios: vec![("s".into(), "a link".into(), delivered_rtt(&rs, "s"))],
+        };
+        let md = markdown(&rows, &setup);
+        assert!(
+            md.contains("- `s`: a link; RTT delivered: 145.8 ms (mean over 3 round trips)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| energy (J/token) | target passes / token | target rows / token | re-sync | lossless |"),
+            "{md}"
+        );
+        // sd-fixed:4: 0.500 passes and 1.333 rows per token, then re-sync and lossless.
+        assert!(md.contains("| 0.500 | 1.333 | 0 | – |"), "{md}");
+        let j: serde_json::Value =
+            serde_json::from_str(&request_json(&rs[1], &serde_json::json!(7))).unwrap();
+        assert_eq!(
+            (j["target_rows"].as_u64(), j["prefill_rows"].as_u64()),
+            (Some(8), Some(10))
+        );
+    }
 }
