@@ -365,6 +365,10 @@ pub struct DemoArgs {
     /// number) to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Skip the shared-cloud scene after the prompts (four edges sharing one batched cloud,
+    /// on the virtual clock, ECSpec against cloud-only on a near-edge and a cellular link).
+    #[arg(long)]
+    pub no_shared_cloud: bool,
     #[command(flatten)]
     pub energy: EnergyArgs,
     #[command(flatten)]
@@ -453,7 +457,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Not a number, negative, or not finite.
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 && x < 1e9 => Ok(x),
+        Ok(x) if (0.0..1e9).contains(&x) => Ok(x),
         _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
     }
 }

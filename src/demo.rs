@@ -105,7 +105,100 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     print_now(&table(&rows));
+    if !args.no_shared_cloud {
+        shared_cloud_scene(&args).await?;
+    }
     Ok(())
+}
+
+/// Edges of the shared-cloud scene, and the tokens each generates.
+const SCENE_EDGES: usize = 4;
+const SCENE_TOKENS: u32 = 16;
+
+/// The shared-cloud scene: four edges at once against one batched cloud, ECSpec and then
+/// cloud-only, on a near-edge link and on the demo's cellular link. On the virtual clock: the
+/// models really run (tokens and acceptance are real) while a pass of the cloud takes a
+/// 7B-class target's time on an A100 and drafting a Jetson Orin Nano's, so what it shows does
+/// not depend on this machine's CPU. Ends with one line: where ECSpec won, where it stepped
+/// aside.
+async fn shared_cloud_scene(args: &DemoArgs) -> Result<()> {
+    print_now(&format!(
+        "\n=== A shared cloud: {SCENE_EDGES} edges at once on one batched cloud, ECSpec against cloud-only\n\
+         (virtual clock: the models run for real; a pass of the cloud takes a 7B-class target's time on an A100 \
+         (crates/ecspec-energy/profiles/a100-7b-batched.toml), drafting a Jetson Orin Nano's)\n"
+    ));
+    let family = match args.models.family {
+        crate::cli::FamilyName::Smollm2 => "smollm2",
+        crate::cli::FamilyName::Qwen25Coder => "qwen2.5-coder",
+    };
+    let (edges, tokens) = (SCENE_EDGES.to_string(), SCENE_TOKENS.to_string());
+    let mut verdicts = Vec::new();
+    for (scenario, label) in [
+        ("near-edge-14ms", "near-edge link (14 ms RTT)"),
+        ("const-10mbit-60ms", "cellular link (60 ms RTT)"),
+    ] {
+        let mut a = crate::bench::load::LoadArgs::from_words(&[
+            "--family",
+            family,
+            "--clock",
+            "virtual",
+            "--edge-profile",
+            "jetson-orin-nano",
+            "--cloud-profile",
+            "a100-7b-batched",
+            "--scenario",
+            scenario,
+            "--systems",
+            "ecspec,cloud-only",
+            "--concurrency",
+            &edges,
+            "--requests",
+            &edges,
+            "--max-tokens",
+            &tokens,
+        ])?;
+        a.texts = Some(PROMPTS[..SCENE_EDGES].iter().map(|s| s.to_string()).collect());
+        let sw = crate::bench::load::sweep(&a).await?;
+        let get = |name: &str| sw.reports.iter().find(|r| r.system == name);
+        let (Some(e), Some(c)) = (get("ecspec"), get("cloud-only")) else {
+            anyhow::bail!("the shared-cloud scene measured no {label} result");
+        };
+        let g = |r: &ecspec_load::LevelReport| r.mean_goodput_tok_s.unwrap_or(0.0);
+        let rows = |r: &ecspec_load::LevelReport| r.rows_per_token.unwrap_or(f64::NAN);
+        print_now(&format!(
+            "{label}: per-user goodput ECSpec {:.1} vs cloud-only {:.1} tok/s · cloud throughput {:.0} vs {:.0} tok/s · \
+             cloud rows per token {:.2} vs {:.2} · acceptance {} · same text: {}\n",
+            g(e),
+            g(c),
+            e.output_throughput_tok_s,
+            c.output_throughput_tok_s,
+            rows(e),
+            rows(c),
+            e.acceptance_rate.map_or("n/a".into(), |a| format!("{a:.2}")),
+            match (e.lossless, c.lossless) {
+                (Some(true), Some(true)) => "yes",
+                (Some(false), _) | (_, Some(false)) => "NO",
+                _ => "not checked",
+            }
+        ));
+        verdicts.push(scene_verdict(label, g(e), g(c), e.target_passes_per_token));
+    }
+    print_now(&format!("In one line: {}\n", verdicts.join("; ")));
+    Ok(())
+}
+
+/// How ECSpec did against cloud-only on one link: won (≥ 5% more goodput per user), stepped
+/// aside (the cloud streamed: about one target pass per token, goodput within 5%), or lost.
+fn scene_verdict(link: &str, ecspec: f64, cloud_only: f64, passes_per_token: Option<f64>) -> String {
+    let ratio = ecspec / cloud_only;
+    let streamed = passes_per_token.is_some_and(|p| p > 0.9);
+    if ratio >= 1.05 {
+        format!("on the {link} ECSpec won ({ratio:.2}x cloud-only's goodput per user)")
+    } else if streamed && ratio > 0.95 {
+        format!("on the {link} ECSpec stepped aside and let the cloud stream ({ratio:.2}x)")
+    } else {
+        format!("on the {link} ECSpec lost ({ratio:.2}x cloud-only's goodput per user)")
+    }
 }
 
 fn link_text(args: &DemoArgs) -> String {
@@ -200,4 +293,18 @@ fn table(rows: &[DemoRow]) -> String {
         if rounds > 0 { (gen - rows.len()) as f64 / rounds as f64 } else { 0.0 },
     ));
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scene_verdict;
+
+    #[test]
+    fn the_scene_names_wins_steps_aside_and_losses() {
+        let l = "near link";
+        assert!(scene_verdict(l, 60.0, 50.0, Some(0.5)).contains("won (1.20x"));
+        assert!(scene_verdict(l, 49.0, 50.0, Some(1.0)).contains("stepped aside"));
+        assert!(scene_verdict(l, 49.0, 50.0, Some(0.6)).contains("lost (0.98x"));
+        assert!(scene_verdict(l, 30.0, 50.0, Some(1.0)).contains("lost (0.60x"));
+    }
 }

@@ -99,6 +99,9 @@ pub struct LoadArgs {
     pub phase_s: f64,
     #[command(flatten)]
     pub workload: prompts::WorkloadArgs,
+    /// Prompts given by the caller (the demo) instead of the workload's.
+    #[arg(skip)]
+    pub texts: Option<Vec<String>>,
     /// A running cloud server (host:port) instead of the in-process one (its counters, rows
     /// and iterations, are then not reported).
     #[arg(long, value_name = "HOST:PORT")]
@@ -226,7 +229,11 @@ fn systems(names: &[String]) -> Result<Vec<System>> {
 
 /// The prompts: the workload's first turns, or the built-in list when the default prompts
 /// file is absent; with where they came from.
-fn questions(w: &prompts::WorkloadArgs) -> Result<(String, Vec<String>)> {
+fn questions(a: &LoadArgs) -> Result<(String, Vec<String>)> {
+    if let Some(t) = &a.texts {
+        return Ok(("the caller's prompts".into(), t.clone()));
+    }
+    let w = &a.workload;
     if w.prompts.is_none() && !prompts::default_spec_bench().exists() {
         eprintln!(
             "ecspec load: note: {} is absent (set ECSPEC_DATA_DIR or give --prompts); using {} built-in prompts",
@@ -250,6 +257,22 @@ fn questions(w: &prompts::WorkloadArgs) -> Result<(String, Vec<String>)> {
 /// # Errors
 /// Bad arguments (naming the flag), missing models, prompts or traces, an unreachable
 /// `--cloud`, unwritable output files.
+impl LoadArgs {
+    /// `ecspec load`'s arguments from command-line words (without the program name).
+    ///
+    /// # Errors
+    /// What clap finds wrong with them.
+    pub fn from_words(words: &[&str]) -> Result<Self> {
+        #[derive(clap::Parser)]
+        #[command(no_binary_name = true)]
+        struct P {
+            #[command(flatten)]
+            a: LoadArgs,
+        }
+        Ok(<P as clap::Parser>::try_parse_from(words)?.a)
+    }
+}
+
 /// What a sweep measured, with what describes it.
 pub struct Sweep {
     /// Every level's requests.
@@ -399,7 +422,7 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
         );
     }
     let link = sc.link_base()?;
-    let (prompt_source, texts) = questions(&a.workload)?;
+    let (prompt_source, texts) = questions(a)?;
     let virtual_clock = a.clock == ClockArg::Virtual;
     if virtual_clock && a.cloud.is_some() {
         bail!("--clock virtual needs the in-process cloud (a remote one runs on its own clock): drop --cloud");

@@ -103,18 +103,30 @@ fn builtin(name: &str) -> Option<(&'static str, Vec<&'static str>)> {
                 "60",
             ],
         ),
+        "near-edge-14ms" => (
+            "constant 50 Mbit/s both ways, 14 ms RTT (a near-edge link, SpecEdge's setting)",
+            vec![
+                "--link-up-mbps",
+                "50",
+                "--link-down-mbps",
+                "50",
+                "--rtt-ms",
+                "14",
+            ],
+        ),
         "loopback" => ("no link delay (zero-delay loopback)", vec!["--no-link"]),
         _ => return None,
     })
 }
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: [&str; 6] = [
+pub const BUILTIN: [&str; 7] = [
     "5g-static",
     "5g-driving",
     "lte-driving",
     "umts-driving",
     "const-10mbit-60ms",
+    "near-edge-14ms",
     "loopback",
 ];
 
