@@ -240,6 +240,18 @@ impl Scheduler {
                 per_row.filter(|b| b.is_finite()).unwrap_or(0.0) * sharing,
             );
             self.settle(planned, result, took, row_cost);
+            // Let the sessions just answered come back with their next step (a streaming
+            // session resubmits at once) before the next batch is formed: otherwise they miss
+            // it, sessions alternate between passes and each waits two passes a token.
+            let mut queued = usize::MAX;
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+                let n = self.queue.lock().expect("scheduler queue poisoned").jobs.len();
+                if n == queued {
+                    break;
+                }
+                queued = n;
+            }
         }
     }
 

@@ -2940,3 +2940,42 @@ async fn load_aware_edges_ask_a_busy_cloud_for_fewer_rows() {
         rows[1]
     );
 }
+
+/// Streaming sessions keep their place in every pass: eight cloud-only sessions stream while a
+/// long prompt arriving later is prefilled beside them (so the scheduler never runs out of
+/// work between passes); each gets a token from (nearly) every pass, so its TPOT stays near one
+/// pass (16 rows: 4 ms + 15 × 0.5 ms on this profile), not two (a session answered by one pass
+/// must be back in time for the next).
+#[tokio::test(start_paused = true)]
+async fn concurrent_streaming_sessions_share_every_pass() {
+    let server = virtual_server(ServerConfig {
+        max_batch_tokens: 16,
+        ..Default::default()
+    });
+    let max_new = 24;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            // The prompt whose first 40 greedy tokens hold no stop token (see the budget test).
+            let run = Run::cloud_only(&prompts()[0], max_new);
+            tokio::spawn(over_pipe(server.clone(), run))
+        })
+        .collect();
+    // The eight prompts take 7 passes; then a long one arrives and is prefilled 8 rows a pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let long: Vec<u32> = ids(&"All work and no play makes a dull model. ".repeat(9));
+    let prefilling = tokio::spawn(over_pipe(server.clone(), Run::cloud_only(&long, 4)));
+    for t in tasks {
+        let o = t.await.unwrap();
+        let s = o.summary();
+        assert_eq!(s.generated_tokens, max_new);
+        // One pass a token is 11.5 ms at most; a session that misses every other pass would
+        // take 23 ms (21.7 measured without the scheduler's wait for resubmissions).
+        assert!(s.tpot_s <= 0.0144, "TPOT {} s: tokens every other pass", s.tpot_s);
+    }
+    assert!(
+        server.stats().prefill_rows < (long.len() + 8 * prompts()[0].len()) as u64,
+        "the long prompt was still being prefilled: {:?}",
+        server.stats()
+    );
+    prefilling.await.unwrap().summary();
+}
