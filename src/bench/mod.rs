@@ -672,20 +672,24 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
     let reuse: std::sync::Mutex<std::collections::HashMap<String, Vec<Summary>>> =
         Default::default();
     for (vi, version) in versions.iter().enumerate() {
-        let model = CloudModel::with_versions(
-            m.loaded.info.wire_name,
-            &m.base,
-            m.versions.clone(),
-            &version.name,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let server = CloudServer::new(
-            model,
-            ServerConfig {
-                virtual_compute: clocks.as_ref().map(|c| c.cloud),
-                ..ServerConfig::default()
-            },
-        );
+        // One server (and so one batch scheduler) per scenario: scenarios run side by side
+        // on threads of their own, and a scheduler serves one runtime's requests at a time.
+        let make_server = || -> Result<std::sync::Arc<CloudServer>> {
+            let model = CloudModel::with_versions(
+                m.loaded.info.wire_name,
+                &m.base,
+                m.versions.clone(),
+                &version.name,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(CloudServer::new(
+                model,
+                ServerConfig {
+                    virtual_compute: clocks.as_ref().map(|c| c.cloud),
+                    ..ServerConfig::default()
+                },
+            ))
+        };
         let vindex = m
             .versions
             .iter()
@@ -694,6 +698,7 @@ fn run_family(a: &BenchArgs, family: FamilyName, out: &std::path::Path) -> Resul
         // Scenarios run side by side on the virtual clock (each request on its own paused
         // runtime; the results do not depend on it), one after another on the live clock.
         let run_scenario = |(sc, link0): (scenario::Scenario, Option<ecspec_link::LinkConfig>)| -> Result<ScenarioOut> {
+            let server = make_server()?;
             let link0 = &link0;
             let (down_bps, rtt_s) = link0.as_ref().map_or((f64::INFINITY, 0.0), |l| {
                 (l.downlink.mean_rate_bps(), l.rtt().as_secs_f64())

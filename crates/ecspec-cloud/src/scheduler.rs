@@ -12,7 +12,7 @@
 //! virtual clock runs each request on a fresh paused runtime).
 //!
 //! **Batch policy (fairness).** Work is served in arrival order. Rounds and streaming steps
-//! first, oldest first, while their rows fit `max_batch_tokens` (the oldest always runs, alone
+//! first, oldest first, while their rows fit `max_batch_tokens` (the oldest always runs, even
 //! if it is larger than the budget); then prefill chunks, oldest first, in the rows left —
 //! but the oldest waiting prefill always gets at least `min_prefill_chunk` rows, so a stream
 //! of rounds cannot starve a prompt, and no prompt can stall the rounds by more than one
@@ -20,7 +20,8 @@
 //! whose edge is gone (its result receiver dropped) is dropped at the next chunk boundary.
 //!
 //! **Invariant:** a session's tokens and logits do not depend on what else shares its batch
-//! (the forward pass computes every row on its own; `crates/ecspec-cloud/tests/batching.rs`).
+//! (the forward pass computes every row on its own; `crates/ecspec-model/tests/batch.rs`,
+//! section 7 of `crates/ecspec-cloud/tests/server.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -182,23 +183,36 @@ impl Scheduler {
 
     /// The iteration loop: runs while there is work.
     async fn drive(self: Arc<Self>) {
-        // Clears `running` if this task is cancelled mid-iteration, so the next submit starts
-        // a new loop instead of waiting forever.
-        struct Running<'a>(&'a Mutex<Queue>);
+        // If this task is cancelled (its runtime shut down), clears `running` and drops the
+        // queued jobs, so their sessions get `SchedulerStopped` instead of waiting forever and
+        // the next submit starts a new loop. Disarmed on a normal exit, which clears `running`
+        // itself under the same lock that saw the queue empty.
+        struct Running<'a> {
+            queue: &'a Mutex<Queue>,
+            armed: bool,
+        }
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                if let Ok(mut q) = self.0.lock() {
+                if !self.armed {
+                    return;
+                }
+                if let Ok(mut q) = self.queue.lock() {
                     q.running = false;
+                    q.jobs.clear();
                 }
             }
         }
-        let _running = Running(&self.queue);
+        let mut guard = Running {
+            queue: &self.queue,
+            armed: true,
+        };
         loop {
             let planned = {
                 let mut q = self.queue.lock().expect("scheduler queue poisoned");
                 let planned = self.plan(&mut q.jobs);
                 if planned.is_empty() {
                     q.running = false;
+                    guard.armed = false;
                     return;
                 }
                 planned
@@ -235,10 +249,10 @@ impl Scheduler {
                     None => q.row_time.per_row(),
                 }
             };
-            let sharing = planned.len().saturating_sub(1) as f64;
-            let row_cost = Duration::from_secs_f64(
-                per_row.filter(|b| b.is_finite()).unwrap_or(0.0) * sharing,
-            );
+            // Sessions whose block ran in this pass, less one.
+            let sharing = planned.iter().filter(|p| !p.tokens.is_empty()).count();
+            let cost = per_row.unwrap_or(0.0) * sharing.saturating_sub(1) as f64;
+            let row_cost = Duration::try_from_secs_f64(cost).unwrap_or(Duration::ZERO);
             self.settle(planned, result, took, row_cost);
             // Let the sessions just answered come back with their next step (a streaming
             // session resubmits at once) before the next batch is formed: otherwise they miss
@@ -277,6 +291,11 @@ impl Scheduler {
         for (i, j) in jobs.iter().enumerate() {
             if matches!(j.work, Work::Prefill) {
                 let left = j.session.prefill_left();
+                if left == 0 {
+                    // Nothing to prefill: planned so that it is answered (with an error).
+                    take[i] = Some(0);
+                    continue;
+                }
                 let floor = if first_prefill {
                     self.config.min_prefill_chunk.max(1)
                 } else {
@@ -352,6 +371,11 @@ impl Scheduler {
 fn plan_job(job: Job, n: usize) -> Planned {
     let kv_before = job.session.kv_len();
     let (tokens, want, error) = match &job.work {
+        Work::Prefill if job.session.prefill_left() == 0 => (
+            Vec::new(),
+            None,
+            Some(RoundError::BadRound("the prompt was already prefilled".into())),
+        ),
         Work::Prefill => {
             let (t, w) = job.session.prefill_chunk(n);
             (t.to_vec(), w, None)
@@ -429,7 +453,15 @@ fn run_iteration(
             .collect();
         let out = match Transformer::forward_batch(&mut items) {
             Ok(o) => o,
-            Err(e) => return (planned, Err(e.to_string()), rows, t0.elapsed()),
+            Err(e) => {
+                drop(items);
+                // Groups before this one already appended their blocks: roll every cache
+                // back, so the failed pass commits nothing anywhere.
+                for p in planned.iter_mut() {
+                    let _ = p.job.session.rollback_kv(p.kv_before);
+                }
+                return (planned, Err(e.to_string()), rows, t0.elapsed());
+            }
         };
         drop(items);
         let ids = group.iter().enumerate().filter(|(_, gi)| **gi == Some(g));

@@ -146,7 +146,7 @@ impl TargetSession {
     /// (at least one), and the logits it needs (the last row when it ends the prompt).
     pub fn prefill_chunk(&self, max_rows: usize) -> (&[u32], Option<LogitsFor>) {
         let kv = self.session.kv_len();
-        let end = (kv + max_rows.max(1)).min(self.prompt_len);
+        let end = kv.saturating_add(max_rows.max(1)).min(self.prompt_len);
         let want = (end == self.prompt_len).then_some(LogitsFor::Last);
         (&self.committed[kv..end], want)
     }
@@ -187,6 +187,14 @@ impl TargetSession {
             tokens,
             want,
         }
+    }
+
+    /// Rolls the KV cache back to `len` positions (a batched pass that failed).
+    ///
+    /// # Errors
+    /// `len` beyond what the cache holds.
+    pub fn rollback_kv(&mut self, len: usize) -> Result<(), RoundError> {
+        Ok(self.session.truncate(len)?)
     }
 
     /// Positions in the KV cache.

@@ -2979,3 +2979,35 @@ async fn concurrent_streaming_sessions_share_every_pass() {
     );
     prefilling.await.unwrap().summary();
 }
+
+/// A scheduler whose loop was cancelled with its runtime (mid-pass, a long prompt half
+/// prefilled) serves the next runtime's requests: nothing is left marked running.
+#[test]
+fn a_scheduler_serves_on_after_its_runtime_was_shut_down_mid_pass() {
+    let server = virtual_server(ServerConfig {
+        max_batch_tokens: 8,
+        ..Default::default()
+    });
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let long: Vec<u32> = ids(&"x".repeat(300));
+    let rt = paused();
+    rt.block_on(async {
+        let run = Run::greedy(&long, DraftChoice::Same, "fixed:4", 8);
+        tokio::spawn(over_pipe(server.clone(), run));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    });
+    assert!(server.stats().prefill_rows > 0);
+    drop(rt);
+    let prompt = prompts()[0].clone();
+    let o = paused().block_on(over_pipe(
+        server.clone(),
+        Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10),
+    ));
+    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 10), 10));
+}

@@ -72,7 +72,8 @@ impl CloudCompute {
 /// A non-negative, finite number of seconds as a Duration (anything else is 0).
 fn secs(s: f64) -> Duration {
     if s.is_finite() && s > 0.0 {
-        Duration::from_secs_f64(s)
+        // Beyond Duration's range (~5.8e11 years): the longest Duration, not a panic.
+        Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
     } else {
         Duration::ZERO
     }
