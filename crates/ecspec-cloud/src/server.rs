@@ -191,10 +191,13 @@ impl CloudServer {
             );
             return Err((m, 0));
         }
-        let t0 = tokio::time::Instant::now();
+        // The wait is reported only when there was one: a HelloAck's size must not depend on
+        // how long an uncontended acquire took.
+        let mut waited = Duration::ZERO;
         let permit = match self.kv.clone().try_acquire_many_owned(units as u32) {
             Ok(p) => p,
             Err(_) => {
+                let t0 = tokio::time::Instant::now();
                 let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
                 let _left = Decrement(&self.waiting, &self.metrics.sessions_waiting);
                 self.metrics.sessions_waiting.inc();
@@ -207,7 +210,11 @@ impl CloudServer {
                 }
                 let acquire = self.kv.clone().acquire_many_owned(units as u32);
                 match tokio::time::timeout(self.config.admission_wait, acquire).await {
-                    Ok(Ok(p)) => p,
+                    Ok(Ok(p)) => {
+                        // At least 1 µs: a wait is reported as one.
+                        waited = t0.elapsed().max(Duration::from_micros(1));
+                        p
+                    }
                     _ => {
                         let m = format!(
                             "the server is busy: no KV cache budget came free within {:?}; \
@@ -226,7 +233,7 @@ impl CloudServer {
             bytes,
             metrics: Arc::clone(&self.metrics),
         };
-        Ok((r, t0.elapsed()))
+        Ok((r, waited))
     }
 }
 
