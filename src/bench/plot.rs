@@ -13,16 +13,7 @@ use plotters::prelude::*;
 use super::report::{self, Row};
 use super::Request;
 
-const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
+use ecspec_load::COLORS;
 
 /// One scenario's link, for the x axes and the channel under the K plot.
 pub struct ScenarioLink {
@@ -84,16 +75,9 @@ fn line_chart(svg: &Path, title: &str, x_desc: &str, panels: &[Panel]) -> Result
     Ok(vec![svg.to_path_buf(), png])
 }
 
-/// Registers the embedded DejaVu Sans as "sans-serif" for the PNG text (no system fonts
-/// needed).
+/// The shared embedded font ([`ecspec_load::fonts`]).
 fn fonts() -> Result<()> {
-    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *DONE.get_or_init(|| {
-        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-            .is_ok()
-    });
-    ok.then_some(())
-        .ok_or_else(|| anyhow!("the embedded DejaVu Sans font did not load"))
+    ecspec_load::fonts().map_err(|e| anyhow!(e))
 }
 
 fn draw<DB: DrawingBackend>(

@@ -9,7 +9,9 @@
 //! KV cache) moves into the scheduler and back, so no lock is held across an await. The
 //! iteration loop is a task spawned on the submitting runtime when work arrives and no loop is
 //! running, and it ends when the queue is empty: the scheduler needs no runtime of its own (the
-//! virtual clock runs each request on a fresh paused runtime).
+//! virtual clock runs each request on a fresh paused runtime). Its passes run on the runtime
+//! that started the loop, so one server must not be shared by runtimes running at the same
+//! time (`ecspec bench` gives each of its parallel scenarios a server of its own).
 //!
 //! **Batch policy (fairness).** Work is served in arrival order. Rounds and streaming steps
 //! first, oldest first, while their rows fit `max_batch_tokens` (the oldest always runs, even

@@ -63,7 +63,7 @@ pub use driver::{
 };
 pub use error::LoadError;
 pub use percentile::{percentile, Percentiles};
-pub use plot::{tpot_series, write_tpot_plot};
+pub use plot::{fonts, tpot_series, write_tpot_plot, COLORS};
 pub use report::{
     capacities, capacity, csv, json, level_reports, markdown, Capacity, LevelReport, CSV_HEADER,
 };

@@ -9,7 +9,8 @@ use plotters::prelude::*;
 use crate::report::LevelReport;
 use crate::LoadError;
 
-const COLORS: [RGBColor; 8] = [
+/// The series colours of every ECSpec plot (matplotlib's tab10, first eight).
+pub const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -86,8 +87,12 @@ pub fn write_tpot_plot(
     r.map_err(err)
 }
 
-/// Registers the embedded DejaVu Sans as "sans-serif" (no system fonts needed).
-fn fonts() -> Result<(), String> {
+/// Registers the embedded DejaVu Sans as "sans-serif", once (no system fonts needed): what
+/// every ECSpec PNG's text is drawn with.
+///
+/// # Errors
+/// The font did not load.
+pub fn fonts() -> Result<(), String> {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *DONE.get_or_init(|| {
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
