@@ -442,7 +442,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "MB" => 1e6,
         "GB" => 1e9,
         "TB" => 1e12,
-        u => return Err(format!("unknown unit `{u}` in `{s}`: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}`: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ))
+        }
     };
     let bytes = n * mult;
     if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
@@ -486,6 +490,18 @@ pub struct ProfileArgs {
     /// Draft length K of each session's block in `--batch`.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub batch_k: u32,
+    /// The rows curve: time of one forward pass over N rows (positions) after 160 of
+    /// context, for each N, e.g. `--rows 1,2,5,9,17,33,65`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rows)]
+    pub rows: Vec<usize>,
+}
+
+/// A row count for `profile --rows`: 1 to 512.
+fn parse_rows(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=512).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a row count from 1 to 512")),
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +517,10 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         for bad in ["", "GiB", "-1GiB", "0", "2 gallons", "1e30TiB", "nan"] {
             let e = parse_bytes(bad).unwrap_err();
-            assert!(e.contains(&format!("`{bad}`")) || e.contains("unknown unit"), "{bad}: {e}");
+            assert!(
+                e.contains(&format!("`{bad}`")) || e.contains("unknown unit"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -157,7 +157,12 @@ async fn shared_cloud_scene(args: &DemoArgs) -> Result<()> {
             "--max-tokens",
             &tokens,
         ])?;
-        a.texts = Some(PROMPTS[..SCENE_EDGES].iter().map(|s| s.to_string()).collect());
+        a.texts = Some(
+            PROMPTS[..SCENE_EDGES]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
         let sw = crate::bench::load::sweep(&a).await?;
         let get = |name: &str| sw.reports.iter().find(|r| r.system == name);
         let (Some(e), Some(c)) = (get("ecspec"), get("cloud-only")) else {
@@ -189,7 +194,12 @@ async fn shared_cloud_scene(args: &DemoArgs) -> Result<()> {
 
 /// How ECSpec did against cloud-only on one link: won (≥ 5% more goodput per user), stepped
 /// aside (the cloud streamed: about one target pass per token, goodput within 5%), or lost.
-fn scene_verdict(link: &str, ecspec: f64, cloud_only: f64, passes_per_token: Option<f64>) -> String {
+fn scene_verdict(
+    link: &str,
+    ecspec: f64,
+    cloud_only: f64,
+    passes_per_token: Option<f64>,
+) -> String {
     let ratio = ecspec / cloud_only;
     let streamed = passes_per_token.is_some_and(|p| p > 0.9);
     if ratio >= 1.05 {

@@ -345,7 +345,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         let ml = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--metrics-listen {addr}"))?;
-        eprintln!("ecspec cloud: metrics at http://{}/metrics", ml.local_addr()?);
+        eprintln!(
+            "ecspec cloud: metrics at http://{}/metrics",
+            ml.local_addr()?
+        );
         tokio::spawn(ecspec_cloud::serve_metrics(
             ml,
             server.metrics().clone(),

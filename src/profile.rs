@@ -23,6 +23,21 @@ pub struct ModelProfile {
     pub decode_tok_s: f64,
     /// Verification cost per draft length, medians.
     pub verify: Vec<VerifyCost>,
+    /// The kernel path picked at run time (`avx2+fma`, `neon`, `scalar`).
+    pub kernels: String,
+    /// Weight matrices per storage type, e.g. `Q4_1 ×210`.
+    pub weights: Vec<String>,
+    /// Time of one forward pass over N rows (`--rows`), medians.
+    pub rows: Vec<RowsCost>,
+}
+
+/// One forward pass over N rows (a block of N positions) after 160 positions of context.
+#[derive(Debug, Serialize)]
+pub struct RowsCost {
+    /// Rows N.
+    pub rows: usize,
+    /// The pass (ms), median.
+    pub pass_ms: f64,
 }
 
 /// What verifying K drafted tokens costs the target: one forward pass over K + 1 positions
@@ -129,12 +144,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Result<ModelProfile> {
+fn profile(
+    name: &str,
+    t: &std::sync::Arc<Transformer>,
+    repeats: usize,
+    row_counts: &[usize],
+) -> Result<ModelProfile> {
     let prompt: Vec<u32> = (0..128u32).map(|i| 200 + (i * 37) % 5000).collect();
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let ks = [1usize, 4, 8, 16];
     let mut block: Vec<Vec<f64>> = vec![Vec::new(); ks.len()];
+    let mut passes: Vec<Vec<f64>> = vec![Vec::new(); row_counts.len()];
     let mut single: Vec<Vec<f64>> = vec![Vec::new(); ks.len()];
     for _ in 0..repeats {
         let mut s = Session::new(t.clone());
@@ -160,6 +181,13 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
             single[j].push(t0.elapsed().as_secs_f64() * 1e3);
             s.truncate(base)?;
         }
+        for (j, &n) in row_counts.iter().enumerate() {
+            let toks: Vec<u32> = (0..n as u32).map(|i| 500 + i).collect();
+            let t0 = Instant::now();
+            s.forward(&toks, LogitsFor::All)?;
+            passes[j].push(t0.elapsed().as_secs_f64() * 1e3);
+            s.truncate(base)?;
+        }
     }
     Ok(ModelProfile {
         model: name.to_string(),
@@ -176,6 +204,20 @@ fn profile(name: &str, t: &std::sync::Arc<Transformer>, repeats: usize) -> Resul
                 k,
                 block_ms: median(block[j].clone()),
                 stepwise_ms: median(single[j].clone()),
+            })
+            .collect(),
+        kernels: ecspec_model::kernels::selected().name().to_string(),
+        weights: t
+            .weight_types()
+            .iter()
+            .map(|(w, n)| format!("{} ×{n}", w.name()))
+            .collect(),
+        rows: row_counts
+            .iter()
+            .zip(passes)
+            .map(|(&rows, v)| RowsCost {
+                rows,
+                pass_ms: median(v),
             })
             .collect(),
     })
@@ -227,15 +269,26 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         names.push(fam.draft_file);
     }
     let mut out = Vec::new();
+    if !args.json {
+        println!(
+            "kernels: {} on {}",
+            ecspec_model::kernels::selected().name(),
+            ecspec_model::kernels::cpu_summary()
+        );
+    }
     for name in names {
         let path = model_path(None, name)?;
         let m = ecspec_model::LoadedModel::load(&path)
             .with_context(|| format!("loading {}", path.display()))?;
-        let p = profile(name, &m.transformer, args.repeats.max(1))?;
+        let p = profile(name, &m.transformer, args.repeats.max(1), &args.rows)?;
         if !args.json {
             println!(
-                "{:<30} threads {}  prefill {:>7.1} tok/s  decode {:>6.1} tok/s",
-                p.model, p.threads, p.prefill_tok_s, p.decode_tok_s
+                "{:<30} threads {}  prefill {:>7.1} tok/s  decode {:>6.1} tok/s  weights {}",
+                p.model,
+                p.threads,
+                p.prefill_tok_s,
+                p.decode_tok_s,
+                p.weights.join(", ")
             );
             for v in &p.verify {
                 println!(
@@ -245,6 +298,16 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                     v.block_ms,
                     v.k + 1,
                     v.stepwise_ms
+                );
+            }
+            let one = p.rows.iter().find(|r| r.rows == 1).map(|r| r.pass_ms);
+            for r in &p.rows {
+                let ratio = one.map(|o| format!("  ({:.2}x one row)", r.pass_ms / o));
+                println!(
+                    "    pass over {:>3} rows: {:>8.1} ms{}",
+                    r.rows,
+                    r.pass_ms,
+                    ratio.unwrap_or_default()
                 );
             }
         }

@@ -368,7 +368,10 @@ pub async fn run(a: LoadArgs) -> Result<()> {
         write(p, format!("{}\n", serde_json::to_string_pretty(&j)?))?;
     }
     if let Some(p) = &a.plot {
-        let title = format!("p95 TPOT against load · {family} · {} · {clock} clock", sc.name);
+        let title = format!(
+            "p95 TPOT against load · {family} · {} · {clock} clock",
+            sc.name
+        );
         ecspec_load::write_tpot_plot(p, &title, &reports, a.slo_tpot_ms)?;
     }
     let files: Vec<String> = [&a.csv, &a.json, &a.plot]
@@ -495,7 +498,13 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
                 mode,
                 max_tokens: a.max_tokens as usize,
                 virtual_compute,
-                load_aware: !matches!(s, System::Speculative { load_aware: false, .. }),
+                load_aware: !matches!(
+                    s,
+                    System::Speculative {
+                        load_aware: false,
+                        ..
+                    }
+                ),
             }),
         });
     }
@@ -696,7 +705,10 @@ mod tests {
         assert!(e.to_string().contains("--concurrency 0"), "{e}");
         for bad in ["--rate=-1", "--rate=0", "--rate=inf", "--rate=1,NaN"] {
             let e = loads(&args(&[bad]).unwrap()).unwrap_err();
-            assert!(e.to_string().contains("a rate must be a positive number"), "{e}");
+            assert!(
+                e.to_string().contains("a rate must be a positive number"),
+                "{e}"
+            );
         }
         assert!(args(&["--concurrency", "x"]).is_err());
         let s = systems(&["cloud-only".into(), "sd-fixed:4".into(), "ecspec".into()]).unwrap();

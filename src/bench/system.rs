@@ -165,14 +165,21 @@ mod tests {
     fn names_parse() {
         assert_eq!(parse("cloud-only").unwrap(), System::CloudOnly);
         assert_eq!(parse("edge-only").unwrap(), System::EdgeOnly);
-        for (n, aware) in [("ecspec", true), ("ecspec-unaware", false), ("ecspec-unaware@0.1", false)] {
+        for (n, aware) in [
+            ("ecspec", true),
+            ("ecspec-unaware", false),
+            ("ecspec-unaware@0.1", false),
+        ] {
             match parse(n).unwrap() {
                 System::Speculative {
                     name,
                     policy,
                     load_aware,
                     ..
-                } => assert_eq!((name.as_str(), policy.as_str(), load_aware), (n, "ecspec", aware)),
+                } => assert_eq!(
+                    (name.as_str(), policy.as_str(), load_aware),
+                    (n, "ecspec", aware)
+                ),
                 other => panic!("{other:?}"),
             }
         }

@@ -26,8 +26,8 @@ pub mod target;
 
 pub use admin::{set_version, AdminError};
 pub use handshake::{check_hello, Refusal, SessionPlan};
-pub use model::{CloudModel, TargetVersion, UnknownVersion};
 pub use metrics::{serve_metrics, Metrics};
+pub use model::{CloudModel, TargetVersion, UnknownVersion};
 pub use scheduler::{Scheduler, SchedulerConfig, Work};
 pub use server::{
     management_allowed, serve, serve_stream, CloudServer, ServerConfig, ServerStats,

@@ -262,7 +262,12 @@ impl Scheduler {
             let mut queued = usize::MAX;
             for _ in 0..8 {
                 tokio::task::yield_now().await;
-                let n = self.queue.lock().expect("scheduler queue poisoned").jobs.len();
+                let n = self
+                    .queue
+                    .lock()
+                    .expect("scheduler queue poisoned")
+                    .jobs
+                    .len();
                 if n == queued {
                     break;
                 }
@@ -376,7 +381,9 @@ fn plan_job(job: Job, n: usize) -> Planned {
         Work::Prefill if job.session.prefill_left() == 0 => (
             Vec::new(),
             None,
-            Some(RoundError::BadRound("the prompt was already prefilled".into())),
+            Some(RoundError::BadRound(
+                "the prompt was already prefilled".into(),
+            )),
         ),
         Work::Prefill => {
             let (t, w) = job.session.prefill_chunk(n);
@@ -416,7 +423,12 @@ struct Rows {
 #[allow(clippy::type_complexity)]
 fn run_iteration(
     mut planned: Vec<Planned>,
-) -> (Vec<Planned>, Result<Vec<StepResult>, String>, Rows, Duration) {
+) -> (
+    Vec<Planned>,
+    Result<Vec<StepResult>, String>,
+    Rows,
+    Duration,
+) {
     let t0 = Instant::now();
     let mut rows = Rows::default();
     for p in &planned {
@@ -449,7 +461,9 @@ fn run_iteration(
             .zip(&group)
             .filter(|(_, gi)| **gi == Some(g))
             .map(|(p, _)| {
-                let Planned { job, tokens, want, .. } = p;
+                let Planned {
+                    job, tokens, want, ..
+                } = p;
                 job.session.batch_item(tokens, *want)
             })
             .collect();
@@ -493,4 +507,3 @@ fn run_iteration(
     }
     (planned, Ok(steps), rows, t0.elapsed())
 }
-

@@ -22,10 +22,10 @@ use ecspec_proto::{
 use ecspec_spec::compact::CompactDist;
 use ecspec_spec::compute::CloudCompute;
 use ecspec_transport::{Connection, TransportError};
+use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use std::sync::atomic::AtomicUsize;
 use tokio::task::JoinSet;
 
 use crate::handshake::check_hello;
@@ -179,7 +179,10 @@ impl CloudServer {
     /// Reserves `bytes` of the KV budget for a new session, waiting in arrival order while
     /// the budget is spent (see the module docs). Err: the `Busy` refusal and its retry hint
     /// in milliseconds.
-    async fn admit(self: &Arc<Self>, bytes: u64) -> Result<(KvReservation, Duration), (String, u32)> {
+    async fn admit(
+        self: &Arc<Self>,
+        bytes: u64,
+    ) -> Result<(KvReservation, Duration), (String, u32)> {
         let units = bytes.div_ceil(KV_UNIT);
         let budget_units = self.config.kv_budget_bytes / KV_UNIT;
         let retry_ms = 1000;
@@ -275,7 +278,10 @@ impl Drop for KvReservation {
 }
 
 /// Decrements a waiting count (and its gauge) when a waiting Hello is done waiting.
-struct Decrement<'a>(&'a AtomicUsize, &'a prometheus_client::metrics::gauge::Gauge);
+struct Decrement<'a>(
+    &'a AtomicUsize,
+    &'a prometheus_client::metrics::gauge::Gauge,
+);
 
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
@@ -716,8 +722,7 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 if block.tokens.is_empty() && block.stream > 1 {
                     // The edge falls back to streaming: generate on our own, a verdict each.
                     let n = block.stream.min(server.config.max_new_tokens as u32);
-                    target =
-                        stream_tokens(&mut conn, &server, target, block.round, n, req).await?;
+                    target = stream_tokens(&mut conn, &server, target, block.round, n, req).await?;
                     continue;
                 }
                 if block.tokens.len() > MAX_BLOCK_TOKENS {

@@ -125,7 +125,9 @@ impl TargetSession {
         let mut me = Self::new(model, prompt, rule, params, stop_tokens, max_new_tokens)?;
         let (tokens, want) = me.prefill_chunk(usize::MAX);
         let tokens = tokens.to_vec();
-        let logits = me.session.forward(&tokens, want.unwrap_or(LogitsFor::Last))?;
+        let logits = me
+            .session
+            .forward(&tokens, want.unwrap_or(LogitsFor::Last))?;
         let mut first = me
             .finish_prefill_chunk(Some(logits))?
             .expect("the whole prompt was one chunk");
@@ -179,7 +181,11 @@ impl TargetSession {
     }
 
     /// The model and cache a batched pass runs this session's block on.
-    pub fn batch_item<'a>(&'a mut self, tokens: &'a [u32], want: Option<LogitsFor>) -> BatchItem<'a> {
+    pub fn batch_item<'a>(
+        &'a mut self,
+        tokens: &'a [u32],
+        want: Option<LogitsFor>,
+    ) -> BatchItem<'a> {
         let (model, cache) = self.session.parts_mut();
         BatchItem {
             model,
@@ -273,7 +279,11 @@ impl TargetSession {
     /// # Errors
     /// A round after the end or before the prefill finished, a wrong number of
     /// distributions.
-    pub fn round_block(&self, draft: &[u32], dists: &[CompactDist]) -> Result<Vec<u32>, RoundError> {
+    pub fn round_block(
+        &self,
+        draft: &[u32],
+        dists: &[CompactDist],
+    ) -> Result<Vec<u32>, RoundError> {
         if self.finished {
             return Err(RoundError::BadRound(
                 "the session has already finished".into(),

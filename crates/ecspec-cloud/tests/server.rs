@@ -2324,7 +2324,11 @@ async fn a_sampled_hybrid_session_mixes_rules_and_repeats_per_seed_on_the_virtua
     let (sa, sb) = (a.summary(), b.summary());
     check_counters(sa);
     assert_eq!(sa.tokens, sb.tokens, "same seed, same tokens");
-    assert_eq!(sa.round_records.len(), sb.round_records.len(), "same rounds");
+    assert_eq!(
+        sa.round_records.len(),
+        sb.round_records.len(),
+        "same rounds"
+    );
     let verify: Vec<_> = sa
         .round_records
         .iter()
@@ -2588,10 +2592,22 @@ async fn many_concurrent_sessions_share_passes_and_commit_what_each_commits_alon
             Run::greedy(prompt, DraftChoice::Partial, "fixed:3", max_new),
             Run::greedy(prompt, DraftChoice::Independent, "ecspec", max_new),
             Run::cloud_only(prompt, max_new),
-            Run::sampled(prompt, DraftChoice::Partial, VerifyRule::Match, seed, max_new),
+            Run::sampled(
+                prompt,
+                DraftChoice::Partial,
+                VerifyRule::Match,
+                seed,
+                max_new,
+            ),
             Run {
                 policy: "fixed:2",
-                ..Run::sampled(prompt, DraftChoice::Same, VerifyRule::Rejection, seed, max_new)
+                ..Run::sampled(
+                    prompt,
+                    DraftChoice::Same,
+                    VerifyRule::Rejection,
+                    seed,
+                    max_new,
+                )
             },
             Run {
                 mode: Mode::CloudOnly,
@@ -2603,7 +2619,13 @@ async fn many_concurrent_sessions_share_passes_and_commit_what_each_commits_alon
     let s0 = server.stats();
     let mut alone = Vec::new();
     for run in &runs {
-        alone.push(over_pipe(server.clone(), run.clone()).await.summary().tokens.clone());
+        alone.push(
+            over_pipe(server.clone(), run.clone())
+                .await
+                .summary()
+                .tokens
+                .clone(),
+        );
     }
     let s1 = server.stats();
     let tasks: Vec<_> = runs
@@ -2614,11 +2636,20 @@ async fn many_concurrent_sessions_share_passes_and_commit_what_each_commits_alon
         let o = t.await.unwrap();
         let s = o.summary();
         check_counters(s);
-        assert_eq!(s.tokens, alone[i], "run {i} ({:?}): batched output differs", runs[i]);
+        assert_eq!(
+            s.tokens, alone[i],
+            "run {i} ({:?}): batched output differs",
+            runs[i]
+        );
     }
     let s2 = server.stats();
-    let (alone_passes, batched_passes) = (s1.iterations - s0.iterations, s2.iterations - s1.iterations);
-    assert_eq!(s2.rows - s1.rows, s1.rows - s0.rows, "the same rows, batched or not");
+    let (alone_passes, batched_passes) =
+        (s1.iterations - s0.iterations, s2.iterations - s1.iterations);
+    assert_eq!(
+        s2.rows - s1.rows,
+        s1.rows - s0.rows,
+        "the same rows, batched or not"
+    );
     assert!(
         batched_passes * 4 < alone_passes,
         "{batched_passes} batched passes for the work of {alone_passes} alone"
@@ -2685,7 +2716,10 @@ async fn a_prefill_stops_at_the_next_chunk_when_its_edge_leaves() {
     // Each 4-row chunk takes 4 ms + 2 ms on this profile: about 16 chunks in 100 ms.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = server.stats().prefill_rows;
-    assert!(before > 0 && before < 400, "{before} prompt rows after 100 ms");
+    assert!(
+        before > 0 && before < 400,
+        "{before} prompt rows after 100 ms"
+    );
     drop(conn);
     cloud.await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -2698,8 +2732,15 @@ async fn a_prefill_stops_at_the_next_chunk_when_its_edge_leaves() {
     assert_eq!((after.kv_bytes_used, after.sessions_running), (0, 0));
     // The server serves the next request as usual.
     let prompt = prompts()[0].clone();
-    let o = over_pipe(server, Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10)).await;
-    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 10), 10));
+    let o = over_pipe(
+        server,
+        Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10),
+    )
+    .await;
+    assert_eq!(
+        o.summary().tokens,
+        expected_output(&reference(&prompt, 10), 10)
+    );
 }
 
 /// Sends a Hello over a new pipe to `server`; returns the edge's end.
@@ -2747,7 +2788,11 @@ async fn hellos_beyond_the_kv_budget_wait_then_are_refused_busy() {
     match reply(&mut c).await {
         Message::ErrorReply(e) => {
             assert_eq!((e.code(), e.retry_after_ms), (ErrorCode::Busy, 1000));
-            assert!(e.message.contains("1 requests are already waiting"), "{}", e.message);
+            assert!(
+                e.message.contains("1 requests are already waiting"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected Busy, got {other:?}"),
     }
@@ -2777,7 +2822,11 @@ async fn hellos_beyond_the_kv_budget_wait_then_are_refused_busy() {
     match reply(&mut e).await {
         Message::ErrorReply(e) => {
             assert_eq!((e.code(), e.retry_after_ms), (ErrorCode::Busy, 0));
-            assert!(e.message.contains("more than this server's whole budget"), "{}", e.message);
+            assert!(
+                e.message.contains("more than this server's whole budget"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected Busy, got {other:?}"),
     }
@@ -2811,7 +2860,10 @@ async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds()
     let (mut drafts, mut drafted, mut accepted) = (0u64, 0u64, 0u64);
     let mut first_pos = 0u64;
     for prompt in prompts() {
-        for (draft, policy) in [(DraftChoice::Partial, "fixed:4"), (DraftChoice::Same, "fixed:3")] {
+        for (draft, policy) in [
+            (DraftChoice::Partial, "fixed:4"),
+            (DraftChoice::Same, "fixed:3"),
+        ] {
             let o = run_edge(addr, &Run::greedy(&prompt, draft, policy, 20)).await;
             let s = o.summary();
             drafts += s.round_records.iter().filter(|r| r.k > 0).count() as u64;
@@ -2825,7 +2877,10 @@ async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds()
         .await
         .unwrap();
     let mut raw = String::new();
-    timeout(PATIENCE, tcp.read_to_string(&mut raw)).await.unwrap().unwrap();
+    timeout(PATIENCE, tcp.read_to_string(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The body is OpenMetrics text (the format Prometheus scrapes), ending with `# EOF`.
@@ -2851,8 +2906,14 @@ async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds()
         }
     };
     assert_eq!(value("ecspec:spec_decode_num_drafts", &[]), drafts as f64);
-    assert_eq!(value("ecspec:spec_decode_num_draft_tokens", &[]), drafted as f64);
-    assert_eq!(value("ecspec:spec_decode_num_accepted_tokens", &[]), accepted as f64);
+    assert_eq!(
+        value("ecspec:spec_decode_num_draft_tokens", &[]),
+        drafted as f64
+    );
+    assert_eq!(
+        value("ecspec:spec_decode_num_accepted_tokens", &[]),
+        accepted as f64
+    );
     assert_eq!(
         value("ecspec:spec_decode_num_accepted_tokens_per_pos", &["0"]),
         first_pos as f64
@@ -2861,13 +2922,20 @@ async fn metrics_are_served_in_the_prometheus_text_format_and_count_the_rounds()
     assert_eq!(passes, server.stats().iterations as f64);
     match sample("ecspec:iteration_rows", &[]) {
         V::Histogram(h) => {
-            assert_eq!(h.count, Some(passes as u64), "every pass is in the histogram");
+            assert_eq!(
+                h.count,
+                Some(passes as u64),
+                "every pass is in the histogram"
+            );
             let rows = h.sum.as_ref().map(MetricNumber::as_f64);
             assert_eq!(rows, Some(server.stats().rows as f64));
         }
         other => panic!("ecspec:iteration_rows is {other:?}"),
     }
-    assert_eq!(value("ecspec:kv_cache_budget_bytes", &[]), (4u64 << 30) as f64);
+    assert_eq!(
+        value("ecspec:kv_cache_budget_bytes", &[]),
+        (4u64 << 30) as f64
+    );
     let _ = stop.send(());
     serving.await.unwrap();
 }
@@ -2927,7 +2995,10 @@ async fn load_aware_edges_ask_a_busy_cloud_for_fewer_rows() {
         for (t, run) in tasks.into_iter().zip(&runs) {
             let o = t.await.unwrap();
             let s = o.summary();
-            assert_eq!(s.tokens, expected_output(&reference(&run.prompt, max_new), max_new));
+            assert_eq!(
+                s.tokens,
+                expected_output(&reference(&run.prompt, max_new), max_new)
+            );
             // Rows asked of the cloud: K + 1 a drafted round, 1 a streamed token.
             asked += s.round_records.iter().map(|r| r.k as u64 + 1).sum::<u64>();
         }
@@ -2970,7 +3041,11 @@ async fn concurrent_streaming_sessions_share_every_pass() {
         assert_eq!(s.generated_tokens, max_new);
         // One pass a token is 11.5 ms at most; a session that misses every other pass would
         // take 23 ms (21.7 measured without the scheduler's wait for resubmissions).
-        assert!(s.tpot_s <= 0.0144, "TPOT {} s: tokens every other pass", s.tpot_s);
+        assert!(
+            s.tpot_s <= 0.0144,
+            "TPOT {} s: tokens every other pass",
+            s.tpot_s
+        );
     }
     assert!(
         server.stats().prefill_rows < (long.len() + 8 * prompts()[0].len()) as u64,
@@ -3009,5 +3084,8 @@ fn a_scheduler_serves_on_after_its_runtime_was_shut_down_mid_pass() {
         server.clone(),
         Run::greedy(&prompt, DraftChoice::Same, "fixed:4", 10),
     ));
-    assert_eq!(o.summary().tokens, expected_output(&reference(&prompt, 10), 10));
+    assert_eq!(
+        o.summary().tokens,
+        expected_output(&reference(&prompt, 10), 10)
+    );
 }

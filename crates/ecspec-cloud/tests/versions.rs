@@ -352,7 +352,11 @@ async fn sessions_of_two_versions_batched_together_each_stay_lossless() {
     for version in ["v0", "v1"] {
         set_version(addr, version, PATIENCE).await.unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
-            let t = if version == "v0" { &fx.base.transformer } else { &fx.v1 };
+            let t = if version == "v0" {
+                &fx.base.transformer
+            } else {
+                &fx.v1
+            };
             let own = greedy(t, prompt, &[], MAX_NEW);
             let e = Edge::open(addr, prompt, &draft.compat_hash).await;
             assert_eq!(e.version, version);
@@ -382,7 +386,10 @@ async fn sessions_of_two_versions_batched_together_each_stay_lossless() {
         .collect();
     for (s, t) in tasks.into_iter().enumerate() {
         let (out, own) = t.await.unwrap();
-        assert_eq!(out, own, "session {s}: batched output differs from its version's");
+        assert_eq!(
+            out, own,
+            "session {s}: batched output differs from its version's"
+        );
     }
     let _ = stop.send(());
 }

@@ -12,6 +12,7 @@ use candle_core::Device;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
+use crate::kernels::{QWeight, WeightType};
 
 /// GGUF metadata with typed getters whose errors name the key.
 pub struct Metadata(HashMap<String, gguf_file::Value>);
@@ -147,16 +148,46 @@ impl Metadata {
     }
 }
 
-/// Tensor types converted to Q8_0 at load. Q4_1, Q5_0 and Q5_1: candle's CPU kernels run them
-/// without SIMD (docs/design.md §7). Q6_K: candle multiplies one row by another kernel than
-/// several rows, which rounds differently; a block forward would then not be bit-identical to
-/// token-by-token decoding and speculative greedy output could differ from the target's own.
-const CONVERT_TO_Q8_0: [GgmlDType; 4] = [
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q6K,
-];
+/// The runtime's type for a stored tensor type: the types its kernels multiply natively
+/// ([`WeightType`]) as they are; other quantized types are converted to Q8_0 (F32 when rows do
+/// not split into 32-value blocks), f16/bf16 to F32 (exact).
+fn runtime_type(t: GgmlDType) -> Option<WeightType> {
+    Some(match t {
+        GgmlDType::F32 => WeightType::F32,
+        GgmlDType::Q8_0 => WeightType::Q8_0,
+        GgmlDType::Q4_1 => WeightType::Q4_1,
+        GgmlDType::Q5_0 => WeightType::Q5_0,
+        GgmlDType::Q4K => WeightType::Q4K,
+        GgmlDType::Q6K => WeightType::Q6K,
+        _ => return None,
+    })
+}
+
+/// A candle tensor as a runtime weight matrix (`rows × cols`), converting types the kernels
+/// do not multiply natively (see [`runtime_type`]).
+pub(crate) fn to_weight(t: &QTensor, rows: usize, cols: usize) -> Result<QWeight> {
+    let (kind, bytes) = match runtime_type(t.dtype()) {
+        Some(kind) => (kind, t.data()?.into_owned()),
+        None if matches!(t.dtype(), GgmlDType::F16 | GgmlDType::BF16)
+            || !cols.is_multiple_of(32) =>
+        {
+            let v = t
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            return Ok(QWeight::from_f32(rows, cols, v));
+        }
+        None => {
+            let f = t.dequantize(&Device::Cpu)?;
+            let q = QTensor::quantize(&f, GgmlDType::Q8_0)?;
+            (WeightType::Q8_0, q.data()?.into_owned())
+        }
+    };
+    QWeight::from_bytes(kind, rows, cols, bytes).map_err(|reason| ModelError::Tensor {
+        name: format!("{:?} matrix", t.dtype()),
+        reason,
+    })
+}
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -199,8 +230,8 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Loads a tensor as stored, converting Q4_1/Q5_0/Q5_1/Q6_K to Q8_0 (see [`CONVERT_TO_Q8_0`]).
-    /// `shape` is the expected shape in candle's (rows, cols) order, checked.
+    /// Loads a tensor as stored. `shape` is the expected shape in candle's (rows, cols)
+    /// order, checked.
     pub fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let t = self
             .content
@@ -215,14 +246,21 @@ impl GgufFile {
                 reason: format!("expected shape {shape:?}, file has {:?}", t.shape().dims()),
             });
         }
-        let t = if CONVERT_TO_Q8_0.contains(&t.dtype()) && shape.last().is_some_and(|k| k % 32 == 0)
-        {
-            let f = t.dequantize(&Device::Cpu)?;
-            QTensor::quantize(&f, GgmlDType::Q8_0)?
-        } else {
-            t
-        };
         Ok(Arc::new(t))
+    }
+
+    /// Loads a matrix (`shape` = [rows, cols], checked) for the runtime's kernels: Q8_0, Q4_1,
+    /// Q5_0, Q4_K, Q6_K and F32 as stored, other types converted (f16/bf16 to F32, other
+    /// quantized types to Q8_0).
+    pub fn weight(&mut self, name: &str, shape: [usize; 2]) -> Result<QWeight> {
+        let t = self.qtensor(name, &shape)?;
+        to_weight(&t, shape[0], shape[1]).map_err(|e| match e {
+            ModelError::Tensor { reason, .. } => ModelError::Tensor {
+                name: name.into(),
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// Loads a 1-D f32 vector (norm weights, biases) of length `len`.

@@ -8,12 +8,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::{self, QWeight};
 use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
 use crate::ops::{self, RopeStyle, RopeTables};
 
@@ -65,53 +66,23 @@ pub enum LogitsFor {
 /// One decoder layer's weights.
 pub struct DecoderLayer {
     attn_norm: Vec<f32>,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QWeight,
+    wk: QWeight,
+    wv: QWeight,
+    wo: QWeight,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: QWeight,
+    w_up: QWeight,
+    w_down: QWeight,
 }
 
-/// candle's fast x86 kernels (repacked tiles, AVX-512 VNNI) need the inner dimension to be a
-/// multiple of this; other matrices fall back to a generic dot product 3–10× slower.
-const FAST_K_MULTIPLE: usize = 256;
-
-/// A matrix product operand. Matrices whose inner dimension k is not a multiple of
-/// [`FAST_K_MULTIPLE`] (SmolLM2's 576, Qwen2.5-0.5B's 896) are padded with zero columns and
-/// stored as Q8_0 — exact for Q8_0 blocks, which never straddle the padding — so they take the
-/// fast kernels; [`matmul`] pads the input rows to match.
-fn qmatmul(t: Arc<QTensor>) -> Result<QMatMul> {
-    use candle_core::quantized::GgmlDType;
-    let (_, k) = t.shape().dims2()?;
-    let paddable = matches!(
-        t.dtype(),
-        GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1
-    );
-    if k % FAST_K_MULTIPLE == 0 || !paddable {
-        return Ok(QMatMul::from_arc(t)?);
-    }
-    let k_pad = k.next_multiple_of(FAST_K_MULTIPLE);
-    let w = t
-        .dequantize(&Device::Cpu)?
-        .pad_with_zeros(1, 0, k_pad - k)?;
-    Ok(QMatMul::from_arc(Arc::new(QTensor::quantize(
-        &w,
-        GgmlDType::Q8_0,
-    )?))?)
-}
-
-/// The inner dimension a weight expects (k, or k padded by [`qmatmul`]).
-fn inner_dim(w: &QMatMul) -> Option<usize> {
-    match w {
-        QMatMul::QTensor(t) => t.shape().dims2().ok().map(|d| d.1),
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().ok().map(|d| d.1),
-    }
+/// A quantized matrix from candle's quantizer (`from_f32` paths): its bytes as a
+/// [`QWeight`].
+fn weight_of(t: &QTensor, rows: usize, cols: usize) -> Result<QWeight> {
+    crate::gguf::to_weight(t, rows, cols)
 }
 
 impl DecoderLayer {
@@ -128,14 +99,14 @@ impl DecoderLayer {
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Self> {
         let (d, kv, ffn) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.ffn_size);
-        let mut mat = |s: &str, rows: usize, cols: usize| -> Result<QMatMul> {
-            let t = Tensor::from_vec(get(s, &[rows, cols])?, (rows, cols), &Device::Cpu)?;
-            let dtype = if cols.is_multiple_of(32) {
-                candle_core::quantized::GgmlDType::Q8_0
-            } else {
-                candle_core::quantized::GgmlDType::F32
-            };
-            qmatmul(Arc::new(QTensor::quantize(&t, dtype)?))
+        let mut mat = |s: &str, rows: usize, cols: usize| -> Result<QWeight> {
+            let v = get(s, &[rows, cols])?;
+            if !cols.is_multiple_of(32) {
+                return Ok(QWeight::from_f32(rows, cols, v));
+            }
+            let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu)?;
+            let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
+            weight_of(&q, rows, cols)
         };
         let wq = mat("attn_q.weight", d, d)?;
         let wk = mat("attn_k.weight", kv, d)?;
@@ -185,35 +156,18 @@ impl DecoderLayer {
         };
         Ok(Self {
             attn_norm: f.vector(&n("attn_norm.weight"), d)?,
-            wq: qmatmul(f.qtensor(&n("attn_q.weight"), &[d, d])?)?,
-            wk: qmatmul(f.qtensor(&n("attn_k.weight"), &[kv, d])?)?,
-            wv: qmatmul(f.qtensor(&n("attn_v.weight"), &[kv, d])?)?,
-            wo: qmatmul(f.qtensor(&n("attn_output.weight"), &[d, d])?)?,
+            wq: f.weight(&n("attn_q.weight"), [d, d])?,
+            wk: f.weight(&n("attn_k.weight"), [kv, d])?,
+            wv: f.weight(&n("attn_v.weight"), [kv, d])?,
+            wo: f.weight(&n("attn_output.weight"), [d, d])?,
             bq: bias(f, "attn_q.bias", d)?,
             bk: bias(f, "attn_k.bias", kv)?,
             bv: bias(f, "attn_v.bias", kv)?,
             ffn_norm: f.vector(&n("ffn_norm.weight"), d)?,
-            w_gate: qmatmul(f.qtensor(&n("ffn_gate.weight"), &[ffn, d])?)?,
-            w_up: qmatmul(f.qtensor(&n("ffn_up.weight"), &[ffn, d])?)?,
-            w_down: qmatmul(f.qtensor(&n("ffn_down.weight"), &[d, ffn])?)?,
+            w_gate: f.weight(&n("ffn_gate.weight"), [ffn, d])?,
+            w_up: f.weight(&n("ffn_up.weight"), [ffn, d])?,
+            w_down: f.weight(&n("ffn_down.weight"), [d, ffn])?,
         })
-    }
-}
-
-/// Token embedding: quantized rows looked up directly when the row length fits the block
-/// size, else a dequantized copy.
-enum Embedding {
-    Quantized(Arc<QTensor>),
-    Dense(Arc<Vec<f32>>),
-}
-
-impl Embedding {
-    /// Another handle on the same memory.
-    fn share(&self) -> Self {
-        match self {
-            Embedding::Quantized(q) => Embedding::Quantized(q.clone()),
-            Embedding::Dense(v) => Embedding::Dense(v.clone()),
-        }
     }
 }
 
@@ -238,12 +192,13 @@ impl LayerLora {
 /// [`Session`]) to run it.
 pub struct Transformer {
     config: ModelConfig,
-    embedding: Embedding,
+    /// Token embedding (`V × d`): rows dequantized on lookup.
+    embedding: QWeight,
     layers: Vec<Arc<DecoderLayer>>,
     /// LoRA updates per layer (a target version); `None` for a base layer.
     lora: Vec<Option<Arc<LayerLora>>>,
     final_norm: Vec<f32>,
-    head: QMatMul,
+    head: QWeight,
     /// FR-Spec draft head: only these rows of `head` are scored.
     subset: Option<HeadSubset>,
 }
@@ -254,23 +209,13 @@ pub struct Transformer {
 struct HeadSubset {
     /// Token ids scored, in the order of `head`'s rows.
     ids: Arc<Vec<u32>>,
-    /// `N × d` (padded like the full head).
-    head: QMatMul,
+    /// `N × d`: the full head's rows, their bytes unchanged.
+    head: QWeight,
 }
 
-/// `x` (`rows × k`) times `w`ᵀ, zero-padding the rows when `w` was padded by [`qmatmul`].
-fn matmul(w: &QMatMul, x: &[f32], rows: usize, k: usize) -> Result<Vec<f32>> {
-    let t = match inner_dim(w) {
-        Some(kp) if kp > k => {
-            let mut padded = vec![0f32; rows * kp];
-            for (dst, src) in padded.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
-            }
-            Tensor::from_vec(padded, (rows, kp), &Device::Cpu)?
-        }
-        _ => Tensor::from_slice(x, (rows, k), &Device::Cpu)?,
-    };
-    Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
+/// `x` (`rows × k`) times `w`ᵀ on the runtime's kernels ([`crate::kernels`]).
+fn matmul(w: &QWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    kernels::matmul(w, x, rows)
 }
 
 /// One session's part of a batched forward pass ([`Transformer::forward_batch`]).
@@ -317,20 +262,11 @@ impl Transformer {
     pub fn load(f: &mut GgufFile) -> Result<Self> {
         let config = ModelConfig::from_metadata(&f.metadata)?;
         let (v, d) = (config.vocab_size, config.hidden_size);
-        let emb = f.qtensor("token_embd.weight", &[v, d])?;
-        let embedding = if d % emb.dtype().block_size() == 0 {
-            Embedding::Quantized(emb.clone())
-        } else {
-            Embedding::Dense(Arc::new(
-                emb.dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ))
-        };
+        let embedding = f.weight("token_embd.weight", [v, d])?;
         let head = if f.has_tensor("output.weight") {
-            qmatmul(f.qtensor("output.weight", &[v, d])?)?
+            f.weight("output.weight", [v, d])?
         } else {
-            qmatmul(emb)?
+            embedding.clone()
         };
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
@@ -371,7 +307,7 @@ impl Transformer {
         }
         Ok(Self {
             config: base.config.clone(),
-            embedding: base.embedding.share(),
+            embedding: base.embedding.clone(),
             layers: base.layers.clone(),
             lora: per_layer.into_iter().map(|l| l.map(Arc::new)).collect(),
             final_norm: base.final_norm.clone(),
@@ -407,20 +343,14 @@ impl Transformer {
                 config.num_layers
             )));
         }
-        use candle_core::quantized::GgmlDType;
-        let dtype = if d.is_multiple_of(32) {
-            GgmlDType::Q8_0
+        let embedding = if d.is_multiple_of(32) {
+            let t = Tensor::from_vec(embedding, (v, d), &Device::Cpu)?;
+            let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
+            weight_of(&q, v, d)?
         } else {
-            GgmlDType::F32
+            QWeight::from_f32(v, d, embedding)
         };
-        let t = Tensor::from_vec(embedding, (v, d), &Device::Cpu)?;
-        let q = Arc::new(QTensor::quantize(&t, dtype)?);
-        let embedding = if dtype == GgmlDType::Q8_0 {
-            Embedding::Quantized(q.clone())
-        } else {
-            Embedding::Dense(Arc::new(t.flatten_all()?.to_vec1::<f32>()?))
-        };
-        let head = qmatmul(q)?;
+        let head = embedding.clone();
         let lora = vec![None; layers.len()];
         Ok(Self {
             config,
@@ -469,7 +399,7 @@ impl Transformer {
         }
         let mut config = base.config.clone();
         config.num_layers = layers.len();
-        let embedding = base.embedding.share();
+        let embedding = base.embedding.clone();
         Ok(Self {
             config,
             embedding,
@@ -500,19 +430,12 @@ impl Transformer {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= v) {
             return Err(ModelError::TokenOutOfRange { id, vocab_size: v });
         }
-        match &self.embedding {
-            Embedding::Quantized(q) => {
-                let ids = Tensor::from_slice(tokens, tokens.len(), &Device::Cpu)?;
-                Ok(q.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?)
-            }
-            Embedding::Dense(w) => {
-                let d = self.config.hidden_size;
-                Ok(tokens
-                    .iter()
-                    .flat_map(|&t| w[t as usize * d..(t as usize + 1) * d].iter().copied())
-                    .collect())
-            }
+        let d = self.config.hidden_size;
+        let mut out = vec![0f32; tokens.len() * d];
+        for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(d)) {
+            self.embedding.dequantize_row_into(t as usize, o);
         }
+        Ok(out)
     }
 
     /// Runs decoder layers `layers` over `hidden` (`rows × d`, positions `pos..pos+rows`),
@@ -626,9 +549,10 @@ impl Transformer {
             let layer = &self.layers[li];
             let lora = |s: &Segment<'_>| s.lora[li].clone();
             let h = ops::rms_norm(hidden, &layer.attn_norm, c.rms_eps);
-            let mut q = matmul(&layer.wq, &h, rows, d)?;
-            let mut k = matmul(&layer.wk, &h, rows, d)?;
-            let mut v = matmul(&layer.wv, &h, rows, d)?;
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] =
+                kernels::matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, rows)
+                    .try_into()
+                    .expect("three products");
             add_bias(&mut q, &layer.bq);
             add_bias(&mut k, &layer.bk);
             add_bias(&mut v, &layer.bv);
@@ -665,14 +589,16 @@ impl Transformer {
                 att[r * qd..(r + s.rows) * qd].copy_from_slice(&a);
                 r += s.rows;
             }
-            let mut o = matmul(&layer.wo, &att, rows, d)?;
+            let mut o = matmul(&layer.wo, &att, rows);
             per_segment(segs, (&att, qd), (&mut o, d), |_, s, x, y| {
                 LayerLora::apply(&lora(s), LoraTarget::AttnOutput, x, y)
             });
             ops::add_assign(hidden, &o);
             let h = ops::rms_norm(hidden, &layer.ffn_norm, c.rms_eps);
-            let mut g = matmul(&layer.w_gate, &h, rows, d)?;
-            let mut u = matmul(&layer.w_up, &h, rows, d)?;
+            let [mut g, mut u]: [Vec<f32>; 2] =
+                kernels::matmul_many(&[&layer.w_gate, &layer.w_up], &h, rows)
+                    .try_into()
+                    .expect("two products");
             let f = c.ffn_size;
             per_segment(segs, (&h, d), (&mut g, f), |_, s, x, y| {
                 LayerLora::apply(&lora(s), LoraTarget::FfnGate, x, y)
@@ -681,7 +607,7 @@ impl Transformer {
                 LayerLora::apply(&lora(s), LoraTarget::FfnUp, x, y)
             });
             ops::silu_mul(&mut g, &u);
-            let mut down = matmul(&layer.w_down, &g, rows, f)?;
+            let mut down = matmul(&layer.w_down, &g, rows);
             per_segment(segs, (&g, f), (&mut down, d), |_, s, x, y| {
                 LayerLora::apply(&lora(s), LoraTarget::FfnDown, x, y)
             });
@@ -694,15 +620,8 @@ impl Transformer {
     /// norm and LM head the same memory or values): then the two may share a batched forward
     /// pass ([`Self::forward_batch`]), each with its own LoRA update.
     pub fn shares_base_with(&self, other: &Transformer) -> bool {
-        let same_emb = match (&self.embedding, &other.embedding) {
-            (Embedding::Quantized(a), Embedding::Quantized(b)) => Arc::ptr_eq(a, b),
-            (Embedding::Dense(a), Embedding::Dense(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        let same_head = match (&self.head, &other.head) {
-            (QMatMul::QTensor(a), QMatMul::QTensor(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
+        let same_emb = self.embedding.same_memory(&other.embedding);
+        let same_head = self.head.same_memory(&other.head);
         let same_subset = match (&self.subset, &other.subset) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(&a.ids, &b.ids),
@@ -840,9 +759,9 @@ impl Transformer {
         let h = ops::rms_norm(hidden, &self.final_norm, self.config.rms_eps);
         let v = self.config.vocab_size;
         let Some(sub) = &self.subset else {
-            return Ok(Logits::new(v, matmul(&self.head, &h, rows, d)?));
+            return Ok(Logits::new(v, matmul(&self.head, &h, rows)));
         };
-        let small = matmul(&sub.head, &h, rows, d)?;
+        let small = matmul(&sub.head, &h, rows);
         let n = sub.ids.len();
         let mut out = vec![f32::NEG_INFINITY; rows * v];
         for (row, src) in out.chunks_exact_mut(v).zip(small.chunks_exact(n)) {
@@ -884,21 +803,10 @@ impl Transformer {
                 )));
             }
         }
-        let (full, dtype) = match &self.head {
-            QMatMul::QTensor(t) => (t.dequantize(&Device::Cpu)?, Some(t.dtype())),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                (t.to_dtype(candle_core::DType::F32)?, None)
-            }
-        };
-        let index = Tensor::from_vec(ids.to_vec(), ids.len(), &Device::Cpu)?;
-        let rows = full.index_select(&index, 0)?;
-        let head = match dtype {
-            Some(dt) => QMatMul::from_arc(Arc::new(QTensor::quantize(&rows, dt)?))?,
-            None => QMatMul::Tensor(rows),
-        };
+        let head = self.head.gather(ids);
         Ok(Self {
             config: self.config.clone(),
-            embedding: self.embedding.share(),
+            embedding: self.embedding.clone(),
             layers: self.layers.clone(),
             lora: self.lora.clone(),
             final_norm: self.final_norm.clone(),
@@ -908,6 +816,32 @@ impl Transformer {
                 head,
             }),
         })
+    }
+
+    /// How many weight matrices of each storage type the model multiplies (decoder layers,
+    /// LM head; the embedding is only looked up), in [`kernels::WeightType::ALL`]'s order:
+    /// what `ecspec profile` lists next to the kernels picked.
+    pub fn weight_types(&self) -> Vec<(kernels::WeightType, usize)> {
+        let mut n = [0usize; 6];
+        let mut count = |w: &QWeight| {
+            let i = kernels::WeightType::ALL
+                .iter()
+                .position(|&t| t == w.kind())
+                .unwrap_or(0);
+            n[i] += 1;
+        };
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                count(w);
+            }
+        }
+        count(&self.head);
+        kernels::WeightType::ALL
+            .iter()
+            .zip(n)
+            .filter(|(_, c)| *c > 0)
+            .map(|(&t, c)| (t, c))
+            .collect()
     }
 
     /// The vocabulary subset this model scores (None: the whole vocabulary).

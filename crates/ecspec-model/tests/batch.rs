@@ -16,8 +16,7 @@ fn fixture() -> (Arc<Transformer>, Arc<Transformer>, Arc<Transformer>) {
     // One directory per call: tests run in parallel in this process.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("ecspec-batch-test-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ecspec-batch-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("base.gguf");
     write_tiny_model(
@@ -115,7 +114,10 @@ fn each_session_in_a_batch_gets_the_logits_it_gets_alone() {
         Case {
             model: v0.clone(),
             blocks: vec![
-                (ids(&"lorem ipsum dolor sit amet ".repeat(4)), Some(LogitsFor::All)),
+                (
+                    ids(&"lorem ipsum dolor sit amet ".repeat(4)),
+                    Some(LogitsFor::All),
+                ),
                 (ids("a"), Some(LogitsFor::All)),
                 (ids("b"), Some(LogitsFor::Last)),
                 (ids("c"), Some(LogitsFor::All)),
@@ -156,12 +158,19 @@ fn each_session_in_a_batch_gets_the_logits_it_gets_alone() {
         }
     }
     for (i, cache) in caches.iter().enumerate() {
-        assert_eq!(cache.len(), expected[i].1.len(), "session {i}: cache length");
+        assert_eq!(
+            cache.len(),
+            expected[i].1.len(),
+            "session {i}: cache length"
+        );
     }
     // The batched caches hold the same keys: one more token gives the same logits.
     for (i, (c, cache)) in cases.iter().zip(caches.iter_mut()).enumerate() {
         let mut alone_cache = expected[i].1.clone();
-        let a = c.model.forward(&mut alone_cache, &[7], LogitsFor::All).unwrap();
+        let a = c
+            .model
+            .forward(&mut alone_cache, &[7], LogitsFor::All)
+            .unwrap();
         let b = c.model.forward(cache, &[7], LogitsFor::All).unwrap();
         assert_eq!(a, b, "session {i}: caches differ");
     }

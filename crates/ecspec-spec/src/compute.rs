@@ -102,7 +102,10 @@ mod tests {
         // A batch of one equals one session alone; four rounds of K = 4 share a.
         assert_eq!(c.iteration(6, 0), c.verify(5));
         assert_eq!(c.iteration(0, 200), c.prefill(200));
-        assert_eq!(c.iteration(20, 10), Duration::from_micros(30_000 + 38_000 + 5_000));
+        assert_eq!(
+            c.iteration(20, 10),
+            Duration::from_micros(30_000 + 38_000 + 5_000)
+        );
         let bad = EdgeCompute {
             draft_s_per_token: f64::NAN,
             prefill_s_per_token: -1.0,

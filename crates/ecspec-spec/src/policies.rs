@@ -18,8 +18,8 @@
 //!   streaming cloud-only decoding when no K ≥ 1 pays.
 
 use crate::policy::{
-    best_k, expected_energy_per_token, expected_goodput, round_time, DraftLengthPolicy,
-    PolicyMemory, RoundOutcome, RoundState, StopRule, row_price,
+    best_k, expected_energy_per_token, expected_goodput, round_time, row_price, DraftLengthPolicy,
+    PolicyMemory, RoundOutcome, RoundState, StopRule,
 };
 
 /// ECSpec's draft-length policy: the K ∈ [0, k_max] with the highest expected goodput
