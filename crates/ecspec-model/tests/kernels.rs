@@ -194,3 +194,21 @@ fn malformed_weights_are_refused_with_the_reason() {
         .unwrap();
     assert!(e.contains("135 bytes, expected 136"), "{e}");
 }
+
+/// Every f16 block scale converts exactly (the kernels' inline conversion against `half`'s).
+#[test]
+fn every_f16_scale_converts_exactly() {
+    for h in 0..=u16::MAX {
+        let mut block = vec![0u8; 34];
+        block[..2].copy_from_slice(&h.to_le_bytes());
+        block[2] = 1;
+        let mut out = [0f32; 32];
+        ecspec_model::kernels::dequantize_row(WeightType::Q8_0, &block, &mut out);
+        let want = half::f16::from_bits(h).to_f32();
+        if want.is_nan() {
+            assert!(out[0].is_nan(), "f16 {h:#06x}: {} is not NaN", out[0]);
+        } else {
+            assert_eq!(out[0].to_bits(), want.to_bits(), "f16 {h:#06x}");
+        }
+    }
+}

@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::QuantizedRows;
-use super::formats::{scale_min_k4, WeightType};
+use super::formats::{scales_mins_k4, WeightType};
 use super::scalar::finish;
 
 /// Columns `j0..j1` of `x · wᵀ` for input rows `r0..r0 + nr` (nr 1 to 4), written to
@@ -265,14 +265,9 @@ unsafe fn q4k<const J: usize, const R: usize>(
         for jj in 0..J {
             let blk = w[jj].add(b * 144);
             let (d, dmin) = (f16(blk), f16(blk.add(2)));
-            let packed = std::slice::from_raw_parts(blk.add(4), 12);
-            let mut sc = [0i16; 8];
-            let mut mins = [0i32; 8];
-            for j in 0..8 {
-                let (s, m) = scale_min_k4(j, packed);
-                sc[j] = s as i16;
-                mins[j] = m as i32;
-            }
+            let sm = scales_mins_k4(std::slice::from_raw_parts(blk.add(4), 12));
+            let sc: [i16; 8] = std::array::from_fn(|j| sm[j] as i16);
+            let mins: [i32; 8] = std::array::from_fn(|j| sm[8 + j] as i32);
             let mut lanes = [_mm256_setzero_si256(); R];
             for c in 0..4 {
                 let bits = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);

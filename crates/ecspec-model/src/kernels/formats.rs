@@ -131,6 +131,26 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All 8 of Q4_K's 6-bit scales and mins at once from their 12 packed bytes (llama.cpp's
+/// `utmp` trick: a dozen 32-bit operations instead of eight [`scale_min_k4`] calls): bytes
+/// 0..8 of the result are the scales, 8..16 the mins.
+#[inline(always)]
+pub(crate) fn scales_mins_k4(q: &[u8]) -> [u8; 16] {
+    const M1: u32 = 0x3f3f_3f3f;
+    const M2: u32 = 0x0f0f_0f0f;
+    const M3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+    let m_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&(u0 & M1).to_le_bytes());
+    out[4..8].copy_from_slice(&sc_hi.to_le_bytes());
+    out[8..12].copy_from_slice(&(u1 & M1).to_le_bytes());
+    out[12..16].copy_from_slice(&m_hi.to_le_bytes());
+    out
+}
+
 /// Q6_K's 6-bit quant (0..64) and scale index (0..16) of value `e` (0..256) of a block.
 #[inline(always)]
 pub(crate) fn q6k_value(b: &[u8], e: usize) -> (i32, usize) {

@@ -9,7 +9,7 @@
 use std::arch::aarch64::*;
 
 use super::acts::QuantizedRows;
-use super::formats::{f16_at, scale_min_k4, WeightType};
+use super::formats::{f16_at, scales_mins_k4, WeightType};
 use super::scalar::finish;
 
 /// Columns `j0..j1` of `x · wᵀ` for input rows `r0..r0 + nr` (nr 1 to 4), written to
@@ -214,13 +214,9 @@ unsafe fn q4k<const R: usize>(w: &[u8], a: &QuantizedRows, r0: usize) -> [f32; R
     for b in 0..a.nb {
         let blk = &w[b * 144..b * 144 + 144];
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let mut sc = [0i32; 8];
-        let mut mins = [0i32; 8];
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, &blk[4..16]);
-            sc[j] = s as i32;
-            mins[j] = m as i32;
-        }
+        let sm = scales_mins_k4(&blk[4..16]);
+        let sc: [i32; 8] = std::array::from_fn(|j| sm[j] as i32);
+        let mins: [i32; 8] = std::array::from_fn(|j| sm[8 + j] as i32);
         let mut lanes = [(vdupq_n_s32(0), vdupq_n_s32(0)); R];
         for c in 0..4 {
             let p = blk.as_ptr().add(16 + 32 * c);
