@@ -1,6 +1,7 @@
 //! Times the quantized matrix kernels on one matrix: `cargo run --release -p ecspec-model
-//! --example kernel_speed -- [TYPE] [ROWS_OUT] [COLS] [ISA]` (defaults: Q4_1 1536 576 the
-//! selected path). Prints, per input-row count, the time of one product and the weight bytes
+//! --example kernel_speed -- [TYPE] [ROWS_OUT] [COLS] [ISA] [MACS]` (defaults: Q4_1 1536 576,
+//! the selected path, 2·10⁸ multiply-adds per row count; a small MACS suits
+//! `valgrind --tool=callgrind`, which counts instructions whatever the machine's load). Prints, per input-row count, the time of one product and the weight bytes
 //! read per second.
 
 use std::time::Instant;
@@ -39,7 +40,11 @@ fn main() {
         let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 31 % 200) as f32 - 100.0) / 100.0)
             .collect();
-        let reps = (200_000_000 / (n * k * rows)).max(3);
+        let budget: usize = args
+            .get(4)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200_000_000);
+        let reps = (budget / (n * k * rows)).max(1);
         let _ = matmul_on(isa, &w, &x, rows);
         let t0 = Instant::now();
         for _ in 0..reps {

@@ -6,8 +6,6 @@
 //! block forward over K tokens bit-identical to K single-token forwards, so speculative
 //! verification and autoregressive decoding of the target pick exactly the same tokens.
 
-use rayon::prelude::*;
-
 /// Dot product with a fixed 8-lane accumulation order (vectorises, yet deterministic).
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -117,14 +115,39 @@ pub fn causal_attention(
     let one = |(idx, o): (usize, &mut [f32])| {
         attend_one(q, k, v, (start, heads, group, hd, kv_stride, scale), idx, o)
     };
-    // Each (row, head) is computed alone, so splitting over threads changes no number. Small
-    // calls (a decode step) stay on the caller: handing them to the pool costs a wake-up and a
-    // futex round trip, more than the work.
-    let work = q.len() / hd.max(1) * (start + q.len() / (heads * hd).max(1)) * hd;
-    if rayon::current_num_threads() > 1 && work >= 1 << 18 {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
+    // Each (row, head) is computed alone, so splitting over threads changes no number. The
+    // calling thread takes the first share and the pool the others (one wake-up per share,
+    // the caller never parks while its work waits for a worker); tiny calls stay on the caller.
+    let items = q.len() / hd.max(1);
+    let work = items * (start + q.len() / (heads * hd).max(1)) * hd;
+    let parts = if work >= 1 << 15 {
+        rayon::current_num_threads().clamp(1, items.max(1))
     } else {
-        out.chunks_mut(hd).enumerate().for_each(one);
+        1
+    };
+    let per = items.div_ceil(parts).max(1);
+    let mut shares: Vec<(usize, &mut [f32])> = out
+        .chunks_mut(per * hd)
+        .enumerate()
+        .map(|(c, s)| (c * per, s))
+        .collect();
+    let share = |(first, s): (usize, &mut [f32])| {
+        for (i, o) in s.chunks_mut(hd).enumerate() {
+            one((first + i, o));
+        }
+    };
+    match shares.len() {
+        0 => {}
+        1 => share(shares.pop().expect("one share")),
+        _ => {
+            let first = shares.remove(0);
+            rayon::in_place_scope(|sc| {
+                for s in shares {
+                    sc.spawn(move |_| share(s));
+                }
+                share(first);
+            });
+        }
     }
     out
 }

@@ -6,8 +6,8 @@ use super::formats::ActFormat;
 
 /// Rows of activations quantized to 8-bit blocks of 32 ([`ActFormat::Q8x32`]) or 256
 /// ([`ActFormat::Q8x256`]). Block b of row r: scale `d[r·nb + b]`, values
-/// `q[r·k + b·B ..][..B]`, sums `sums[r·spb·nb + b·spb ..][..spb]` (spb = 1 sum of the 32
-/// values, or 16 sums of 16).
+/// `q[r·k + b·B ..][..B]`, sums `sums[r·spb·nb + b·spb ..][..spb]` (spb = B / 32: the sum of
+/// each 32 values).
 pub struct QuantizedRows {
     /// Block size B: 32 or 256.
     pub block: usize,
@@ -19,7 +19,7 @@ pub struct QuantizedRows {
     pub d: Vec<f32>,
     /// Quantized values in −127..=127, `rows × k`.
     pub q: Vec<i8>,
-    /// Sums of the quantized values: per block (B = 32) or per 16 values (B = 256).
+    /// Sums of the quantized values, one per 32 (Q4_1's and Q4_K's min terms).
     pub sums: Vec<i32>,
 }
 
@@ -42,7 +42,7 @@ impl QuantizedRows {
         };
         debug_assert!(k.is_multiple_of(block) && x.len() == rows * k);
         let nb = k / block;
-        let spb = if block == 256 { 16 } else { 1 };
+        let spb = block / 32;
         let mut d = Vec::with_capacity(rows * nb);
         let mut q = vec![0i8; rows * k];
         let mut sums = Vec::with_capacity(rows * nb * spb);
@@ -72,7 +72,7 @@ impl QuantizedRows {
     /// Block b of row r: its scale, values and sums.
     #[inline(always)]
     pub fn block(&self, r: usize, b: usize) -> (f32, &[i8], &[i32]) {
-        let spb = if self.block == 256 { 16 } else { 1 };
+        let spb = self.block / 32;
         let at = r * self.k + b * self.block;
         let s = (r * self.nb + b) * spb;
         (

@@ -100,6 +100,16 @@ fn finish_all<const J: usize, const R: usize>(
     out
 }
 
+/// The sum of 8 i32 lanes (exact: integer).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_i32(v: __m256i) -> i32 {
+    let x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let x = _mm_add_epi32(x, _mm_unpackhi_epi64(x, x));
+    let x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0b01));
+    _mm_cvtsi128_si32(x)
+}
+
 /// Signed × signed bytes → 8 lanes of sums of 4 products. `w` may hold −128; `x` never does.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -145,7 +155,7 @@ struct Rows<const R: usize> {
 impl<const R: usize> Rows<R> {
     #[inline(always)]
     fn new(a: &QuantizedRows, r0: usize) -> Self {
-        let spb = if a.block == 256 { 16 } else { 1 };
+        let spb = a.block / 32;
         Self {
             q: std::array::from_fn(|i| a.q[(r0 + i) * a.k..].as_ptr()),
             d: std::array::from_fn(|i| a.d[(r0 + i) * a.nb..].as_ptr()),
@@ -267,7 +277,7 @@ unsafe fn q4k<const J: usize, const R: usize>(
             let (d, dmin) = (f16(blk), f16(blk.add(2)));
             let sm = scales_mins_k4(std::slice::from_raw_parts(blk.add(4), 12));
             let sc: [i16; 8] = std::array::from_fn(|j| sm[j] as i16);
-            let mins: [i32; 8] = std::array::from_fn(|j| sm[8 + j] as i32);
+            let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.as_ptr().add(8) as *const __m128i));
             let mut lanes = [_mm256_setzero_si256(); R];
             for c in 0..4 {
                 let bits = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
@@ -287,11 +297,9 @@ unsafe fn q4k<const J: usize, const R: usize>(
                 }
             }
             for i in 0..R {
-                let sums = x.s[i].add(16 * b);
-                let mut s = 0i32;
-                for j in 0..8 {
-                    s -= mins[j] * (*sums.add(2 * j) + *sums.add(2 * j + 1));
-                }
+                // S = −Σ_j min_j · (sum of the 32 inputs of sub-block j): exact in i32.
+                let sums = _mm256_loadu_si256(x.s[i].add(8 * b) as *const __m256i);
+                let s = -hsum_i32(_mm256_mullo_epi32(mins, sums));
                 let dd = _mm256_set1_ps(d * dx[i]);
                 acc[jj][i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes[i]), acc[jj][i]);
                 accm[jj][i] = (dmin * dx[i]).mul_add(s as f32, accm[jj][i]);

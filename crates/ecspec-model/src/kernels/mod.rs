@@ -19,7 +19,9 @@
 //!
 //! **Threads.** The output columns (weight rows) of one or several matrices sharing an input
 //! ([`matmul_many`]: q/k/v, gate/up) are split into equal-cost ranges, one per thread of the
-//! rayon pool, in a single parallel region per call.
+//! rayon pool; the calling thread computes the first range and the pool's persistent workers
+//! the others (`rayon::in_place_scope`: one wake-up per range, the caller never parks waiting
+//! for its own work to be picked up).
 
 pub mod acts;
 pub mod formats;
@@ -31,8 +33,6 @@ mod avx2;
 mod neon;
 
 use std::sync::{Arc, OnceLock};
-
-use rayon::prelude::*;
 
 use self::acts::QuantizedRows;
 pub use self::formats::{dequantize_row, ActFormat, WeightType};
@@ -340,6 +340,12 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Shares a product is split into: the pool's size (`--threads`); the calling thread computes
+/// one share itself (see `matmul_many_on`).
+fn compute_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
 /// Weight rows swept per row tile while they stay in cache.
 const COLS_PER_SWEEP: usize = 16;
 /// Input rows dotted with one decoded weight block.
@@ -370,11 +376,7 @@ fn matmul_many_on(isa: Isa, ws: &[&QWeight], x: &[f32], rows: usize) -> Vec<Vec<
     let total: usize = ws.iter().zip(&cost).map(|(w, c)| w.rows * c).sum();
     let work = total * rows.max(1);
     // Below ~64 KiB of weight-row bytes × rows a second thread costs more than it saves.
-    let threads = if work < 1 << 16 {
-        1
-    } else {
-        rayon::current_num_threads().max(1)
-    };
+    let threads = if work < 1 << 16 { 1 } else { compute_threads() };
     let ranges = split_columns(ws, &cost, total, threads);
     let run = |part: &Vec<(usize, usize, usize)>| {
         for &(wi, j0, j1) in part {
@@ -388,10 +390,18 @@ fn matmul_many_on(isa: Isa, ws: &[&QWeight], x: &[f32], rows: usize) -> Vec<Vec<
             unsafe { sweep(isa, w, x, acts, rows, j0, j1, ptrs[wi]) };
         }
     };
-    if ranges.len() <= 1 {
-        ranges.iter().for_each(run);
-    } else {
-        ranges.par_iter().for_each(run);
+    match ranges.split_first() {
+        None => {}
+        Some((first, [])) => run(first),
+        // The calling thread computes the first range itself and hands the others to the pool:
+        // one wake-up per call, not an injection that parks the caller while every range
+        // waits for a worker (the caller is usually outside the pool: a tokio task, `main`).
+        Some((first, rest)) => rayon::in_place_scope(|s| {
+            for part in rest {
+                s.spawn(move |_| run(part));
+            }
+            run(first);
+        }),
     }
     outs
 }

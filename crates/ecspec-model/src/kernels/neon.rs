@@ -235,7 +235,7 @@ unsafe fn q4k<const R: usize>(w: &[u8], a: &QuantizedRows, r0: usize) -> [f32; R
             let (dx, _, sums) = a.block(r0 + i, b);
             let mut s = 0i32;
             for j in 0..8 {
-                s -= mins[j] * (sums[2 * j] + sums[2 * j + 1]);
+                s -= mins[j] * sums[j];
             }
             fma_lanes(&mut acc[i], d * dx, lanes[i].0, lanes[i].1);
             acc[i].m = (dmin * dx).mul_add(s as f32, acc[i].m);

@@ -56,7 +56,7 @@ pub fn dot_row(t: WeightType, w: &[u8], a: &QuantizedRows, r: usize) -> f32 {
                         let q = if high { q >> 4 } else { q & 0xF } as i32;
                         lanes[l / 4] += sc as i32 * q * x[32 * j + l] as i32;
                     }
-                    s -= m as i32 * (sums[2 * j] + sums[2 * j + 1]);
+                    s -= m as i32 * sums[j];
                 }
                 (f16_at(blk, 0) * dx, Some((f16_at(blk, 2) * dx, s)))
             }
