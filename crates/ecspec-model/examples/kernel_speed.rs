@@ -1,5 +1,5 @@
 //! Times the quantized matrix kernels on one matrix: `cargo run --release -p ecspec-model
-//! --example kernel_speed -- [TYPE] [ROWS_OUT] [COLS] [ISA] [MACS]` (defaults: Q4_1 1536 576,
+//! --example kernel_speed -- [TYPE] [ROWS_OUT] [COLS] [ISA] [MACS] [ROWS,…]` (defaults: Q4_1 1536 576,
 //! the selected path, 2·10⁸ multiply-adds per row count; a small MACS suits
 //! `valgrind --tool=callgrind`, which counts instructions whatever the machine's load). Prints, per input-row count, the time of one product and the weight bytes
 //! read per second.
@@ -36,7 +36,11 @@ fn main() {
         w.size_bytes() / 1024,
         isa.name()
     );
-    for rows in [1, 2, 5, 9, 17, 33, 65] {
+    let counts: Vec<usize> = args
+        .get(5)
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 5, 9, 17, 33, 65]);
+    for rows in counts {
         let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 31 % 200) as f32 - 100.0) / 100.0)
             .collect();

@@ -110,11 +110,11 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(x)
 }
 
-/// Signed × signed bytes → 8 lanes of sums of 4 products. `w` may hold −128; `x` never does.
+/// Signed × signed bytes → 8 lanes of sums of 4 products, given `aw` = |w| (computed once per
+/// weight block for all rows). `w` may hold −128 (|−128| reads as 128 unsigned); `x` never does.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_signed(w: __m256i, x: __m256i) -> __m256i {
-    let aw = _mm256_sign_epi8(w, w);
+fn dot_signed(w: __m256i, aw: __m256i, x: __m256i) -> __m256i {
     let sx = _mm256_sign_epi8(x, w);
     _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
 }
@@ -193,8 +193,9 @@ unsafe fn q8_0<const J: usize, const R: usize>(
             let blk = w[jj].add(b * 34);
             let dw = f16(blk);
             let qw = load(blk.add(2) as *const i8);
+            let aw = _mm256_sign_epi8(qw, qw);
             for i in 0..R {
-                let lanes = dot_signed(qw, xs[i]);
+                let lanes = dot_signed(qw, aw, xs[i]);
                 let dd = _mm256_set1_ps(dw * dx[i]);
                 acc[jj][i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), acc[jj][i]);
             }
@@ -250,8 +251,9 @@ unsafe fn q5_0<const J: usize, const R: usize>(
             let q4 = nibbles32(blk.add(6));
             let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
             let qw = _mm256_sub_epi8(_mm256_or_si256(q4, hi), _mm256_set1_epi8(16));
+            let aw = _mm256_sign_epi8(qw, qw);
             for i in 0..R {
-                let lanes = dot_signed(qw, xs[i]);
+                let lanes = dot_signed(qw, aw, xs[i]);
                 let dd = _mm256_set1_ps(dw * dx[i]);
                 acc[jj][i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), acc[jj][i]);
             }
