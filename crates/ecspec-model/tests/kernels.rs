@@ -212,3 +212,40 @@ fn every_f16_scale_converts_exactly() {
         }
     }
 }
+
+/// Splitting a product or attention over threads changes no number: 1, 2 and 3 threads give
+/// the same bits (the caller computes one share, the pool's workers the others).
+#[test]
+fn threads_change_no_number() {
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let mut rng = Rng(13);
+    let (w, _) = weight(WeightType::Q4K, 96, 1024, &mut rng);
+    let (w2, _) = weight(WeightType::Q4_1, 40, 1024, &mut rng);
+    let x = input(5, 1024, &mut rng);
+    let run = || ecspec_model::kernels::matmul_many(&[&w, &w2], &x, 5);
+    let one = pool(1).install(run);
+    for n in [2, 3] {
+        assert_eq!(pool(n).install(run), one, "{n} threads, inside the pool");
+    }
+    // From a thread outside any pool (a tokio task, `main`): the global pool's workers help.
+    assert_eq!(run(), one, "outside the pool");
+
+    let (heads, kv_heads, hd, start, rows) = (8, 2, 64, 150, 3);
+    let q = input(rows * heads, hd, &mut rng);
+    let k = input((start + rows) * kv_heads, hd, &mut rng);
+    let v = input((start + rows) * kv_heads, hd, &mut rng);
+    let att = || ecspec_model::ops::causal_attention(&q, &k, &v, start, heads, kv_heads, hd);
+    let one = pool(1).install(att);
+    for n in [2, 3] {
+        assert_eq!(
+            bits(&pool(n).install(att)),
+            bits(&one),
+            "attention on {n} threads"
+        );
+    }
+}
