@@ -120,7 +120,7 @@ pub enum StoreDtype {
     /// 4 bytes per value, exact.
     F32,
     /// IEEE half precision, 2 bytes per value (relative error ≤ 2⁻¹¹ in range): what shipped
-    /// drafts use, since the runtime re-quantizes every matrix to Q8_0 (error ≈ 2⁻⁸) anyway.
+    /// drafts use, since the runtime quantizes every f32/f16 matrix to Q8_0 (error ≈ 2⁻⁸) anyway.
     F16,
 }
 

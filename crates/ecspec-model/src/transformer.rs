@@ -776,8 +776,8 @@ impl Transformer {
     /// head rows, gathered, so a forward pass multiplies by an `N × d` head instead of `V × d`;
     /// logits outside `ids` are −∞. For a draft: the target keeps its full head, so
     /// verification stays exact (a pruned draft's q is 0 outside the subset, which rejection
-    /// sampling handles like any other q). Gathering Q8_0 rows re-quantizes them to the same
-    /// bytes, so the subset's logits equal the full head's.
+    /// sampling handles like any other q). The gathered rows keep their bytes, so the subset's
+    /// logits equal the full head's bit for bit.
     ///
     /// # Errors
     /// [`ModelError::Incompatible`] if `ids` is empty, repeats an id or names one outside the

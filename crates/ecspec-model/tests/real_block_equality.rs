@@ -1,7 +1,7 @@
 //! On every cached real model: a block forward pass gives bit-identical logits to one-token
 //! passes at the same positions — the property that makes speculative greedy decoding return
 //! exactly the target's own greedy output. (Catches a kernel whose rounding depends on the
-//! number of rows, as candle's Q6_K kernels do: they are converted to Q8_0 at load.)
+//! number of rows, as candle's Q6_K kernels did before the runtime had its own.)
 //! Skips (and passes) for models that are not in the cache.
 
 use ecspec_model::{LoadedModel, LogitsFor, Session};

@@ -3,8 +3,8 @@
 //! (RMSNorm, RoPE on interleaved pairs for Llama / on halves for Qwen2, causal grouped-query
 //! attention, SwiGLU, tied LM head).
 //!
-//! Weights are read through [`GgufFile::qtensor`], so they are the very values the runtime
-//! multiplies by (Q4_1/Q5_x already converted to Q8_0), dequantized to f32. A weight is either
+//! Weights are read through [`GgufFile::qtensor`] as stored, the very blocks the runtime
+//! multiplies by, dequantized to f32. A weight is either
 //! frozen (a plain tensor) or trainable (the tensor of a [`Var`]); frozen matrices go through
 //! [`frozen_linear`], whose backward pass computes the gradient of the input only — candle's
 //! own matmul would also compute (and throw away) the gradient of every frozen weight, which
