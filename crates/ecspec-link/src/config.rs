@@ -1,14 +1,13 @@
 //! [`LinkConfig`]: the models of both directions, built from CLI-like [`LinkOptions`].
 
-use std::fmt;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::csv_trace::{CsvColumns, CsvTraceError, ThroughputTrace};
 use crate::delay::{DelayProcess, TimeShift, VariableDelay};
-use crate::mahimahi::{MahimahiTrace, TraceEnd, TraceError};
-use crate::model::{ConstantRate, LinkModel};
+use crate::mahimahi::{MahimahiTrace, TraceError};
+use crate::model::{ConstantRate, Direction, LinkModel, TraceEnd};
 use crate::synthetic::{Synthetic, SyntheticError};
 
 /// Default uplink (edge → cloud) rate, Mbit/s.
@@ -21,24 +20,6 @@ pub const DEFAULT_RTT_MS: f64 = 60.0;
 // The defaults above in bit/s (checked against them by a test).
 const DEFAULT_UPLINK_BPS: NonZeroU64 = NonZeroU64::new(10_000_000).unwrap();
 const DEFAULT_DOWNLINK_BPS: NonZeroU64 = NonZeroU64::new(20_000_000).unwrap();
-
-/// One direction of the link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Edge → cloud.
-    Uplink,
-    /// Cloud → edge.
-    Downlink,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Uplink => "uplink",
-            Direction::Downlink => "downlink",
-        })
-    }
-}
 
 /// An invalid link configuration.
 #[derive(Debug, thiserror::Error)]

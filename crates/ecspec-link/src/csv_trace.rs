@@ -45,9 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Direction;
-use crate::mahimahi::{TraceEnd, TraceEnded};
-use crate::model::{duration_from_nanos, LinkModel};
+use crate::model::{duration_from_nanos, Direction, LinkModel, TraceEnd, TraceEnded};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 

@@ -11,8 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::mahimahi::TraceEnded;
-use crate::model::LinkModel;
+use crate::model::{LinkModel, TraceEnded};
 
 /// How each chunk's one-way delay is drawn.
 #[derive(Debug, Clone, PartialEq)]

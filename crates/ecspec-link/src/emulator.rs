@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Direction, LinkConfig};
-use crate::model::{LinkModel, PACKET_BYTES};
+use crate::config::LinkConfig;
+use crate::model::{Direction, LinkModel, PACKET_BYTES};
 
 /// Capacity of the in-memory pipe between the edge and the emulator, bytes per direction
 /// (the emulator drains it as fast as the edge writes; it fills only if the edge stops

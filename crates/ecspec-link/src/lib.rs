@@ -70,8 +70,8 @@ mod model;
 pub mod synthetic;
 
 pub use config::{
-    CsvSource, Direction, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS,
-    DEFAULT_RTT_MS, DEFAULT_UPLINK_MBPS,
+    CsvSource, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS, DEFAULT_RTT_MS,
+    DEFAULT_UPLINK_MBPS,
 };
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
 pub use delay::{DelayProcess, TimeShift, VariableDelay};
@@ -79,6 +79,8 @@ pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,
 };
-pub use mahimahi::{MahimahiTrace, TraceEnd, TraceEnded, TraceError, MAX_TRACE_MS};
-pub use model::{capacity_bps, ConstantRate, LinkModel, PACKET_BYTES};
+pub use mahimahi::{MahimahiTrace, TraceError, MAX_TRACE_MS};
+pub use model::{
+    capacity_bps, ConstantRate, Direction, LinkModel, TraceEnd, TraceEnded, PACKET_BYTES,
+};
 pub use synthetic::{SnrProcess, Synthetic, SyntheticError};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::{LinkModel, PACKET_BYTES};
+use crate::model::{LinkModel, TraceEnd, TraceEnded, PACKET_BYTES};
 
 /// Bits carried by one delivery opportunity.
 const BITS_PER_OPPORTUNITY: f64 = (PACKET_BYTES * 8) as f64;
@@ -19,39 +19,6 @@ const BITS_PER_OPPORTUNITY: f64 = (PACKET_BYTES * 8) as f64;
 /// Longest timestamp a trace file may hold, ms (one day; the longest recorded traces here run
 /// about 17 minutes).
 pub const MAX_TRACE_MS: u64 = 86_400_000;
-
-/// What a [`MahimahiTrace`] does after its last delivery opportunity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum TraceEnd {
-    /// Repeat the trace forever, as `mm-link` does: with timestamps `ts[0..N]` and period
-    /// `P = ts[N-1]` ms, opportunity `i` of repetition `k = 0, 1, …` is at `k·P + ts[i]` ms.
-    /// (When `ts[0] = 0`, the last opportunity of one repetition and the first of the next
-    /// fall in the same millisecond, exactly as in `mm-link`.)
-    #[default]
-    Loop,
-    /// Play the trace once. A chunk that needs an opportunity after the last one is refused
-    /// with [`TraceEnded`] (the emulator then fails the link with an I/O error). `mm-link`
-    /// without repeat would hold such packets forever; failing loudly is more useful than a
-    /// silent hang when an experiment outlives its trace.
-    Stop,
-}
-
-/// A chunk could not be delivered: the trace it was shaped by has ended ([`TraceEnd::Stop`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "link trace {} ended at {:?} (looping off): cannot deliver {bytes} bytes handed over at {handed_at:?}",
-    trace.display(), end
-)]
-pub struct TraceEnded {
-    /// The trace file (or the name given to an in-memory trace).
-    pub trace: PathBuf,
-    /// Link time of the trace's last delivery opportunity (its period).
-    pub end: Duration,
-    /// Link time at which the refused chunk was handed over.
-    pub handed_at: Duration,
-    /// Size of the refused chunk, bytes.
-    pub bytes: usize,
-}
 
 /// A malformed or unreadable Mahimahi trace. Lines are numbered from 1.
 #[derive(Debug, thiserror::Error)]

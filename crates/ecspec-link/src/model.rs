@@ -4,11 +4,63 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use crate::mahimahi::TraceEnded;
+use std::path::PathBuf;
 
 /// Size of one packet, in bytes: a Mahimahi delivery opportunity carries up to this many
 /// bytes, and the emulator cuts the byte stream into segments of at most this size.
 pub const PACKET_BYTES: usize = 1500;
+
+/// One direction of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Edge → cloud.
+    Uplink,
+    /// Cloud → edge.
+    Downlink,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Uplink => "uplink",
+            Direction::Downlink => "downlink",
+        })
+    }
+}
+
+/// What a trace-driven link model ([`crate::MahimahiTrace`], [`crate::ThroughputTrace`],
+/// [`crate::Synthetic`]) does after its last delivery opportunity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TraceEnd {
+    /// Repeat the trace forever, as `mm-link` does: with timestamps `ts[0..N]` and period
+    /// `P = ts[N-1]` ms, opportunity `i` of repetition `k = 0, 1, …` is at `k·P + ts[i]` ms.
+    /// (When `ts[0] = 0`, the last opportunity of one repetition and the first of the next
+    /// fall in the same millisecond, exactly as in `mm-link`.)
+    #[default]
+    Loop,
+    /// Play the trace once. A chunk that needs an opportunity after the last one is refused
+    /// with [`TraceEnded`] (the emulator then fails the link with an I/O error). `mm-link`
+    /// without repeat would hold such packets forever; failing loudly is more useful than a
+    /// silent hang when an experiment outlives its trace.
+    Stop,
+}
+
+/// A chunk could not be delivered: the trace it was shaped by has ended ([`TraceEnd::Stop`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "link trace {} ended at {:?} (looping off): cannot deliver {bytes} bytes handed over at {handed_at:?}",
+    trace.display(), end
+)]
+pub struct TraceEnded {
+    /// The trace file (or the name given to an in-memory trace).
+    pub trace: PathBuf,
+    /// Link time of the trace's last delivery opportunity (its period).
+    pub end: Duration,
+    /// Link time at which the refused chunk was handed over.
+    pub handed_at: Duration,
+    /// Size of the refused chunk, bytes.
+    pub bytes: usize,
+}
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::csv_trace::{SignalMetrics, ThroughputTrace};
-use crate::mahimahi::TraceEnd;
+use crate::model::TraceEnd;
 
 /// A synthetic model's settings.
 #[derive(Debug, Clone, PartialEq)]
