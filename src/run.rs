@@ -13,7 +13,7 @@ use ecspec_edge::{
 };
 use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
-use ecspec_spec::policy::parse_policy;
+use ecspec_spec::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::VerifySelector;

@@ -21,7 +21,7 @@
 
 use anyhow::{bail, Result};
 
-use ecspec_spec::policy::parse_policy;
+use ecspec_spec::parse_policy;
 
 /// Which draft a speculative system runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use ecspec_proto::{
     decode_frame, encode_frame, frame_len, Close, CompactDist as WireDist, DraftBlock, ErrorCode,
     Hello, HelloAck, Message, Verdict, VerifyMode, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use ecspec_spec::policy::parse_policy;
+use ecspec_spec::parse_policy;
 use ecspec_spec::sampling::{argmax, SamplingParams};
 use ecspec_spec::verify::VerifyRule;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};

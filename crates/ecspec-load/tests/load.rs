@@ -16,7 +16,7 @@ use ecspec_load::{
 };
 use ecspec_model::tiny::{write_tiny_model, TinySpec};
 use ecspec_model::{Draft, DraftSpec, LoadedModel, Session};
-use ecspec_spec::policy::parse_policy;
+use ecspec_spec::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 

@@ -60,6 +60,7 @@ pub mod compact;
 pub mod compute;
 pub mod policies;
 pub mod policy;
+pub mod policy_parse;
 pub mod sampling;
 pub mod verify;
 pub mod verify_mode;
@@ -67,10 +68,10 @@ pub mod verify_mode;
 pub use acceptance::{AcceptanceError, AcceptanceEstimator};
 pub use compact::{CompactDist, CompactError, MAX_BITS, MAX_ENTRIES, MIN_BITS};
 pub use policy::{
-    best_k, expected_goodput, expected_tokens, parse_policy, round_time, DraftLengthPolicy, Fixed,
-    GoodputAdaptive, InvalidRoundState, PolicyParseError, RoundOutcome, RoundState, StopRule,
-    DEFAULT_K_MAX, MAX_K,
+    best_k, expected_goodput, expected_tokens, round_time, DraftLengthPolicy, Fixed,
+    GoodputAdaptive, InvalidRoundState, RoundOutcome, RoundState, StopRule, DEFAULT_K_MAX, MAX_K,
 };
+pub use policy_parse::{parse_policy, PolicyParseError};
 pub use sampling::{
     argmax, rng_for, sample, target_distribution, SamplingError, SamplingParams, CLOUD_STREAM,
     EDGE_STREAM,

@@ -377,7 +377,7 @@ impl DraftLengthPolicy for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_policy;
+    use crate::policy_parse::parse_policy;
 
     #[test]
     fn ecspec_recalls_an_earlier_request() {
