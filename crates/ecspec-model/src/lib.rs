@@ -27,6 +27,7 @@ pub mod config;
 pub mod draft;
 pub mod error;
 pub mod gguf;
+mod init;
 pub mod kernels;
 pub mod loaded;
 pub mod lora;

@@ -49,7 +49,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Architecture, ModelConfig};
-use crate::tiny::uniform;
+use crate::init::uniform;
 
 /// File holding an adapter's configuration in a PEFT directory.
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
