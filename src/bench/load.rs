@@ -415,7 +415,7 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
     };
     let bounds = Bounds::new(requests, a.duration_s)
         .map_err(|e| anyhow::anyhow!("--requests / --duration-s: {e}"))?;
-    let loads = loads(&a)?;
+    let loads = loads(a)?;
     let wanted = systems(&a.systems)?;
     let sc = scenario::resolve(&a.scenario, &prompts::data_dir())?;
     if let Some(f) = sc.missing_file() {
