@@ -79,12 +79,6 @@ pub struct DecoderLayer {
     w_down: QWeight,
 }
 
-/// A quantized matrix from candle's quantizer (`from_f32` paths): its bytes as a
-/// [`QWeight`].
-fn weight_of(t: &QTensor, rows: usize, cols: usize) -> Result<QWeight> {
-    crate::gguf::to_weight(t, rows, cols)
-}
-
 impl DecoderLayer {
     /// A layer from f32 tensors named by their GGUF suffix (`attn_q.weight`, …, see
     /// [`crate::anchor::layer_tensors`]), rows in the runtime's order. `get(suffix, shape)`
@@ -106,7 +100,7 @@ impl DecoderLayer {
             }
             let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu)?;
             let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
-            weight_of(&q, rows, cols)
+            crate::gguf::to_weight(&q, rows, cols)
         };
         let wq = mat("attn_q.weight", d, d)?;
         let wk = mat("attn_k.weight", kv, d)?;
@@ -211,11 +205,6 @@ struct HeadSubset {
     ids: Arc<Vec<u32>>,
     /// `N × d`: the full head's rows, their bytes unchanged.
     head: QWeight,
-}
-
-/// `x` (`rows × k`) times `w`ᵀ on the runtime's kernels ([`crate::kernels`]).
-fn matmul(w: &QWeight, x: &[f32], rows: usize) -> Vec<f32> {
-    kernels::matmul(w, x, rows)
 }
 
 /// One session's part of a batched forward pass ([`Transformer::forward_batch`]).
@@ -346,7 +335,7 @@ impl Transformer {
         let embedding = if d.is_multiple_of(32) {
             let t = Tensor::from_vec(embedding, (v, d), &Device::Cpu)?;
             let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
-            weight_of(&q, v, d)?
+            crate::gguf::to_weight(&q, v, d)?
         } else {
             QWeight::from_f32(v, d, embedding)
         };
@@ -589,7 +578,7 @@ impl Transformer {
                 att[r * qd..(r + s.rows) * qd].copy_from_slice(&a);
                 r += s.rows;
             }
-            let mut o = matmul(&layer.wo, &att, rows);
+            let mut o = kernels::matmul(&layer.wo, &att, rows);
             per_segment(segs, (&att, qd), (&mut o, d), |_, s, x, y| {
                 LayerLora::apply(&lora(s), LoraTarget::AttnOutput, x, y)
             });
@@ -607,7 +596,7 @@ impl Transformer {
                 LayerLora::apply(&lora(s), LoraTarget::FfnUp, x, y)
             });
             ops::silu_mul(&mut g, &u);
-            let mut down = matmul(&layer.w_down, &g, rows);
+            let mut down = kernels::matmul(&layer.w_down, &g, rows);
             per_segment(segs, (&g, f), (&mut down, d), |_, s, x, y| {
                 LayerLora::apply(&lora(s), LoraTarget::FfnDown, x, y)
             });
@@ -759,9 +748,9 @@ impl Transformer {
         let h = ops::rms_norm(hidden, &self.final_norm, self.config.rms_eps);
         let v = self.config.vocab_size;
         let Some(sub) = &self.subset else {
-            return Ok(Logits::new(v, matmul(&self.head, &h, rows)));
+            return Ok(Logits::new(v, kernels::matmul(&self.head, &h, rows)));
         };
-        let small = matmul(&sub.head, &h, rows);
+        let small = kernels::matmul(&sub.head, &h, rows);
         let n = sub.ids.len();
         let mut out = vec![f32::NEG_INFINITY; rows * v];
         for (row, src) in out.chunks_exact_mut(v).zip(small.chunks_exact(n)) {

@@ -340,12 +340,6 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Shares a product is split into: the pool's size (`--threads`); the calling thread computes
-/// one share itself (see `matmul_many_on`).
-fn compute_threads() -> usize {
-    rayon::current_num_threads().max(1)
-}
-
 /// Weight rows swept per row tile while they stay in cache.
 const COLS_PER_SWEEP: usize = 16;
 /// Input rows dotted with one decoded weight block.
@@ -376,7 +370,11 @@ fn matmul_many_on(isa: Isa, ws: &[&QWeight], x: &[f32], rows: usize) -> Vec<Vec<
     let total: usize = ws.iter().zip(&cost).map(|(w, c)| w.rows * c).sum();
     let work = total * rows.max(1);
     // Below ~64 KiB of weight-row bytes × rows a second thread costs more than it saves.
-    let threads = if work < 1 << 16 { 1 } else { compute_threads() };
+    let threads = if work < 1 << 16 {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    };
     let ranges = split_columns(ws, &cost, total, threads);
     let run = |part: &Vec<(usize, usize, usize)>| {
         for &(wi, j0, j1) in part {
