@@ -73,14 +73,24 @@ pub struct AcceptanceEstimator {
     accepted: u64,
 }
 
+/// The estimator's default decay λ per drafting round: past rounds keep 95% of their weight
+/// each round, a memory of about 1/(1 − λ) = 20 rounds (used by
+/// [`AcceptanceEstimator::default`] and [`AcceptanceEstimator::from_known`]).
+pub const DEFAULT_DECAY: f64 = 0.95;
+
+/// The default prior's strength w₀ in pseudo-tokens (used by [`AcceptanceEstimator::default`]
+/// and [`AcceptanceEstimator::from_known`]).
+pub const DEFAULT_PRIOR_WEIGHT: f64 = 4.0;
+
 /// Tokens of evidence a known α counts for in [`AcceptanceEstimator::from_known`]: twice the
 /// `ecspec` policy's warm-up, so a known α is acted on at once.
 pub const KNOWN_ALPHA_TOKENS: f64 = 16.0;
 
 impl Default for AcceptanceEstimator {
-    /// Prior α₀ = 0.5 worth w₀ = 4 tokens, decay λ = 0.95 per round (memory ≈ 20 rounds).
+    /// Prior α₀ = 0.5 worth w₀ = [`DEFAULT_PRIOR_WEIGHT`] tokens, decay λ = [`DEFAULT_DECAY`]
+    /// per round (memory ≈ 20 rounds).
     fn default() -> Self {
-        Self::unchecked(0.5, 4.0, 0.95)
+        Self::unchecked(0.5, DEFAULT_PRIOR_WEIGHT, DEFAULT_DECAY)
     }
 }
 
@@ -121,7 +131,8 @@ impl AcceptanceEstimator {
     /// [`AcceptanceError::PriorAlpha`] if `alpha` is not in [0, 1].
     pub fn from_known(alpha: f64) -> Result<Self, AcceptanceError> {
         let n = KNOWN_ALPHA_TOKENS;
-        Self::new(alpha, 4.0, 0.95)?.with_evidence(alpha * n, (1.0 - alpha) * n)
+        Self::new(alpha, DEFAULT_PRIOR_WEIGHT, DEFAULT_DECAY)?
+            .with_evidence(alpha * n, (1.0 - alpha) * n)
     }
 
     fn unchecked(prior_alpha: f64, prior_weight: f64, decay: f64) -> Self {

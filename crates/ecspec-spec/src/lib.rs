@@ -65,7 +65,7 @@ pub mod sampling;
 pub mod verify;
 pub mod verify_mode;
 
-pub use acceptance::{AcceptanceError, AcceptanceEstimator};
+pub use acceptance::{AcceptanceError, AcceptanceEstimator, DEFAULT_DECAY};
 pub use compact::{CompactDist, CompactError, MAX_BITS, MAX_ENTRIES, MIN_BITS};
 pub use policy::{
     best_k, expected_goodput, expected_tokens, round_time, DraftLengthPolicy, Fixed,
