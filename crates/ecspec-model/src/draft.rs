@@ -49,7 +49,8 @@ pub enum DraftSpec {
     },
 }
 
-/// An edge draft ready to run.
+/// An edge draft ready to run. Cloning is cheap: the clone shares the weights (an [`Arc`]).
+#[derive(Clone)]
 pub struct Draft {
     /// Which kind.
     pub kind: DraftKind,
@@ -156,5 +157,26 @@ impl Draft {
             transformer: Arc::new(t),
             compat_hash: base.base_hash.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny::{write_tiny_model, TinySpec};
+
+    #[test]
+    fn a_clone_shares_the_weights() {
+        let dir = std::env::temp_dir().join(format!("ecspec-draft-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.gguf");
+        write_tiny_model(&path, TinySpec::default()).unwrap();
+        let base = LoadedModel::load(&path).unwrap();
+        let spec = DraftSpec::SharedBackbone { shared_layers: 2 };
+        let d = Draft::build(&spec, &base).unwrap();
+        let c = d.clone();
+        assert!(Arc::ptr_eq(&d.transformer, &c.transformer));
+        assert_eq!((c.kind, &c.compat_hash), (d.kind, &d.compat_hash));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
