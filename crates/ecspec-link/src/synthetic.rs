@@ -127,24 +127,7 @@ impl Synthetic {
             reason,
         };
         let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
-        let mut kv: Vec<(String, f64)> = Vec::new();
-        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| err(format!("`{part}` is not key=value")))?;
-            let x: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("{k}: `{v}` is not a number")))?;
-            if !x.is_finite() {
-                return Err(err(format!("{k}: `{v}` is not finite")));
-            }
-            let k = k.trim().to_string();
-            if kv.iter().any(|(n, _)| *n == k) {
-                return Err(err(format!("duplicate key `{k}`")));
-            }
-            kv.push((k, x));
-        }
+        let keys = Keys::parse(rest).map_err(err)?;
         let allowed: &[&str] = match name {
             "gilbert-elliott" | "ge" => &["good_mbps", "bad_mbps", "p_gb", "p_bg"],
             "gauss-markov" => &["mean_db", "std_db", "rho", "bandwidth_mhz", "efficiency"],
@@ -155,126 +138,14 @@ impl Synthetic {
                 )))
             }
         };
-        let common_keys = ["slot_ms", "duration_s", "seed"];
-        if let Some((k, _)) = kv
-            .iter()
-            .find(|(k, _)| !allowed.contains(&k.as_str()) && !common_keys.contains(&k.as_str()))
-        {
-            let mut all: Vec<&str> = allowed.to_vec();
-            all.extend(common_keys);
-            return Err(err(format!("unknown key `{k}` (keys: {})", all.join(", "))));
-        }
-        let get = |k: &str| kv.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v);
-        let need = |k: &str| get(k).ok_or_else(|| err(format!("missing key `{k}`")));
-        let in_range = |k: &str, v: f64, ok: bool, range: &str| {
-            if ok {
-                Ok(v)
-            } else {
-                Err(err(format!("{k} = {v} is outside {range}")))
-            }
-        };
-        let slot_ms = get("slot_ms").unwrap_or(100.0);
-        let duration_s = get("duration_s").unwrap_or(600.0);
-        in_range(
-            "slot_ms",
-            slot_ms,
-            (0.001..=60_000.0).contains(&slot_ms),
-            "[0.001, 60000]",
-        )?;
-        in_range(
-            "duration_s",
-            duration_s,
-            duration_s > 0.0 && duration_s <= 1e7,
-            "(0, 1e7]",
-        )?;
-        let seed = get("seed").unwrap_or(1.0);
-        in_range(
-            "seed",
-            seed,
-            seed >= 0.0 && seed.fract() == 0.0 && seed < 2f64.powi(53),
-            "whole numbers ≥ 0",
-        )?;
-        let common = Common {
-            slot: Duration::from_secs_f64(slot_ms / 1000.0),
-            duration: Duration::from_secs_f64(duration_s),
-            seed: seed as u64,
-        };
-        if common.duration.as_nanos() / common.slot.as_nanos() > MAX_SLOTS {
-            return Err(err(format!(
-                "duration_s / slot_ms gives more than {MAX_SLOTS} slots"
-            )));
-        }
-        if common.duration < common.slot {
-            return Err(err("duration_s is shorter than one slot".into()));
-        }
-        let rho = |k: &str| -> Result<f64, SyntheticError> {
-            let v = need(k)?;
-            in_range(k, v, (0.0..1.0).contains(&v), "[0, 1)")
-        };
-        let prob = |k: &str| -> Result<f64, SyntheticError> {
-            let v = need(k)?;
-            in_range(k, v, (0.0..=1.0).contains(&v), "[0, 1]")
-        };
-        let shannon = |process| -> Result<Synthetic, SyntheticError> {
-            let b = need("bandwidth_mhz")?;
-            in_range("bandwidth_mhz", b, b > 0.0 && b <= 1e5, "(0, 100000]")?;
-            let eta = get("efficiency").unwrap_or(1.0);
-            in_range("efficiency", eta, eta > 0.0 && eta <= 1.0, "(0, 1]")?;
-            Ok(Synthetic::SnrFading {
-                process,
-                bandwidth_hz: b * 1e6,
-                efficiency: eta,
-                common,
-            })
-        };
-        let db = |k: &str| -> Result<f64, SyntheticError> {
-            let v = need(k)?;
-            in_range(k, v, (-50.0..=80.0).contains(&v), "[-50, 80] dB")
-        };
+        keys.check_known(allowed).map_err(err)?;
+        let common = keys.common().map_err(err)?;
         match name {
-            "gauss-markov" => {
-                let std_db = need("std_db")?;
-                in_range(
-                    "std_db",
-                    std_db,
-                    (0.0..=40.0).contains(&std_db),
-                    "[0, 40] dB",
-                )?;
-                shannon(SnrProcess::GaussMarkov {
-                    mean_db: db("mean_db")?,
-                    std_db,
-                    rho: rho("rho")?,
-                })
-            }
-            "rayleigh" => shannon(SnrProcess::Rayleigh {
-                mean_db: db("mean_db")?,
-                rho: rho("rho")?,
-            }),
-            _ => {
-                let good = need("good_mbps")?;
-                in_range("good_mbps", good, good > 0.0 && good <= 1e6, "(0, 1e6]")?;
-                let bad = need("bad_mbps")?;
-                in_range(
-                    "bad_mbps",
-                    bad,
-                    (0.0..=good).contains(&bad),
-                    "[0, good_mbps]",
-                )?;
-                let (p_gb, p_bg) = (prob("p_gb")?, prob("p_bg")?);
-                if p_bg == 0.0 && p_gb > 0.0 {
-                    return Err(err(
-                        "p_bg = 0: the first bad slot would last for ever".into()
-                    ));
-                }
-                Ok(Synthetic::GilbertElliott {
-                    good_bps: good * 1e6,
-                    bad_bps: bad * 1e6,
-                    p_gb,
-                    p_bg,
-                    common,
-                })
-            }
+            "gauss-markov" => keys.gauss_markov(common),
+            "rayleigh" => keys.rayleigh(common),
+            _ => keys.gilbert_elliott(common),
         }
+        .map_err(err)
     }
 
     /// The common settings.
@@ -434,6 +305,174 @@ impl fmt::Display for Synthetic {
     }
 }
 
+/// Keys every model takes besides its own.
+const COMMON_KEYS: [&str; 3] = ["slot_ms", "duration_s", "seed"];
+
+/// The `key=value` pairs of a spec, in the order given; [`Synthetic::parse`] reads each
+/// model's settings from them. Errors are the reasons [`SyntheticError`] carries.
+struct Keys(Vec<(String, f64)>);
+
+impl Keys {
+    /// Splits `key=value,…` (blank parts skipped); every value a finite number, no key twice.
+    fn parse(rest: &str) -> Result<Self, String> {
+        let mut kv: Vec<(String, f64)> = Vec::new();
+        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let x: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{k}: `{v}` is not a number"))?;
+            if !x.is_finite() {
+                return Err(format!("{k}: `{v}` is not finite"));
+            }
+            let k = k.trim().to_string();
+            if kv.iter().any(|(n, _)| *n == k) {
+                return Err(format!("duplicate key `{k}`"));
+            }
+            kv.push((k, x));
+        }
+        Ok(Self(kv))
+    }
+
+    /// Refuses the first key that is neither in `allowed` (the model's own) nor common.
+    fn check_known(&self, allowed: &[&str]) -> Result<(), String> {
+        let known = |k: &str| allowed.contains(&k) || COMMON_KEYS.contains(&k);
+        match self.0.iter().find(|(k, _)| !known(k)) {
+            Some((k, _)) => {
+                let mut all: Vec<&str> = allowed.to_vec();
+                all.extend(COMMON_KEYS);
+                Err(format!("unknown key `{k}` (keys: {})", all.join(", ")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<f64> {
+        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| *v)
+    }
+
+    fn need(&self, k: &str) -> Result<f64, String> {
+        self.get(k).ok_or_else(|| format!("missing key `{k}`"))
+    }
+
+    /// `k`'s required value when `ok(value)`, else an error naming `range`.
+    fn need_in(&self, k: &str, ok: impl Fn(f64) -> bool, range: &str) -> Result<f64, String> {
+        in_range(k, self.need(k)?, ok, range)
+    }
+
+    /// `slot_ms`, `duration_s` and `seed`, with their defaults and checks.
+    fn common(&self) -> Result<Common, String> {
+        let slot_ms = self.get("slot_ms").unwrap_or(100.0);
+        let duration_s = self.get("duration_s").unwrap_or(600.0);
+        in_range(
+            "slot_ms",
+            slot_ms,
+            |v| (0.001..=60_000.0).contains(&v),
+            "[0.001, 60000]",
+        )?;
+        in_range(
+            "duration_s",
+            duration_s,
+            |v| v > 0.0 && v <= 1e7,
+            "(0, 1e7]",
+        )?;
+        let seed = self.get("seed").unwrap_or(1.0);
+        in_range(
+            "seed",
+            seed,
+            |v| v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53),
+            "whole numbers ≥ 0",
+        )?;
+        let common = Common {
+            slot: Duration::from_secs_f64(slot_ms / 1000.0),
+            duration: Duration::from_secs_f64(duration_s),
+            seed: seed as u64,
+        };
+        if common.duration.as_nanos() / common.slot.as_nanos() > MAX_SLOTS {
+            return Err(format!(
+                "duration_s / slot_ms gives more than {MAX_SLOTS} slots"
+            ));
+        }
+        if common.duration < common.slot {
+            return Err("duration_s is shorter than one slot".into());
+        }
+        Ok(common)
+    }
+
+    fn rho(&self) -> Result<f64, String> {
+        self.need_in("rho", |v| (0.0..1.0).contains(&v), "[0, 1)")
+    }
+
+    fn prob(&self, k: &str) -> Result<f64, String> {
+        self.need_in(k, |v| (0.0..=1.0).contains(&v), "[0, 1]")
+    }
+
+    fn mean_db(&self) -> Result<f64, String> {
+        self.need_in("mean_db", |v| (-50.0..=80.0).contains(&v), "[-50, 80] dB")
+    }
+
+    /// `gilbert-elliott`: `good_mbps`, `bad_mbps` ≤ good, `p_gb`, `p_bg`.
+    fn gilbert_elliott(&self, common: Common) -> Result<Synthetic, String> {
+        let good = self.need_in("good_mbps", |v| v > 0.0 && v <= 1e6, "(0, 1e6]")?;
+        let bad = self.need_in("bad_mbps", |v| (0.0..=good).contains(&v), "[0, good_mbps]")?;
+        let (p_gb, p_bg) = (self.prob("p_gb")?, self.prob("p_bg")?);
+        if p_bg == 0.0 && p_gb > 0.0 {
+            return Err("p_bg = 0: the first bad slot would last for ever".into());
+        }
+        Ok(Synthetic::GilbertElliott {
+            good_bps: good * 1e6,
+            bad_bps: bad * 1e6,
+            p_gb,
+            p_bg,
+            common,
+        })
+    }
+
+    /// `gauss-markov`: `std_db`, `mean_db`, `rho`, then the Shannon mapping's keys.
+    fn gauss_markov(&self, common: Common) -> Result<Synthetic, String> {
+        let std_db = self.need_in("std_db", |v| (0.0..=40.0).contains(&v), "[0, 40] dB")?;
+        let process = SnrProcess::GaussMarkov {
+            mean_db: self.mean_db()?,
+            std_db,
+            rho: self.rho()?,
+        };
+        self.shannon(process, common)
+    }
+
+    /// `rayleigh`: `mean_db`, `rho`, then the Shannon mapping's keys.
+    fn rayleigh(&self, common: Common) -> Result<Synthetic, String> {
+        let process = SnrProcess::Rayleigh {
+            mean_db: self.mean_db()?,
+            rho: self.rho()?,
+        };
+        self.shannon(process, common)
+    }
+
+    /// An SNR model with `bandwidth_mhz` and `efficiency` (default 1).
+    fn shannon(&self, process: SnrProcess, common: Common) -> Result<Synthetic, String> {
+        let b = self.need_in("bandwidth_mhz", |v| v > 0.0 && v <= 1e5, "(0, 100000]")?;
+        let eta = self.get("efficiency").unwrap_or(1.0);
+        in_range("efficiency", eta, |v| v > 0.0 && v <= 1.0, "(0, 1]")?;
+        Ok(Synthetic::SnrFading {
+            process,
+            bandwidth_hz: b * 1e6,
+            efficiency: eta,
+            common,
+        })
+    }
+}
+
+/// `v` when `ok(v)`, else "`k` = `v` is outside `range`".
+fn in_range(k: &str, v: f64, ok: impl Fn(f64) -> bool, range: &str) -> Result<f64, String> {
+    if ok(v) {
+        Ok(v)
+    } else {
+        Err(format!("{k} = {v} is outside {range}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +594,62 @@ mod tests {
             e("gauss-markov:mean_db=1,std_db=1,rho=0,bandwidth_mhz=1,slot_ms=0.0001")
                 .contains("slot_ms = 0.0001 is outside")
         );
+    }
+
+    #[test]
+    fn each_check_gives_its_exact_reason_in_order() {
+        let reason = |s: &str| Synthetic::parse(s).unwrap_err().reason;
+        let gm = "gauss-markov:mean_db=1,std_db=1,rho=0,bandwidth_mhz=1";
+        let cases = [
+            ("ge:good_mbps", "`good_mbps` is not key=value"),
+            ("ge:p_gb=inf", "p_gb: `inf` is not finite"),
+            ("ge:p_gb=1,p_gb=1", "duplicate key `p_gb`"),
+            // Key syntax is checked before the model's name.
+            ("x:a", "`a` is not key=value"),
+            (
+                "rayleigh:std_db=1",
+                "unknown key `std_db` (keys: mean_db, rho, bandwidth_mhz, efficiency, slot_ms, \
+                 duration_s, seed)",
+            ),
+            ("ge:duration_s=0", "duration_s = 0 is outside (0, 1e7]"),
+            ("ge:seed=1.5", "seed = 1.5 is outside whole numbers ≥ 0"),
+            (
+                "ge:slot_ms=1,duration_s=100000",
+                "duration_s / slot_ms gives more than 10000000 slots",
+            ),
+            (
+                "ge:slot_ms=2000,duration_s=1",
+                "duration_s is shorter than one slot",
+            ),
+            ("ge:bad_mbps=0", "missing key `good_mbps`"),
+            ("ge:good_mbps=0", "good_mbps = 0 is outside (0, 1e6]"),
+            (
+                "ge:good_mbps=1,bad_mbps=0,p_gb=2",
+                "p_gb = 2 is outside [0, 1]",
+            ),
+            // std_db before mean_db, rho before bandwidth.
+            (
+                "gauss-markov:std_db=41,mean_db=99",
+                "std_db = 41 is outside [0, 40] dB",
+            ),
+            (
+                "gauss-markov:std_db=1,mean_db=99",
+                "mean_db = 99 is outside [-50, 80] dB",
+            ),
+            ("rayleigh:mean_db=1,bandwidth_mhz=0", "missing key `rho`"),
+            (
+                "rayleigh:mean_db=1,rho=0,bandwidth_mhz=0",
+                "bandwidth_mhz = 0 is outside (0, 100000]",
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(reason(spec), want, "{spec}");
+        }
+        assert_eq!(
+            reason(&format!("{gm},efficiency=0")),
+            "efficiency = 0 is outside (0, 1]"
+        );
+        assert!(Synthetic::parse(gm).is_ok());
     }
 
     #[test]
