@@ -1,7 +1,7 @@
 //! Typed errors of the codec: [`FrameError`] for framing, [`DistError`] for the bit packing
 //! of [`crate::CompactDist`].
 
-use crate::MessageType;
+use crate::{ErrorCode, ErrorReply, MessageType};
 
 /// Why a frame could not be encoded or decoded.
 ///
@@ -81,6 +81,21 @@ impl FrameError {
             Self::UnknownMessageType { .. } | Self::Payload { .. } => false,
         }
     }
+
+    /// The reply to a frame that could not be read, and the request id to send it with:
+    /// [`ErrorCode::UnsupportedVersion`] for another header version, [`ErrorCode::BadFrame`]
+    /// otherwise; the id is the frame's when its header was read, else 0 (the
+    /// [`ErrorReply`] contract).
+    pub fn reply(&self) -> (ErrorReply, u32) {
+        let (code, request_id) = match self {
+            Self::UnsupportedVersion { .. } => (ErrorCode::UnsupportedVersion, 0),
+            Self::UnknownMessageType { request_id, .. } | Self::Payload { request_id, .. } => {
+                (ErrorCode::BadFrame, *request_id)
+            }
+            _ => (ErrorCode::BadFrame, 0),
+        };
+        (ErrorReply::new(code, self.to_string()), request_id)
+    }
 }
 
 /// Why quantization levels could not be packed into, or unpacked from, a
@@ -125,4 +140,41 @@ pub enum DistError {
         /// Bytes present.
         actual: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_error_is_answered_with_its_code_and_request_id() {
+        let version = FrameError::UnsupportedVersion {
+            version: 9,
+            supported: crate::PROTOCOL_VERSION,
+        };
+        let (reply, id) = version.reply();
+        assert_eq!((reply.code(), id), (ErrorCode::UnsupportedVersion, 0));
+        assert_eq!(reply.message, version.to_string());
+        let unknown = FrameError::UnknownMessageType {
+            message_type: 99,
+            request_id: 7,
+        };
+        let (reply, id) = unknown.reply();
+        assert_eq!(
+            (reply.code(), id, reply.retry_after_ms),
+            (ErrorCode::BadFrame, 7, 0)
+        );
+        let short = FrameError::TooShort { len: 3, min: 10 };
+        assert_eq!(short.reply().0.code(), ErrorCode::BadFrame);
+        assert_eq!(short.reply().1, 0);
+    }
+
+    #[test]
+    fn busy_replies_carry_their_retry_hint() {
+        let r = ErrorReply::busy("full", 1000);
+        assert_eq!((r.code(), r.retry_after_ms), (ErrorCode::Busy, 1000));
+        assert_eq!(r.message, "full");
+        let r = ErrorReply::new(ErrorCode::BadRequest, "no");
+        assert_eq!((r.code(), r.retry_after_ms), (ErrorCode::BadRequest, 0));
+    }
 }

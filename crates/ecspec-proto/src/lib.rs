@@ -20,6 +20,13 @@
 //! A management connection (loopback only) opens with [`SetVersion`] instead of [`Hello`]:
 //! the cloud switches the target version new sessions get and answers [`VersionAck`].
 //!
+//! # Domain values
+//!
+//! [`domain`] is **where protocol messages become domain values** (and back): the
+//! verification rule, the sampling settings and the draft distributions of `ecspec-spec`, with a
+//! typed [`ConversionError`] for a wire value that has none. The crate knows the
+//! speculative-decoding types, never the models.
+//!
 //! # Framing
 //!
 //! [`encode_frame`] writes a 10-byte header ([`HEADER_LEN`]: big-endian `u32` length of the
@@ -50,10 +57,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod domain;
 mod error;
 mod frame;
 mod messages;
 
+pub use domain::{wire_micros, ConversionError};
 pub use error::{DistError, FrameError};
 pub use frame::{
     decode_eof, decode_frame, encode_frame, encode_frame_into, frame_len, Message, MessageType,

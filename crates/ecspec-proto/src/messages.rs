@@ -248,6 +248,26 @@ pub struct ErrorReply {
     pub retry_after_ms: u32,
 }
 
+impl ErrorReply {
+    /// A refusal with `code` and a message for people; no retry hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms: 0,
+        }
+    }
+
+    /// An [`ErrorCode::Busy`] refusal with its retry hint in milliseconds (0: never).
+    pub fn busy(message: impl Into<String>, retry_after_ms: u32) -> Self {
+        Self {
+            code: ErrorCode::Busy as i32,
+            message: message.into(),
+            retry_after_ms,
+        }
+    }
+}
+
 /// Either direction: a clean end of the session. The receiver closes the connection after it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Close {}
