@@ -1,12 +1,14 @@
 //! The handshake check: is this edge's draft compatible with the served target, and are its
-//! session settings valid? Pure: the server turns a refusal into a `HelloAck` saying why.
+//! session settings valid? Pure: the server turns a refusal into a `HelloAck` saying why. The
+//! Hello's rule and sampling settings become domain values through `ecspec_proto::domain`.
 
 use ecspec_model::DraftKind;
-use ecspec_proto::{ErrorCode, Hello, VerifyMode, PROTOCOL_VERSION};
+use ecspec_proto::{ConversionError, ErrorCode, Hello, PROTOCOL_VERSION};
 use ecspec_spec::sampling::SamplingParams;
+use ecspec_spec::verify::VerifyRule;
 
 use crate::model::CloudModel;
-use ecspec_spec::verify::VerifyRule;
+use crate::wire::MAX_BLOCK_TOKENS;
 
 /// Why a session was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,28 +101,10 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
             ),
         ));
     }
-    let rule = match VerifyMode::try_from(h.verify_mode) {
-        Ok(VerifyMode::Greedy) => VerifyRule::Greedy,
-        Ok(VerifyMode::Match) => VerifyRule::Match,
-        Ok(VerifyMode::Rejection) => VerifyRule::Rejection,
-        _ => {
-            return Err(refuse(
-                ErrorCode::BadRequest,
-                format!("unknown verification mode {}", h.verify_mode),
-            ))
-        }
-    };
-    // proto3 leaves an unset top_p at 0, which the schema defines as "off".
-    let top_p = if h.top_p == 0.0 { 1.0 } else { h.top_p };
-    let params = SamplingParams {
-        temperature: h.temperature,
-        top_p,
-        top_k: h.top_k as usize,
-        seed: h.seed,
-    };
-    params
-        .validate()
-        .map_err(|e| refuse(ErrorCode::BadRequest, format!("sampling settings: {e}")))?;
+    // The wire's rule and sampling settings as domain values (`ecspec_proto::domain`).
+    let bad_request = |e: ConversionError| refuse(ErrorCode::BadRequest, e.to_string());
+    let rule = h.verify_rule().map_err(bad_request)?;
+    let params = h.sampling_params().map_err(bad_request)?;
     if h.prompt.is_empty() {
         return Err(refuse(ErrorCode::BadRequest, "the prompt is empty".into()));
     }
@@ -139,8 +123,10 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
             "max_new_tokens must be at least 1".into(),
         ));
     }
-    // Room for the prompt, the generated tokens and one round of drafts (≤ 64) in the window.
-    let room = m.context_length.saturating_sub(h.prompt.len() + 64);
+    // Room for the prompt, the generated tokens and one round of drafts in the window.
+    let room = m
+        .context_length
+        .saturating_sub(h.prompt.len() + MAX_BLOCK_TOKENS);
     if room == 0 {
         return Err(refuse(
             ErrorCode::BadRequest,

@@ -10,9 +10,14 @@
 //! - [`Scheduler`]: iteration-level batching — every session's prefill chunks, rounds and
 //!   streaming steps in shared forward passes, up to `max_batch_tokens` rows each.
 //! - [`Metrics`]: vLLM-named counters in the Prometheus text format ([`serve_metrics`]).
-//! - [`serve`]: the accept loop; one task per connection, compute through the scheduler. A
-//!   connection from loopback may open with `SetVersion` instead of `Hello` to switch the
-//!   active version ([`set_version`] is the client side).
+//! - [`serve`]: the accept loop; one task per connection — a handshake that yields a session,
+//!   then a session loop over [`Command`]s — compute through the scheduler. A connection from
+//!   loopback may open with `SetVersion` instead of `Hello` to switch the active version
+//!   ([`set_version`] is the client side).
+//! - [`wire`]: where the cloud's frames become an [`Opening`] or a [`Command`] in domain values
+//!   (`Command::from_frame`), and its replies are built from cloud types (the `Verdict` of a
+//!   [`RoundOutcome`], the `HelloAck`); the rule, sampling and distribution conversions are
+//!   `ecspec_proto::domain`'s.
 //!
 //! **Invariant:** a round that fails commits nothing and leaves the KV cache as it was.
 
@@ -23,14 +28,13 @@ pub mod model;
 pub mod scheduler;
 pub mod server;
 pub mod target;
+pub mod wire;
 
 pub use admin::{set_version, AdminError};
 pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use metrics::{serve_metrics, Metrics};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};
 pub use scheduler::{Scheduler, SchedulerConfig, Work};
-pub use server::{
-    management_allowed, serve, serve_stream, CloudServer, ServerConfig, ServerStats,
-    MAX_BLOCK_TOKENS,
-};
+pub use server::{management_allowed, serve, serve_stream, CloudServer, ServerConfig, ServerStats};
 pub use target::{RoundOutcome, TargetSession};
+pub use wire::{Command, CommandError, Opening, MAX_BLOCK_TOKENS};

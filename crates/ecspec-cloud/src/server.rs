@@ -10,32 +10,26 @@
 //! `max_waiting`; beyond either it is refused `Busy` with a retry hint.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::IpAddr;
-
-use ecspec_proto::{
-    ErrorCode, ErrorReply, FrameError, HelloAck, Message, SetVersion, Verdict, VersionAck,
-};
+use ecspec_proto::{ErrorCode, ErrorReply, FrameError, Hello, Message, SetVersion, VersionAck};
 use ecspec_spec::compact::CompactDist;
 use ecspec_spec::compute::CloudCompute;
 use ecspec_transport::{Connection, TransportError};
-use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handshake::check_hello;
+use crate::handshake::{check_hello, SessionPlan};
 use crate::metrics::Metrics;
-use crate::model::CloudModel;
+use crate::model::{CloudModel, TargetVersion};
 use crate::scheduler::{Scheduler, SchedulerConfig, Work};
 use crate::target::{RoundError, RoundOutcome, TargetSession};
-
-/// Most drafted tokens one block may carry; a session's KV reservation includes one such block.
-pub const MAX_BLOCK_TOKENS: usize = 64;
+use crate::wire::{self, Command, Opening, MAX_BLOCK_TOKENS};
 
 /// The KV budget is counted in KiB so a semaphore's `u32` permits cover terabytes.
 const KV_UNIT: u64 = 1024;
@@ -313,7 +307,7 @@ async fn manage(
         let m = format!(
             "management requests are accepted only from loopback; this one came from {who}"
         );
-        conn.reply(&error_reply(ErrorCode::Forbidden, m), req)
+        conn.reply(&ErrorReply::new(ErrorCode::Forbidden, m).into(), req)
             .await?;
         return Ok(());
     }
@@ -337,7 +331,7 @@ async fn manage(
                         versions: model.version_names(),
                     })
                 }
-                Err(e) => error_reply(ErrorCode::BadRequest, e.to_string()),
+                Err(e) => bad_request(e.to_string()),
             }
         };
         conn.reply(&reply, req).await?;
@@ -349,15 +343,10 @@ async fn manage(
                     "unexpected {:?} on a management connection",
                     other.message_type()
                 );
-                conn.reply(&error_reply(ErrorCode::BadRequest, m), r)
-                    .await?;
+                conn.reply(&bad_request(m), r).await?;
                 return Ok(());
             }
-            Err(TransportError::Frame(e)) => {
-                let (reply, r) = frame_error_reply(&e);
-                conn.reply(&reply, r).await?;
-                return Ok(());
-            }
+            Err(TransportError::Frame(e)) => return reply_frame_error(conn, &e).await,
             Err(e) => return Err(e),
         }
     }
@@ -425,51 +414,24 @@ pub async fn serve(
 
 async fn refuse_busy(stream: TcpStream, message: String) {
     let mut conn = Connection::new(stream);
-    let msg = busy_reply(message, 1000);
+    let msg = ErrorReply::busy(message, 1000).into();
     // Request id 0: this reply answers no frame (the connection's frames are never read).
     let _ = conn.reply(&msg, 0).await;
     let _ = conn.shutdown().await;
 }
 
-fn error_reply(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::ErrorReply(ErrorReply {
-        code: code as i32,
-        message: message.into(),
-        retry_after_ms: 0,
-    })
+/// Answers a frame that could not be read ([`FrameError::reply`]); the connection ends after.
+async fn reply_frame_error<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    e: &FrameError,
+) -> Result<(), TransportError> {
+    let (reply, request_id) = e.reply();
+    conn.reply(&reply.into(), request_id).await
 }
 
-/// A `Busy` refusal with its retry hint (milliseconds; 0: never).
-fn busy_reply(message: String, retry_after_ms: u32) -> Message {
-    Message::ErrorReply(ErrorReply {
-        code: ErrorCode::Busy as i32,
-        message,
-        retry_after_ms,
-    })
-}
-
-/// The reply to a frame that could not be read: `UnsupportedVersion` for another header
-/// version, `BadFrame` otherwise; it echoes the frame's request id when the header was read,
-/// else 0 (the `ErrorReply` contract of ecspec-proto).
-fn frame_error_reply(e: &FrameError) -> (Message, u32) {
-    let (code, request_id) = match e {
-        FrameError::UnsupportedVersion { .. } => (ErrorCode::UnsupportedVersion, 0),
-        FrameError::UnknownMessageType { request_id, .. }
-        | FrameError::Payload { request_id, .. } => (ErrorCode::BadFrame, *request_id),
-        _ => (ErrorCode::BadFrame, 0),
-    };
-    (error_reply(code, e.to_string()), request_id)
-}
-
-fn verdict(round: u32, out: &RoundOutcome) -> Message {
-    Message::Verdict(Verdict {
-        round,
-        accepted: out.accepted as u32,
-        next_token: out.next_token,
-        finished: out.finished,
-        compute_us: out.compute.as_micros().min(u32::MAX as u128) as u32,
-        row_cost_us: out.row_cost.as_micros().min(u32::MAX as u128) as u32,
-    })
+/// A `BadRequest` reply saying what was wrong.
+fn bad_request(message: impl Into<String>) -> Message {
+    ErrorReply::new(ErrorCode::BadRequest, message).into()
 }
 
 /// Runs one target round through the scheduler (batched with the other sessions' work).
@@ -494,7 +456,7 @@ async fn run_round(
 /// Generates up to `n` tokens on the target's own, one verdict each, numbered `first`,
 /// `first + 1`, …, stopping when the session finishes. A failed step is reported with an
 /// [`ErrorReply`] and ends the stream (nothing of it was committed).
-async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+async fn stream_tokens<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     server: &CloudServer,
     mut target: TargetSession,
@@ -510,17 +472,41 @@ async fn stream_tokens<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         target = t;
         match r {
             Ok(out) => {
-                conn.reply(&verdict(first.wrapping_add(i), &out), req)
+                conn.reply(&wire::verdict(first.wrapping_add(i), &out), req)
                     .await?
             }
             Err(e) => {
-                conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
-                    .await?;
+                conn.reply(&bad_request(e.to_string()), req).await?;
                 break;
             }
         }
     }
     Ok(target)
+}
+
+/// The cloud-only baseline: generates and streams every token without waiting for the edge,
+/// verdicts numbered 1, 2, … (each sent with its round as request id). None: a step failed,
+/// was reported `Internal`, and the session ends.
+async fn autoregress<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    server: &CloudServer,
+    mut target: TargetSession,
+) -> Result<Option<TargetSession>, TransportError> {
+    let mut round = 0u32;
+    while !target.is_finished() {
+        round += 1;
+        let (t, r) = run_round(server, target, Vec::new(), Vec::new()).await?;
+        target = t;
+        match r {
+            Ok(out) => conn.reply(&wire::verdict(round, &out), round).await?,
+            Err(e) => {
+                let reply = ErrorReply::new(ErrorCode::Internal, e.to_string()).into();
+                conn.write_message(&reply).await?;
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(target))
 }
 
 /// Prefills `target` through the scheduler while watching the connection: when the edge
@@ -541,12 +527,6 @@ async fn prefill<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Converts a wire distribution to the verifier's type, checking it against the vocabulary.
-fn dist_from_wire(d: &ecspec_proto::CompactDist, vocab: usize) -> Result<CompactDist, String> {
-    let bits = u8::try_from(d.bits).map_err(|_| format!("{} bits per probability", d.bits))?;
-    CompactDist::from_packed(d.ids.clone(), &d.probs, bits, vocab).map_err(|e| e.to_string())
-}
-
 /// Serves one session over any byte stream (an in-memory pipe under the virtual clock, say);
 /// management requests are refused (no peer address). Waits for a free pre-handshake slot.
 ///
@@ -565,6 +545,8 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     handle_connection(stream, None, server, permit).await
 }
 
+/// One connection: the [`handshake`], then the [`run_session`] loop (a management connection
+/// is served inside the handshake).
 async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: Option<IpAddr>,
@@ -572,196 +554,239 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     pending: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
     let mut conn = Connection::new(stream);
-    let idle = Some(server.config.idle_timeout);
-    let model = server.model.clone();
-    let (req, hello) = match conn
+    match handshake(&mut conn, &server, peer, pending).await? {
+        Some(session) => run_session(&mut conn, &server, session).await,
+        None => Ok(()),
+    }
+}
+
+/// A session past its handshake (its HelloAck sent): what the session loop runs on.
+struct OpenSession {
+    /// Cloud-chosen id, for logs.
+    id: u64,
+    /// The target's KV cache, the prompt prefilled.
+    target: TargetSession,
+    /// The Hello's validated settings.
+    plan: SessionPlan,
+    /// The Hello's request id (the opening stream's verdicts answer it).
+    req: u32,
+    /// The session slot, held until the session ends.
+    slot: OwnedSemaphorePermit,
+    /// The session's share of the KV budget, returned when it ends.
+    kv: KvReservation,
+}
+
+/// What admission gave a session, before its prefill.
+struct Admitted {
+    target: TargetSession,
+    plan: SessionPlan,
+    slot: OwnedSemaphorePermit,
+    kv: KvReservation,
+    /// How long the Hello waited for KV budget.
+    queued: Duration,
+}
+
+/// Reads a connection's first frame, within the handshake deadline. None: nothing opens (the
+/// stream ended, or the frame was bad or not an opening and has been answered).
+async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    server: &CloudServer,
+) -> Result<Option<(u32, Opening)>, TransportError> {
+    match conn
         .read_message(Some(server.config.handshake_timeout))
         .await
     {
-        Ok(Some((req, Message::Hello(h)))) => (req, h),
-        Ok(Some((req, Message::SetVersion(v)))) => {
-            return manage(&mut conn, &server, peer, req, v).await
+        Ok(Some((req, message))) => match Opening::from_frame(message) {
+            Ok(opening) => Ok(Some((req, opening))),
+            Err(e) => {
+                conn.reply(&e.reply(), req).await?;
+                Ok(None)
+            }
+        },
+        Ok(None) => Ok(None),
+        Err(TransportError::Frame(e)) => reply_frame_error(conn, &e).await.map(|()| None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The handshake: the first frame, the Hello's check and admission, the prefill, the HelloAck.
+/// None: the connection ends here (nothing opened, a refusal sent, a management connection
+/// served, or the edge left during the prefill).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    server: &Arc<CloudServer>,
+    peer: Option<IpAddr>,
+    pending: OwnedSemaphorePermit,
+) -> Result<Option<OpenSession>, TransportError> {
+    let (req, hello) = match read_opening(conn, server).await? {
+        Some((req, Opening::Hello(h))) => (req, h),
+        Some((req, Opening::SetVersion(v))) => {
+            manage(conn, server, peer, req, v).await?;
+            return Ok(None);
         }
-        Ok(Some((req, other))) => {
-            let m = format!(
-                "expected Hello to open the session, got {:?}",
-                other.message_type()
-            );
-            conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
-                .await?;
-            return Ok(());
-        }
-        Ok(None) => return Ok(()),
-        Err(TransportError::Frame(e)) => {
-            let (reply, req) = frame_error_reply(&e);
-            conn.reply(&reply, req).await?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
+        None => return Ok(None),
     };
     let session_id = server.next_session.fetch_add(1, Ordering::Relaxed);
     // The session's version, fixed from here to its end (see `CloudModel`).
-    let version = model.active();
-    let plan = match check_hello(&hello, &model, server.config.max_new_tokens) {
-        Ok(p) => p,
+    let version = server.model.active();
+    let mut pending = Some(pending);
+    let admitted = match server
+        .admit_session(session_id, &version, &hello, &mut pending)
+        .await
+    {
+        Ok(a) => a,
         Err(refusal) => {
-            tracing::info!(session_id, "refused: {}", refusal.message);
-            let ack = HelloAck {
-                accepted: false,
-                reason: refusal.message,
-                session_id,
-                target_version: version.name.clone(),
-                vocab_size: model.vocab_size as u32,
-                ..Default::default()
-            };
-            conn.reply(&Message::HelloAck(ack), req).await?;
-            return Ok(());
+            conn.reply(&refusal, req).await?;
+            return Ok(None);
         }
     };
-    let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
-        server.metrics.refused_hellos.inc();
-        let m = format!(
-            "the server is busy: all {} session slots are taken; retry in 1000 ms",
-            server.config.max_sessions
-        );
-        conn.reply(&busy_reply(m, 1000), req).await?;
-        return Ok(());
-    };
-    drop(pending);
-    let target = match TargetSession::new(
-        version.transformer.clone(),
-        &hello.prompt,
-        plan.rule,
-        plan.params,
-        model.stop_tokens.clone(),
-        plan.max_new_tokens,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
-                .await?;
-            return Ok(());
-        }
-    };
-    let bytes = server.kv_reservation(hello.prompt.len(), plan.max_new_tokens);
-    let (_kv, queued) = match server.admit(bytes).await {
-        Ok(r) => r,
-        Err((m, retry)) => {
-            server.metrics.refused_hellos.inc();
-            tracing::info!(session_id, "refused: {m}");
-            conn.reply(&busy_reply(m, retry), req).await?;
-            return Ok(());
-        }
-    };
-    let Some((mut target, first)) = prefill(&mut conn, &server, target).await? else {
+    let Some((target, first)) = prefill(conn, server, admitted.target).await? else {
         tracing::info!(session_id, "the edge left during the prefill");
-        return Ok(());
+        return Ok(None);
     };
     let first = match first {
         Ok(f) => f,
         Err(e) => {
-            conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
-                .await?;
-            return Ok(());
+            conn.reply(&bad_request(e.to_string()), req).await?;
+            return Ok(None);
         }
     };
-    let ack = HelloAck {
-        accepted: true,
-        reason: String::new(),
+    let ack = wire::accepted_ack(
         session_id,
-        target_version: version.name.clone(),
-        vocab_size: model.vocab_size as u32,
-        eos_token_ids: model.stop_tokens.clone(),
-        first_token: first.next_token,
-        finished: first.finished,
-        prefill_us: first.compute.as_micros().min(u32::MAX as u128) as u32,
-        queue_us: queued.as_micros().min(u32::MAX as u128) as u32,
-    };
-    conn.reply(&Message::HelloAck(ack), req).await?;
-    let mut round = 0u32;
+        &version.name,
+        &server.model,
+        &first,
+        admitted.queued,
+    );
+    conn.reply(&ack, req).await?;
+    Ok(Some(OpenSession {
+        id: session_id,
+        target,
+        plan: admitted.plan,
+        req,
+        slot: admitted.slot,
+        kv: admitted.kv,
+    }))
+}
+
+impl CloudServer {
+    /// Admits the session a Hello asks for on `version`: [`check_hello`], a session slot (the
+    /// connection's pre-handshake permit, `pending`, is released once it has one), its target
+    /// session, and its KV reservation (waiting for budget, see [`CloudServer::admit`]).
+    /// Err: the reply refusing it (a `HelloAck` saying why, `Busy`, or `BadRequest`).
+    async fn admit_session(
+        self: &Arc<Self>,
+        session_id: u64,
+        version: &TargetVersion,
+        hello: &Hello,
+        pending: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<Admitted, Message> {
+        let model = &self.model;
+        let plan = check_hello(hello, model, self.config.max_new_tokens).map_err(|refusal| {
+            tracing::info!(session_id, "refused: {}", refusal.message);
+            wire::refused_ack(session_id, &version.name, model, refusal.message)
+        })?;
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.refused_hellos.inc();
+            let m = format!(
+                "the server is busy: all {} session slots are taken; retry in 1000 ms",
+                self.config.max_sessions
+            );
+            return Err(ErrorReply::busy(m, 1000).into());
+        };
+        drop(pending.take());
+        let target = TargetSession::new(
+            version.transformer.clone(),
+            &hello.prompt,
+            plan.rule,
+            plan.params,
+            model.stop_tokens.clone(),
+            plan.max_new_tokens,
+        )
+        .map_err(|e| bad_request(e.to_string()))?;
+        let bytes = self.kv_reservation(hello.prompt.len(), plan.max_new_tokens);
+        let (kv, queued) = self.admit(bytes).await.map_err(|(m, retry)| {
+            self.metrics.refused_hellos.inc();
+            tracing::info!(session_id, "refused: {m}");
+            Message::from(ErrorReply::busy(m, retry))
+        })?;
+        Ok(Admitted {
+            target,
+            plan,
+            slot,
+            kv,
+            queued,
+        })
+    }
+}
+
+/// The session loop: first the stream the Hello asked for (an opening stream, or the whole
+/// cloud-only generation), then one [`Command`] per frame until Close, the edge's error, the
+/// end of the stream, or a protocol violation (answered, then the connection ends).
+async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    server: &CloudServer,
+    session: OpenSession,
+) -> Result<(), TransportError> {
+    // `slot` and `kv` are held until the session ends.
+    let OpenSession {
+        id: session_id,
+        mut target,
+        plan,
+        req,
+        slot: _slot,
+        kv: _kv,
+    } = session;
+    let cap = server.config.max_new_tokens as u32;
     if plan.opening_stream > 1 {
         // The edge asked to start streaming right away (it knows drafting does not pay).
-        let n = plan.opening_stream.min(server.config.max_new_tokens as u32);
-        target = stream_tokens(&mut conn, &server, target, 1, n, req).await?;
+        let n = plan.opening_stream.min(cap);
+        target = stream_tokens(conn, server, target, 1, n, req).await?;
     }
     if plan.autoregressive {
-        // Cloud-only baseline: generate and stream every token without waiting for the edge.
-        while !target.is_finished() {
-            round += 1;
-            let (t, r) = run_round(&server, target, Vec::new(), Vec::new()).await?;
-            target = t;
-            match r {
-                Ok(out) => conn.reply(&verdict(round, &out), round).await?,
-                Err(e) => {
-                    conn.write_message(&error_reply(ErrorCode::Internal, e.to_string()))
-                        .await?;
+        match autoregress(conn, server, target).await? {
+            Some(t) => target = t,
+            None => return Ok(()),
+        }
+    }
+    let idle = Some(server.config.idle_timeout);
+    loop {
+        let (req, message) = match conn.read_message(idle).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(TransportError::Frame(e)) => return reply_frame_error(conn, &e).await,
+            Err(e) => return Err(e),
+        };
+        match Command::from_frame(message, server.model.vocab_size) {
+            Ok(Command::Round {
+                round,
+                tokens,
+                dists,
+            }) => {
+                let (t, r) = run_round(server, target, tokens, dists).await?;
+                target = t;
+                let reply = match r {
+                    Ok(out) => wire::verdict(round, &out),
+                    // The round committed nothing; the session stays usable.
+                    Err(e) => bad_request(e.to_string()),
+                };
+                conn.reply(&reply, req).await?;
+            }
+            Ok(Command::Stream { round, n }) => {
+                // The edge falls back to streaming: generate on our own, a verdict each.
+                target = stream_tokens(conn, server, target, round, n.min(cap), req).await?;
+            }
+            Ok(Command::Close) => return Ok(()),
+            Ok(Command::PeerError { message }) => {
+                tracing::info!(session_id, "edge reported an error: {message}");
+                return Ok(());
+            }
+            Err(e) => {
+                conn.reply(&e.reply(), req).await?;
+                if e.ends_session() {
                     return Ok(());
                 }
             }
-        }
-    }
-    loop {
-        match conn.read_message(idle).await {
-            Ok(Some((req, Message::DraftBlock(block)))) => {
-                let dists: Result<Vec<_>, _> = block
-                    .dists
-                    .iter()
-                    .map(|d| dist_from_wire(d, model.vocab_size))
-                    .collect();
-                let dists = match dists {
-                    Ok(d) => d,
-                    Err(e) => {
-                        conn.reply(
-                            &error_reply(ErrorCode::BadRequest, format!("draft distribution: {e}")),
-                            req,
-                        )
-                        .await?;
-                        continue;
-                    }
-                };
-                if block.tokens.is_empty() && block.stream > 1 {
-                    // The edge falls back to streaming: generate on our own, a verdict each.
-                    let n = block.stream.min(server.config.max_new_tokens as u32);
-                    target = stream_tokens(&mut conn, &server, target, block.round, n, req).await?;
-                    continue;
-                }
-                if block.tokens.len() > MAX_BLOCK_TOKENS {
-                    let m = format!(
-                        "{} drafted tokens in one block; at most {MAX_BLOCK_TOKENS}",
-                        block.tokens.len()
-                    );
-                    conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
-                        .await?;
-                    continue;
-                }
-                let (t, r) = run_round(&server, target, block.tokens, dists).await?;
-                target = t;
-                match r {
-                    Ok(out) => conn.reply(&verdict(block.round, &out), req).await?,
-                    // The round committed nothing; the session stays usable.
-                    Err(e) => {
-                        conn.reply(&error_reply(ErrorCode::BadRequest, e.to_string()), req)
-                            .await?
-                    }
-                }
-            }
-            Ok(Some((_, Message::Close(_)))) | Ok(None) => return Ok(()),
-            Ok(Some((_, Message::ErrorReply(e)))) => {
-                tracing::info!(session_id, "edge reported an error: {}", e.message);
-                return Ok(());
-            }
-            Ok(Some((req, other))) => {
-                let m = format!("unexpected {:?} in a running session", other.message_type());
-                conn.reply(&error_reply(ErrorCode::BadRequest, m), req)
-                    .await?;
-                return Ok(());
-            }
-            Err(TransportError::Frame(e)) => {
-                let (reply, req) = frame_error_reply(&e);
-                conn.reply(&reply, req).await?;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
         }
     }
 }
