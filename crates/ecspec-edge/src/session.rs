@@ -9,7 +9,7 @@ use ecspec_spec::compute::EdgeCompute;
 use tokio::time::Instant;
 
 use ecspec_link::LinkCounters;
-use ecspec_proto::{Close, DraftBlock, Hello, Message, VerifyMode, PROTOCOL_VERSION};
+use ecspec_proto::{Close, DraftBlock, Hello, Message};
 use ecspec_spec::acceptance::AcceptanceEstimator;
 use ecspec_spec::policy::{DraftLengthPolicy, RoundOutcome};
 use ecspec_spec::sampling::SamplingParams;
@@ -281,22 +281,6 @@ fn bytes(link: &Option<LinkCounters>) -> (u64, u64) {
         .map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))
 }
 
-fn verify_mode(rule: VerifyRule) -> VerifyMode {
-    match rule {
-        VerifyRule::Greedy => VerifyMode::Greedy,
-        VerifyRule::Match => VerifyMode::Match,
-        VerifyRule::Rejection => VerifyMode::Rejection,
-    }
-}
-
-fn dist_to_wire(d: &ecspec_spec::compact::CompactDist) -> ecspec_proto::CompactDist {
-    ecspec_proto::CompactDist {
-        ids: d.ids().to_vec(),
-        probs: d.packed_levels(),
-        bits: u32::from(d.bits()),
-    }
-}
-
 /// Runs the draft on a blocking thread and hands it back (the model never crosses an await
 /// while borrowed).
 async fn blocking<T: Send + 'static>(
@@ -357,25 +341,17 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         _ => {}
     }
+    // The rule, sampling settings, budget and prompt through the wire boundary
+    // (`ecspec_proto::domain`), then the draft's identity and the mode.
+    let session = Hello::for_session(cfg.rule, &cfg.params, cfg.max_new_tokens, prompt.clone())
+        .map_err(|e| EdgeError::Protocol(e.to_string()))?;
     let hello = Hello {
-        protocol_version: PROTOCOL_VERSION as u32,
         model_family: cfg.family.clone(),
         base_hash: cfg.compat_hash.clone(),
         draft_kind: cfg.draft_kind.clone(),
-        temperature: cfg.params.temperature,
-        top_p: cfg.params.top_p,
-        top_k: cfg.params.top_k as u32,
-        seed: cfg.params.seed,
-        verify_mode: verify_mode(cfg.rule) as i32,
-        max_new_tokens: u32::try_from(cfg.max_new_tokens).map_err(|_| {
-            EdgeError::Protocol(format!(
-                "max_new_tokens {} does not fit the protocol's 32 bits",
-                cfg.max_new_tokens
-            ))
-        })?,
-        prompt: prompt.clone(),
         autoregressive: cfg.mode == Mode::CloudOnly,
         stream: opening,
+        ..session
     };
     conn.write_message(&Message::Hello(hello)).await?;
     // Prefill the draft while the cloud prefills the target (a lookup-only edge never runs it).
@@ -555,7 +531,7 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 dists: if round_rule == Some(RoundRule::Match) {
                     Vec::new()
                 } else {
-                    proposal.dists.iter().map(dist_to_wire).collect()
+                    proposal.dists.iter().map(Into::into).collect()
                 },
                 stream,
             };
