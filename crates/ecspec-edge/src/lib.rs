@@ -5,21 +5,29 @@
 //! - [`Lookup`]: drafts by copying from the context (no model), alone or before the draft.
 //! - [`RoundEstimator`]: t_d, t_v(K), RTT and uplink rate learned from the edge's own rounds,
 //!   turned into the [`ecspec_spec::policy::RoundState`] the draft-length policy reads.
-//! - [`generate`]: one generation over a connection; [`Summary`] is its result.
+//! - [`RoundPlanner`]: **where K is chosen** — each round a lookup, a model block of K under a
+//!   verification rule, or a cloud stream ([`RoundPlan`]).
+//! - [`generate`]: one generation over a connection (the state machine in [`session`]); bytes
+//!   are read through a [`ByteCounter`]; [`Summary`] is its result ([`SummaryBuilder`]).
 //!
 //! **Invariant:** the committed sequence only grows; a token reaches the caller's callback
 //! only once the cloud has committed it (speculative and cloud-only modes).
 
+pub mod bytes;
 pub mod drafter;
 pub mod estimate;
 pub mod lookup;
+pub mod plan;
 pub mod replay;
 pub mod session;
+pub mod summary;
 
+pub use bytes::ByteCounter;
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
 pub use lookup::{DraftSource, Lookup};
+pub use plan::{EnergyControl, LookupRounds, PlanEstimates, RoundPlan, RoundPlanner};
 pub use session::{
-    generate, generate_edge_only, EdgeConfig, EdgeError, EnergyControl, Mode, RoundRecord,
-    SessionMemory, Summary,
+    generate, generate_counted, generate_edge_only, EdgeConfig, EdgeError, Mode, OnCommit,
 };
+pub use summary::{RoundRecord, SessionMemory, Summary, SummaryBuilder};

@@ -1,29 +1,39 @@
-//! One edge–cloud generation: handshake, then draft → send → verdict → commit rounds until
-//! the cloud says the sequence is finished. The committed sequence only grows.
+//! One edge–cloud generation, as a short state machine: handshake (Hello, draft prefill,
+//! HelloAck) → per round: plan ([`RoundPlanner`]) → draft → send → await the verdict →
+//! commit → record, until the cloud says the sequence is finished; then Close and the
+//! [`Summary`].
+//!
+//! **Where tokens are accepted:** `EdgeSession::commit` appends the verdict's accepted drafts
+//! and the target's own token to the committed sequence, hands them to the caller and rolls the
+//! draft back; nothing else writes the committed sequence, which only grows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ecspec_spec::compute::EdgeCompute;
-use tokio::time::Instant;
-
 use ecspec_link::LinkCounters;
-use ecspec_proto::{Close, DraftBlock, Hello, Message};
+use ecspec_proto::{Close, DraftBlock, Hello, HelloAck, Message, Verdict};
 use ecspec_spec::acceptance::AcceptanceEstimator;
-use ecspec_spec::policy::{DraftLengthPolicy, RoundOutcome};
+use ecspec_spec::compute::EdgeCompute;
+use ecspec_spec::policy::{DraftLengthPolicy, StopRule};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::{RoundRule, VerifySelector};
 use ecspec_transport::{Connection, TransportError};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::bytes::{totals, ByteCounter};
 use crate::drafter::{DraftError, Drafter, Proposal};
 use crate::estimate::RoundEstimator;
-use crate::lookup::{
-    lookup_pays, DraftSource, Lookup, LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, LOOKUP_PROBE_EVERY,
-};
+use crate::lookup::{DraftSource, Lookup};
+use crate::plan::{PlanEstimates, PlannerSettings, RoundPlan, RoundPlanner, RoundReport};
+use crate::summary::{SummaryBuilder, SummaryLabels};
+
+pub use crate::plan::EnergyControl;
+pub use crate::summary::{RoundRecord, SessionMemory, Summary};
 
 /// How the edge generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,14 +101,14 @@ pub struct EdgeConfig {
     /// caller pauses) instead of the measured ones. None: the live clock.
     pub virtual_compute: Option<EdgeCompute>,
     /// Where speculative rounds' drafted tokens come from: the draft model, context lookup
-    /// ([`Lookup`], no model compute), or both. A lookup match is taken when
+    /// ([`Lookup`], no model compute), or both. The [`RoundPlanner`] takes a lookup match when
     /// [`crate::lookup::lookup_pays`] says it beats the model's best K (hybrid) and the
     /// policy's cloud stream on the current round state, or as a probe every
-    /// [`LOOKUP_PROBE_EVERY`]th declined match; otherwise the round is the policy's (hybrid)
-    /// or the cloud decodes alone (lookup). Lookup rounds draft `lookup.draft_len` tokens,
-    /// are verified by matching (ids only: for a deterministic draft that is the rejection
-    /// rule itself), and are kept out of the model's acceptance estimate and the policy's
-    /// feedback.
+    /// [`crate::lookup::LOOKUP_PROBE_EVERY`]th declined match; otherwise the round is the
+    /// policy's (hybrid) or the cloud decodes alone (lookup). Lookup rounds draft
+    /// `lookup.draft_len` tokens, are verified by matching (ids only: for a deterministic draft
+    /// that is the rejection rule itself), and are kept out of the model's acceptance estimate
+    /// and the policy's feedback.
     pub drafter: DraftSource,
     /// Context-lookup settings (unused with [`DraftSource::Model`]).
     pub lookup: Lookup,
@@ -108,152 +118,7 @@ pub struct EdgeConfig {
     pub load_aware: bool,
 }
 
-/// What the edge carries from one request to the next on the same draft: the acceptance
-/// evidence and the draft-length policy's state, tagged with the target version they were
-/// measured against. [`Summary::memory`] returns the updated memory.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct SessionMemory {
-    /// Target version the evidence was measured against; a request answered by another version
-    /// drops the acceptance evidence (the policy's state is kept).
-    pub target_version: String,
-    /// Decayed accepted tokens S and rejections F ([`AcceptanceEstimator::evidence`]).
-    pub alpha_evidence: (f64, f64),
-    /// The policy's memory.
-    pub policy: Option<ecspec_spec::policy::PolicyMemory>,
-}
-
-/// What the policy knows about energy: the device's powers and, optionally, a budget whose
-/// virtual queue prices energy each round (design.md §3). Each round is charged
-/// `P_c·drafting + P_r·(drafting + waiting)`, the model the policy plans with.
-#[derive(Debug, Clone)]
-pub struct EnergyControl {
-    /// P_c, W above idle while drafting.
-    pub draft_power_w: f64,
-    /// P_r, W while a round runs (radio active or in its tail).
-    pub radio_power_w: f64,
-    /// The budget (J per committed token) and its queue.
-    pub budget: Option<ecspec_energy::EnergyBudget>,
-}
-
-/// One round as the edge saw it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoundRecord {
-    /// Round number (1-based).
-    pub round: u32,
-    /// When the round's verdict arrived, seconds since the request started.
-    pub t_s: f64,
-    /// Draft length K chosen.
-    pub k: usize,
-    /// The round's verification rule: `greedy`, `match`, `rejection`, or `none` for a round
-    /// that drafted nothing (a cloud-only or streamed step).
-    pub verify: &'static str,
-    /// Drafted tokens accepted.
-    pub accepted: usize,
-    /// Where the drafted tokens came from: `model`, `lookup`, or `none` (nothing drafted).
-    pub source: &'static str,
-    /// Drafting time (s) before the block was sent.
-    pub draft_s: f64,
-    /// Leading drafted tokens taken from the previous round's pipelined pre-draft.
-    pub reused: usize,
-    /// Time spent pre-drafting while this round was in flight (s; 0 without pipelining).
-    pub pre_draft_s: f64,
-    /// Send-to-verdict time (s).
-    pub wait_s: f64,
-    /// Cloud compute time reported by the cloud (s).
-    pub cloud_compute_s: f64,
-    /// Uplink / downlink bytes of the round (framing included).
-    pub uplink_bytes: u64,
-    /// Downlink bytes of the round.
-    pub downlink_bytes: u64,
-    /// The acceptance rate α the policy was given when it chose K (a lookup round: the
-    /// lookups' own α it was weighed at).
-    pub alpha_estimate: f64,
-    /// The edge's uplink rate estimate when it chose K (bit/s; 10¹² until measured).
-    pub uplink_bps_estimate: f64,
-    /// The edge's RTT estimate when it chose K (s).
-    pub rtt_s_estimate: f64,
-    /// Edge energy of the round under a device profile (J), when one was applied.
-    pub energy_j: Option<f64>,
-}
-
-/// The end-of-run summary (`--json` prints it; fields documented in the README).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Summary {
-    /// Generated text.
-    pub text: String,
-    /// Generated token ids.
-    pub tokens: Vec<u32>,
-    /// Tokens generated (after the prompt).
-    pub generated_tokens: usize,
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
-    /// Verification rounds (one target forward pass each; the prefill is not counted).
-    pub rounds: u64,
-    /// Target forward passes: prefill + rounds (cloud cost).
-    pub target_forward_passes: u64,
-    /// Tokens drafted in all rounds.
-    pub drafted_tokens: u64,
-    /// Drafted tokens accepted.
-    pub accepted_tokens: u64,
-    /// Tokens committed per verification round (accepted + the target's own token).
-    pub mean_accepted_tokens: f64,
-    /// accepted_tokens / drafted_tokens (0 when nothing was drafted).
-    pub acceptance_rate: f64,
-    /// Rounds whose drafts came from context lookup (counted in `rounds` too).
-    pub lookup_rounds: u64,
-    /// Tokens drafted by context lookup (counted in `drafted_tokens` too).
-    pub lookup_drafted_tokens: u64,
-    /// Lookup-drafted tokens accepted (counted in `accepted_tokens` too).
-    pub lookup_accepted_tokens: u64,
-    /// generated_tokens / total_s (tokens/s).
-    pub goodput_tok_s: f64,
-    /// Time to first token (s), from the request to the first committed token.
-    pub ttft_s: f64,
-    /// The cloud's compute time of the prefill (s), as its HelloAck reported it.
-    pub cloud_prefill_s: f64,
-    /// Time per output token after the first (s).
-    pub tpot_s: f64,
-    /// Wall-clock time of the whole generation (s).
-    pub total_s: f64,
-    /// Time spent drafting (s).
-    pub draft_s: f64,
-    /// Bytes the edge sent (application frames, framing included).
-    pub uplink_bytes: u64,
-    /// Bytes the edge received.
-    pub downlink_bytes: u64,
-    /// uplink_bytes / generated_tokens.
-    pub uplink_bytes_per_token: f64,
-    /// downlink_bytes / generated_tokens.
-    pub downlink_bytes_per_token: f64,
-    /// Mode name.
-    pub mode: String,
-    /// Verification rule name (`none` when nothing is verified: cloud-only, edge-only).
-    pub verify: String,
-    /// Draft-length policy name.
-    pub draft_len: String,
-    /// Model family.
-    pub model_family: String,
-    /// Target version that verified (from the handshake).
-    pub target_version: String,
-    /// Per-round records.
-    pub round_records: Vec<RoundRecord>,
-    /// Edge energy of the whole generation (J) under [`Self::energy_profile`], when applied.
-    pub edge_energy_j: Option<f64>,
-    /// `edge_energy_j` per generated token (J/token).
-    pub energy_per_token_j: Option<f64>,
-    /// The device profile the energy was computed with.
-    pub energy_profile: Option<String>,
-    /// With an energy budget: the budget (J/token) and what the policy's own energy model
-    /// charged per committed token (J/token), the quantity the budget constrains.
-    pub energy_budget_j_per_token: Option<f64>,
-    /// See [`Self::energy_budget_j_per_token`].
-    pub budget_spent_j_per_token: Option<f64>,
-    /// What this request leaves for the next one (speculative mode).
-    #[serde(skip)]
-    pub memory: Option<SessionMemory>,
-}
-
-/// Errors of a generation. Tokens committed before the error are kept in `partial`.
+/// Errors of a generation. Tokens already delivered to the commit callback stay delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     /// The connection failed.
@@ -276,10 +141,15 @@ pub enum EdgeError {
 /// Callback receiving committed tokens as soon as they are committed.
 pub type OnCommit<'a> = &'a mut (dyn FnMut(&[u32]) + Send);
 
-fn bytes(link: &Option<LinkCounters>) -> (u64, u64) {
-    link.as_ref()
-        .map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))
-}
+/// The draft's prior drafting time per token (s) until the first round measures it.
+const PRIOR_DRAFT_S_PER_TOKEN: f64 = 0.01;
+
+/// The prior verification pass, in prompt-token prefill times (the HelloAck's prefill time per
+/// prompt token, times this), until rounds measure it.
+const PRIOR_VERIFY_IN_PREFILL_TOKENS: f64 = 4.0;
+
+/// How long the edge waits, after its Close, for the link to deliver and count everything.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the draft on a blocking thread and hands it back (the model never crosses an await
 /// while borrowed).
@@ -298,13 +168,30 @@ async fn blocking<T: Send + 'static>(
 
 /// Generates from `prompt` over `stream` (TCP or the emulated link; `link` counts its bytes).
 /// `drafter` is required in speculative mode. Committed tokens go to `on_commit` as they are
-/// committed.
+/// committed. [`generate_counted`] with the link emulator's counters.
 ///
 /// # Errors
 /// [`EdgeError`]; on error the tokens already delivered to `on_commit` stay delivered.
 pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     link: Option<LinkCounters>,
+    cfg: EdgeConfig,
+    drafter: Option<Drafter>,
+    prompt: Vec<u32>,
+    on_commit: OnCommit<'_>,
+) -> Result<Summary, EdgeError> {
+    let counter = link.as_ref().map(|c| c as &dyn ByteCounter);
+    generate_counted(stream, counter, cfg, drafter, prompt, on_commit).await
+}
+
+/// Generates from `prompt` over `stream`, reading the bytes on the wire from `counter` (None:
+/// every byte figure is 0). Otherwise as [`generate`].
+///
+/// # Errors
+/// [`EdgeError`]; on error the tokens already delivered to `on_commit` stay delivered.
+pub async fn generate_counted<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    counter: Option<&dyn ByteCounter>,
     mut cfg: EdgeConfig,
     mut drafter: Option<Drafter>,
     prompt: Vec<u32>,
@@ -313,47 +200,9 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
     let t_start = Instant::now();
     let mut conn = Connection::new(stream);
     let speculative = cfg.mode == Mode::Speculative;
-    // Where the acceptance estimate starts without (valid) memory.
-    let fresh = match cfg.acceptance_prior {
-        Some(a) => AcceptanceEstimator::from_known(a)
-            .map_err(|e| EdgeError::Protocol(format!("the draft's known acceptance: {e}")))?,
-        None => AcceptanceEstimator::default(),
-    };
-    let mut est = fresh.clone();
-    let mut opening = 0u32;
-    match (speculative, cfg.memory.as_ref(), cfg.acceptance_prior) {
-        (true, Some(m), _) => {
-            est = est
-                .with_evidence(m.alpha_evidence.0, m.alpha_evidence.1)
-                .map_err(|e| EdgeError::Protocol(format!("edge memory: {e}")))?;
-            if let Some(p) = &m.policy {
-                cfg.policy.recall(p);
-            }
-            opening = cfg.policy.opening_stream();
-        }
-        (true, None, Some(_)) => {
-            // A known α is evidence already: no warm-up to measure it.
-            cfg.policy.recall(&ecspec_spec::policy::PolicyMemory {
-                drafted_tokens: ecspec_spec::acceptance::KNOWN_ALPHA_TOKENS as u64,
-                streaming: false,
-                stream_len: 0,
-            });
-        }
-        _ => {}
-    }
-    // The rule, sampling settings, budget and prompt through the wire boundary
-    // (`ecspec_proto::domain`), then the draft's identity and the mode.
-    let session = Hello::for_session(cfg.rule, &cfg.params, cfg.max_new_tokens, prompt.clone())
-        .map_err(|e| EdgeError::Protocol(e.to_string()))?;
-    let hello = Hello {
-        model_family: cfg.family.clone(),
-        base_hash: cfg.compat_hash.clone(),
-        draft_kind: cfg.draft_kind.clone(),
-        autoregressive: cfg.mode == Mode::CloudOnly,
-        stream: opening,
-        ..session
-    };
-    conn.write_message(&Message::Hello(hello)).await?;
+    let start = Start::new(&mut cfg, speculative)?;
+    conn.write_message(&Message::Hello(hello(&cfg, &prompt, start.opening)?))
+        .await?;
     // Prefill the draft while the cloud prefills the target (a lookup-only edge never runs it).
     if let (true, true, Some(d)) = (speculative, cfg.drafter.uses_model(), drafter.take()) {
         let p = prompt.clone();
@@ -363,7 +212,102 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         drafter = Some(d);
     }
-    let ack = match conn.read_message(Some(cfg.timeout)).await? {
+    let ack = await_ack(&mut conn, cfg.timeout, cfg.vocab_size).await?;
+    let ttft = t_start.elapsed();
+    on_commit(&[ack.first_token]);
+    let opened = Opened {
+        ack,
+        start,
+        t_start,
+        ttft,
+    };
+    let mut session = EdgeSession::new(conn, counter, cfg, drafter, prompt, on_commit, opened)?;
+    while !session.finished {
+        session.round().await?;
+    }
+    Ok(session.close().await)
+}
+
+/// Where a request's acceptance estimate and policy start, and the stream the Hello asks for.
+struct Start {
+    /// The estimate without (valid) memory: the draft's known α, else uninformed.
+    fresh: AcceptanceEstimator,
+    /// The estimate with the memory's evidence, if any.
+    est: AcceptanceEstimator,
+    /// Tokens the cloud streams right after the handshake.
+    opening: u32,
+}
+
+impl Start {
+    /// Reads the memory and the known α into the estimate and `cfg.policy`.
+    fn new(cfg: &mut EdgeConfig, speculative: bool) -> Result<Self, EdgeError> {
+        let fresh = match cfg.acceptance_prior {
+            Some(a) => AcceptanceEstimator::from_known(a)
+                .map_err(|e| EdgeError::Protocol(format!("the draft's known acceptance: {e}")))?,
+            None => AcceptanceEstimator::default(),
+        };
+        let mut est = fresh.clone();
+        let mut opening = 0u32;
+        match (speculative, cfg.memory.as_ref(), cfg.acceptance_prior) {
+            (true, Some(m), _) => {
+                est = est
+                    .with_evidence(m.alpha_evidence.0, m.alpha_evidence.1)
+                    .map_err(|e| EdgeError::Protocol(format!("edge memory: {e}")))?;
+                if let Some(p) = &m.policy {
+                    cfg.policy.recall(p);
+                }
+                opening = cfg.policy.opening_stream();
+            }
+            (true, None, Some(_)) => {
+                // A known α is evidence already: no warm-up to measure it.
+                cfg.policy.recall(&ecspec_spec::policy::PolicyMemory {
+                    drafted_tokens: ecspec_spec::acceptance::KNOWN_ALPHA_TOKENS as u64,
+                    streaming: false,
+                    stream_len: 0,
+                });
+            }
+            _ => {}
+        }
+        Ok(Self {
+            fresh,
+            est,
+            opening,
+        })
+    }
+}
+
+/// What the handshake established.
+struct Opened {
+    ack: HelloAck,
+    start: Start,
+    /// When the request started, and when its first token (the HelloAck's) was committed.
+    t_start: Instant,
+    ttft: Duration,
+}
+
+/// The session's Hello: the rule, sampling settings, budget and prompt through the wire
+/// boundary ([`Hello::for_session`]), then the draft's identity and the mode.
+fn hello(cfg: &EdgeConfig, prompt: &[u32], opening: u32) -> Result<Hello, EdgeError> {
+    let session = Hello::for_session(cfg.rule, &cfg.params, cfg.max_new_tokens, prompt.to_vec())
+        .map_err(|e| EdgeError::Protocol(e.to_string()))?;
+    Ok(Hello {
+        model_family: cfg.family.clone(),
+        base_hash: cfg.compat_hash.clone(),
+        draft_kind: cfg.draft_kind.clone(),
+        autoregressive: cfg.mode == Mode::CloudOnly,
+        stream: opening,
+        ..session
+    })
+}
+
+/// Reads the HelloAck: refused, or accepted with the edge's vocabulary size and a first token
+/// inside it.
+async fn await_ack<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    timeout: Duration,
+    vocab: usize,
+) -> Result<HelloAck, EdgeError> {
+    let ack = match conn.read_message(Some(timeout)).await? {
         Some((_, Message::HelloAck(a))) => a,
         Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
         Some((_, other)) => {
@@ -386,7 +330,6 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
         };
         return Err(EdgeError::Refused(reason));
     }
-    let vocab = cfg.vocab_size;
     if ack.vocab_size as usize != vocab {
         return Err(EdgeError::Protocol(format!(
             "the cloud's vocabulary has {} tokens, the edge's {vocab}",
@@ -399,155 +342,277 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
             ack.first_token
         )));
     }
-    let ttft = t_start.elapsed();
-    let mut committed = prompt.clone();
-    committed.push(ack.first_token);
-    on_commit(&[ack.first_token]);
-    let mut finished = ack.finished;
-    if cfg
-        .memory
-        .as_ref()
-        .is_some_and(|m| m.target_version != ack.target_version)
-    {
-        // Another target version: its acceptance must be measured afresh (from the draft's
-        // known α, when there is one).
-        est = fresh;
+    Ok(ack)
+}
+
+/// What the session keeps of its [`EdgeConfig`] once the planner has taken the rest.
+struct Settings {
+    mode: Mode,
+    speculative: bool,
+    /// Stream plans pass through the draft model (which drops a confirmed pre-draft).
+    uses_model: bool,
+    rule: VerifyRule,
+    greedy: bool,
+    timeout: Duration,
+    vocab: usize,
+    pipeline: bool,
+    virtual_compute: Option<EdgeCompute>,
+    family: String,
+}
+
+/// One round's block, drafted and ready to send.
+struct Block {
+    proposal: Proposal,
+    /// Copied from the context.
+    looked_up: bool,
+    /// Channel-aware verification's rule for a model round.
+    rule: Option<RoundRule>,
+    /// Tokens asked of the cloud on its own (K = 0; 0: none asked).
+    stream: u32,
+    seen: PlanEstimates,
+}
+
+impl Block {
+    fn k(&self) -> usize {
+        self.proposal.tokens.len()
     }
-    let mut timing = RoundEstimator::new(
-        0.01,
-        ack.prefill_us as f64 * 1e-6 / prompt.len().max(1) as f64 * 4.0,
-    );
-    let mut records = Vec::new();
-    // Lookup rounds, drafted and accepted tokens, and their α (apart from the model's).
-    let mut lookups = (0u64, 0u64, 0u64);
-    let mut lookup_est = AcceptanceEstimator::new(LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, 0.95)
-        .map_err(|e| EdgeError::Protocol(e.to_string()))?;
-    // Matches declined in a row since the last lookup round (a probe is due at the limit).
-    let mut declined = 0u32;
-    // The cloud's row price (s/row), smoothed over verdicts; 0 unless load-aware.
-    let mut row_price = 0.0f64;
-    let mut draft_total = Duration::ZERO;
-    let mut round = 0u32;
-    // Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
-    // opening stream of the Hello).
-    let mut streaming = opening;
-    while !finished {
-        round += 1;
-        let (up0, down0) = bytes(&link);
-        let old_len = committed.len();
-        let mut seen = (f64::NAN, f64::NAN, f64::NAN);
-        let continuing = streaming > 0;
-        let mut stream = 0u32;
-        // With channel-aware verification: the rule chosen for this round.
-        let mut round_rule = None;
-        let energy = |mut st: ecspec_spec::policy::RoundState| {
-            st.row_price_s = row_price;
-            if let Some(e) = &cfg.energy {
-                st.draft_power_w = e.draft_power_w;
-                st.radio_power_w = e.radio_power_w;
-                // Q/V; bounded so a zero-V budget cannot make every score -inf.
-                st.energy_price = e.budget.as_ref().map_or(0.0, |b| b.multiplier().min(1e9));
-            }
-            st
-        };
-        let rejection = cfg.rule == VerifyRule::Rejection;
-        // Context lookup first: free to draft; taken when it promises more than the model or
-        // a cloud stream would (channel-aware, like the draft length).
-        let mut copied = Vec::new();
-        if speculative && !continuing && cfg.drafter.uses_lookup() {
-            copied = cfg.lookup.propose(&committed, cfg.lookup.draft_len);
-            if !copied.is_empty() {
-                let mut l = energy(timing.state(lookup_est.alpha(), false));
-                l.t_draft_s = 0.0;
-                let m = energy(timing.state(est.alpha(), rejection));
-                // The model's side at the default policy's K_max (`ecspec:8`).
-                let model = cfg.drafter.uses_model().then_some((&m, 8));
-                if lookup_pays(&l, copied.len(), model, cfg.policy.stream_len().max(1))
-                    || declined + 1 >= LOOKUP_PROBE_EVERY
-                {
-                    declined = 0;
-                    seen = (l.alpha, l.uplink_bps, l.rtt_s);
-                } else {
-                    declined += 1;
-                    copied.clear();
-                }
-            }
-        }
-        let looked_up = !copied.is_empty();
-        let (k, proposal) = if looked_up {
-            if let Some(d) = drafter.as_mut() {
-                d.skip_round()?;
-            }
-            (copied.len(), Proposal::copied(copied))
-        } else if speculative && !continuing && cfg.drafter.uses_model() {
-            let d = drafter.take().ok_or_else(|| {
-                EdgeError::Protocol("speculative mode needs a draft model".into())
-            })?;
-            let st = match cfg.verify_switch.as_mut() {
-                Some(sel) => {
-                    let m = energy(timing.state(sel.alpha(RoundRule::Match), false));
-                    let r = energy(timing.state(sel.alpha(RoundRule::Rejection), true));
-                    let pick = sel.choose(&m, &r);
-                    round_rule = Some(pick);
-                    if pick == RoundRule::Match {
-                        m
-                    } else {
-                        r
-                    }
-                }
-                None => energy(timing.state(est.alpha(), rejection)),
-            };
-            seen = (st.alpha, st.uplink_bps, st.rtt_s);
-            let cap = cfg.policy.choose(&st);
-            let stop = cfg.policy.stop_rule();
-            let c = committed.clone();
-            let (d, mut p) = blocking(d, move |d| d.propose_until(&c, cap, stop)).await?;
-            drafter = Some(d);
-            if let Some(vc) = cfg.virtual_compute {
-                // Pipelined tokens were paid for while the previous round was in flight.
-                p.elapsed = vc.draft(p.tokens.len() - p.reused);
-                tokio::time::sleep(p.elapsed).await;
-            }
-            if cap == 0 {
-                stream = cfg.policy.stream_len();
-            }
-            // A stop rule may end the round's drafting below the cap.
-            (p.tokens.len(), p)
+}
+
+/// A pre-draft running while a round is in flight: its stop flag and its thread.
+type PreDraft = (
+    Arc<AtomicBool>,
+    JoinHandle<(Drafter, Result<usize, DraftError>, Duration)>,
+);
+
+/// A generation past its handshake.
+struct EdgeSession<'a, S> {
+    conn: Connection<S>,
+    counter: Option<&'a dyn ByteCounter>,
+    on_commit: OnCommit<'a>,
+    drafter: Option<Drafter>,
+    planner: RoundPlanner,
+    summary: SummaryBuilder,
+    set: Settings,
+    /// Prompt and every committed token; only grows.
+    committed: Vec<u32>,
+    finished: bool,
+    round: u32,
+    /// Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
+    /// opening stream of the Hello).
+    streaming: u32,
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
+    /// The session after the handshake `opened`, whose first token follows `prompt`.
+    fn new(
+        conn: Connection<S>,
+        counter: Option<&'a dyn ByteCounter>,
+        cfg: EdgeConfig,
+        drafter: Option<Drafter>,
+        prompt: Vec<u32>,
+        on_commit: OnCommit<'a>,
+        opened: Opened,
+    ) -> Result<Self, EdgeError> {
+        let Opened {
+            ack,
+            start,
+            t_start,
+            ttft,
+        } = opened;
+        let prompt_tokens = prompt.len();
+        let mut committed = prompt;
+        committed.push(ack.first_token);
+        let est = if cfg
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.target_version != ack.target_version)
+        {
+            // Another target version: its acceptance must be measured afresh (from the draft's
+            // known α, when there is one).
+            start.fresh
         } else {
-            // Cloud-only, a streamed verdict, or a lookup-only round without a lookup: the
-            // cloud decodes alone, streaming as the policy would.
-            if speculative && !continuing {
-                stream = cfg.policy.stream_len();
-            }
-            (0, Default::default())
+            start.est
         };
-        draft_total += proposal.elapsed;
+        let timing = RoundEstimator::new(
+            PRIOR_DRAFT_S_PER_TOKEN,
+            ack.prefill_us as f64 * 1e-6 / prompt_tokens.max(1) as f64
+                * PRIOR_VERIFY_IN_PREFILL_TOKENS,
+        );
+        let speculative = cfg.mode == Mode::Speculative;
+        let set = Settings {
+            mode: cfg.mode,
+            speculative,
+            uses_model: speculative && cfg.drafter.uses_model(),
+            rule: cfg.rule,
+            greedy: cfg.params.is_greedy(),
+            timeout: cfg.timeout,
+            vocab: cfg.vocab_size,
+            pipeline: cfg.pipeline,
+            virtual_compute: cfg.virtual_compute,
+            family: cfg.family,
+        };
+        let settings = PlannerSettings {
+            policy: cfg.policy,
+            source: cfg.drafter,
+            lookup: cfg.lookup,
+            rule: cfg.rule,
+            verify_switch: cfg.verify_switch,
+            energy: cfg.energy,
+            load_aware: cfg.load_aware,
+        };
+        let planner = RoundPlanner::new(settings, est, timing)
+            .map_err(|e| EdgeError::Protocol(e.to_string()))?;
+        Ok(Self {
+            conn,
+            counter,
+            on_commit,
+            drafter,
+            planner,
+            summary: SummaryBuilder::new(
+                t_start,
+                ttft,
+                prompt_tokens,
+                ack.prefill_us,
+                ack.target_version,
+            ),
+            set,
+            finished: ack.finished,
+            committed,
+            round: 0,
+            streaming: start.opening,
+        })
+    }
+
+    /// One round: plan → draft → send → await the verdict → commit.
+    async fn round(&mut self) -> Result<(), EdgeError> {
+        self.round += 1;
+        let before = totals(self.counter);
+        let old_len = self.committed.len();
+        let continuing = self.streaming > 0;
+        let plan =
+            (self.set.speculative && !continuing).then(|| self.planner.plan(&self.committed));
+        let block = self.draft(plan).await?;
+        self.summary.drafted(block.proposal.elapsed);
         let t_send = Instant::now();
-        if cfg.mode != Mode::CloudOnly && !continuing {
-            let block = DraftBlock {
-                round,
-                tokens: proposal.tokens.clone(),
-                // A match round of a rejection session sends ids only.
-                dists: if round_rule == Some(RoundRule::Match) {
-                    Vec::new()
-                } else {
-                    proposal.dists.iter().map(Into::into).collect()
-                },
-                stream,
-            };
-            conn.write_message(&Message::DraftBlock(block)).await?;
+        if self.set.mode != Mode::CloudOnly && !continuing {
+            self.send(&block).await?;
         }
-        streaming = if continuing {
-            streaming - 1
+        self.streaming = if continuing {
+            self.streaming - 1
         } else {
-            stream.saturating_sub(1)
+            block.stream.saturating_sub(1)
         };
-        // Pipelining: draft on while the block is in flight; stopped when the verdict is in.
-        let pre = match (cfg.pipeline, drafter.take(), proposal.tokens.last()) {
-            (true, Some(mut d), Some(&last)) if !continuing && !looked_up => {
+        let pre = self.start_pre_draft(&block, continuing);
+        let v = self.await_verdict().await?;
+        let wait = t_send.elapsed();
+        let pre_draft_s = self.finish_pre_draft(pre, wait).await?;
+        self.check(&v, block.k())?;
+        self.commit(&v, &block, old_len)?;
+        let after = totals(self.counter);
+        let report = RoundReport {
+            looked_up: block.looked_up,
+            continuing,
+            drafted: block.k(),
+            accepted: v.accepted as usize,
+            reused: block.proposal.reused,
+            draft: block.proposal.elapsed,
+            pre_draft_s,
+            wait,
+            cloud_compute_s: v.compute_us as f64 * 1e-6,
+            row_cost_us: v.row_cost_us,
+            uplink_bytes: after.0 - before.0,
+            downlink_bytes: after.1 - before.1,
+            sent_dists: block.k() > 0
+                && !block.proposal.dists.is_empty()
+                && block.rule != Some(RoundRule::Match),
+        };
+        self.planner.record(&report);
+        let rec = self.record(&report, &block, &v);
+        self.summary.push(rec, block.looked_up);
+        Ok(())
+    }
+
+    /// Drafts what `plan` says (None: a cloud-only step or a streamed verdict, nothing drafted).
+    async fn draft(&mut self, plan: Option<RoundPlan>) -> Result<Block, EdgeError> {
+        let mut block = Block {
+            proposal: Proposal::default(),
+            looked_up: false,
+            rule: None,
+            stream: 0,
+            seen: plan
+                .as_ref()
+                .map_or(PlanEstimates::UNKNOWN, RoundPlan::seen),
+        };
+        match plan {
+            Some(RoundPlan::Lookup { tokens, .. }) => {
+                if let Some(d) = self.drafter.as_mut() {
+                    d.skip_round()?;
+                }
+                block.proposal = Proposal::copied(tokens);
+                block.looked_up = true;
+            }
+            Some(RoundPlan::Model { k, stop, rule, .. }) => {
+                block.proposal = self.propose(k, stop).await?;
+                block.rule = rule;
+            }
+            Some(RoundPlan::Stream { n, .. }) => {
+                // The policy's K = 0 still passes through the draft: a confirmed pre-draft is
+                // dropped, as after any round that drafted nothing.
+                if self.set.uses_model {
+                    block.proposal = self.propose(0, None).await?;
+                }
+                block.stream = n;
+            }
+            None => {}
+        }
+        Ok(block)
+    }
+
+    /// The draft model's proposal of up to `k` tokens after the committed sequence.
+    async fn propose(&mut self, k: usize, stop: Option<StopRule>) -> Result<Proposal, EdgeError> {
+        let d = self
+            .drafter
+            .take()
+            .ok_or_else(|| EdgeError::Protocol("speculative mode needs a draft model".into()))?;
+        let c = self.committed.clone();
+        let (d, mut p) = blocking(d, move |d| d.propose_until(&c, k, stop)).await?;
+        self.drafter = Some(d);
+        if let Some(vc) = self.set.virtual_compute {
+            // Pipelined tokens were paid for while the previous round was in flight.
+            p.elapsed = vc.draft(p.tokens.len() - p.reused);
+            tokio::time::sleep(p.elapsed).await;
+        }
+        Ok(p)
+    }
+
+    async fn send(&mut self, block: &Block) -> Result<(), EdgeError> {
+        let p = &block.proposal;
+        let msg = DraftBlock {
+            round: self.round,
+            tokens: p.tokens.clone(),
+            // A match round of a rejection session sends ids only.
+            dists: if block.rule == Some(RoundRule::Match) {
+                Vec::new()
+            } else {
+                p.dists.iter().map(Into::into).collect()
+            },
+            stream: block.stream,
+        };
+        self.conn.write_message(&Message::DraftBlock(msg)).await?;
+        Ok(())
+    }
+
+    /// Pipelining: drafts on while the block is in flight; stopped when the verdict is in.
+    fn start_pre_draft(&mut self, block: &Block, continuing: bool) -> Option<PreDraft> {
+        match (
+            self.set.pipeline,
+            self.drafter.take(),
+            block.proposal.tokens.last(),
+        ) {
+            (true, Some(mut d), Some(&last)) if !continuing && !block.looked_up => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let flag = Arc::clone(&stop);
-                let n = k;
+                let n = block.k();
                 let task = tokio::task::spawn_blocking(move || {
                     let t0 = std::time::Instant::now();
                     let r = d.pre_draft(last, n, &flag);
@@ -556,52 +621,65 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 Some((stop, task))
             }
             (_, d, _) => {
-                drafter = d;
+                self.drafter = d;
                 None
             }
-        };
-        let v = match conn.read_message(Some(cfg.timeout)).await? {
-            Some((_, Message::Verdict(v))) => v,
-            Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
-            Some((_, other)) => {
-                return Err(EdgeError::Protocol(format!(
-                    "expected Verdict, got {:?}",
-                    other.message_type()
-                )))
-            }
-            None => {
-                return Err(EdgeError::Protocol(
-                    "the cloud closed the connection mid-generation".into(),
-                ))
-            }
-        };
-        let wait = t_send.elapsed();
-        let mut pre_draft_s = 0.0;
-        if let Some((stop, task)) = pre {
-            stop.store(true, Ordering::Relaxed);
-            let (d, r, t) = task
-                .await
-                .map_err(|e| EdgeError::Protocol(format!("draft thread failed: {e}")))?;
-            let drafted = r?;
-            pre_draft_s = t.as_secs_f64();
-            if let Some(vc) = cfg.virtual_compute {
-                // The virtual clock stands still while the draft runs, so the pre-draft always
-                // finishes; only what it would overrun the wait by delays the edge.
-                let modelled = vc.draft(drafted);
-                if let Some(extra) = modelled.checked_sub(wait) {
-                    tokio::time::sleep(extra).await;
-                }
-                pre_draft_s = modelled.as_secs_f64();
-            }
-            drafter = Some(d);
         }
+    }
+
+    /// Stops a running pre-draft and takes the draft back; returns its drafting time (s).
+    async fn finish_pre_draft(
+        &mut self,
+        pre: Option<PreDraft>,
+        wait: Duration,
+    ) -> Result<f64, EdgeError> {
+        let Some((stop, task)) = pre else {
+            return Ok(0.0);
+        };
+        stop.store(true, Ordering::Relaxed);
+        let (d, r, t) = task
+            .await
+            .map_err(|e| EdgeError::Protocol(format!("draft thread failed: {e}")))?;
+        let drafted = r?;
+        let mut pre_draft_s = t.as_secs_f64();
+        if let Some(vc) = self.set.virtual_compute {
+            // The virtual clock stands still while the draft runs, so the pre-draft always
+            // finishes; only what it would overrun the wait by delays the edge.
+            let modelled = vc.draft(drafted);
+            if let Some(extra) = modelled.checked_sub(wait) {
+                tokio::time::sleep(extra).await;
+            }
+            pre_draft_s = modelled.as_secs_f64();
+        }
+        self.drafter = Some(d);
+        Ok(pre_draft_s)
+    }
+
+    async fn await_verdict(&mut self) -> Result<Verdict, EdgeError> {
+        match self.conn.read_message(Some(self.set.timeout)).await? {
+            Some((_, Message::Verdict(v))) => Ok(v),
+            Some((_, Message::ErrorReply(e))) => Err(EdgeError::Cloud(e.message)),
+            Some((_, other)) => Err(EdgeError::Protocol(format!(
+                "expected Verdict, got {:?}",
+                other.message_type()
+            ))),
+            None => Err(EdgeError::Protocol(
+                "the cloud closed the connection mid-generation".into(),
+            )),
+        }
+    }
+
+    /// The verdict answers this round, its token is in the vocabulary, and it accepts at most
+    /// the `k` tokens sent.
+    fn check(&self, v: &Verdict, k: usize) -> Result<(), EdgeError> {
+        let round = self.round;
         if v.round != round {
             return Err(EdgeError::Protocol(format!(
                 "verdict for round {}, expected round {round}",
                 v.round
             )));
         }
-        if v.next_token as usize >= vocab {
+        if v.next_token as usize >= self.set.vocab {
             return Err(EdgeError::Protocol(format!(
                 "next token {} is outside the vocabulary",
                 v.next_token
@@ -613,186 +691,87 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
                 "verdict accepts {a} of {k} drafted tokens"
             )));
         }
-        let mut new: Vec<u32> = proposal.tokens[..a].to_vec();
+        Ok(())
+    }
+
+    /// **Where tokens are accepted:** the accepted drafts and the target's token join the
+    /// committed sequence and go to the caller; the draft's cache follows (a lookup round's was
+    /// left at the committed tokens already).
+    fn commit(&mut self, v: &Verdict, block: &Block, old_len: usize) -> Result<(), EdgeError> {
+        let a = v.accepted as usize;
+        let mut new: Vec<u32> = block.proposal.tokens[..a].to_vec();
         new.push(v.next_token);
-        committed.extend_from_slice(&new);
-        on_commit(&new);
-        finished = v.finished;
-        if cfg.load_aware {
-            row_price = 0.5 * row_price + 0.5 * f64::from(v.row_cost_us) * 1e-6;
-        }
-        if looked_up {
-            lookups.0 += 1;
-            lookups.1 += k as u64;
-            lookups.2 += a as u64;
-            let _ = lookup_est.record(k, a);
-        } else {
-            if let Some(d) = drafter.as_mut() {
-                d.rollback(old_len, k, a, v.next_token)?;
-            }
-            let _ = est.record(k, a);
-            if let (Some(sel), Some(r)) = (cfg.verify_switch.as_mut(), round_rule) {
-                let _ = sel.record(r, k, a);
+        self.committed.extend_from_slice(&new);
+        (self.on_commit)(&new);
+        self.finished = v.finished;
+        if !block.looked_up {
+            if let Some(d) = self.drafter.as_mut() {
+                d.rollback(old_len, block.k(), a, v.next_token)?;
             }
         }
-        let sent_dists =
-            k > 0 && !proposal.dists.is_empty() && round_rule != Some(RoundRule::Match);
-        if let Some(e) = cfg.energy.as_mut() {
-            let d = proposal.elapsed.as_secs_f64() + pre_draft_s;
-            let joules = e.draft_power_w * d + e.radio_power_w * (d + wait.as_secs_f64());
-            if let Some(b) = e.budget.as_mut() {
-                // Finite and ≥ 0 by construction.
-                let _ = b.record(joules, a as u64 + 1);
-            }
-        }
-        if !continuing && !looked_up {
-            cfg.policy.observe(&RoundOutcome {
-                drafted: k,
-                accepted: a,
-                committed: a + 1,
-                round_s: (proposal.elapsed + wait).as_secs_f64(),
-            });
-        }
-        let (up1, down1) = bytes(&link);
-        let rec = RoundRecord {
-            round,
-            t_s: t_start.elapsed().as_secs_f64(),
+        Ok(())
+    }
+
+    /// The round's record.
+    fn record(&self, r: &RoundReport, block: &Block, v: &Verdict) -> RoundRecord {
+        let k = r.drafted;
+        let rejection = self.set.rule == VerifyRule::Rejection;
+        RoundRecord {
+            round: self.round,
+            t_s: self.summary.elapsed_s(),
             k,
-            verify: match (k, round_rule) {
+            verify: match (k, block.rule) {
                 (0, _) => "none",
                 // Copied tokens go up as ids only: a sampled rejection session verifies them
                 // by match.
-                (_, _) if looked_up && rejection && !cfg.params.is_greedy() => "match",
+                (_, _) if block.looked_up && rejection && !self.set.greedy => "match",
                 (_, Some(RoundRule::Match)) => "match",
                 (_, Some(RoundRule::Rejection)) => "rejection",
-                (_, None) if cfg.params.is_greedy() => "greedy",
-                (_, None) => cfg.rule.name(),
+                (_, None) if self.set.greedy => "greedy",
+                (_, None) => self.set.rule.name(),
             },
-            accepted: a,
-            source: match (k, looked_up) {
+            accepted: r.accepted,
+            source: match (k, block.looked_up) {
                 (0, _) => "none",
                 (_, true) => "lookup",
                 (_, false) => "model",
             },
-            draft_s: proposal.elapsed.as_secs_f64(),
-            reused: proposal.reused,
-            pre_draft_s,
-            wait_s: wait.as_secs_f64(),
-            cloud_compute_s: v.compute_us as f64 * 1e-6,
-            uplink_bytes: up1 - up0,
-            downlink_bytes: down1 - down0,
-            alpha_estimate: seen.0,
-            uplink_bps_estimate: seen.1,
-            rtt_s_estimate: seen.2,
+            draft_s: r.draft.as_secs_f64(),
+            reused: r.reused,
+            pre_draft_s: r.pre_draft_s,
+            wait_s: r.wait.as_secs_f64(),
+            cloud_compute_s: f64::from(v.compute_us) * 1e-6,
+            uplink_bytes: r.uplink_bytes,
+            downlink_bytes: r.downlink_bytes,
+            alpha_estimate: block.seen.alpha,
+            uplink_bps_estimate: block.seen.uplink_bps,
+            rtt_s_estimate: block.seen.rtt_s,
             energy_j: None,
-        };
-        // A streamed verdict after the first arrives one decode step after the previous: it
-        // says nothing about the round-trip, so only the stream's first verdict is learnt from.
-        if !continuing {
-            // Drafting time per token is learnt from tokens drafted now, not pipelined or
-            // looked-up ones.
-            let draft_s = if rec.reused < k && !looked_up {
-                rec.draft_s * k as f64 / (k - rec.reused) as f64
-            } else {
-                timing.t_draft() * k as f64
-            };
-            timing.observe(
-                k,
-                draft_s,
-                rec.uplink_bytes as f64,
-                rec.downlink_bytes as f64,
-                rec.wait_s,
-                rec.cloud_compute_s,
-                sent_dists,
-            );
         }
-        records.push(rec);
     }
-    let total = t_start.elapsed();
-    let _ = conn.write_message(&Message::Close(Close {})).await;
-    let _ = conn.shutdown().await;
-    if let Some(c) = &link {
-        // Let the emulated link deliver the Close so the byte counts are final.
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.closed()).await;
+
+    /// Sends Close, lets the link settle so the byte counts are final, and builds the summary.
+    async fn close(mut self) -> Summary {
+        let total = self.summary.elapsed();
+        let _ = self.conn.write_message(&Message::Close(Close {})).await;
+        let _ = self.conn.shutdown().await;
+        if let Some(c) = self.counter {
+            let _ = tokio::time::timeout(SETTLE_WAIT, c.settled()).await;
+        }
+        let labels = SummaryLabels {
+            speculative: self.set.speculative,
+            mode: self.set.mode.as_str(),
+            rule: self.set.rule.name(),
+            model_family: self.set.family,
+        };
+        self.summary.finish(
+            &self.committed,
+            total,
+            totals(self.counter),
+            &self.planner,
+            labels,
+        )
     }
-    let generated = committed.len() - prompt.len();
-    let tokens = committed[prompt.len()..].to_vec();
-    let (up, down) = bytes(&link);
-    let rounds = est.rounds() + lookups.0;
-    let (drafted, accepted) = (est.drafted() + lookups.1, est.accepted() + lookups.2);
-    let memory = speculative.then(|| SessionMemory {
-        target_version: ack.target_version.clone(),
-        alpha_evidence: est.evidence(),
-        policy: cfg.policy.remember(),
-    });
-    Ok(Summary {
-        memory,
-        text: String::new(),
-        tokens,
-        generated_tokens: generated,
-        prompt_tokens: prompt.len(),
-        rounds,
-        target_forward_passes: rounds + 1,
-        drafted_tokens: drafted,
-        accepted_tokens: accepted,
-        mean_accepted_tokens: if rounds > 0 {
-            (generated as f64 - 1.0) / rounds as f64
-        } else {
-            0.0
-        },
-        acceptance_rate: if drafted > 0 {
-            accepted as f64 / drafted as f64
-        } else {
-            0.0
-        },
-        lookup_rounds: lookups.0,
-        lookup_drafted_tokens: lookups.1,
-        lookup_accepted_tokens: lookups.2,
-        goodput_tok_s: generated as f64 / total.as_secs_f64(),
-        ttft_s: ttft.as_secs_f64(),
-        cloud_prefill_s: f64::from(ack.prefill_us) * 1e-6,
-        tpot_s: if generated > 1 {
-            (total - ttft).as_secs_f64() / (generated - 1) as f64
-        } else {
-            0.0
-        },
-        total_s: total.as_secs_f64(),
-        draft_s: draft_total.as_secs_f64(),
-        uplink_bytes: up,
-        downlink_bytes: down,
-        uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
-        downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
-        mode: cfg.mode.as_str().into(),
-        verify: if speculative && cfg.verify_switch.is_some() {
-            "auto".into()
-        } else if speculative {
-            cfg.rule.name().into()
-        } else {
-            "none".into()
-        },
-        draft_len: if speculative {
-            cfg.policy.name()
-        } else {
-            "none".into()
-        },
-        model_family: std::mem::take(&mut cfg.family),
-        target_version: ack.target_version,
-        round_records: records,
-        edge_energy_j: None,
-        energy_per_token_j: None,
-        energy_profile: None,
-        energy_budget_j_per_token: cfg
-            .energy
-            .as_ref()
-            .and_then(|e| e.budget.as_ref())
-            .map(|b| b.joules_per_token()),
-        budget_spent_j_per_token: cfg
-            .energy
-            .as_ref()
-            .and_then(|e| e.budget.as_ref())
-            .filter(|b| b.committed_tokens() > 0)
-            .map(|b| b.spent_j() / b.committed_tokens() as f64),
-    })
 }
 
 /// Edge-only decoding: the draft alone, no cloud, nothing verified.

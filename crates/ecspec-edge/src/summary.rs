@@ -1,0 +1,312 @@
+//! What a generation reports: one [`RoundRecord`] per verdict and the [`Summary`] at the end,
+//! built by [`SummaryBuilder`] as rounds are committed; and the [`SessionMemory`] a request
+//! leaves for the next one.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::plan::RoundPlanner;
+
+/// What the edge carries from one request to the next on the same draft: the acceptance
+/// evidence and the draft-length policy's state, tagged with the target version they were
+/// measured against. [`Summary::memory`] returns the updated memory.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SessionMemory {
+    /// Target version the evidence was measured against; a request answered by another version
+    /// drops the acceptance evidence (the policy's state is kept).
+    pub target_version: String,
+    /// Decayed accepted tokens S and rejections F ([`AcceptanceEstimator::evidence`]).
+    pub alpha_evidence: (f64, f64),
+    /// The policy's memory.
+    pub policy: Option<ecspec_spec::policy::PolicyMemory>,
+}
+
+/// One round as the edge saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    /// Round number (1-based).
+    pub round: u32,
+    /// When the round's verdict arrived, seconds since the request started.
+    pub t_s: f64,
+    /// Draft length K chosen.
+    pub k: usize,
+    /// The round's verification rule: `greedy`, `match`, `rejection`, or `none` for a round
+    /// that drafted nothing (a cloud-only or streamed step).
+    pub verify: &'static str,
+    /// Drafted tokens accepted.
+    pub accepted: usize,
+    /// Where the drafted tokens came from: `model`, `lookup`, or `none` (nothing drafted).
+    pub source: &'static str,
+    /// Drafting time (s) before the block was sent.
+    pub draft_s: f64,
+    /// Leading drafted tokens taken from the previous round's pipelined pre-draft.
+    pub reused: usize,
+    /// Time spent pre-drafting while this round was in flight (s; 0 without pipelining).
+    pub pre_draft_s: f64,
+    /// Send-to-verdict time (s).
+    pub wait_s: f64,
+    /// Cloud compute time reported by the cloud (s).
+    pub cloud_compute_s: f64,
+    /// Uplink / downlink bytes of the round (framing included).
+    pub uplink_bytes: u64,
+    /// Downlink bytes of the round.
+    pub downlink_bytes: u64,
+    /// The acceptance rate α the policy was given when it chose K (a lookup round: the
+    /// lookups' own α it was weighed at).
+    pub alpha_estimate: f64,
+    /// The edge's uplink rate estimate when it chose K (bit/s; 10¹² until measured).
+    pub uplink_bps_estimate: f64,
+    /// The edge's RTT estimate when it chose K (s).
+    pub rtt_s_estimate: f64,
+    /// Edge energy of the round under a device profile (J), when one was applied.
+    pub energy_j: Option<f64>,
+}
+
+/// The end-of-run summary (`--json` prints it; fields documented in the README).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Generated text.
+    pub text: String,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Tokens generated (after the prompt).
+    pub generated_tokens: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Verification rounds (one target forward pass each; the prefill is not counted).
+    pub rounds: u64,
+    /// Target forward passes: prefill + rounds (cloud cost).
+    pub target_forward_passes: u64,
+    /// Tokens drafted in all rounds.
+    pub drafted_tokens: u64,
+    /// Drafted tokens accepted.
+    pub accepted_tokens: u64,
+    /// Tokens committed per verification round (accepted + the target's own token).
+    pub mean_accepted_tokens: f64,
+    /// accepted_tokens / drafted_tokens (0 when nothing was drafted).
+    pub acceptance_rate: f64,
+    /// Rounds whose drafts came from context lookup (counted in `rounds` too).
+    pub lookup_rounds: u64,
+    /// Tokens drafted by context lookup (counted in `drafted_tokens` too).
+    pub lookup_drafted_tokens: u64,
+    /// Lookup-drafted tokens accepted (counted in `accepted_tokens` too).
+    pub lookup_accepted_tokens: u64,
+    /// generated_tokens / total_s (tokens/s).
+    pub goodput_tok_s: f64,
+    /// Time to first token (s), from the request to the first committed token.
+    pub ttft_s: f64,
+    /// The cloud's compute time of the prefill (s), as its HelloAck reported it.
+    pub cloud_prefill_s: f64,
+    /// Time per output token after the first (s).
+    pub tpot_s: f64,
+    /// Wall-clock time of the whole generation (s).
+    pub total_s: f64,
+    /// Time spent drafting (s).
+    pub draft_s: f64,
+    /// Bytes the edge sent (application frames, framing included).
+    pub uplink_bytes: u64,
+    /// Bytes the edge received.
+    pub downlink_bytes: u64,
+    /// uplink_bytes / generated_tokens.
+    pub uplink_bytes_per_token: f64,
+    /// downlink_bytes / generated_tokens.
+    pub downlink_bytes_per_token: f64,
+    /// Mode name.
+    pub mode: String,
+    /// Verification rule name (`none` when nothing is verified: cloud-only, edge-only).
+    pub verify: String,
+    /// Draft-length policy name.
+    pub draft_len: String,
+    /// Model family.
+    pub model_family: String,
+    /// Target version that verified (from the handshake).
+    pub target_version: String,
+    /// Per-round records.
+    pub round_records: Vec<RoundRecord>,
+    /// Edge energy of the whole generation (J) under [`Self::energy_profile`], when applied.
+    pub edge_energy_j: Option<f64>,
+    /// `edge_energy_j` per generated token (J/token).
+    pub energy_per_token_j: Option<f64>,
+    /// The device profile the energy was computed with.
+    pub energy_profile: Option<String>,
+    /// With an energy budget: the budget (J/token) and what the policy's own energy model
+    /// charged per committed token (J/token), the quantity the budget constrains.
+    pub energy_budget_j_per_token: Option<f64>,
+    /// See [`Self::energy_budget_j_per_token`].
+    pub budget_spent_j_per_token: Option<f64>,
+    /// What this request leaves for the next one (speculative mode).
+    #[serde(skip)]
+    pub memory: Option<SessionMemory>,
+}
+
+/// How a finished generation is labelled in its [`Summary`].
+#[derive(Debug, Clone)]
+pub struct SummaryLabels {
+    /// Edge drafts and the cloud verifies (else cloud-only): the verification rule, policy and
+    /// memory are reported.
+    pub speculative: bool,
+    /// Mode name.
+    pub mode: &'static str,
+    /// The session's verification rule name.
+    pub rule: &'static str,
+    /// Model family.
+    pub model_family: String,
+}
+
+/// Collects a generation's rounds as they are committed and builds its [`Summary`].
+#[derive(Debug)]
+pub struct SummaryBuilder {
+    t_start: Instant,
+    ttft: Duration,
+    prompt_tokens: usize,
+    cloud_prefill_s: f64,
+    target_version: String,
+    records: Vec<RoundRecord>,
+    /// Lookup rounds, their drafted and their accepted tokens.
+    lookups: (u64, u64, u64),
+    draft_total: Duration,
+}
+
+impl SummaryBuilder {
+    /// A generation that started at `t_start` and committed its first token at `ttft`, for a
+    /// prompt of `prompt_tokens`; `prefill_us` and `target_version` as the HelloAck said.
+    pub fn new(
+        t_start: Instant,
+        ttft: Duration,
+        prompt_tokens: usize,
+        prefill_us: u32,
+        target_version: String,
+    ) -> Self {
+        Self {
+            t_start,
+            ttft,
+            prompt_tokens,
+            cloud_prefill_s: f64::from(prefill_us) * 1e-6,
+            target_version,
+            records: Vec::new(),
+            lookups: (0, 0, 0),
+            draft_total: Duration::ZERO,
+        }
+    }
+
+    /// Time since the request started.
+    pub fn elapsed(&self) -> Duration {
+        self.t_start.elapsed()
+    }
+
+    /// Seconds since the request started (a record's `t_s`).
+    pub fn elapsed_s(&self) -> f64 {
+        self.elapsed().as_secs_f64()
+    }
+
+    /// The target version that verified.
+    pub fn target_version(&self) -> &str {
+        &self.target_version
+    }
+
+    /// Adds drafting time spent before a block was sent.
+    pub fn drafted(&mut self, elapsed: Duration) {
+        self.draft_total += elapsed;
+    }
+
+    /// Adds a committed round; `looked_up`: its drafts were copied from the context.
+    pub fn push(&mut self, rec: RoundRecord, looked_up: bool) {
+        if looked_up {
+            self.lookups.0 += 1;
+            self.lookups.1 += rec.k as u64;
+            self.lookups.2 += rec.accepted as u64;
+        }
+        self.records.push(rec);
+    }
+
+    /// The summary of a generation that committed `committed` (prompt included) in `total`,
+    /// with `bytes` = (uplink, downlink) on the wire. Round, drafted and accepted counts are
+    /// the model estimate's (every round that was not a lookup) plus the lookups'.
+    pub fn finish(
+        self,
+        committed: &[u32],
+        total: Duration,
+        bytes: (u64, u64),
+        planner: &RoundPlanner,
+        labels: SummaryLabels,
+    ) -> Summary {
+        let (up, down) = bytes;
+        let generated = committed.len() - self.prompt_tokens;
+        let tokens = committed[self.prompt_tokens..].to_vec();
+        let est = planner.model_alpha();
+        let lookups = self.lookups;
+        let rounds = est.rounds() + lookups.0;
+        let (drafted, accepted) = (est.drafted() + lookups.1, est.accepted() + lookups.2);
+        let speculative = labels.speculative;
+        let memory = speculative.then(|| SessionMemory {
+            target_version: self.target_version.clone(),
+            alpha_evidence: est.evidence(),
+            policy: planner.policy().remember(),
+        });
+        let budget = planner.energy().and_then(|e| e.budget.as_ref());
+        let ttft = self.ttft;
+        Summary {
+            memory,
+            text: String::new(),
+            tokens,
+            generated_tokens: generated,
+            prompt_tokens: self.prompt_tokens,
+            rounds,
+            target_forward_passes: rounds + 1,
+            drafted_tokens: drafted,
+            accepted_tokens: accepted,
+            mean_accepted_tokens: if rounds > 0 {
+                (generated as f64 - 1.0) / rounds as f64
+            } else {
+                0.0
+            },
+            acceptance_rate: if drafted > 0 {
+                accepted as f64 / drafted as f64
+            } else {
+                0.0
+            },
+            lookup_rounds: lookups.0,
+            lookup_drafted_tokens: lookups.1,
+            lookup_accepted_tokens: lookups.2,
+            goodput_tok_s: generated as f64 / total.as_secs_f64(),
+            ttft_s: ttft.as_secs_f64(),
+            cloud_prefill_s: self.cloud_prefill_s,
+            tpot_s: if generated > 1 {
+                (total - ttft).as_secs_f64() / (generated - 1) as f64
+            } else {
+                0.0
+            },
+            total_s: total.as_secs_f64(),
+            draft_s: self.draft_total.as_secs_f64(),
+            uplink_bytes: up,
+            downlink_bytes: down,
+            uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
+            downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
+            mode: labels.mode.into(),
+            verify: if speculative && planner.switches_rule() {
+                "auto".into()
+            } else if speculative {
+                labels.rule.into()
+            } else {
+                "none".into()
+            },
+            draft_len: if speculative {
+                planner.policy().name()
+            } else {
+                "none".into()
+            },
+            model_family: labels.model_family,
+            target_version: self.target_version,
+            round_records: self.records,
+            edge_energy_j: None,
+            energy_per_token_j: None,
+            energy_profile: None,
+            energy_budget_j_per_token: budget.map(|b| b.joules_per_token()),
+            budget_spent_j_per_token: budget
+                .filter(|b| b.committed_tokens() > 0)
+                .map(|b| b.spent_j() / b.committed_tokens() as f64),
+        }
+    }
+}
