@@ -122,6 +122,19 @@ impl RoundEstimator {
         }
     }
 
+    /// Priors for a draft and a target in one process, with no link between them: as
+    /// [`Self::new`], but no RTT, no bytes and an unlimited rate, so that the first rounds are
+    /// weighed on compute alone (rounds observed with no bytes and no network time keep it so).
+    pub fn in_process(t_draft: f64, t_verify: f64) -> Self {
+        Self {
+            network: DecayingLineFit::new(0.0, SlopePrior::Absolute(0.0), 200.0, 0.9),
+            up_per_token: [0.0; 2],
+            up_base: 0.0,
+            down: 0.0,
+            ..Self::new(t_draft, t_verify)
+        }
+    }
+
     /// Records one round: K drafted, drafting time (s), uplink/downlink bytes of the round,
     /// waiting time from send to verdict (s), the cloud's reported compute time (s), and
     /// whether the drafted tokens carried compact distributions (a rejection round).
@@ -228,6 +241,29 @@ mod tests {
             (e.state(0.5, true).uplink_bytes_per_token - (0.8 * 40.0 + 0.2 * 50.0)).abs() < 1e-12
         );
         assert_eq!(e.state(0.5, false).uplink_bytes_per_token, 3.0);
+    }
+
+    #[test]
+    fn an_in_process_estimate_has_no_link_and_keeps_none() {
+        let mut e = RoundEstimator::in_process(0.002, 0.01);
+        let fresh = e.state(0.5, false);
+        assert_eq!((fresh.rtt_s, fresh.uplink_bps), (0.0, 1e12));
+        assert_eq!(
+            (
+                fresh.uplink_base_bytes,
+                fresh.uplink_bytes_per_token,
+                fresh.downlink_bytes
+            ),
+            (0.0, 0.0, 0.0)
+        );
+        assert_eq!((fresh.t_draft_s, fresh.t_verify_base_s), (0.002, 0.01));
+        // Rounds with no bytes, the wait all compute, leave the link out.
+        for k in [0, 3, 1, 4] {
+            e.observe(k, 0.002 * k as f64, 0.0, 0.0, 0.012, 0.012, false);
+        }
+        let s = e.state(0.5, true);
+        assert_eq!((s.rtt_s, s.uplink_bps), (0.0, 1e12));
+        assert_eq!((s.uplink_bytes_per_token, s.downlink_bytes), (0.0, 0.0));
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl Lookup {
 }
 
 /// Strength of [`LOOKUP_PRIOR_ALPHA`] in tokens: weak, so that the first lookup rounds (a probe
-/// among them) decide; the estimate then decays at 0.95 per round as the model's does.
+/// among them) decide; the estimate then decays per round as the model's does
+/// ([`ecspec_spec::DEFAULT_DECAY`]).
 pub const LOOKUP_PRIOR_WEIGHT: f64 = 4.0;
 
 /// Of matches that would be declined, every this-many-th in a row is taken anyway: the lookups'

@@ -19,8 +19,10 @@
 
 use std::time::Duration;
 
-use ecspec_spec::acceptance::{AcceptanceError, AcceptanceEstimator};
-use ecspec_spec::policy::{DraftLengthPolicy, RoundOutcome, RoundState, StopRule};
+use ecspec_spec::acceptance::{
+    AcceptanceError, AcceptanceEstimator, DEFAULT_DECAY, KNOWN_ALPHA_TOKENS,
+};
+use ecspec_spec::policy::{DraftLengthPolicy, PolicyMemory, RoundOutcome, RoundState, StopRule};
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::{RoundRule, VerifySelector};
 
@@ -32,9 +34,6 @@ use crate::lookup::{
 /// The model's side of a lookup's weighing is its best K up to this: the default `ecspec`
 /// policy's K_max (`ecspec:8`), whatever the session's policy.
 pub const LOOKUP_MODEL_K_MAX: usize = 8;
-
-/// Decay per lookup round of the lookups' α evidence: the model estimate's (about 20 rounds).
-const LOOKUP_ALPHA_DECAY: f64 = 0.95;
 
 /// Bound on the energy price Q/V a round is planned with, so a zero-V budget cannot make every
 /// score −∞.
@@ -135,10 +134,13 @@ impl RoundPlan {
 pub struct LookupRounds {
     alpha: AcceptanceEstimator,
     declined: u32,
+    /// Take every match unweighed ([`RoundPlanner::taking_every_match`]).
+    every_match: bool,
 }
 
 impl LookupRounds {
-    /// Starts at [`LOOKUP_PRIOR_ALPHA`] worth [`LOOKUP_PRIOR_WEIGHT`] tokens, nothing declined.
+    /// Starts at [`LOOKUP_PRIOR_ALPHA`] worth [`LOOKUP_PRIOR_WEIGHT`] tokens, decaying per lookup
+    /// round as the model's estimate does ([`DEFAULT_DECAY`]); nothing declined.
     ///
     /// # Errors
     /// None with the shipped constants ([`AcceptanceError`] if they were out of range).
@@ -147,9 +149,10 @@ impl LookupRounds {
             alpha: AcceptanceEstimator::new(
                 LOOKUP_PRIOR_ALPHA,
                 LOOKUP_PRIOR_WEIGHT,
-                LOOKUP_ALPHA_DECAY,
+                DEFAULT_DECAY,
             )?,
             declined: 0,
+            every_match: false,
         })
     }
 
@@ -162,7 +165,7 @@ impl LookupRounds {
     /// [`Self::alpha`] with no drafting time, `model` the model's round state and the largest
     /// K it would draft (None: no model to weigh against), `stream` the cloud stream the
     /// round would otherwise be ([`lookup_pays`]). A declined match counts towards the next
-    /// probe; a taken one resets the count.
+    /// probe; a taken one resets the count. Always true when taking every match.
     pub fn take(
         &mut self,
         copied: usize,
@@ -170,7 +173,10 @@ impl LookupRounds {
         model: Option<(&RoundState, usize)>,
         stream: u32,
     ) -> bool {
-        if lookup_pays(lookup, copied, model, stream) || self.declined + 1 >= LOOKUP_PROBE_EVERY {
+        if self.every_match
+            || lookup_pays(lookup, copied, model, stream)
+            || self.declined + 1 >= LOOKUP_PROBE_EVERY
+        {
             self.declined = 0;
             true
         } else {
@@ -292,6 +298,35 @@ impl RoundPlanner {
             row_price_s: 0.0,
             round_rule: None,
         })
+    }
+
+    /// A planner for a draft whose per-token acceptance α is known (a family's measured α, as
+    /// [`crate::EdgeConfig::acceptance_prior`]): the model's estimate starts there
+    /// ([`AcceptanceEstimator::from_known`]) and the policy skips its warm-up, the known α
+    /// counting as [`KNOWN_ALPHA_TOKENS`] drafted tokens.
+    ///
+    /// # Errors
+    /// [`AcceptanceError`] if `alpha` is not in [0, 1].
+    pub fn with_known_alpha(
+        mut settings: PlannerSettings,
+        alpha: f64,
+        timing: RoundEstimator,
+    ) -> Result<Self, AcceptanceError> {
+        let model_alpha = AcceptanceEstimator::from_known(alpha)?;
+        settings.policy.recall(&PolicyMemory {
+            drafted_tokens: KNOWN_ALPHA_TOKENS as u64,
+            streaming: false,
+            stream_len: 0,
+        });
+        Self::new(settings, model_alpha, timing)
+    }
+
+    /// This planner taking every context-lookup match it finds, unweighed: prompt lookup
+    /// decoding as Saxena (2023) and Hugging Face transformers run it, the `lookup` drafter
+    /// of `ecspec family speedup`. A round without a match is planned as before.
+    pub fn taking_every_match(mut self) -> Self {
+        self.lookups.every_match = true;
+        self
     }
 
     /// The next round of a speculative session whose committed sequence is `context`.
@@ -681,6 +716,59 @@ mod tests {
         l.record(2, 2).unwrap();
         assert!(l.alpha() > LOOKUP_PRIOR_ALPHA);
         assert!(l.record(2, 3).is_err());
+    }
+
+    #[test]
+    fn a_planner_taking_every_match_takes_a_losing_lookup() {
+        let mut p =
+            planner("fixed:2", DraftSource::Lookup, VerifyRule::Greedy).taking_every_match();
+        for _ in 0..20 {
+            p.record(&failed_lookup());
+        }
+        // Weighed, three of four of these matches would be declined (see above).
+        assert!(p.lookups().alpha() < 0.15, "{}", p.lookups().alpha());
+        for _ in 0..8 {
+            let plan = p.plan(&MATCHING);
+            assert!(
+                matches!(&plan, RoundPlan::Lookup { tokens, .. } if tokens == &[9, 7]),
+                "{plan:?}"
+            );
+        }
+        // No match: a plain step, as without it.
+        assert!(is_stream(&p.plan(&FRESH), 1));
+    }
+
+    #[test]
+    fn a_known_alpha_starts_the_estimate_there_and_skips_the_warm_up() {
+        let settings = |policy: &str| PlannerSettings {
+            policy: parse_policy(policy).unwrap(),
+            source: DraftSource::Model,
+            lookup: Lookup::default(),
+            rule: VerifyRule::Greedy,
+            verify_switch: None,
+            energy: None,
+            load_aware: false,
+        };
+        // α = 0 known: no K pays, and with the warm-up skipped the first round is a stream.
+        let mut p = RoundPlanner::with_known_alpha(settings("ecspec:4:8"), 0.0, prior()).unwrap();
+        assert_eq!(p.model_alpha().alpha(), 0.0);
+        assert_eq!(
+            p.plan(&FRESH),
+            RoundPlan::Stream {
+                n: 8,
+                seen: estimates(0.0, false),
+            }
+        );
+        // Without it the policy drafts its warm-up first.
+        let mut cold = planner_with(
+            "ecspec:4:8",
+            DraftSource::Model,
+            VerifyRule::Greedy,
+            None,
+            AcceptanceEstimator::from_known(0.0).unwrap(),
+        );
+        assert!(matches!(cold.plan(&FRESH), RoundPlan::Model { k: 1, .. }));
+        assert!(RoundPlanner::with_known_alpha(settings("fixed:2"), 1.5, prior()).is_err());
     }
 
     #[test]
