@@ -1,19 +1,7 @@
 //! `ecspec`: the command-line front end. Parses arguments, dispatches, maps errors to exit
 //! codes; everything else lives in the library crates under `crates/`.
 
-mod bench;
 mod cli;
-mod demo;
-mod edge_memory;
-mod energy;
-mod family;
-mod family_cmd;
-mod family_eval;
-mod profile;
-mod progress;
-mod prompts;
-mod run;
-mod speedup;
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
@@ -22,13 +10,15 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use cli::{Cli, CloudCommand, Command, GenerateArgs, ModelsCommand, ServeArgs};
+use ecspec_eval::{bench, demo, family_eval, family_tasks, profile};
+use ecspec_run::{energy, run, ModeArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Training runs alone: it uses every core unless told otherwise.
     let default_threads = match cli.command {
         Command::Family {
-            command: family_cmd::FamilyCommand::Eval(_),
+            command: family_tasks::FamilyCommand::Eval(_),
         } => 1,
         Command::Family { .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
         // On the virtual clock compute speed does not change the results, only the wall time.
@@ -120,9 +110,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Load(a) => bench::load::run(a).await,
         Command::Models { command } => models(command),
         Command::Family {
-            command: family_cmd::FamilyCommand::Eval(a),
+            command: family_tasks::FamilyCommand::Eval(a),
         } => family_eval::run(a).await,
-        Command::Family { command } => family_cmd::run(command),
+        Command::Family { command } => family_tasks::run(command),
     }
 }
 
@@ -182,9 +172,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         ),
         None => None,
     };
-    let need_target = a.cloud.is_none() && a.mode != cli::ModeArg::EdgeOnly;
-    let loaded = family::load_family(&a.models, need_target)?;
-    if !a.json && a.mode != cli::ModeArg::CloudOnly {
+    let need_target = a.cloud.is_none() && a.mode != ModeArg::EdgeOnly;
+    let loaded = ecspec_run::load_family(&a.models, need_target)?;
+    if !a.json && a.mode != ModeArg::CloudOnly {
         eprintln!("ecspec: draft {}", loaded.draft_desc);
     }
     let ids = run::prompt_ids(&loaded, &prompt, a.raw)?;
@@ -286,25 +276,11 @@ async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
 /// The served model: every version of a manifest, or one model file.
 fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
     if let Some(path) = &a.manifest {
-        let fam = family_cmd::open_family(path, a.models.model.as_deref(), a.models.family)?;
-        let versions = fam
-            .versions()
-            .iter()
-            .map(|v| ecspec_cloud::TargetVersion {
-                name: v.spec.name.clone(),
-                transformer: v.transformer.clone(),
-            })
-            .collect();
-        let model = ecspec_cloud::CloudModel::with_versions(
-            &fam.manifest.name,
-            &fam.base,
-            versions,
-            fam.manifest.active_version(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let fam = ecspec_run::open_family(path, a.models.model.as_deref(), a.models.family)?;
+        let model = ecspec_run::family_cloud_model(&fam, fam.manifest.active_version())?;
         return Ok((model, fam.base.name.clone()));
     }
-    let loaded = family::load_family(&a.models, true)?;
+    let loaded = ecspec_run::load_family(&a.models, true)?;
     let target = loaded.target.as_ref().context("no target model")?;
     Ok((
         ecspec_cloud::CloudModel::new(loaded.info.wire_name, &a.version, target),
@@ -401,7 +377,7 @@ fn models(cmd: ModelsCommand) -> Result<()> {
                 Some(n) => vec![n],
             };
             for n in names {
-                let path = family::model_path(None, n)?;
+                let path = ecspec_run::model_path(None, n)?;
                 println!("{n}: {}", path.display());
             }
             Ok(())

@@ -8,6 +8,8 @@
 //! - [`Family`]: a manifest opened against its base GGUF — the base's SHA-256 and frozen-tensor
 //!   hash checked, every adapter and the anchor validated against the base's shapes, one
 //!   [`ecspec_model::Transformer`] per version sharing the base's weights.
+//! - [`shipped`]: the families ECSpec ships ([`FamilyName`] → [`FamilyInfo`]: target, draft
+//!   file, wire name) and their trained static drafts ([`shipped_draft`]).
 //! - [`FamilyError`]: each variant names the file and key at fault and what was expected.
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 pub mod error;
 pub mod family;
 pub mod manifest;
+pub mod shipped;
 pub mod vocab_subset;
 
 pub use error::{FamilyError, Result};
@@ -31,3 +34,4 @@ pub use family::{sha256_file, Family, LoadedVersion};
 pub use manifest::{
     BaseSpec, DraftLayout, FamilyManifest, FrozenPart, FrozenSpec, VersionSpec, FORMAT_VERSION,
 };
+pub use shipped::{families_dir, info, shipped_draft, FamilyInfo, FamilyName, ShippedDraft};

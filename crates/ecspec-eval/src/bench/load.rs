@@ -14,11 +14,13 @@ use ecspec_load::{Bounds, Cloud, LevelRun, LevelSettings, Load, LocalCloud};
 use super::system::{self, DraftKind, System};
 use super::{
     clocks, load_models, sampling_args, scenario, system_loaded, system_setup, ClockArg, Clocks,
+    Models,
 };
-use crate::cli::{FamilyName, ModeArg, SamplingArgs};
-use crate::family::Loaded;
 use crate::prompts;
-use crate::run::{edge_setup, prompt_ids, RunSpec};
+use ecspec_family::FamilyName;
+use ecspec_run::run::{edge_setup, prompt_ids, RunSpec};
+use ecspec_run::Loaded;
+use ecspec_run::{ModeArg, SamplingArgs};
 
 /// Requests per load level when neither `--requests` nor `--duration-s` is given.
 const DEFAULT_REQUESTS: usize = 32;
@@ -385,12 +387,9 @@ pub async fn run(a: LoadArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs every system at every load level of `a` and measures them (what `ecspec load` and the
-/// demo's shared-cloud scene run); progress goes to stderr.
-///
-/// # Errors
-/// Bad settings, models that cannot be loaded, a cloud that cannot be reached.
-pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
+/// Checks the numeric settings of `a` and returns its bounds per level (the default request
+/// count when neither bound is given).
+fn checked_bounds(a: &LoadArgs) -> Result<Bounds> {
     if !(a.slo_tpot_ms.is_finite() && a.slo_tpot_ms > 0.0) {
         bail!(
             "--slo-tpot-ms must be a positive number of ms, got {}",
@@ -413,8 +412,169 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
         (None, None) => Some(DEFAULT_REQUESTS),
         (r, _) => r,
     };
-    let bounds = Bounds::new(requests, a.duration_s)
-        .map_err(|e| anyhow::anyhow!("--requests / --duration-s: {e}"))?;
+    Bounds::new(requests, a.duration_s).context("--requests / --duration-s")
+}
+
+/// The address of `--cloud`, resolved (None: the in-process cloud).
+async fn cloud_address(a: &LoadArgs) -> Result<Option<std::net::SocketAddr>> {
+    let Some(c) = &a.cloud else {
+        return Ok(None);
+    };
+    Ok(Some(
+        tokio::net::lookup_host(c.as_str())
+            .await
+            .with_context(|| format!("--cloud {c}: expected HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--cloud {c}: no address"))?,
+    ))
+}
+
+/// The index of `--version` among the served versions (the first when not given).
+fn version_index(a: &LoadArgs, m: &Models) -> Result<usize> {
+    let Some(v) = &a.version else {
+        return Ok(0);
+    };
+    m.versions
+        .iter()
+        .position(|t| &t.name == v)
+        .with_context(|| {
+            format!(
+                "--version {v}: not served (versions: {})",
+                m.versions
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// The virtual clock's compute times for `a`, said on stderr.
+fn announced_clocks(a: &LoadArgs, m: &Models) -> Result<Clocks> {
+    let c = clocks(&a.edge_profile, &a.cloud_profile, m)?;
+    eprintln!(
+        "ecspec load: virtual clock · edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
+        c.edge_source,
+        c.edge_static.draft_s_per_token * 1e3,
+        c.cloud_source,
+        c.cloud.verify_base_s * 1e3,
+        c.cloud.verify_per_token_s * 1e3,
+        c.cloud.prefill_s_per_token * 1e3
+    );
+    Ok(c)
+}
+
+/// The systems of `wanted` that can run against version `vindex`, each as the load
+/// generator's edge factory; one that needs a conventional draft the run lacks is skipped with
+/// a note.
+fn runnable_systems(
+    a: &LoadArgs,
+    wanted: &[System],
+    m: &Models,
+    vindex: usize,
+    clocks: Option<&Clocks>,
+) -> Vec<ecspec_load::System> {
+    let sampling = sampling_args(a.temperature, a.seed);
+    let mut runnable = Vec::new();
+    for s in wanted {
+        if matches!(s, System::Speculative { draft, .. } if *draft != DraftKind::Static)
+            && m.conventional.is_empty()
+        {
+            eprintln!(
+                "ecspec load: note: {} skipped: no conventional draft (see --conventional-dir; static:fixed:K runs the static draft at a fixed K)",
+                s.name()
+            );
+            continue;
+        }
+        let run = system_setup(s, m, vindex, clocks);
+        runnable.push(ecspec_load::System {
+            name: s.name().to_string(),
+            edge: Arc::new(SystemEdge {
+                loaded: system_loaded(s, m, a.family, &run.draft),
+                sampling: sampling.clone(),
+                policy: run.policy,
+                mode: run.mode,
+                max_tokens: a.max_tokens as usize,
+                virtual_compute: run.edge_compute,
+                load_aware: !matches!(
+                    s,
+                    System::Speculative {
+                        load_aware: false,
+                        ..
+                    }
+                ),
+            }),
+        });
+    }
+    runnable
+}
+
+/// The in-process cloud serving every version with `version` active, with room for the
+/// largest closed-loop level's sessions.
+fn in_process_server(
+    m: &Models,
+    version: &str,
+    loads: &[Load],
+    clocks: Option<&Clocks>,
+) -> Result<Arc<CloudServer>> {
+    let model = CloudModel::with_versions(
+        m.loaded.info.wire_name,
+        &m.base,
+        m.versions.clone(),
+        version,
+    )?;
+    let most = loads.iter().map(|l| match l {
+        Load::Closed { edges } => *edges,
+        Load::Open { .. } => 0,
+    });
+    let config = ServerConfig {
+        max_sessions: most
+            .max()
+            .unwrap_or(0)
+            .max(ServerConfig::default().max_sessions),
+        virtual_compute: clocks.map(|c| c.cloud),
+        ..ServerConfig::default()
+    };
+    Ok(CloudServer::new(model, config))
+}
+
+/// "N requests per level", "D s per level" or both.
+fn per_level(bounds: &Bounds) -> String {
+    match (bounds.requests(), bounds.duration()) {
+        (Some(n), None) => format!("{n} requests per level"),
+        (None, Some(d)) => format!("{:.0} s per level", d.as_secs_f64()),
+        (Some(n), Some(d)) => format!("{n} requests or {:.0} s per level", d.as_secs_f64()),
+        (None, None) => String::new(),
+    }
+}
+
+/// One finished level on stderr, with its first failure.
+fn report_level(r: &LevelRun) {
+    let failed = r.requests.iter().filter(|q| q.error.is_some()).count();
+    eprintln!(
+        "  {} · {}: {} requests{} in {:.1} s",
+        r.system,
+        r.load.label(),
+        r.requests.len(),
+        if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        },
+        r.duration_s
+    );
+    if let Some(e) = r.requests.iter().find_map(|q| q.error.as_ref()) {
+        eprintln!("    first failure: {e}");
+    }
+}
+
+/// Runs every system at every load level of `a` and measures them (what `ecspec load` and the
+/// demo's shared-cloud scene run); progress goes to stderr.
+///
+/// # Errors
+/// Bad settings, models that cannot be loaded, a cloud that cannot be reached.
+pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
+    let bounds = checked_bounds(a)?;
     let loads = loads(a)?;
     let wanted = systems(&a.systems)?;
     let sc = scenario::resolve(&a.scenario, &prompts::data_dir())?;
@@ -430,84 +590,18 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
     if virtual_clock && a.cloud.is_some() {
         bail!("--clock virtual needs the in-process cloud (a remote one runs on its own clock): drop --cloud");
     }
-    let cloud_addr = match &a.cloud {
-        Some(c) => Some(
-            tokio::net::lookup_host(c.as_str())
-                .await
-                .with_context(|| format!("--cloud {c}: expected HOST:PORT"))?
-                .next()
-                .with_context(|| format!("--cloud {c}: no address"))?,
-        ),
-        None => None,
-    };
+    let cloud_addr = cloud_address(a).await?;
 
     let (family, manifest, conv) = (a.family, a.manifest.clone(), a.conventional_dir.clone());
     let m = tokio::task::block_in_place(|| load_models(family, manifest, conv))?;
-    let vindex = match &a.version {
-        None => 0,
-        Some(v) => m
-            .versions
-            .iter()
-            .position(|t| &t.name == v)
-            .with_context(|| {
-                format!(
-                    "--version {v}: not served (versions: {})",
-                    m.versions
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?,
-    };
+    let vindex = version_index(a, &m)?;
     let version = m.versions[vindex].name.clone();
     let clocks: Option<Clocks> = if virtual_clock {
-        let c = tokio::task::block_in_place(|| clocks(&a.edge_profile, &a.cloud_profile, &m))?;
-        eprintln!(
-            "ecspec load: virtual clock · edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
-            c.edge_source,
-            c.edge_static.draft_s_per_token * 1e3,
-            c.cloud_source,
-            c.cloud.verify_base_s * 1e3,
-            c.cloud.verify_per_token_s * 1e3,
-            c.cloud.prefill_s_per_token * 1e3
-        );
-        Some(c)
+        Some(tokio::task::block_in_place(|| announced_clocks(a, &m))?)
     } else {
         None
     };
-    let sampling = sampling_args(a.temperature, a.seed);
-    let mut runnable = Vec::new();
-    for s in &wanted {
-        if matches!(s, System::Speculative { draft, .. } if *draft != DraftKind::Static)
-            && m.conventional.is_empty()
-        {
-            eprintln!(
-                "ecspec load: note: {} skipped: no conventional draft (see --conventional-dir; static:fixed:K runs the static draft at a fixed K)",
-                s.name()
-            );
-            continue;
-        }
-        let (draft, policy, virtual_compute, mode) = system_setup(s, &m, vindex, clocks.as_ref());
-        runnable.push(ecspec_load::System {
-            name: s.name().to_string(),
-            edge: Arc::new(SystemEdge {
-                loaded: system_loaded(s, &m, family, &draft),
-                sampling: sampling.clone(),
-                policy,
-                mode,
-                max_tokens: a.max_tokens as usize,
-                virtual_compute,
-                load_aware: !matches!(
-                    s,
-                    System::Speculative {
-                        load_aware: false,
-                        ..
-                    }
-                ),
-            }),
-        });
-    }
+    let runnable = runnable_systems(a, &wanted, &m, vindex, clocks.as_ref());
     if runnable.is_empty() {
         bail!("no system left to run");
     }
@@ -519,28 +613,7 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
 
     let server = match cloud_addr {
         Some(_) => None,
-        None => {
-            let model = CloudModel::with_versions(
-                m.loaded.info.wire_name,
-                &m.base,
-                m.versions.clone(),
-                &version,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let most = loads.iter().map(|l| match l {
-                Load::Closed { edges } => *edges,
-                Load::Open { .. } => 0,
-            });
-            let config = ServerConfig {
-                max_sessions: most
-                    .max()
-                    .unwrap_or(0)
-                    .max(ServerConfig::default().max_sessions),
-                virtual_compute: clocks.as_ref().map(|c| c.cloud),
-                ..ServerConfig::default()
-            };
-            Some(CloudServer::new(model, config))
-        }
+        None => Some(in_process_server(&m, &version, &loads, clocks.as_ref())?),
     };
     // The live clock reaches the cloud over loopback TCP; the virtual one over in-memory pipes
     // (only tokio timers may move a paused clock).
@@ -574,32 +647,10 @@ pub async fn sweep(a: &LoadArgs) -> Result<Sweep> {
         a.max_tokens,
         runnable.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
         loads.iter().map(|l| l.label()).collect::<Vec<_>>().join(", "),
-        match (bounds.requests(), bounds.duration()) {
-            (Some(n), None) => format!("{n} requests per level"),
-            (None, Some(d)) => format!("{:.0} s per level", d.as_secs_f64()),
-            (Some(n), Some(d)) => format!("{n} requests or {:.0} s per level", d.as_secs_f64()),
-            (None, None) => String::new(),
-        }
+        per_level(&bounds)
     );
     let started = std::time::Instant::now();
-    let mut progress = |r: &LevelRun| {
-        let failed = r.requests.iter().filter(|q| q.error.is_some()).count();
-        eprintln!(
-            "  {} · {}: {} requests{} in {:.1} s",
-            r.system,
-            r.load.label(),
-            r.requests.len(),
-            if failed > 0 {
-                format!(" ({failed} failed)")
-            } else {
-                String::new()
-            },
-            r.duration_s
-        );
-        if let Some(e) = r.requests.iter().find_map(|q| q.error.as_ref()) {
-            eprintln!("    first failure: {e}");
-        }
-    };
+    let mut progress = report_level;
     let result = if virtual_clock {
         on_virtual_clock(cloud, runnable, loads.clone(), settings.clone(), progress)
     } else {

@@ -19,7 +19,7 @@ use clap::Parser;
 use ecspec_link::LinkConfig;
 use serde::Deserialize;
 
-use crate::cli::LinkArgs;
+use ecspec_run::LinkArgs;
 
 /// The default scenario set: a static 5G, a driving LTE and a driving UMTS trace, and a
 /// constant 10 Mbit/s / 60 ms link.
@@ -190,7 +190,8 @@ impl Scenario {
         }
         let parsed = ScenarioArgs::try_parse_from(&args)
             .map_err(|e| anyhow::anyhow!("scenario {}: {}", self.name, e.to_string().trim()))?;
-        crate::run::link_config(&parsed.link).with_context(|| format!("scenario {}", self.name))
+        ecspec_run::run::link_config(&parsed.link)
+            .with_context(|| format!("scenario {}", self.name))
     }
 
     /// Whether the scenario reads files from `data_dir` that are missing (a fresh clone without

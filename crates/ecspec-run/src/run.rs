@@ -20,8 +20,8 @@ use ecspec_spec::verify_mode::VerifySelector;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::cli::{LinkArgs, ModeArg, SamplingArgs, VerifyArg};
-use crate::family::Loaded;
+use crate::models::Loaded;
+use crate::options::{LinkArgs, ModeArg, SamplingArgs, VerifyArg};
 
 /// A cloud server running inside this process on loopback.
 pub struct LocalCloud {

@@ -33,7 +33,7 @@ use ecspec_spec::acceptance::AcceptanceEstimator;
 use ecspec_spec::policy::{best_k, expected_goodput, RoundState};
 use ecspec_spec::sampling::argmax;
 
-use crate::cli::FamilyName;
+use ecspec_family::FamilyName;
 
 /// `ecspec family speedup`
 #[derive(Debug, Clone, Args)]
@@ -65,7 +65,7 @@ pub struct SpeedupArgs {
     #[arg(long, default_value_t = 0.0)]
     pub min_confidence: f32,
     #[command(flatten)]
-    pub lookup: crate::cli::LookupArgs,
+    pub lookup: ecspec_run::LookupArgs,
     /// Write the per-prompt results here (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
@@ -380,7 +380,7 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 /// version and prompt).
 pub fn run(a: SpeedupArgs) -> Result<()> {
     let (_, questions) = a.workload.questions()?;
-    let fam = crate::family_cmd::open_family(&a.manifest, a.model.as_deref(), a.base)?;
+    let fam = ecspec_run::open_family(&a.manifest, a.model.as_deref(), a.base)?;
     let draft = fam.draft()?;
     let stop = fam.base.tokenizer.stop_tokens().to_vec();
     let (n, k) = (a.max_tokens as usize, a.draft_len as usize);
@@ -401,7 +401,7 @@ pub fn run(a: SpeedupArgs) -> Result<()> {
     }
     let mut prompts = Vec::new();
     for q in &questions {
-        let ids = crate::run::chat_ids(&fam.base, &q.turns[0], false)?;
+        let ids = ecspec_run::run::chat_ids(&fam.base, &q.turns[0], false)?;
         if ids.len() + n + k.max(lookup.draft_len) + 1
             < fam.base.transformer.config().context_length
         {

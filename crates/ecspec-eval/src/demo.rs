@@ -5,12 +5,46 @@ use anyhow::{Context, Result};
 use ecspec_edge::Summary;
 use serde::Serialize;
 
-use crate::cli::{DemoArgs, ModeArg};
-use crate::family::load_family;
-use crate::run::{
+use clap::Args;
+use ecspec_run::load_family;
+use ecspec_run::run::{
     create_trace, format_summary, link_config, print_now, prompt_ids, run_one, write_round_trace,
     LocalCloud, RunSpec,
 };
+use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, SamplingArgs};
+use std::path::PathBuf;
+
+/// `ecspec demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Most tokens per prompt.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
+    /// Draft length policy: ecspec[:KMAX[:N]] (K ∈ [0, KMAX] by expected goodput, K = 0
+    /// streaming N tokens from the cloud), adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX],
+    /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
+    #[arg(long, default_value = "ecspec")]
+    pub draft_len: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write one JSON line per verification round of every speculative run (with its prompt
+    /// number) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+    /// Skip the shared-cloud scene after the prompts (four edges sharing one batched cloud,
+    /// on the virtual clock, ECSpec against cloud-only on a near-edge and a cellular link).
+    #[arg(long)]
+    pub no_shared_cloud: bool,
+    #[command(flatten)]
+    pub energy: EnergyArgs,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
 
 /// The demo's prompts: explanation, code, translation, advice, arithmetic.
 pub const PROMPTS: [&str; 5] = [
@@ -33,7 +67,7 @@ struct DemoRow {
 pub async fn run(args: DemoArgs) -> Result<()> {
     // Bad link settings stop the demo before anything runs.
     let link = link_config(&args.link)?;
-    let profile = crate::energy::load_profile(&args.energy.energy_profile)?;
+    let profile = ecspec_run::energy::load_profile(&args.energy.energy_profile)?;
     let loaded = load_family(&args.models, true)?;
     let cloud = LocalCloud::start(&loaded).await?;
     eprintln!(
@@ -60,7 +94,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
             energy_budget: args.energy.energy_budget,
-            cloud: Some(crate::run::CloudEndpoint::Tcp(cloud.addr)),
+            cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(cloud.addr)),
             virtual_compute: None,
             memory: None,
         };
@@ -128,8 +162,8 @@ async fn shared_cloud_scene(args: &DemoArgs) -> Result<()> {
          (crates/ecspec-energy/profiles/a100-7b-batched.toml), drafting a Jetson Orin Nano's)\n"
     ));
     let family = match args.models.family {
-        crate::cli::FamilyName::Smollm2 => "smollm2",
-        crate::cli::FamilyName::Qwen25Coder => "qwen2.5-coder",
+        ecspec_family::FamilyName::Smollm2 => "smollm2",
+        ecspec_family::FamilyName::Qwen25Coder => "qwen2.5-coder",
     };
     let (edges, tokens) = (SCENE_EDGES.to_string(), SCENE_TOKENS.to_string());
     let mut verdicts = Vec::new();

@@ -10,23 +10,22 @@
 //! `RTT + 8·bytes/rate`; TCP slow start is not modelled). ECSpec's static draft downloads 0.
 
 use std::io::Write;
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ecspec_cloud::{CloudModel, TargetVersion};
 use ecspec_edge::Summary;
-use ecspec_link::{ConstantRate, LinkConfig, LinkModel};
+use ecspec_link::LinkConfig;
 use ecspec_model::Draft;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{FamilyName, ModeArg, SamplingArgs, VerifyArg};
-use crate::family::Loaded;
 use crate::prompts;
-use crate::run::{prompt_ids, run_one, LocalCloud, RunSpec};
+use crate::resync::resync_seconds;
+use ecspec_family::FamilyName;
+use ecspec_run::run::{prompt_ids, run_one, LocalCloud, RunSpec};
+use ecspec_run::Loaded;
+use ecspec_run::{ModeArg, SamplingArgs, VerifyArg};
 
 /// `ecspec family eval`
 #[derive(Debug, Clone, Args)]
@@ -149,21 +148,47 @@ struct Row {
 /// target's own output.
 type Generation = (String, Summary, Option<bool>);
 
-/// Re-sync download time of `bytes` at `mbps` with `rtt_ms`, through the link model.
-fn resync_seconds(bytes: u64, mbps: f64, rtt_ms: f64) -> Result<f64> {
-    let rate = NonZeroU64::new((mbps * 1e6).round() as u64)
-        .with_context(|| format!("--resync-mbps {mbps}: must be positive"))?;
-    let half = Duration::from_secs_f64(rtt_ms / 2000.0);
-    let mut down = ConstantRate::new(rate, half);
-    // The request reaches the server after one one-way delay; the file then crosses the link.
-    let done = down
-        .transmit(half, bytes as usize)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(done.as_secs_f64())
+/// Re-sync download time of `bytes` at `mbps` (Mbit/s) with `rtt_ms` ([`resync_seconds`]).
+///
+/// # Errors
+/// A rate that is not positive, naming `--resync-mbps`.
+fn resync_at(bytes: u64, mbps: f64, rtt_ms: f64) -> Result<f64> {
+    if !(mbps.is_finite() && mbps > 0.0) {
+        bail!("--resync-mbps {mbps}: must be positive");
+    }
+    Ok(resync_seconds(bytes, mbps * 1e6, rtt_ms / 1e3))
 }
 
-/// Runs `ecspec family eval`.
-pub async fn run(a: EvalArgs) -> Result<()> {
+/// A draft compared by `family eval` (or the target alone, the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The target alone: the output the drafts must reproduce.
+    CloudOnly,
+    /// The family's static shared-backbone draft.
+    EcspecStatic,
+    /// The shared-backbone draft with an untrained anchor.
+    SharedUntrained,
+    /// The conventional draft of the first version, never re-synced.
+    ConventionalStale,
+    /// The conventional draft re-distilled for each version (and downloaded again).
+    ConventionalResync,
+}
+
+impl Variant {
+    /// Its name in the CSV, the Markdown and the JSONL records.
+    fn name(self) -> &'static str {
+        match self {
+            Variant::CloudOnly => "cloud-only",
+            Variant::EcspecStatic => "ecspec-static",
+            Variant::SharedUntrained => "shared-untrained",
+            Variant::ConventionalStale => "conventional-stale",
+            Variant::ConventionalResync => "conventional-resync",
+        }
+    }
+}
+
+/// Checks the numeric options of `family eval`.
+fn check_args(a: &EvalArgs) -> Result<()> {
     if a.temperatures.iter().any(|t| !(t.is_finite() && *t >= 0.0)) {
         bail!(
             "--temperatures must be finite and ≥ 0, got {:?}",
@@ -180,9 +205,23 @@ pub async fn run(a: EvalArgs) -> Result<()> {
     if !(a.resync_rtt_ms.is_finite() && a.resync_rtt_ms >= 0.0) {
         bail!("--resync-rtt-ms must be ≥ 0, got {}", a.resync_rtt_ms);
     }
-    let (prompts_path, questions) = a.workload.questions()?;
-    let fam = crate::family_cmd::open_family(&a.manifest, a.model.as_deref(), a.base)?;
-    let info = crate::family::info(a.base);
+    Ok(())
+}
+
+/// What `family eval` compares: the family, its versions' names, the drafts run on every
+/// version, and per version its conventional draft and that draft's file size (bytes).
+struct Drafts {
+    fam: ecspec_family::Family,
+    versions: Vec<String>,
+    every_version: Vec<(Variant, Arc<Draft>)>,
+    conventional: Vec<(Arc<Draft>, u64)>,
+}
+
+/// Opens the family of `a` and loads its drafts (the conventional ones from
+/// `--conventional-dir`, when given).
+fn load_drafts(a: &EvalArgs) -> Result<Drafts> {
+    let fam = ecspec_run::open_family(&a.manifest, a.model.as_deref(), a.base)?;
+    let info = ecspec_family::info(a.base);
     if fam.manifest.name != info.wire_name {
         bail!(
             "{}: family `{}` is not the built-in `{}` family (--base {:?})",
@@ -196,12 +235,10 @@ pub async fn run(a: EvalArgs) -> Result<()> {
         eprintln!("ecspec: note: the manifest names no trained anchor; ecspec-static is the untrained draft");
     }
     let versions: Vec<String> = fam.versions().iter().map(|v| v.spec.name.clone()).collect();
-    let first = versions[0].clone();
-    let mut drafts: Vec<(&'static str, Option<String>, Arc<Draft>)> = vec![
-        ("ecspec-static", None, Arc::new(fam.draft()?)),
+    let mut every_version = vec![
+        (Variant::EcspecStatic, Arc::new(fam.draft()?)),
         (
-            "shared-untrained",
-            None,
+            Variant::SharedUntrained,
             Arc::new(Draft::shared_backbone(
                 &fam.base,
                 fam.manifest.draft.shared_layers,
@@ -209,7 +246,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
             )?),
         ),
     ];
-    let mut conventional: Vec<(String, Arc<Draft>, u64)> = Vec::new();
+    let mut conventional = Vec::new();
     match &a.conventional_dir {
         Some(dir) => {
             for v in &versions {
@@ -222,24 +259,178 @@ pub async fn run(a: EvalArgs) -> Result<()> {
                     )
                 })?;
                 let bytes = std::fs::metadata(&f)?.len();
-                conventional.push((v.clone(), Arc::new(d), bytes));
+                conventional.push((Arc::new(d), bytes));
             }
-            drafts.push((
-                "conventional-stale",
-                Some(first.clone()),
-                conventional[0].1.clone(),
-            ));
+            every_version.push((Variant::ConventionalStale, conventional[0].0.clone()));
         }
         None => {
             eprintln!("ecspec: note: no --conventional-dir; the conventional rows are left out")
         }
     }
+    Ok(Drafts {
+        fam,
+        versions,
+        every_version,
+        conventional,
+    })
+}
 
-    let n_variants = drafts.len() + usize::from(!conventional.is_empty()) + 1;
-    let total = (versions.len() * n_variants * a.temperatures.len() * questions.len()) as u64;
+/// The sampling settings of a run at `temperature`.
+fn sampling_at(a: &EvalArgs, temperature: f32) -> SamplingArgs {
+    SamplingArgs {
+        temperature,
+        top_p: 1.0,
+        top_k: 0,
+        seed: a.seed,
+        verify: VerifyArg::Auto,
+        dist_top_k: 8,
+        dist_bits: 8,
+        pipeline_draft: false,
+        edge_memory: None,
+        lookup: ecspec_run::LookupArgs {
+            drafter: a.drafter,
+            ..ecspec_run::LookupArgs::default()
+        },
+    }
+}
+
+/// Where one version × temperature's generations run and are recorded.
+struct EvalCtx<'c> {
+    a: &'c EvalArgs,
+    d: &'c Drafts,
+    questions: &'c [prompts::Question],
+    cloud: std::net::SocketAddr,
+    link: &'c Option<LinkConfig>,
+    bar: &'c ProgressBar,
+}
+
+impl EvalCtx<'_> {
+    /// Every question with `draft` as `variant` (cloud-only with `mode` CloudOnly) against
+    /// version `vname` at `temp`, each recorded in `jsonl`; greedy speculative outputs are
+    /// compared with `target_runs`.
+    #[allow(clippy::too_many_arguments)]
+    async fn generations(
+        &self,
+        vname: &str,
+        temp: f32,
+        variant: Variant,
+        draft: &Draft,
+        target_runs: &[Summary],
+        jsonl: &mut impl Write,
+    ) -> Result<Vec<Generation>> {
+        let mode = if variant == Variant::CloudOnly {
+            ModeArg::CloudOnly
+        } else {
+            ModeArg::Speculative
+        };
+        let loaded = Loaded {
+            info: ecspec_family::info(self.a.base),
+            edge_model: self.d.fam.base.clone(),
+            draft: draft.clone(),
+            draft_desc: variant.name().to_string(),
+            target: None,
+            // Fixed K: no estimate to start.
+            acceptance_prior: None,
+        };
+        let sampling = sampling_at(self.a, temp);
+        let mut runs = Vec::new();
+        for (qi, q) in self.questions.iter().enumerate() {
+            self.bar.set_message(format!(
+                "{vname} · {} · T={temp} · {}",
+                variant.name(),
+                q.category
+            ));
+            let ids = prompt_ids(&loaded, &q.turns[0], false)
+                .with_context(|| format!("question {}", q.question_id))?;
+            let spec = RunSpec {
+                mode,
+                draft_len: &self.a.draft_len,
+                sampling: &sampling,
+                max_tokens: self.a.max_tokens as usize,
+                link: self.link.clone(),
+                cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(self.cloud)),
+                virtual_compute: None,
+                memory: None,
+                energy: None,
+                energy_budget: None,
+            };
+            let s = run_one(&loaded, ids, spec, &mut |_| {})
+                .await
+                .with_context(|| {
+                    format!("{vname} · {} · question {}", variant.name(), q.question_id)
+                })?;
+            let same = (temp == 0.0 && mode == ModeArg::Speculative)
+                .then(|| target_runs.get(qi).is_some_and(|t| t.tokens == s.tokens));
+            writeln!(
+                jsonl,
+                "{}",
+                serde_json::json!({
+                    "version": vname, "draft": variant.name(), "temperature": temp,
+                    "question_id": q.question_id, "category": q.category,
+                    "same_as_target": same, "summary": strip_rounds(&s),
+                })
+            )?;
+            self.bar.inc(1);
+            runs.push((q.category.clone(), s, same));
+        }
+        Ok(runs)
+    }
+}
+
+/// The report rows of one variant's runs on version `vi` at `temp`: all categories, then
+/// each. Re-sync: what the conventional edge downloads when version `vi` goes live (nothing
+/// for the first version; ECSpec's drafts never).
+fn variant_rows(
+    a: &EvalArgs,
+    d: &Drafts,
+    vi: usize,
+    temp: f32,
+    variant: Variant,
+    runs: &[Generation],
+) -> Result<Vec<Row>> {
+    let (resync_bytes, resync_s) = match variant {
+        Variant::ConventionalResync => {
+            let bytes = if vi == 0 { 0 } else { d.conventional[vi].1 };
+            let secs = a
+                .resync_mbps
+                .iter()
+                .map(|&m| resync_at(bytes, m, a.resync_rtt_ms))
+                .collect::<Result<Vec<_>>>()?;
+            (Some(bytes), secs)
+        }
+        Variant::CloudOnly => (None, Vec::new()),
+        _ => (Some(0), vec![0.0; a.resync_mbps.len()]),
+    };
+    let mut all = Totals::default();
+    let mut cats: std::collections::BTreeMap<String, Totals> = Default::default();
+    for (cat, s, same) in runs {
+        all.add(s, *same);
+        cats.entry(cat.clone()).or_default().add(s, *same);
+    }
+    let row = |category: String, totals: Totals| Row {
+        version: d.versions[vi].clone(),
+        variant: variant.name(),
+        temperature: temp,
+        category,
+        totals,
+        resync_bytes,
+        resync_s: resync_s.clone(),
+    };
+    let mut rows = vec![row("all".into(), all)];
+    rows.extend(cats.into_iter().map(|(c, t)| row(c, t)));
+    Ok(rows)
+}
+
+/// Runs `ecspec family eval`.
+pub async fn run(a: EvalArgs) -> Result<()> {
+    check_args(&a)?;
+    let (prompts_path, questions) = a.workload.questions()?;
+    let d = load_drafts(&a)?;
+    let n_variants = d.every_version.len() + usize::from(!d.conventional.is_empty()) + 1;
+    let total = (d.versions.len() * n_variants * a.temperatures.len() * questions.len()) as u64;
     eprintln!(
         "ecspec family eval: {} versions × {} drafts (+ cloud-only) × {} temperatures × {} prompts ({} categories) · {} tokens · draft length {} · drafter {}",
-        versions.len(),
+        d.versions.len(),
         n_variants - 1,
         a.temperatures.len(),
         questions.len(),
@@ -265,148 +456,33 @@ pub async fn run(a: EvalArgs) -> Result<()> {
     );
     let mut rows: Vec<Row> = Vec::new();
     let link = Some(LinkConfig::constant(1e6, 1e6, 0.0).context("the unshaped link")?);
-    for (vi, vname) in versions.iter().enumerate() {
-        let served: Vec<TargetVersion> = fam
-            .versions()
-            .iter()
-            .map(|v| TargetVersion {
-                name: v.spec.name.clone(),
-                transformer: v.transformer.clone(),
-            })
-            .collect();
-        let model = CloudModel::with_versions(&fam.manifest.name, &fam.base, served, vname)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (vi, vname) in d.versions.iter().enumerate() {
+        let model = ecspec_run::family_cloud_model(&d.fam, vname)?;
         let cloud = LocalCloud::start_model(model).await?;
-        let mut variants = drafts.clone();
-        if let Some((_, d, _)) = conventional.get(vi) {
-            variants.push(("conventional-resync", Some(vname.clone()), d.clone()));
+        let ctx = EvalCtx {
+            a: &a,
+            d: &d,
+            questions: &questions,
+            cloud: cloud.addr,
+            link: &link,
+            bar: &bar,
+        };
+        // The target's own output first: greedy speculative runs must reproduce it.
+        let mut variants = vec![(Variant::CloudOnly, d.every_version[0].1.clone())];
+        variants.extend(d.every_version.iter().cloned());
+        if let Some((c, _)) = d.conventional.get(vi) {
+            variants.push((Variant::ConventionalResync, c.clone()));
         }
         for &temp in &a.temperatures {
-            let sampling = SamplingArgs {
-                temperature: temp,
-                top_p: 1.0,
-                top_k: 0,
-                seed: a.seed,
-                verify: VerifyArg::Auto,
-                dist_top_k: 8,
-                dist_bits: 8,
-                pipeline_draft: false,
-                edge_memory: None,
-                lookup: crate::cli::LookupArgs {
-                    drafter: a.drafter,
-                    ..crate::cli::LookupArgs::default()
-                },
-            };
-            // The target's own output first: greedy speculative runs must reproduce it.
-            let mut per_variant: Vec<(&'static str, Vec<Generation>)> = Vec::new();
-            let mut target_runs = Vec::new();
-            for (mode, variant, draft) in
-                std::iter::once((ModeArg::CloudOnly, "cloud-only", drafts[0].2.clone())).chain(
-                    variants
-                        .iter()
-                        .map(|(n, _, d)| (ModeArg::Speculative, *n, d.clone())),
-                )
-            {
-                let loaded = Loaded {
-                    info: crate::family::info(a.base),
-                    edge_model: fam.base.clone(),
-                    draft: Draft {
-                        kind: draft.kind,
-                        transformer: draft.transformer.clone(),
-                        compat_hash: draft.compat_hash.clone(),
-                    },
-                    draft_desc: variant.to_string(),
-                    target: None,
-                    // Fixed K: no estimate to start.
-                    acceptance_prior: None,
-                };
-                let mut runs = Vec::new();
-                for (qi, q) in questions.iter().enumerate() {
-                    bar.set_message(format!("{vname} · {variant} · T={temp} · {}", q.category));
-                    let ids = prompt_ids(&loaded, &q.turns[0], false)
-                        .with_context(|| format!("question {}", q.question_id))?;
-                    let spec = RunSpec {
-                        mode,
-                        draft_len: &a.draft_len,
-                        sampling: &sampling,
-                        max_tokens: a.max_tokens as usize,
-                        link: link.clone(),
-                        cloud: Some(crate::run::CloudEndpoint::Tcp(cloud.addr)),
-                        virtual_compute: None,
-                        memory: None,
-                        energy: None,
-                        energy_budget: None,
-                    };
-                    let s = run_one(&loaded, ids, spec, &mut |_| {})
-                        .await
-                        .map_err(|e| {
-                            anyhow::anyhow!("{vname} · {variant} · question {}: {e}", q.question_id)
-                        })?;
-                    let same = if temp == 0.0 && mode == ModeArg::Speculative {
-                        Some(
-                            target_runs
-                                .get(qi)
-                                .is_some_and(|t: &Summary| t.tokens == s.tokens),
-                        )
-                    } else {
-                        None
-                    };
-                    writeln!(
-                        jsonl,
-                        "{}",
-                        serde_json::json!({
-                            "version": vname, "draft": variant, "temperature": temp,
-                            "question_id": q.question_id, "category": q.category,
-                            "same_as_target": same, "summary": strip_rounds(&s),
-                        })
-                    )?;
-                    bar.inc(1);
-                    runs.push((q.category.clone(), s, same));
-                }
-                if mode == ModeArg::CloudOnly {
+            let mut target_runs: Vec<Summary> = Vec::new();
+            for (variant, draft) in &variants {
+                let runs = ctx
+                    .generations(vname, temp, *variant, draft, &target_runs, &mut jsonl)
+                    .await?;
+                if *variant == Variant::CloudOnly {
                     target_runs = runs.iter().map(|(_, s, _)| s.clone()).collect();
                 }
-                per_variant.push((variant, runs));
-            }
-            for (variant, runs) in per_variant {
-                let (resync_bytes, resync_s) = match variant {
-                    "conventional-resync" => {
-                        let bytes = if vi == 0 { 0 } else { conventional[vi].2 };
-                        let secs = a
-                            .resync_mbps
-                            .iter()
-                            .map(|&m| {
-                                if bytes == 0 {
-                                    Ok(0.0)
-                                } else {
-                                    resync_seconds(bytes, m, a.resync_rtt_ms)
-                                }
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        (Some(bytes), secs)
-                    }
-                    "cloud-only" => (None, Vec::new()),
-                    _ => (Some(0), vec![0.0; a.resync_mbps.len()]),
-                };
-                let mut all = Totals::default();
-                let mut cats: std::collections::BTreeMap<String, Totals> = Default::default();
-                for (cat, s, same) in &runs {
-                    all.add(s, *same);
-                    cats.entry(cat.clone()).or_default().add(s, *same);
-                }
-                let row = |category: String, totals: Totals| Row {
-                    version: vname.clone(),
-                    variant,
-                    temperature: temp,
-                    category,
-                    totals,
-                    resync_bytes,
-                    resync_s: resync_s.clone(),
-                };
-                rows.push(row("all".into(), all));
-                for (c, t) in cats {
-                    rows.push(row(c, t));
-                }
+                rows.extend(variant_rows(&a, &d, vi, temp, *variant, &runs)?);
             }
         }
         cloud.stop().await;
@@ -550,7 +626,11 @@ fn markdown(rows: &[Row], a: &EvalArgs, prompts: &Path, n_prompts: usize) -> Str
         ));
         let keys: Vec<(&str, &str)> = rows
             .iter()
-            .filter(|r| r.category == "all" && r.temperature == *t0 && r.variant != "cloud-only")
+            .filter(|r| {
+                r.category == "all"
+                    && r.temperature == *t0
+                    && r.variant != Variant::CloudOnly.name()
+            })
             .map(|r| (r.version.as_str(), r.variant))
             .collect();
         for (v, d) in keys {
@@ -581,11 +661,11 @@ mod tests {
     #[test]
     fn resync_time_is_rtt_plus_serialization() {
         // 70 786 512 bytes at 10 Mbit/s: 56.6292096 s of serialization, plus 60 ms RTT.
-        let s = resync_seconds(70_786_512, 10.0, 60.0).unwrap();
+        let s = resync_at(70_786_512, 10.0, 60.0).unwrap();
         assert!((s - 56.689_209_6).abs() < 1e-6, "{s}");
-        let s = resync_seconds(1_000_000, 300.0, 0.0).unwrap();
+        let s = resync_at(1_000_000, 300.0, 0.0).unwrap();
         assert!((s - 8e6 / 300e6).abs() < 1e-6, "{s}");
-        assert!(resync_seconds(1, 0.0, 60.0).is_err());
+        assert!(resync_at(1, 0.0, 60.0).is_err());
     }
 
     #[test]

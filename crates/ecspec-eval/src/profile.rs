@@ -7,8 +7,47 @@ use anyhow::{Context, Result};
 use ecspec_model::{LogitsFor, Session, Transformer};
 use serde::Serialize;
 
-use crate::cli::ProfileArgs;
-use crate::family::{info, model_path};
+use clap::Args;
+use ecspec_family::{info, FamilyName};
+use ecspec_run::model_path;
+
+/// `ecspec profile`
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub family: FamilyName,
+    /// Repeats (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the device-profile entries `ecspec bench --clock virtual` reads (the family's
+    /// static and conventional drafts, and its target) as TOML, for a profile file.
+    #[arg(long, conflicts_with = "json")]
+    pub toml: bool,
+    /// Batched verification: for each session count S, S sessions (each its own 128-token
+    /// context) verify a block of `--batch-k` drafted tokens in one batched pass, against one
+    /// pass per session; e.g. `--batch 1,4,16,64`. Reported as rows per second.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: Vec<u32>,
+    /// Draft length K of each session's block in `--batch`.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub batch_k: u32,
+    /// The rows curve: time of one forward pass over N rows (positions) after 160 of
+    /// context, for each N, e.g. `--rows 1,2,5,9,17,33,65`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rows)]
+    pub rows: Vec<usize>,
+}
+
+/// A row count for `profile --rows`: 1 to 512.
+fn parse_rows(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=512).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a row count from 1 to 512")),
+    }
+}
 
 /// One model's measured speeds.
 #[derive(Debug, Serialize)]

@@ -1,130 +1,17 @@
-//! The model families ECSpec ships with: which target the cloud serves and which draft the
-//! edge runs for it, and loading them (fetching weights into the cache when needed).
+//! Loading a family's models for one process: the edge's draft (and its tokenizer), and the
+//! target when the cloud runs in this process; registry models are fetched into the cache
+//! with a progress bar.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use ecspec_cloud::{CloudModel, TargetVersion, UnknownVersion};
+use ecspec_family::{info, shipped_draft, Family, FamilyInfo, FamilyName};
 use ecspec_model::{Draft, DraftSpec, LoadedModel};
 
-use crate::cli::{FamilyName, ModelArgs};
+use crate::options::ModelArgs;
 use crate::progress::BarReporter;
-
-/// A family's static description.
-pub struct FamilyInfo {
-    /// Family name on the wire (the cloud checks it).
-    pub wire_name: &'static str,
-    /// Registry name of the target model.
-    pub target: &'static str,
-    /// Registry name of the draft's model file (the base itself for a shared-backbone draft).
-    pub draft_file: &'static str,
-    /// Whether the draft is built from the base (shared backbone) or is its own model.
-    pub shared_backbone: bool,
-    /// Hugging Face id of the target, written into PEFT adapters trained on it.
-    pub hf_name: &'static str,
-}
-
-/// Looks a family up.
-pub fn info(f: FamilyName) -> FamilyInfo {
-    match f {
-        FamilyName::Smollm2 => FamilyInfo {
-            wire_name: "smollm2-135m",
-            target: "smollm2-135m-instruct",
-            draft_file: "smollm2-135m-instruct",
-            shared_backbone: true,
-            hf_name: "HuggingFaceTB/SmolLM2-135M-Instruct",
-        },
-        FamilyName::Qwen25Coder => FamilyInfo {
-            wire_name: "qwen2.5-coder",
-            target: "qwen2.5-coder-1.5b-instruct",
-            draft_file: "qwen2.5-coder-0.5b-instruct",
-            shared_backbone: false,
-            hf_name: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
-        },
-    }
-}
-
-/// Where shipped families live: `$ECSPEC_FAMILIES_DIR`, else `families/` of the source tree
-/// this binary was built from.
-pub fn families_dir() -> PathBuf {
-    std::env::var_os("ECSPEC_FAMILIES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("families"))
-}
-
-/// The trained static draft shipped with a shared-backbone family.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShippedDraft {
-    /// The anchor layer file (its SHA-256 checked against the manifest).
-    pub anchor: PathBuf,
-    /// The draft's measured acceptance rate across the family's versions (`draft.acceptance`),
-    /// the edge's starting estimate.
-    pub acceptance: Option<f64>,
-    /// The FR-Spec vocabulary subset its head scores (`draft.vocab_subset`).
-    pub vocab_subset: Option<Vec<u32>>,
-    /// The draft's own LoRA update of its lower layers (`draft.lower_adapter`, PEFT directory,
-    /// its SHA-256 checked against the manifest).
-    pub lower_adapter: Option<PathBuf>,
-}
-
-/// The trained draft shipped with a shared-backbone family, when present and trained for
-/// `shared_layers` base layers (the manifest's `draft.anchor` and `draft.shared_layers` in
-/// `families/<wire name>/family.toml`).
-///
-/// # Errors
-/// The manifest exists but is invalid, or the anchor's SHA-256 is not the manifest's.
-pub fn shipped_draft(info: &FamilyInfo, shared_layers: usize) -> Result<Option<ShippedDraft>> {
-    let path = families_dir().join(info.wire_name).join("family.toml");
-    if !info.shared_backbone || !path.is_file() {
-        return Ok(None);
-    }
-    let m = ecspec_family::FamilyManifest::load(&path)?;
-    let Some(anchor) = m.draft.anchor.as_ref() else {
-        return Ok(None);
-    };
-    if m.draft.shared_layers != shared_layers {
-        return Ok(None);
-    }
-    let file = m.resolve(anchor);
-    if let Some(expected) = &m.draft.anchor_sha256 {
-        let found = ecspec_family::sha256_file(&file)?;
-        if &found != expected {
-            bail!(
-                "{}: sha256 {found}, {} (draft.anchor_sha256) expects {expected}",
-                file.display(),
-                path.display()
-            );
-        }
-    }
-    let vocab_subset = match &m.draft.vocab_subset {
-        Some(rel) => Some(ecspec_family::vocab_subset::read(&m.resolve(rel))?),
-        None => None,
-    };
-    let lower_adapter = match &m.draft.lower_adapter {
-        Some(rel) => {
-            let dir = m.resolve(rel);
-            if let Some(expected) = &m.draft.lower_adapter_sha256 {
-                let f = dir.join("adapter_model.safetensors");
-                let found = ecspec_family::sha256_file(&f)?;
-                if &found != expected {
-                    bail!(
-                        "{}: sha256 {found}, {} (draft.lower_adapter_sha256) expects {expected}",
-                        f.display(),
-                        path.display()
-                    );
-                }
-            }
-            Some(dir)
-        }
-        None => None,
-    };
-    Ok(Some(ShippedDraft {
-        anchor: file,
-        acceptance: m.draft.acceptance,
-        vocab_subset,
-        lower_adapter,
-    }))
-}
 
 /// A local path, or the registry model fetched (with progress) into the cache.
 pub fn model_path(explicit: Option<&Path>, registry_name: &str) -> Result<PathBuf> {
@@ -283,4 +170,40 @@ pub fn load_family(args: &ModelArgs, with_target: bool) -> Result<Loaded> {
         target,
         acceptance_prior,
     })
+}
+
+/// Opens a family manifest, with its base from `model` (`--model`), the manifest's own base
+/// file, or the cache's copy of `base`'s target.
+///
+/// # Errors
+/// A manifest that does not parse or check, a base that is not cached, a version that does
+/// not load.
+pub fn open_family(manifest: &Path, model: Option<&Path>, base: FamilyName) -> Result<Family> {
+    let m = ecspec_family::FamilyManifest::load(manifest)?;
+    let base_file = match (model, m.base_file()) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(_)) => None,
+        (None, None) => Some(model_path(None, info(base).target)?),
+    };
+    Ok(Family::open(m, base_file.as_deref())?)
+}
+
+/// Every version of `fam` as the cloud serves it: its name and its weights (the base's, plus
+/// the version's adapter).
+pub fn target_versions(fam: &Family) -> Vec<TargetVersion> {
+    fam.versions()
+        .iter()
+        .map(|v| TargetVersion {
+            name: v.spec.name.clone(),
+            transformer: v.transformer.clone(),
+        })
+        .collect()
+}
+
+/// A cloud model serving every version of `fam`, `active` the one new sessions get.
+///
+/// # Errors
+/// [`UnknownVersion`] when `active` is not a version of `fam`.
+pub fn family_cloud_model(fam: &Family, active: &str) -> Result<CloudModel, UnknownVersion> {
+    CloudModel::with_versions(&fam.manifest.name, &fam.base, target_versions(fam), active)
 }

@@ -13,7 +13,8 @@ use ecspec_train::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::FamilyName;
+use ecspec_family::FamilyName;
+use ecspec_run::open_family;
 
 /// `ecspec family …`
 #[derive(Debug, Subcommand)]
@@ -342,8 +343,8 @@ pub fn run(cmd: FamilyCommand) -> Result<()> {
 }
 
 fn vocab_subset(a: VocabSubsetArgs) -> Result<()> {
-    let info = crate::family::info(a.base);
-    let path = crate::family::model_path(a.model.as_deref(), info.target)?;
+    let info = ecspec_family::info(a.base);
+    let path = ecspec_run::model_path(a.model.as_deref(), info.target)?;
     let base =
         LoadedModel::load(&path).with_context(|| format!("loading the base {}", path.display()))?;
     let mut tokens: Vec<u32> = Vec::new();
@@ -401,8 +402,8 @@ fn self_distill(a: SelfDistillArgs) -> Result<()> {
     if a.out.extension().is_none_or(|e| e != "jsonl") {
         bail!("--out {}: the samples file must end in .jsonl (train-draft reads such files as samples)", a.out.display());
     }
-    let info = crate::family::info(a.base);
-    let path = crate::family::model_path(a.model.as_deref(), info.target)?;
+    let info = ecspec_family::info(a.base);
+    let path = ecspec_run::model_path(a.model.as_deref(), info.target)?;
     let base =
         LoadedModel::load(&path).with_context(|| format!("loading the base {}", path.display()))?;
     let paths = if a.corpus.is_empty() {
@@ -456,8 +457,8 @@ fn self_distill(a: SelfDistillArgs) -> Result<()> {
 }
 
 fn load_base(c: &CommonTrainArgs) -> Result<LoadedModel> {
-    let info = crate::family::info(c.base);
-    let path = crate::family::model_path(c.model.as_deref(), info.target)?;
+    let info = ecspec_family::info(c.base);
+    let path = ecspec_run::model_path(c.model.as_deref(), info.target)?;
     LoadedModel::load(&path).with_context(|| format!("loading the base {}", path.display()))
 }
 
@@ -655,7 +656,7 @@ fn evolve(a: EvolveArgs) -> Result<()> {
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
         seq_len: c.seq_len + 1,
         schedule: schedule(c, 5e-4),
-        base_model: Some(crate::family::info(c.base).hf_name.to_string()),
+        base_model: Some(ecspec_family::info(c.base).hf_name.to_string()),
     };
     let mut bars = TrainBars::new();
     let r = ecspec_train::evolve(&base, &train, &cfg, &c.out, c.resume, &mut bars)?;
@@ -687,24 +688,6 @@ fn evolve(a: EvolveArgs) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Opens a family manifest, with its base from `--model`, the manifest, or the cache.
-pub fn open_family(
-    manifest: &Path,
-    model: Option<&Path>,
-    base: FamilyName,
-) -> Result<ecspec_family::Family> {
-    let m = ecspec_family::FamilyManifest::load(manifest)?;
-    let base_file = match (model, m.base_file()) {
-        (Some(p), _) => Some(p.to_path_buf()),
-        (None, Some(_)) => None,
-        (None, None) => Some(crate::family::model_path(
-            None,
-            crate::family::info(base).target,
-        )?),
-    };
-    Ok(ecspec_family::Family::open(m, base_file.as_deref())?)
 }
 
 fn distill_draft(a: DistillDraftArgs) -> Result<()> {

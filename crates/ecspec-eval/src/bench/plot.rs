@@ -143,9 +143,24 @@ pub fn write_all(
     let Some(first_version) = rows.first().map(|r| r.version.clone()) else {
         return Ok(out);
     };
+    out.extend(goodput_charts(dir, rows, requests, links, &first_version)?);
+    out.extend(acceptance_chart(dir, rows)?);
+    out.extend(energy_chart(dir, rows, &first_version)?);
+    out.extend(k_over_time_chart(dir, requests, links, &first_version)?);
+    Ok(out)
+}
+
+/// Goodput against the scenario's uplink rate and delivered RTT, first version. An unshaped
+/// link (loopback) has no rate or RTT to place it at.
+fn goodput_charts(
+    dir: &Path,
+    rows: &[Row],
+    requests: &[Request],
+    links: &[ScenarioLink],
+    first_version: &str,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
     let systems = first_seen(rows.iter().map(|r| r.system.as_str()));
-    // Goodput against the scenario's uplink rate and delivered RTT, first version. An unshaped
-    // link (loopback) has no rate or RTT to place it at.
     let uplink: Vec<(String, f64)> = links
         .iter()
         .filter(|l| l.uplink.is_some())
@@ -185,7 +200,12 @@ pub fn write_all(
             }],
         )?);
     }
-    // Acceptance per version, averaged over scenarios, speculative systems only.
+    Ok(out)
+}
+
+/// Acceptance per version, averaged over scenarios, speculative systems only.
+fn acceptance_chart(dir: &Path, rows: &[Row]) -> Result<Vec<PathBuf>> {
+    let systems = first_seen(rows.iter().map(|r| r.system.as_str()));
     let versions = first_seen(rows.iter().map(|r| r.version.as_str()));
     let series: Vec<(String, Vec<(f64, f64)>)> = systems
         .iter()
@@ -205,7 +225,7 @@ pub fn write_all(
             (!p.is_empty()).then(|| (s.to_string(), p))
         })
         .collect();
-    out.extend(line_chart(
+    line_chart(
         &dir.join("acceptance_vs_version.svg"),
         &format!("Acceptance per target version ({})", versions.join(", ")),
         "target version (index, in the order above)",
@@ -213,8 +233,12 @@ pub fn write_all(
             y_desc: "acceptance rate",
             series,
         }],
-    )?);
-    // Energy per token against the budget of each budgeted system (`NAME@B`), per scenario.
+    )
+}
+
+/// Energy per token against the budget of each budgeted system (`NAME@B`), per scenario;
+/// nothing without a budgeted system.
+fn energy_chart(dir: &Path, rows: &[Row], first_version: &str) -> Result<Vec<PathBuf>> {
     let budgeted: Vec<(&Row, &str, f64)> = rows
         .iter()
         .filter(|r| r.version == first_version)
@@ -223,92 +247,101 @@ pub fn write_all(
             Some((r, base, b))
         })
         .collect();
-    if !budgeted.is_empty() {
-        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        for (r, base, b) in &budgeted {
-            let Some(e) = r.energy_per_token_j else {
-                continue;
-            };
-            let name = format!("{base} on {}", r.scenario);
-            match series.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, p)) => p.push((*b, e)),
-                None => series.push((name, vec![(*b, e)])),
-            }
-        }
-        for (_, p) in &mut series {
-            p.sort_by(|a, b| a.0.total_cmp(&b.0));
-        }
-        let mut diag: Vec<(f64, f64)> = budgeted.iter().map(|(_, _, b)| (*b, *b)).collect();
-        diag.sort_by(|a, b| a.0.total_cmp(&b.0));
-        diag.dedup();
-        series.push(("budget (spent = budget)".into(), diag));
-        out.extend(line_chart(
-            &dir.join("energy_vs_budget.svg"),
-            &format!("Edge energy per token against its budget (version {first_version})"),
-            "energy budget (J per committed token)",
-            &[Panel {
-                y_desc: "edge energy spent (J per committed token)",
-                series,
-            }],
-        )?);
+    if budgeted.is_empty() {
+        return Ok(Vec::new());
     }
-    // K over time on a driving trace, ecspec, first version, requests back to back; under it
-    // the uplink rate each round met.
-    if let Some(sc) = links
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (r, base, b) in &budgeted {
+        let Some(e) = r.energy_per_token_j else {
+            continue;
+        };
+        let name = format!("{base} on {}", r.scenario);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, p)) => p.push((*b, e)),
+            None => series.push((name, vec![(*b, e)])),
+        }
+    }
+    for (_, p) in &mut series {
+        p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let mut diag: Vec<(f64, f64)> = budgeted.iter().map(|(_, _, b)| (*b, *b)).collect();
+    diag.sort_by(|a, b| a.0.total_cmp(&b.0));
+    diag.dedup();
+    series.push(("budget (spent = budget)".into(), diag));
+    line_chart(
+        &dir.join("energy_vs_budget.svg"),
+        &format!("Edge energy per token against its budget (version {first_version})"),
+        "energy budget (J per committed token)",
+        &[Panel {
+            y_desc: "edge energy spent (J per committed token)",
+            series,
+        }],
+    )
+}
+
+/// K over time on a driving trace (else the first shaped one), ecspec, first version,
+/// requests back to back; under it the uplink rate each round met and the RTT estimate.
+fn k_over_time_chart(
+    dir: &Path,
+    requests: &[Request],
+    links: &[ScenarioLink],
+    first_version: &str,
+) -> Result<Vec<PathBuf>> {
+    let Some(sc) = links
         .iter()
         .find(|l| l.name.contains("driving"))
         .or_else(|| links.iter().find(|l| l.uplink.is_some()))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut t0 = 0.0;
+    let (mut ks, mut rtt, mut rate) = (Vec::new(), Vec::new(), Vec::new());
+    for (qi, r) in requests
+        .iter()
+        .filter(|r| r.system == "ecspec" && r.version == first_version && r.scenario == sc.name)
+        .enumerate()
     {
-        let mut t0 = 0.0;
-        let (mut ks, mut rtt, mut rate) = (Vec::new(), Vec::new(), Vec::new());
-        for (qi, r) in requests
-            .iter()
-            .filter(|r| r.system == "ecspec" && r.version == first_version && r.scenario == sc.name)
-            .enumerate()
-        {
-            for rec in &r.summary.round_records {
-                ks.push((t0 + rec.t_s, rec.k as f64));
-                if rec.rtt_s_estimate.is_finite() {
-                    rtt.push((t0 + rec.t_s, rec.rtt_s_estimate * 1e3));
-                }
+        for rec in &r.summary.round_records {
+            ks.push((t0 + rec.t_s, rec.k as f64));
+            if rec.rtt_s_estimate.is_finite() {
+                rtt.push((t0 + rec.t_s, rec.rtt_s_estimate * 1e3));
             }
-            if let Some(up) = &sc.uplink {
-                // The channel as this request met it, sampled every 0.1 s.
-                let steps = (r.summary.total_s / 0.1).floor() as usize;
-                for i in 0..=steps {
-                    let t = i as f64 * 0.1;
-                    let at = std::time::Duration::from_secs_f64(qi as f64 * sc.phase_s + t);
-                    let bps = ecspec_link::capacity_bps(up.as_ref(), at, 12_000);
-                    rate.push((t0 + t, bps / 1e6));
-                }
+        }
+        if let Some(up) = &sc.uplink {
+            // The channel as this request met it, sampled every 0.1 s.
+            let steps = (r.summary.total_s / 0.1).floor() as usize;
+            for i in 0..=steps {
+                let t = i as f64 * 0.1;
+                let at = std::time::Duration::from_secs_f64(qi as f64 * sc.phase_s + t);
+                let bps = ecspec_link::capacity_bps(up.as_ref(), at, 12_000);
+                rate.push((t0 + t, bps / 1e6));
             }
-            t0 += r.summary.total_s;
         }
-        let mut panels = vec![Panel {
-            y_desc: "draft length K (0 = cloud stream)",
-            series: vec![("K".to_string(), ks)],
-        }];
-        if !rate.is_empty() {
-            panels.push(Panel {
-                y_desc: "uplink rate (Mbit/s, 12 kB probe)",
-                series: vec![("uplink capacity".to_string(), rate)],
-            });
-        }
-        panels.push(Panel {
-            y_desc: "RTT estimate at the edge (ms)",
-            series: vec![("RTT estimate".to_string(), rtt)],
-        });
-        out.extend(line_chart(
-            &dir.join("k_over_time.svg"),
-            &format!(
-                "ecspec on {}: draft length K per round, and the channel",
-                sc.name
-            ),
-            "time, requests back to back (s)",
-            &panels,
-        )?);
+        t0 += r.summary.total_s;
     }
-    Ok(out)
+    let mut panels = vec![Panel {
+        y_desc: "draft length K (0 = cloud stream)",
+        series: vec![("K".to_string(), ks)],
+    }];
+    if !rate.is_empty() {
+        panels.push(Panel {
+            y_desc: "uplink rate (Mbit/s, 12 kB probe)",
+            series: vec![("uplink capacity".to_string(), rate)],
+        });
+    }
+    panels.push(Panel {
+        y_desc: "RTT estimate at the edge (ms)",
+        series: vec![("RTT estimate".to_string(), rtt)],
+    });
+    line_chart(
+        &dir.join("k_over_time.svg"),
+        &format!(
+            "ecspec on {}: draft length K per round, and the channel",
+            sc.name
+        ),
+        "time, requests back to back (s)",
+        &panels,
+    )
 }
 
 /// Each shaped scenario's place on the goodput-vs-RTT plot — the mean RTT its rounds delivered

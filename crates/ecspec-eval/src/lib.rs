@@ -1,0 +1,23 @@
+//! ECSpec's evaluation and family tasks as library calls; the `ecspec` binary parses their
+//! options and calls them.
+//!
+//! - [`bench`]: the benchmark harness (`ecspec bench`): prompts × link scenarios × systems ×
+//!   target versions on the virtual or the live clock, JSONL/CSV/Markdown reports and plots;
+//!   [`bench::load`] the load generator's command (`ecspec load`, on `ecspec-load`).
+//! - [`profile`]: this machine's model speeds (`ecspec profile`).
+//! - [`family_eval`]: every version against the static, untrained and conventional drafts
+//!   (`ecspec family eval`); [`speedup`]: in-process greedy speculative decoding against the
+//!   target alone (`ecspec family speedup`).
+//! - [`family_tasks`]: training the static draft, evolving versions, distilling the
+//!   conventional draft, self-distillation data, FR-Spec vocabulary subsets (`ecspec family …`).
+//! - [`demo`]: the default demonstration's comparison and report (`ecspec demo`).
+//! - [`prompts`]: Spec-Bench / MT-Bench prompt files and the shared data directory.
+
+pub mod bench;
+pub mod demo;
+pub mod family_eval;
+pub mod family_tasks;
+pub mod profile;
+pub mod prompts;
+pub mod resync;
+pub mod speedup;

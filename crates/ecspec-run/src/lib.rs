@@ -1,0 +1,26 @@
+//! Running one ECSpec generation, the way `ecspec generate` does, as a library call.
+//!
+//! - [`options`]: the settings a generation takes (mode, verification rule, sampling, link,
+//!   energy, models), clap-derived so every command shares the same flags.
+//! - [`models`]: [`load_family`] loads the draft (and the target when the cloud runs here),
+//!   fetching registry models into the cache ([`model_path`]).
+//! - [`run`]: [`run_one`] wires one generation: the cloud ([`LocalCloud`] on loopback, or a
+//!   remote address), the emulated link around the TCP stream, the edge session, the virtual
+//!   clock's compute times, the energy account and the edge's memory; [`RunSpec`] is what it
+//!   runs. [`edge_setup`] builds the edge's configuration alone (the load generator's edges).
+//! - [`energy`]: device profiles and the per-round energy account of a summary.
+//! - [`edge_memory`]: the acceptance evidence and policy state kept across requests in a file.
+//! - [`progress`]: the download progress bar.
+
+pub mod edge_memory;
+pub mod energy;
+pub mod models;
+pub mod options;
+pub mod progress;
+pub mod run;
+
+pub use models::{
+    family_cloud_model, load_family, model_path, open_family, target_versions, Loaded,
+};
+pub use options::{EnergyArgs, LinkArgs, LookupArgs, ModeArg, ModelArgs, SamplingArgs, VerifyArg};
+pub use run::{edge_setup, prompt_ids, run_one, CloudEndpoint, LocalCloud, RunError, RunSpec};

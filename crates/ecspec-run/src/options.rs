@@ -1,0 +1,221 @@
+//! The options a generation takes, shared by `generate`, `demo`, `bench`, `load` and `family
+//! eval`: mode, verification rule, sampling, link, energy and which models. They derive
+//! clap's `Args` so every command flattens the same flags with the same help.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use ecspec_family::FamilyName;
+
+/// Generation modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Edge drafts, cloud verifies.
+    Speculative,
+    /// The cloud decodes alone and streams tokens.
+    CloudOnly,
+    /// The draft decodes alone on the edge (unverified).
+    EdgeOnly,
+}
+
+/// Verification rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// greedy at temperature 0; otherwise match or rejection, chosen each round by expected
+    /// goodput at the current uplink rate.
+    Auto,
+    /// Accept while drafts equal the target's argmax (temperature 0).
+    Greedy,
+    /// Accept while drafts equal the target's own samples.
+    Match,
+    /// Rejection sampling with compact draft distributions.
+    Rejection,
+}
+
+/// The edge device's energy.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Energy")]
+pub struct EnergyArgs {
+    /// Device profile for the edge energy in the summary: this-machine, phone-s25ultra,
+    /// jetson-orin-nano, or a profile TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "this-machine")]
+    pub energy_profile: String,
+    /// Edge energy budget, J per committed token, kept on average by the ecspec policy (a
+    /// virtual queue prices energy against goodput each round).
+    #[arg(long, value_name = "J")]
+    pub energy_budget: Option<f64>,
+}
+
+/// The emulated wireless link between edge and cloud.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Link")]
+pub struct LinkArgs {
+    /// Uplink rate, Mbit/s [default: 10].
+    #[arg(long, value_name = "MBPS")]
+    pub link_up_mbps: Option<f64>,
+    /// Downlink rate, Mbit/s [default: 20].
+    #[arg(long, value_name = "MBPS")]
+    pub link_down_mbps: Option<f64>,
+    /// Round-trip propagation delay, ms [default: 60].
+    #[arg(long, value_name = "MS")]
+    pub rtt_ms: Option<f64>,
+    /// Mahimahi trace shaping the uplink.
+    #[arg(long, value_name = "FILE")]
+    pub link_trace_up: Option<PathBuf>,
+    /// Mahimahi trace shaping the downlink.
+    #[arg(long, value_name = "FILE")]
+    pub link_trace_down: Option<PathBuf>,
+    /// Per-second throughput CSV trace (see --link-csv-format): the Irish 5G format shapes
+    /// both directions, the 5Gophers ones the downlink.
+    #[arg(long, value_name = "FILE")]
+    pub link_csv: Option<PathBuf>,
+    /// Columns of --link-csv: `irish-5g` (DL_bitrate/UL_bitrate kbit/s), `gophers-walking`
+    /// (throughput_mbps), `gophers-driving:CARRIER` (CARRIER_throughput_mbps: Sprint,
+    /// TMobile, Verizon).
+    #[arg(long, value_name = "FORMAT", default_value = "irish-5g")]
+    pub link_csv_format: String,
+    /// Synthetic uplink model, e.g. `gilbert-elliott:good_mbps=10,bad_mbps=0,p_gb=0.02,p_bg=0.2`,
+    /// `gauss-markov:mean_db=15,std_db=6,rho=0.9,bandwidth_mhz=5`,
+    /// `rayleigh:mean_db=15,rho=0.9,bandwidth_mhz=5` (+ slot_ms, duration_s, seed, efficiency).
+    #[arg(long, value_name = "SPEC")]
+    pub link_model_up: Option<String>,
+    /// Synthetic downlink model (as --link-model-up).
+    #[arg(long, value_name = "SPEC")]
+    pub link_model_down: Option<String>,
+    /// Standard deviation of each chunk's one-way delay, ms (Gaussian around RTT / 2, seeded,
+    /// delivery kept in order).
+    #[arg(long, value_name = "MS")]
+    pub delay_jitter_ms: Option<f64>,
+    /// Seed of --delay-jitter-ms.
+    #[arg(long, default_value_t = 1)]
+    pub jitter_seed: u64,
+    /// Take the RTT from the --link-csv trace's RTT column (Irish 5G: PINGAVG), per second.
+    #[arg(long)]
+    pub rtt_from_trace: bool,
+    /// Start the link this many seconds into its traces or models (another phase of a trace).
+    #[arg(long, value_name = "S")]
+    pub link_start_s: Option<f64>,
+    /// No emulated link: talk to the cloud directly (zero added delay).
+    #[arg(long)]
+    pub no_link: bool,
+}
+
+/// Which models to run.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Models")]
+pub struct ModelArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    pub family: FamilyName,
+    /// Target model GGUF (default: the family's, fetched into the cache).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Draft model GGUF (default: the family's; for a shared-backbone draft, its base).
+    #[arg(long, value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
+    /// Base layers a shared-backbone draft reuses before its anchor layer.
+    #[arg(long, default_value_t = 4)]
+    pub shared_layers: usize,
+    /// The shared-backbone draft's anchor layer (safetensors, as written by `ecspec family
+    /// train-draft`) [default: the family's shipped trained anchor,
+    /// families/<family>/draft/anchor.safetensors]; `none`: the untrained copy of the base's
+    /// last layer.
+    #[arg(long, value_name = "FILE|none")]
+    pub anchor: Option<PathBuf>,
+    /// A conventional draft with its own embedding and head (safetensors, as written by
+    /// `ecspec family distill-draft`) instead of the shared-backbone draft.
+    #[arg(long, value_name = "FILE", conflicts_with = "anchor")]
+    pub draft_file: Option<PathBuf>,
+}
+
+/// Sampling and verification.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus (top-p) mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the top-k tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed of the samplers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Verification rule.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub verify: VerifyArg,
+    /// Tokens kept per compact draft distribution (rejection mode).
+    #[arg(long, default_value_t = 8)]
+    pub dist_top_k: usize,
+    /// Bits per quantized draft probability (rejection mode, 1–16).
+    #[arg(long, default_value_t = 8)]
+    pub dist_bits: u8,
+    /// Pipelined drafting: while a round is in flight, draft the continuation that assumes
+    /// it is accepted in full, and use it when it is (pays off at high RTT and acceptance).
+    #[arg(long)]
+    pub pipeline_draft: bool,
+    /// The edge's memory across requests: read the acceptance evidence and the draft-length
+    /// policy's state that earlier requests with this draft and policy left in FILE (JSON,
+    /// created if missing), start from them, and write them back after the request.
+    #[arg(long, value_name = "FILE")]
+    pub edge_memory: Option<PathBuf>,
+    #[command(flatten)]
+    pub lookup: LookupArgs,
+}
+
+/// Where drafted tokens come from, and context lookup's settings.
+#[derive(Debug, Clone, Args)]
+pub struct LookupArgs {
+    /// Drafter: `model` (the static draft model), `lookup` (tokens copied from what followed
+    /// the latest earlier occurrence of the last n-gram of prompt + output: no model compute;
+    /// LLMA, arXiv 2304.04487), or `hybrid` (lookup when it matches and its expected goodput
+    /// beats the model's and a cloud stream's at the current channel state, else the model).
+    #[arg(long, default_value = "hybrid", value_name = "SOURCE")]
+    pub drafter: ecspec_edge::DraftSource,
+    /// Context lookup: tokens proposed per match.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub lookup_len: u32,
+    /// Context lookup: longest suffix n-gram matched (tried first).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub lookup_max_ngram: u32,
+    /// Context lookup: shortest suffix n-gram matched (≤ --lookup-max-ngram).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub lookup_min_ngram: u32,
+}
+
+impl Default for LookupArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        let l = ecspec_edge::Lookup::default();
+        Self {
+            drafter: ecspec_edge::DraftSource::default(),
+            lookup_len: l.draft_len as u32,
+            lookup_max_ngram: l.max_ngram as u32,
+            lookup_min_ngram: l.min_ngram as u32,
+        }
+    }
+}
+
+impl LookupArgs {
+    /// The lookup settings.
+    ///
+    /// # Errors
+    /// `--lookup-min-ngram` above `--lookup-max-ngram`.
+    pub fn lookup(&self) -> anyhow::Result<ecspec_edge::Lookup> {
+        if self.lookup_min_ngram > self.lookup_max_ngram {
+            anyhow::bail!(
+                "--lookup-min-ngram {} is above --lookup-max-ngram {}",
+                self.lookup_min_ngram,
+                self.lookup_max_ngram
+            );
+        }
+        Ok(ecspec_edge::Lookup {
+            max_ngram: self.lookup_max_ngram as usize,
+            min_ngram: self.lookup_min_ngram as usize,
+            draft_len: self.lookup_len as usize,
+        })
+    }
+}
