@@ -11,12 +11,17 @@
 //! and fails the command (block and single-token kernels can round a near-tie differently,
 //! DESIGN §7).
 //!
-//! `--drafter lookup` or `hybrid` drafts a round by context lookup where the context's last
-//! n-gram occurred before ([`Lookup`]), at no model cost; the table then reports those rounds
-//! apart. `lookup` takes every match; `hybrid` weighs each round as the edge does on a
-//! zero-delay link — a lookup, the model's best K ≤ `--draft-len`, or a plain target step — by
-//! expected goodput on this run's own timings and the lookups' and the model's α (the model's
-//! starting at the manifest's `draft.acceptance`).
+//! Each round is chosen by the edge's own [`RoundPlanner`] and its outcome fed back
+//! ([`RoundPlanner::record`]), on this run's timings with no link
+//! ([`RoundEstimator::in_process`]): `--drafter model` drafts `--draft-len` tokens every round
+//! (the `fixed` policy); `lookup` drafts by context lookup where the context's last n-gram
+//! occurred before ([`Lookup`]), at no model cost, taking every match
+//! ([`RoundPlanner::taking_every_match`]), and is a plain target step without one; `hybrid`
+//! weighs each round as the edge does — a lookup, the model's best K ≤ `--draft-len`, or a
+//! cloud stream (the `ecspec` policy), here n plain target steps with no planning between
+//! them — by expected goodput on the lookups' and the model's α (the model's known from the
+//! manifest's `draft.acceptance`). `--min-confidence` is the policy's `p-min` stop rule. The
+//! table reports lookup rounds apart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,14 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ecspec_edge::lookup::{
-    lookup_pays, LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, LOOKUP_PROBE_EVERY,
-};
-use ecspec_edge::{DraftSource, Lookup};
+use ecspec_edge::plan::{PlannerSettings, RoundReport};
+use ecspec_edge::{DraftSource, Lookup, RoundEstimator, RoundPlan, RoundPlanner};
 use ecspec_model::{LogitsFor, Session, Transformer};
-use ecspec_spec::acceptance::AcceptanceEstimator;
-use ecspec_spec::policy::{best_k, expected_goodput, RoundState};
+use ecspec_spec::policies::{Capped, Ecspec, DEFAULT_STREAM};
+use ecspec_spec::policy::{DraftLengthPolicy, Fixed, StopRule};
 use ecspec_spec::sampling::argmax;
+use ecspec_spec::verify::VerifyRule;
 
 use ecspec_family::FamilyName;
 
@@ -123,8 +127,8 @@ fn target_alone(
     })
 }
 
-/// How rounds draft: the model's draft length K and confidence floor, the drafter, and (for
-/// `hybrid`) the draft model's known per-token α.
+/// How rounds draft: the model's draft length K and confidence floor, the drafter, and the
+/// draft model's known per-token α.
 #[derive(Debug, Clone, Copy)]
 struct Drafting {
     k: usize,
@@ -133,6 +137,10 @@ struct Drafting {
     lookup: Lookup,
     model_alpha: f64,
 }
+
+/// A target step's time before one was measured (s): this family's, BENCHMARKS.md. A draft
+/// forward is assumed to cost 0.2 of it, the measured ratio.
+const PRIOR_STEP_S: f64 = 0.013;
 
 impl Drafting {
     /// The draft model only, K per round, no confidence floor.
@@ -146,51 +154,41 @@ impl Drafting {
             model_alpha: 0.0,
         }
     }
-}
 
-/// A declined draft model is tried again after this many rounds: its α only moves on its own
-/// rounds (the `ecspec` policy probes after each stream for the same reason).
-const MODEL_PROBE_EVERY: u32 = 16;
-
-/// Decaying means of this run's own timings, what the edge's round estimator learns from its
-/// rounds: a target step t_v(0), the target's cost per extra verified token, the draft's cost
-/// per forward (s).
-struct Timings {
-    step: Option<f64>,
-    per_token: Option<f64>,
-    draft: Option<f64>,
-}
-
-impl Timings {
-    fn ema(slot: &mut Option<f64>, x: f64) {
-        *slot = Some(slot.map_or(x, |m| 0.9 * m + 0.1 * x));
-    }
-
-    /// The round state on a zero-delay link at per-token acceptance `alpha`. Before a timing is
-    /// measured: a verified token at 0.2 target steps, a draft forward at 0.2 (this family's
-    /// measured ratios, BENCHMARKS.md), so the first decisions are not blind.
-    fn state(&self, alpha: f64, t_draft: bool) -> RoundState {
-        let step = self.step.unwrap_or(0.013);
-        RoundState {
-            alpha,
-            t_draft_s: if t_draft {
-                self.draft.unwrap_or(0.2 * step)
-            } else {
-                0.0
-            },
-            t_verify_base_s: step,
-            t_verify_per_token_s: self.per_token.unwrap_or(0.2 * step),
-            uplink_bps: 1e12,
-            downlink_bps: 1e12,
-            rtt_s: 0.0,
-            uplink_base_bytes: 0.0,
-            uplink_bytes_per_token: 0.0,
-            downlink_bytes: 0.0,
-            draft_power_w: 0.0,
-            radio_power_w: 0.0,
-            energy_price: 0.0,
-            row_price_s: 0.0,
-        }
+    /// The edge's round planner for these settings, in this process: `fixed:K` (`model`,
+    /// `lookup`) or `ecspec:K` (`hybrid`), capped by the `p-min` stop rule of
+    /// `--min-confidence`; greedy verification; no link; the model's α known.
+    fn planner(&self) -> Result<RoundPlanner> {
+        let cap: Box<dyn DraftLengthPolicy> = if self.source == DraftSource::Hybrid {
+            Box::new(Ecspec::new(self.k, DEFAULT_STREAM))
+        } else {
+            Box::new(Fixed(self.k))
+        };
+        let policy: Box<dyn DraftLengthPolicy> = if self.min_confidence > 0.0 {
+            Box::new(Capped {
+                cap,
+                stop: StopRule::PMin(self.min_confidence),
+            })
+        } else {
+            cap
+        };
+        let settings = PlannerSettings {
+            policy,
+            source: self.source,
+            lookup: self.lookup,
+            rule: VerifyRule::Greedy,
+            verify_switch: None,
+            energy: None,
+            load_aware: false,
+        };
+        let timing = RoundEstimator::in_process(0.2 * PRIOR_STEP_S, PRIOR_STEP_S);
+        let alpha = self.model_alpha.clamp(0.0, 1.0);
+        let planner = RoundPlanner::with_known_alpha(settings, alpha, timing)?;
+        Ok(if self.source == DraftSource::Lookup {
+            planner.taking_every_match()
+        } else {
+            planner
+        })
     }
 }
 
@@ -203,131 +201,152 @@ fn speculative(
     how: Drafting,
     stop: &[u32],
 ) -> Result<Decode> {
-    let Drafting {
-        k,
-        min_confidence,
-        source,
-        lookup,
-        model_alpha,
-    } = how;
-    // Hybrid: each round takes a lookup, the model's best K, or a plain step, whichever the
-    // edge's goodput model favours on a zero-delay link (`lookup_pays`, `best_k`), on this
-    // run's timings and the lookups' and the model's acceptance.
-    let weigh = source == DraftSource::Hybrid;
-    let mut timings = Timings {
-        step: None,
-        per_token: None,
-        draft: None,
-    };
-    let mut model_est = AcceptanceEstimator::from_known(model_alpha.clamp(0.0, 1.0))?;
-    let mut lookup_est = AcceptanceEstimator::new(LOOKUP_PRIOR_ALPHA, LOOKUP_PRIOR_WEIGHT, 0.95)?;
-    // Lookups and model rounds declined in a row (a probe is due at the limit).
-    let (mut lookup_declined, mut model_declined) = (0u32, 0u32);
-    let mut model_probe_every = MODEL_PROBE_EVERY;
+    let planner = how.planner()?;
     let t0 = Instant::now();
     let mut ts = Session::new(target.clone());
     let mut ds = Session::new(draft.clone());
     let l = ts.forward(prompt, LogitsFor::Last)?;
-    // Everything before the last committed token is in both caches' prefixes as needed:
-    // `out` holds the generated tokens; the target's cache covers prompt + out[..len-1].
-    let mut out = vec![argmax(l.last())];
+    let out = vec![argmax(l.last())];
     ds.forward(prompt, LogitsFor::Last)?;
     let ttft = t0.elapsed();
     let t1 = Instant::now();
-    let mut d = Decode {
-        ttft,
-        ..Decode::default()
-    };
-    // Prompt and output so far, for context lookup.
     let mut context = prompt.to_vec();
     context.push(out[0]);
-    while out.len() < n && !stopped(out[out.len() - 1], stop) {
+    let mut s = Speculation {
+        prompt,
+        n,
+        stop,
+        ts,
+        ds,
+        out,
+        context,
+        planner,
+        d: Decode {
+            ttft,
+            ..Decode::default()
+        },
+    };
+    while !s.done() {
+        s.round()?;
+    }
+    let Speculation { mut out, mut d, .. } = s;
+    out.truncate(n);
+    d.decode = t1.elapsed();
+    d.tokens = out;
+    Ok(d)
+}
+
+/// One prompt's speculative decoding after the prefill.
+struct Speculation<'a> {
+    prompt: &'a [u32],
+    /// Tokens to generate.
+    n: usize,
+    stop: &'a [u32],
+    /// Target and draft sessions.
+    ts: Session,
+    ds: Session,
+    /// The generated tokens: the target's cache covers prompt + out[..len-1], the last one is
+    /// pending.
+    out: Vec<u32>,
+    /// Prompt and output so far, for context lookup.
+    context: Vec<u32>,
+    planner: RoundPlanner,
+    d: Decode,
+}
+
+impl Speculation<'_> {
+    fn done(&self) -> bool {
+        self.out.len() >= self.n || stopped(self.out[self.out.len() - 1], self.stop)
+    }
+
+    /// One planned round: a lookup, a model block, or a cloud stream of plain target steps.
+    fn round(&mut self) -> Result<()> {
         // Room for the drafts and the target's own token; the last step may draft nothing.
-        let k_room = n - out.len() - 1;
-        let k = k.min(k_room);
-        let committed = prompt.len() + out.len();
-        let mut drafts = Vec::with_capacity(k);
-        let mut looked_up = false;
-        let model = timings.state(model_est.alpha(), true);
-        let model_k = best_k(&model, k.max(1)).min(k);
-        if source.uses_lookup() {
-            drafts = lookup.propose(&context, lookup.draft_len.min(k_room));
-            if weigh && !drafts.is_empty() {
-                let l = timings.state(lookup_est.alpha(), false);
-                if lookup_pays(&l, drafts.len(), Some((&model, k.max(1))), 1)
-                    || lookup_declined + 1 >= LOOKUP_PROBE_EVERY
-                {
-                    lookup_declined = 0;
-                } else {
-                    lookup_declined += 1;
-                    drafts.clear();
-                }
+        let room = self.n - self.out.len() - 1;
+        match self.planner.plan(&self.context) {
+            RoundPlan::Lookup { mut tokens, .. } => {
+                tokens.truncate(room);
+                let looked_up = !tokens.is_empty();
+                self.verify(tokens, looked_up, Duration::ZERO, false)
             }
-            looked_up = !drafts.is_empty();
-        }
-        // Hybrid: the model drafts when its best K beats a plain target step, or as a probe
-        // after `model_probe_every` − 1 declined rounds, a gap that doubles (up to 16×) while
-        // probes do not make the model pay, as the `ecspec` policy backs off its streams.
-        let model_wins = expected_goodput(&model, model_k) > 1.0 / model.t_verify_base_s;
-        let probe = !model_wins && model_declined + 1 >= model_probe_every;
-        let model_pays = !weigh || model_wins || probe;
-        let k = if weigh { model_k } else { k };
-        if weigh && !looked_up {
-            model_declined = if model_pays { 0 } else { model_declined + 1 };
-            model_probe_every = match (model_wins, probe) {
-                (true, _) => MODEL_PROBE_EVERY,
-                (false, true) => (model_probe_every * 2).min(MODEL_PROBE_EVERY * 16),
-                (false, false) => model_probe_every,
-            };
-        }
-        if k > 0 && !looked_up && source.uses_model() && model_pays {
-            // Draft: catch the draft's cache up with the committed tokens, then K greedy steps.
-            let behind = &out[ds.kv_len() - prompt.len()..];
-            let mut step = |ds: &mut Session, tokens: &[u32]| {
+            RoundPlan::Model { k, stop, .. } => {
                 let t = Instant::now();
-                let l = ds.forward(tokens, LogitsFor::Last);
-                d.draft_forwards += 1;
-                // Catch-up blocks of several tokens are not a draft step's cost.
-                if tokens.len() == 1 {
-                    let dt = t.elapsed();
-                    d.draft_step_time += dt;
-                    d.draft_steps += 1;
-                    Timings::ema(&mut timings.draft, dt.as_secs_f64());
+                let drafts = self.draft(k.min(room), stop)?;
+                self.verify(drafts, false, t.elapsed(), false)
+            }
+            RoundPlan::Stream { n, .. } => {
+                // The cloud's own n tokens, not planned in between (as on the edge).
+                for i in 0..n {
+                    if i > 0 && self.done() {
+                        break;
+                    }
+                    self.verify(Vec::new(), false, Duration::ZERO, i > 0)?;
                 }
-                l
-            };
-            let mut l = step(&mut ds, behind)?;
-            for i in 0..k {
-                let row = l.last();
-                let t = argmax(row);
-                if min_confidence > 0.0 && top_probability(row) < min_confidence {
-                    break;
-                }
-                drafts.push(t);
-                if i + 1 < k {
-                    l = step(&mut ds, &[t])?;
-                }
+                Ok(())
             }
         }
+    }
+
+    /// Up to `k` greedy draft tokens after the committed ones: the draft's cache caught up
+    /// first (one block), then a step per token; `stop` ends the block before a token it
+    /// rejects.
+    fn draft(&mut self, k: usize, stop: Option<StopRule>) -> Result<Vec<u32>> {
+        let mut drafts = Vec::with_capacity(k);
+        if k == 0 {
+            return Ok(drafts);
+        }
+        let behind = self.out[self.ds.kv_len() - self.prompt.len()..].to_vec();
+        let mut l = self.draft_forward(&behind)?;
+        for i in 0..k {
+            let row = l.last();
+            let t = argmax(row);
+            if stop.is_some_and(|s| stops_before(s, row)) {
+                break;
+            }
+            drafts.push(t);
+            if i + 1 < k {
+                l = self.draft_forward(&[t])?;
+            }
+        }
+        Ok(drafts)
+    }
+
+    /// One draft forward, counted; a one-token forward is a draft step and timed as one
+    /// (catch-up blocks of several tokens are not a draft step's cost).
+    fn draft_forward(&mut self, tokens: &[u32]) -> Result<ecspec_model::Logits> {
+        let t = Instant::now();
+        let l = self.ds.forward(tokens, LogitsFor::Last)?;
+        self.d.draft_forwards += 1;
+        if tokens.len() == 1 {
+            self.d.draft_step_time += t.elapsed();
+            self.d.draft_steps += 1;
+        }
+        Ok(l)
+    }
+
+    /// Verifies `drafts` (none: a plain target step) with the pending token in one block
+    /// forward, commits the longest agreeing prefix and the target's own next token, and
+    /// reports the round to the planner (`continuing`: a stream's later step).
+    fn verify(
+        &mut self,
+        drafts: Vec<u32>,
+        looked_up: bool,
+        draft: Duration,
+        continuing: bool,
+    ) -> Result<()> {
         let k = drafts.len();
-        // Verify: pending token + drafts in one block.
-        let mut block = vec![out[out.len() - 1]];
+        let committed = self.prompt.len() + self.out.len();
+        let mut block = vec![self.out[self.out.len() - 1]];
         block.extend(&drafts);
         let tv = Instant::now();
-        let rows = ts.forward(&block, LogitsFor::All)?;
-        let tv = tv.elapsed().as_secs_f64();
-        match (k, timings.step) {
-            (0, _) => Timings::ema(&mut timings.step, tv),
-            (_, Some(step)) => {
-                Timings::ema(&mut timings.per_token, (tv - step).max(0.0) / k as f64)
-            }
-            _ => {}
-        }
+        let rows = self.ts.forward(&block, LogitsFor::All)?;
+        let wait = tv.elapsed();
         let mut n_acc = 0;
         while n_acc < k && argmax(rows.row(n_acc)) == drafts[n_acc] {
             n_acc += 1;
         }
         let bonus = argmax(rows.row(n_acc));
+        let d = &mut self.d;
         d.rounds += 1;
         d.drafted += k as u64;
         d.accepted += n_acc as u64;
@@ -336,25 +355,54 @@ fn speculative(
             d.lookup_rounds += 1;
             d.lookup_drafted += k as u64;
             d.lookup_accepted += n_acc as u64;
-            lookup_est.record(k, n_acc)?;
-        } else if k > 0 {
-            model_est.record(k, n_acc)?;
         }
+        self.planner.record(&RoundReport {
+            looked_up,
+            continuing,
+            drafted: k,
+            accepted: n_acc,
+            reused: 0,
+            draft,
+            pre_draft_s: 0.0,
+            wait,
+            cloud_compute_s: wait.as_secs_f64(),
+            row_cost_us: 0,
+            uplink_bytes: 0,
+            downlink_bytes: 0,
+            sent_dists: false,
+        });
         // Keep pending + accepted drafts in the target's cache; the bonus is the new pending.
-        ts.truncate(committed + n_acc)?;
-        ds.truncate(ds.kv_len().min(committed + n_acc))?;
-        out.extend(&drafts[..n_acc]);
-        out.push(bonus);
-        context.extend(&drafts[..n_acc]);
-        context.push(bonus);
-        if let Some(p) = out.iter().position(|t| stopped(*t, stop)) {
-            out.truncate(p + 1);
+        self.ts.truncate(committed + n_acc)?;
+        self.ds.truncate(self.ds.kv_len().min(committed + n_acc))?;
+        for t in drafts[..n_acc].iter().copied().chain([bonus]) {
+            self.out.push(t);
+            self.context.push(t);
         }
+        if let Some(p) = self.out.iter().position(|t| stopped(*t, self.stop)) {
+            self.out.truncate(p + 1);
+        }
+        Ok(())
     }
-    out.truncate(n);
-    d.decode = t1.elapsed();
-    d.tokens = out;
-    Ok(d)
+}
+
+/// Whether `rule` ends drafting before the token of logits `row`: this command drops a token
+/// below the `p-min` floor (`--min-confidence`) rather than sending it.
+fn stops_before(rule: StopRule, row: &[f32]) -> bool {
+    match rule {
+        StopRule::PMin(t) => top_probability(row) < t,
+        StopRule::MaxEntropy(h) => entropy(row) > h,
+    }
+}
+
+/// The entropy (nats) of the softmax of a logits row.
+fn entropy(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = row.iter().map(|x| (x - m).exp()).sum();
+    row.iter()
+        .map(|x| (x - m).exp() / z)
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum()
 }
 
 /// The largest softmax probability of a logits row (−∞ entries have probability 0).
@@ -584,7 +632,9 @@ mod tests {
         // Context lookup, alone or weighed against the model: the same output; the tiny
         // target's greedy output loops, so lookups happen. Alone the model never runs; beside a
         // draft known to be useless (α = 0) only as a probe; beside a perfect draft known as
-        // such, it drafts and halves the rounds.
+        // such, it drafts and every drafted token is accepted. (Whether the perfect draft's
+        // rounds beat plain steps depends on this machine's timings: the tiny draft costs as
+        // much per token as its target, so the count of rounds is not pinned.)
         for (source, draft, alpha) in [
             (DraftSource::Lookup, &weak, 0.0),
             (DraftSource::Hybrid, &weak, 0.0),
@@ -611,7 +661,7 @@ mod tests {
                     "{what}"
                 );
             } else if alpha == 0.0 {
-                // The useless draft runs only as a probe, one K = 1 round after 15 declined.
+                // The useless draft runs only as the policy's probe after a stream, K = 1.
                 assert!(s.lookup_rounds >= 3 && s.lookup_accepted >= 3, "{what}");
                 let probes = s.drafted - s.lookup_drafted;
                 assert_eq!(s.draft_forwards, probes, "{what}");
@@ -621,7 +671,11 @@ mod tests {
                     s.drafted > s.lookup_drafted && s.draft_forwards > 0,
                     "{what}"
                 );
-                assert!(s.rounds < 20, "{what}: {} rounds", s.rounds);
+                assert_eq!(
+                    s.drafted - s.lookup_drafted,
+                    s.accepted - s.lookup_accepted,
+                    "{what}"
+                );
             }
         }
         // A stop token ends both at the same place.
