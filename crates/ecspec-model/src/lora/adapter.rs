@@ -1,7 +1,7 @@
 //! A LoRA adapter in memory: [`LoraPair`] (one projection's A and B, and applying
 //! `scale · B (A x)` row by row) and [`LoraAdapter`] (rank, alpha, a pair per layer and
 //! target; PEFT's initialisation; checks against a base). B is held in the runtime's row order
-//! (see [`super::permute`]).
+//! (see the module docs of [`crate::lora`]).
 
 use std::collections::BTreeMap;
 

@@ -87,7 +87,7 @@ pub enum LoraError {
     /// A tensor of an element type other than F32, F16 or BF16.
     #[error("tensor `{tensor}`: dtype {dtype} is not supported (F32, F16, BF16)")]
     Dtype { tensor: String, dtype: String },
-    /// Data of the wrong length handed to [`LoraPair::new`].
+    /// Data of the wrong length handed to [`crate::lora::LoraPair::new`].
     #[error("LoRA pair data: {which} holds {found} values, {rows} × {cols} = {} needed", rows * cols)]
     DataLength {
         which: char,

@@ -5,7 +5,7 @@
 //!
 //! - [`LoraTarget`]: the seven adaptable projections (`AttnQ`, `AttnK`, `AttnV`, `AttnOutput`,
 //!   `FfnGate`, `FfnUp`, `FfnDown`), their PEFT module names (`q_proj` …) and
-//!   [`LoraTarget::shape`] `(out, in)` for a [`ModelConfig`].
+//!   [`LoraTarget::shape`] `(out, in)` for a [`crate::ModelConfig`].
 //! - [`LoraPair`]: one projection's A (`rank × in`) and B (`out × rank`), row-major `f32`.
 //!   [`LoraPair::new`] checks the lengths; [`LoraPair::a`], [`LoraPair::b`] (and `_mut`) expose
 //!   the data.
@@ -23,10 +23,10 @@
 //!
 //! # Modules
 //!
-//! [`target`] (what can be adapted and its names in PEFT and GGUF) and [`error`] are shared by
-//! [`adapter`] (the adapter in memory and applying it), [`peft`] (the PEFT directory: reading,
-//! writing, checking tensor names and config keys) and [`permute`] (the q/k row order), so
-//! each imports only the ones before it in that list.
+//! Private, behind the `pub use` list below, and each importing only modules before it here:
+//! `target` (what can be adapted, and its names in PEFT and GGUF), `error`, `permute` (the
+//! q/k row order), `adapter` (the adapter in memory and applying it), `peft` (the PEFT
+//! directory: reading, writing, checking tensor names and config keys).
 //!
 //! # Row order of Q and K (llama architecture)
 //!
@@ -48,11 +48,11 @@
 //! # Ok::<(), ecspec_model::ModelError>(())
 //! ```
 
-pub mod adapter;
-pub mod error;
-pub mod peft;
-pub mod permute;
-pub mod target;
+mod adapter;
+mod error;
+mod peft;
+mod permute;
+mod target;
 
 pub use adapter::{LoraAdapter, LoraPair};
 pub use error::LoraError;
