@@ -17,6 +17,7 @@ pub mod bytes;
 pub mod drafter;
 pub mod estimate;
 pub mod lookup;
+pub mod mode;
 pub mod plan;
 pub mod replay;
 pub mod session;
@@ -26,8 +27,11 @@ pub use bytes::ByteCounter;
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
 pub use lookup::{DraftSource, Lookup};
+pub use mode::Mode;
 pub use plan::{EnergyControl, LookupRounds, PlanEstimates, RoundPlan, RoundPlanner};
 pub use session::{
-    generate, generate_counted, generate_edge_only, EdgeConfig, EdgeError, Mode, OnCommit,
+    generate, generate_counted, generate_edge_only, EdgeConfig, EdgeError, OnCommit,
 };
-pub use summary::{RoundRecord, SessionMemory, Summary, SummaryBuilder};
+pub use summary::{
+    RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder, Verification,
+};

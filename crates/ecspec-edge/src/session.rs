@@ -20,7 +20,6 @@ use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::{RoundRule, VerifySelector};
 use ecspec_transport::{Connection, TransportError};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,33 +29,11 @@ use crate::drafter::{DraftError, Drafter, Proposal};
 use crate::estimate::RoundEstimator;
 use crate::lookup::{DraftSource, Lookup};
 use crate::plan::{PlanEstimates, PlannerSettings, RoundPlan, RoundPlanner, RoundReport};
-use crate::summary::{SummaryBuilder, SummaryLabels};
+use crate::summary::{RoundSource, RoundVerify, SummaryBuilder, SummaryLabels};
 
+pub use crate::mode::Mode;
 pub use crate::plan::EnergyControl;
 pub use crate::summary::{RoundRecord, SessionMemory, Summary};
-
-/// How the edge generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Edge drafts, cloud verifies (speculative decoding).
-    Speculative,
-    /// The cloud decodes alone and streams every token (the autoregressive baseline).
-    CloudOnly,
-    /// The draft decodes alone on the edge; nothing is verified.
-    EdgeOnly,
-}
-
-impl Mode {
-    /// The name used in output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Speculative => "speculative",
-            Mode::CloudOnly => "cloud-only",
-            Mode::EdgeOnly => "edge-only",
-        }
-    }
-}
 
 /// Settings of one generation.
 pub struct EdgeConfig {
@@ -721,20 +698,20 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
             t_s: self.summary.elapsed_s(),
             k,
             verify: match (k, block.rule) {
-                (0, _) => "none",
+                (0, _) => RoundVerify::None,
                 // Copied tokens go up as ids only: a sampled rejection session verifies them
                 // by match.
-                (_, _) if block.looked_up && rejection && !self.set.greedy => "match",
-                (_, Some(RoundRule::Match)) => "match",
-                (_, Some(RoundRule::Rejection)) => "rejection",
-                (_, None) if self.set.greedy => "greedy",
-                (_, None) => self.set.rule.name(),
+                (_, _) if block.looked_up && rejection && !self.set.greedy => RoundVerify::Match,
+                (_, Some(RoundRule::Match)) => RoundVerify::Match,
+                (_, Some(RoundRule::Rejection)) => RoundVerify::Rejection,
+                (_, None) if self.set.greedy => RoundVerify::Greedy,
+                (_, None) => self.set.rule.into(),
             },
             accepted: r.accepted,
             source: match (k, block.looked_up) {
-                (0, _) => "none",
-                (_, true) => "lookup",
-                (_, false) => "model",
+                (0, _) => RoundSource::None,
+                (_, true) => RoundSource::Lookup,
+                (_, false) => RoundSource::Model,
             },
             draft_s: r.draft.as_secs_f64(),
             reused: r.reused,
@@ -760,8 +737,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         }
         let labels = SummaryLabels {
             speculative: self.set.speculative,
-            mode: self.set.mode.as_str(),
-            rule: self.set.rule.name(),
+            mode: self.set.mode,
+            rule: self.set.rule,
             model_family: self.set.family,
         };
         self.summary.finish(

@@ -2,12 +2,145 @@
 //! built by [`SummaryBuilder`] as rounds are committed; and the [`SessionMemory`] a request
 //! leaves for the next one.
 
+use std::fmt;
 use std::time::Duration;
 
+use ecspec_spec::verify::VerifyRule;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::mode::Mode;
 use crate::plan::RoundPlanner;
+
+/// Implements `as_str`'s companions for a label enum: `Display` and `Debug` as the name (so a
+/// failing assertion prints `"match"`, as the string field did), and `== "name"`.
+macro_rules! label_traits {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+/// A round's verification rule ([`RoundRecord::verify`]); serialized as its
+/// [`RoundVerify::as_str`] name.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundVerify {
+    /// Nothing was drafted (a cloud-only or streamed step).
+    None,
+    /// [`VerifyRule::Greedy`].
+    Greedy,
+    /// [`VerifyRule::Match`].
+    Match,
+    /// [`VerifyRule::Rejection`].
+    Rejection,
+}
+
+impl RoundVerify {
+    /// The name in output: `none`, `greedy`, `match`, `rejection`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Greedy => "greedy",
+            Self::Match => "match",
+            Self::Rejection => "rejection",
+        }
+    }
+}
+
+impl From<VerifyRule> for RoundVerify {
+    fn from(rule: VerifyRule) -> Self {
+        match rule {
+            VerifyRule::Greedy => Self::Greedy,
+            VerifyRule::Match => Self::Match,
+            VerifyRule::Rejection => Self::Rejection,
+        }
+    }
+}
+
+label_traits!(RoundVerify);
+
+/// Where a round's drafted tokens came from ([`RoundRecord::source`]); serialized as its
+/// [`RoundSource::as_str`] name.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundSource {
+    /// Nothing was drafted.
+    None,
+    /// The draft model.
+    Model,
+    /// Context lookup ([`crate::Lookup`]).
+    Lookup,
+}
+
+impl RoundSource {
+    /// The name in output: `none`, `model`, `lookup`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Model => "model",
+            Self::Lookup => "lookup",
+        }
+    }
+}
+
+label_traits!(RoundSource);
+
+/// How a generation was verified ([`Summary::verify`]); serialized as its
+/// [`Verification::as_str`] name.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    /// Nothing is verified (cloud-only, edge-only).
+    #[default]
+    None,
+    /// Every round by [`VerifyRule::Greedy`].
+    Greedy,
+    /// Every round by [`VerifyRule::Match`].
+    Match,
+    /// Every round by [`VerifyRule::Rejection`].
+    Rejection,
+    /// Match or rejection per round, by the channel (channel-aware verification).
+    Auto,
+}
+
+impl Verification {
+    /// The name in output: `none`, `greedy`, `match`, `rejection`, `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Greedy => "greedy",
+            Self::Match => "match",
+            Self::Rejection => "rejection",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl From<VerifyRule> for Verification {
+    fn from(rule: VerifyRule) -> Self {
+        match rule {
+            VerifyRule::Greedy => Self::Greedy,
+            VerifyRule::Match => Self::Match,
+            VerifyRule::Rejection => Self::Rejection,
+        }
+    }
+}
+
+label_traits!(Verification);
 
 /// What the edge carries from one request to the next on the same draft: the acceptance
 /// evidence and the draft-length policy's state, tagged with the target version they were
@@ -34,11 +167,11 @@ pub struct RoundRecord {
     pub k: usize,
     /// The round's verification rule: `greedy`, `match`, `rejection`, or `none` for a round
     /// that drafted nothing (a cloud-only or streamed step).
-    pub verify: &'static str,
+    pub verify: RoundVerify,
     /// Drafted tokens accepted.
     pub accepted: usize,
     /// Where the drafted tokens came from: `model`, `lookup`, or `none` (nothing drafted).
-    pub source: &'static str,
+    pub source: RoundSource,
     /// Drafting time (s) before the block was sent.
     pub draft_s: f64,
     /// Leading drafted tokens taken from the previous round's pipelined pre-draft.
@@ -113,10 +246,11 @@ pub struct Summary {
     pub uplink_bytes_per_token: f64,
     /// downlink_bytes / generated_tokens.
     pub downlink_bytes_per_token: f64,
-    /// Mode name.
-    pub mode: String,
-    /// Verification rule name (`none` when nothing is verified: cloud-only, edge-only).
-    pub verify: String,
+    /// Mode (its name in JSON).
+    pub mode: Mode,
+    /// Verification rule (`none` when nothing is verified: cloud-only, edge-only; `auto` when
+    /// chosen per round).
+    pub verify: Verification,
     /// Draft-length policy name.
     pub draft_len: String,
     /// Model family.
@@ -147,10 +281,10 @@ pub struct SummaryLabels {
     /// Edge drafts and the cloud verifies (else cloud-only): the verification rule, policy and
     /// memory are reported.
     pub speculative: bool,
-    /// Mode name.
-    pub mode: &'static str,
-    /// The session's verification rule name.
-    pub rule: &'static str,
+    /// Mode.
+    pub mode: Mode,
+    /// The session's verification rule.
+    pub rule: VerifyRule,
     /// Model family.
     pub model_family: String,
 }
@@ -284,13 +418,13 @@ impl SummaryBuilder {
             downlink_bytes: down,
             uplink_bytes_per_token: up as f64 / generated.max(1) as f64,
             downlink_bytes_per_token: down as f64 / generated.max(1) as f64,
-            mode: labels.mode.into(),
+            mode: labels.mode,
             verify: if speculative && planner.switches_rule() {
-                "auto".into()
+                Verification::Auto
             } else if speculative {
                 labels.rule.into()
             } else {
-                "none".into()
+                Verification::None
             },
             draft_len: if speculative {
                 planner.policy().name()
@@ -308,5 +442,39 @@ impl SummaryBuilder {
                 .filter(|b| b.committed_tokens() > 0)
                 .map(|b| b.spent_j() / b.committed_tokens() as f64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_print_and_compare_as_their_names() {
+        for (v, name) in [
+            (RoundVerify::None, "none"),
+            (RoundVerify::Greedy, "greedy"),
+            (RoundVerify::Match, "match"),
+            (RoundVerify::Rejection, "rejection"),
+        ] {
+            assert_eq!(v.as_str(), name);
+            assert_eq!(v, name);
+            assert_eq!(v.to_string(), name);
+            assert_eq!(format!("{v:?}"), format!("{name:?}"));
+        }
+        for (s, name) in [
+            (RoundSource::None, "none"),
+            (RoundSource::Model, "model"),
+            (RoundSource::Lookup, "lookup"),
+        ] {
+            assert_eq!(s, name);
+            assert_eq!(s.to_string(), name);
+        }
+        for rule in [VerifyRule::Greedy, VerifyRule::Match, VerifyRule::Rejection] {
+            assert_eq!(RoundVerify::from(rule), rule.name());
+            assert_eq!(Verification::from(rule), rule.name());
+        }
+        assert_eq!(Verification::Auto, "auto");
+        assert_eq!(Verification::default(), "none");
     }
 }

@@ -46,7 +46,7 @@ async fn channel_aware_verification_picks_rejection_on_fast_uplinks_and_match_on
     // Every round's bytes say which rule it used: ids only in match rounds.
     for r in s.round_records.iter().filter(|r| r.k > 0) {
         let per_token = r.uplink_bytes / r.k as u64;
-        match r.verify {
+        match r.verify.as_str() {
             "match" => assert!(per_token < 10, "{r:?}"),
             "rejection" => assert!(per_token > 500, "{r:?}"),
             other => panic!("unexpected rule {other}"),

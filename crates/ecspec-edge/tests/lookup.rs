@@ -336,7 +336,7 @@ async fn a_sampled_hybrid_session_mixes_rules_and_repeats_per_seed_on_the_virtua
     let verify: Vec<_> = sa
         .round_records
         .iter()
-        .map(|x| (x.source, x.verify))
+        .map(|x| (x.source.as_str(), x.verify.as_str()))
         .collect();
     assert!(verify.contains(&("model", "rejection")), "{verify:?}");
     assert!(verify.contains(&("lookup", "match")), "{verify:?}");

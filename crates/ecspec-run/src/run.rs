@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{
     generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, EnergyControl, Mode, Summary,
+    Verification,
 };
 use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
@@ -537,8 +538,8 @@ fn edge_only_summary(
         downlink_bytes: 0,
         uplink_bytes_per_token: 0.0,
         downlink_bytes_per_token: 0.0,
-        mode: Mode::EdgeOnly.as_str().into(),
-        verify: "none".into(),
+        mode: Mode::EdgeOnly,
+        verify: Verification::None,
         draft_len: "none".into(),
         model_family: loaded.info.wire_name.into(),
         target_version: "none".into(),
@@ -610,8 +611,8 @@ mod tests {
             round,
             t_s: 0.5 * round as f64,
             k,
-            verify: "greedy",
-            source: "model",
+            verify: ecspec_edge::RoundVerify::Greedy,
+            source: ecspec_edge::RoundSource::Model,
             reused: 0,
             pre_draft_s: 0.0,
             accepted,
@@ -644,5 +645,40 @@ mod tests {
         assert_eq!(lines[0]["prompt"], 7);
         assert_eq!(lines[0]["uplink_bps_estimate"], 1e7);
         assert_eq!(lines[0]["energy_j"], 0.25);
+        assert_eq!(lines[0]["verify"], "greedy");
+        assert_eq!(lines[0]["source"], "model");
+    }
+
+    /// The typed labels reach JSON as the names the string fields had.
+    #[test]
+    fn summary_labels_serialize_as_their_names() {
+        use ecspec_edge::{RoundSource, RoundVerify};
+        fn json(v: &impl serde::Serialize) -> serde_json::Value {
+            serde_json::to_value(v).unwrap()
+        }
+        for m in [Mode::Speculative, Mode::CloudOnly, Mode::EdgeOnly] {
+            assert_eq!(json(&m), serde_json::json!(m.as_str()));
+        }
+        for v in [
+            Verification::None,
+            Verification::Greedy,
+            Verification::Match,
+            Verification::Rejection,
+            Verification::Auto,
+        ] {
+            assert_eq!(json(&v), serde_json::json!(v.as_str()));
+        }
+        for v in [
+            RoundVerify::None,
+            RoundVerify::Greedy,
+            RoundVerify::Match,
+            RoundVerify::Rejection,
+        ] {
+            assert_eq!(json(&v), serde_json::json!(v.as_str()));
+        }
+        for s in [RoundSource::None, RoundSource::Model, RoundSource::Lookup] {
+            assert_eq!(json(&s), serde_json::json!(s.as_str()));
+        }
+        assert_eq!(json(&Mode::CloudOnly), serde_json::json!("cloud-only"));
     }
 }

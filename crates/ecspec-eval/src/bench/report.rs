@@ -460,9 +460,17 @@ pub(super) mod tests {
             round: 1,
             t_s: 0.0,
             k,
-            verify: if k == 0 { "none" } else { "greedy" },
+            verify: if k == 0 {
+                ecspec_edge::RoundVerify::None
+            } else {
+                ecspec_edge::RoundVerify::Greedy
+            },
             accepted,
-            source: if k == 0 { "none" } else { "model" },
+            source: if k == 0 {
+                ecspec_edge::RoundSource::None
+            } else {
+                ecspec_edge::RoundSource::Model
+            },
             draft_s: 0.0,
             reused: 0,
             pre_draft_s: 0.0,
