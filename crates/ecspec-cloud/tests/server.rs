@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use common::*;
 use ecspec_cloud::{serve, serve_stream, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{EdgeError, Mode, Summary};
-use ecspec_model::{Draft, DraftSpec};
+use ecspec_model::{Draft, DraftKind, DraftSpec};
 use ecspec_proto::{
     decode_frame, encode_frame, Close, CompactDist as WireDist, DraftBlock, ErrorCode, Hello,
     HelloAck, Message, Verdict, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -308,7 +308,7 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
 
     // An independent draft with another vocabulary.
     let o = run_edge_with(cloud.addr, &run, |c| {
-        c.draft_kind = "independent".into();
+        c.draft_kind = DraftKind::Independent;
         c.compat_hash = "0123456789abcdef".repeat(4);
     })
     .await;
@@ -318,8 +318,19 @@ async fn incompatible_drafts_are_refused_with_the_reason_and_the_server_keeps_se
         "{r}"
     );
 
-    let o = run_edge_with(cloud.addr, &run, |c| c.draft_kind = "medusa-heads".into()).await;
-    let r = refusal(&o);
+    // A draft kind the edge's config cannot name (raw bytes).
+    let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+    let hello = Hello {
+        draft_kind: "medusa-heads".into(),
+        ..run.hello()
+    };
+    tcp.write_all(&frame(&Message::Hello(hello), 3))
+        .await
+        .unwrap();
+    let r = match &read_until_close(&mut tcp).await[..] {
+        [(3, Message::HelloAck(a))] if !a.accepted => a.reason.clone(),
+        other => panic!("expected one refusing HelloAck then a close, got {other:?}"),
+    };
     assert!(r.contains("unknown draft kind `medusa-heads`"), "{r}");
 
     // Another protocol version in the Hello (the edge always speaks this one: raw bytes).

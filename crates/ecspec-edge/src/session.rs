@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecspec_link::LinkCounters;
+use ecspec_model::DraftKind;
 use ecspec_proto::{Close, DraftBlock, Hello, HelloAck, Message, Verdict};
 use ecspec_spec::acceptance::AcceptanceEstimator;
 use ecspec_spec::compute::EdgeCompute;
@@ -39,8 +40,8 @@ pub use crate::summary::{RoundRecord, SessionMemory, Summary};
 pub struct EdgeConfig {
     /// Model family the draft belongs to (checked by the cloud).
     pub family: String,
-    /// Draft kind name (`shared-backbone` / `independent`).
-    pub draft_kind: String,
+    /// Draft kind (the Hello carries its name, `shared-backbone` / `independent`).
+    pub draft_kind: DraftKind,
     /// Base hash (shared-backbone) or vocabulary hash (independent) of the draft.
     pub compat_hash: String,
     /// Verification rule.
@@ -270,7 +271,7 @@ fn hello(cfg: &EdgeConfig, prompt: &[u32], opening: u32) -> Result<Hello, EdgeEr
     Ok(Hello {
         model_family: cfg.family.clone(),
         base_hash: cfg.compat_hash.clone(),
-        draft_kind: cfg.draft_kind.clone(),
+        draft_kind: cfg.draft_kind.as_str().to_owned(),
         autoregressive: cfg.mode == Mode::CloudOnly,
         stream: opening,
         ..session

@@ -74,7 +74,7 @@ fn edge(mode: Mode, policy: &'static str) -> Arc<dyn EdgeFactory> {
             let params = SamplingParams::greedy(0);
             let cfg = EdgeConfig {
                 family: FAMILY.into(),
-                draft_kind: d.kind.as_str().into(),
+                draft_kind: d.kind,
                 compat_hash: d.compat_hash.clone(),
                 rule: VerifyRule::Greedy,
                 params,

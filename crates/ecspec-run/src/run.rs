@@ -400,7 +400,7 @@ pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Op
         lookup: spec.sampling.lookup.lookup()?,
         load_aware: true,
         family: loaded.info.wire_name.to_string(),
-        draft_kind: loaded.draft.kind.as_str().to_string(),
+        draft_kind: loaded.draft.kind,
         compat_hash: loaded.draft.compat_hash.clone(),
         rule,
         params,

@@ -277,7 +277,7 @@ impl Run {
         let d = self.draft.draft();
         EdgeConfig {
             family: FAMILY.into(),
-            draft_kind: d.kind.as_str().into(),
+            draft_kind: d.kind,
             compat_hash: d.compat_hash.clone(),
             rule: self.rule,
             params: self.params,
