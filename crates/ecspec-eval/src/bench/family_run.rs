@@ -17,15 +17,24 @@ use ecspec_run::run::{prompt_ids, run_one, CloudEndpoint, RunSpec};
 use ecspec_run::{ModeArg, SamplingArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::args::{BenchArgs, ClockArg};
 use super::scenario::{self, Scenario};
-use super::system::{self, DraftKind, System};
-use super::{
-    clocks, load_models, on_clock, parallel_map, plot, plural, report, sampling_args,
-    system_loaded, system_setup, virtual_edge_only, BenchArgs, ClockArg, Clocks, Models, Request,
-    ScenarioOut, SystemRun,
+use super::setup::{
+    clocks, load_models, on_clock, parallel_map, plural, sampling_args, system_loaded,
+    system_setup, virtual_edge_only, Clocks, Models, Request, SystemRun,
 };
+use super::system::{self, DraftKind, System};
+use super::{plot, report};
 use crate::prompts::{self, Question};
 use crate::resync::resync_seconds;
+
+/// What one scenario of one version produced.
+struct ScenarioOut {
+    link: plot::ScenarioLink,
+    /// Requests in order, with their question ids.
+    requests: Vec<(Request, serde_json::Value)>,
+    resyncs: Vec<report::Resync>,
+}
 
 /// Requests of runs already made on the virtual clock, by what determines them.
 type Reuse = Mutex<HashMap<String, Vec<Summary>>>;

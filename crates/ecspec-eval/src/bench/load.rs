@@ -11,11 +11,12 @@ use ecspec_cloud::{CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{Drafter, EdgeConfig, SessionMemory};
 use ecspec_load::{Bounds, Cloud, LevelRun, LevelSettings, Load, LocalCloud};
 
-use super::system::{self, DraftKind, System};
-use super::{
-    clocks, load_models, sampling_args, scenario, system_loaded, system_setup, ClockArg, Clocks,
-    Models,
+use super::args::ClockArg;
+use super::scenario;
+use super::setup::{
+    clocks, load_models, sampling_args, system_loaded, system_setup, Clocks, Models,
 };
+use super::system::{self, DraftKind, System};
 use crate::prompts;
 use ecspec_family::FamilyName;
 use ecspec_run::run::{edge_setup, prompt_ids, RunSpec};

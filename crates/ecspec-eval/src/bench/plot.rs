@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use super::report::{self, Row};
-use super::Request;
+use super::setup::Request;
 
 use ecspec_load::COLORS;
 

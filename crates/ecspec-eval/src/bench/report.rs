@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use ecspec_edge::Summary;
 
-use super::Request;
+use super::setup::Request;
 
 /// A conventional draft's re-download when a version goes live.
 #[derive(Debug, Clone)]
