@@ -54,11 +54,32 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`| head`, `| true`): a normal end, as for any Unix
+        // tool, not an error to report.
+        Err(e) if reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ecspec: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` (or one of its causes) is a write to a stdout whose reader has closed it.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes `line` and a newline to stdout. Unlike `println!`, a closed stdout is an error
+/// (`reader_gone`), not a panic.
+fn say(line: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Most compute threads accepted (beyond the cores they only cost memory and stalls).
@@ -231,7 +252,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         c.stop().await;
     }
     match result {
-        Ok(summary) if json => println!("{}", serde_json::to_string(&summary)?),
+        Ok(summary) if json => say(serde_json::to_string(&summary)?)?,
         Ok(summary) => run::print_now(&format!("\n{}", run::format_summary(&summary))),
         Err(e) => {
             // What was committed before the failure is kept: streamed already, or in the JSON.
@@ -242,9 +263,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
                     "tokens": e.partial_tokens,
                     "generated_tokens": e.partial_tokens.len(),
                 });
-                println!("{partial}");
+                say(partial)?;
             } else if !e.partial_tokens.is_empty() {
-                println!();
+                say("")?;
             }
             return Err(e.error);
         }
@@ -264,13 +285,12 @@ async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
         std::time::Duration::from_secs(10),
     )
     .await?;
-    println!(
+    say(format_args!(
         "active version: {} (was {}) · versions served: {}",
         ack.active,
         ack.previous,
         ack.versions.join(", ")
-    );
-    Ok(())
+    ))
 }
 
 /// The served model: every version of a manifest, or one model file.
@@ -290,12 +310,24 @@ fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
 
 async fn serve(a: ServeArgs) -> Result<()> {
     let (model, model_name) = cloud_model(&a)?;
+    // Bind before saying "serving": an address in use is reported as the error it is.
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let metrics_listener = match &a.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     eprintln!(
         "ecspec cloud: serving {} ({model_name}) versions [{}], active {}, on {} · base {}… · vocab {}…",
         model.family,
         model.version_names().join(", "),
         model.active_name(),
-        a.listen,
+        listener.local_addr()?,
         &model.base_hash[..12],
         &model.vocab_hash[..12]
     );
@@ -314,13 +346,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         model.active().transformer.kv_bytes_per_position() / 1024
     );
     let server = ecspec_cloud::CloudServer::new(model, config);
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("listening on {}", a.listen))?;
-    if let Some(addr) = &a.metrics_listen {
-        let ml = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("--metrics-listen {addr}"))?;
+    if let Some(ml) = metrics_listener {
         eprintln!(
             "ecspec cloud: metrics at http://{}/metrics",
             ml.local_addr()?
@@ -357,13 +383,13 @@ fn models(cmd: ModelsCommand) -> Result<()> {
         ModelsCommand::List => {
             for m in ecspec_weights::MODELS {
                 let cached = ecspec_weights::cached_path(m, &cache).is_some();
-                println!(
+                say(format_args!(
                     "{:<30} {:>10}  {}  {}",
                     m.name,
                     ecspec_weights::format_bytes(m.size),
                     if cached { "cached " } else { "missing" },
                     cache.model_path(m).display()
-                );
+                ))?;
             }
             Ok(())
         }
@@ -378,7 +404,7 @@ fn models(cmd: ModelsCommand) -> Result<()> {
             };
             for n in names {
                 let path = ecspec_run::model_path(None, n)?;
-                println!("{n}: {}", path.display());
+                say(format_args!("{n}: {}", path.display()))?;
             }
             Ok(())
         }

@@ -1,0 +1,51 @@
+//! The binary's own input and output: a reader that closes stdout early ends the command
+//! quietly, and `cloud serve` reports an address in use before it says it is serving.
+
+use std::process::{Command, Stdio};
+
+/// Runs `ecspec ARGS` with stdout a pipe whose reading end is already closed, so the first
+/// write meets a broken pipe (`ecspec … | true` where `true` exits first).
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_ecspec"))
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running ecspec")
+}
+
+#[test]
+fn a_closed_stdout_is_a_normal_end_not_a_panic() {
+    // `models list` writes a line per registry model and needs no model in the cache.
+    let out = with_closed_stdout(&["models", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {stderr}",
+        out.status.code()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[test]
+fn serve_reports_an_address_in_use_before_announcing_anything() {
+    let cache = ecspec_weights::Cache::from_env().expect("cache dir");
+    let spec = ecspec_weights::find_model("smollm2-135m-instruct").expect("known model");
+    if ecspec_weights::cached_path(spec, &cache).is_none() {
+        eprintln!("skipped: smollm2-135m-instruct is not cached (ecspec models fetch smollm2)");
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+        .args(["cloud", "serve", "--family", "smollm2", "--listen", &addr])
+        .output()
+        .expect("running ecspec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("listening on {addr}")), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+}
