@@ -49,3 +49,26 @@ fn serve_reports_an_address_in_use_before_announcing_anything() {
     assert!(stderr.contains(&format!("listening on {addr}")), "{stderr}");
     assert!(!stderr.contains("serving"), "{stderr}");
 }
+
+#[test]
+fn an_rtt_out_of_range_is_refused_up_front_and_a_negative_one_is_read_as_a_value() {
+    let run = |rtt: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+            .args(["generate", "--prompt", "hi", "--rtt-ms", rtt])
+            .output()
+            .expect("running ecspec");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Checked with the other link settings, before any model loads: no cache needed.
+    let e = run("1e12");
+    assert!(
+        e.contains("RTT must be a number of ms from 0 to 60000 (a minute), got 1000000000000"),
+        "{e}"
+    );
+    let e = run("-5");
+    assert!(
+        e.contains("RTT must be a number of ms from 0 to 60000 (a minute), got -5"),
+        "{e}"
+    );
+}

@@ -32,8 +32,8 @@ pub enum LinkError {
         /// The rate given, Mbit/s.
         mbps: f64,
     },
-    /// The RTT is negative, not finite, or absurdly large.
-    #[error("RTT must be a finite number of ms ≥ 0, got {rtt_ms}")]
+    /// The RTT is negative, not finite, or above [`MAX_RTT_MS`].
+    #[error("RTT must be a number of ms from 0 to {MAX_RTT_MS} (a minute), got {rtt_ms}")]
     InvalidRtt {
         /// The RTT given, ms.
         rtt_ms: f64,
@@ -337,14 +337,20 @@ fn constant_rate(
     Ok(ConstantRate::new(rate, one_way_delay))
 }
 
+/// The largest RTT a link accepts, ms: a minute is far beyond any cellular or satellite
+/// path (GEO satellite: about 600 ms; a stalled LTE link: seconds), while a value beyond it
+/// is a slip (`--rtt-ms 1e12`) that would only surface as a handshake timeout later.
+pub const MAX_RTT_MS: f64 = 60_000.0;
+
 /// Half of `rtt_ms`, as a [`Duration`] rounded to the nanosecond.
+///
+/// # Errors
+/// [`LinkError::InvalidRtt`] unless `0 ≤ rtt_ms ≤` [`MAX_RTT_MS`] (NaN fails too).
 fn one_way_delay(rtt_ms: f64) -> Result<Duration, LinkError> {
-    let ns = (rtt_ms * 1e6 / 2.0).round();
-    // At most 10¹⁸ ns (about 31 years), far beyond any RTT, and within u64. NaN fails too.
-    if !(0.0..=1e18).contains(&ns) {
+    if !(0.0..=MAX_RTT_MS).contains(&rtt_ms) {
         return Err(LinkError::InvalidRtt { rtt_ms });
     }
-    Ok(Duration::from_nanos(ns as u64))
+    Ok(Duration::from_nanos((rtt_ms * 1e6 / 2.0).round() as u64))
 }
 
 #[cfg(test)]
@@ -512,13 +518,20 @@ mod tests {
                 })
             ));
         }
-        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 60_000.001, 1e12] {
             assert!(matches!(
                 LinkConfig::constant(1.0, 1.0, bad),
                 Err(LinkError::InvalidRtt { .. })
             ));
         }
+        assert_eq!(
+            LinkConfig::constant(1.0, 1.0, 1e12)
+                .unwrap_err()
+                .to_string(),
+            "RTT must be a number of ms from 0 to 60000 (a minute), got 1000000000000"
+        );
         assert!(LinkConfig::constant(1.0, 1.0, 0.0).is_ok());
+        assert!(LinkConfig::constant(1.0, 1.0, MAX_RTT_MS).is_ok());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub mod synthetic;
 
 pub use config::{
     CsvSource, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS, DEFAULT_RTT_MS,
-    DEFAULT_UPLINK_MBPS,
+    DEFAULT_UPLINK_MBPS, MAX_RTT_MS,
 };
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
 pub use delay::{DelayProcess, TimeShift, VariableDelay};

@@ -51,13 +51,13 @@ pub struct EnergyArgs {
 #[command(next_help_heading = "Link")]
 pub struct LinkArgs {
     /// Uplink rate, Mbit/s [default: 10].
-    #[arg(long, value_name = "MBPS")]
+    #[arg(long, value_name = "MBPS", allow_negative_numbers = true)]
     pub link_up_mbps: Option<f64>,
     /// Downlink rate, Mbit/s [default: 20].
-    #[arg(long, value_name = "MBPS")]
+    #[arg(long, value_name = "MBPS", allow_negative_numbers = true)]
     pub link_down_mbps: Option<f64>,
     /// Round-trip propagation delay, ms [default: 60].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub rtt_ms: Option<f64>,
     /// Mahimahi trace shaping the uplink.
     #[arg(long, value_name = "FILE")]
