@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ecspec_eval::{bench, demo::DemoArgs, family_tasks::FamilyCommand, profile::ProfileArgs};
-use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, SamplingArgs};
+use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
 
 /// ECSpec: bandwidth-efficient edge–cloud speculative decoding.
 #[derive(Debug, Parser)]
@@ -103,8 +103,8 @@ pub struct GenerateArgs {
     /// Draft length policy: ecspec[:KMAX[:N]] (K ∈ [0, KMAX] by expected goodput, K = 0
     /// streaming N tokens from the cloud), adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX],
     /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
-    #[arg(long, default_value = "ecspec")]
-    pub draft_len: String,
+    #[arg(long, default_value = "ecspec", value_parser = PolicySpec::parse)]
+    pub draft_len: PolicySpec,
     /// A running cloud server (host:port); without it a server is started on loopback.
     #[arg(long, value_name = "ADDR")]
     pub cloud: Option<String>,

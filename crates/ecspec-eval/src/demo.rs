@@ -11,7 +11,7 @@ use ecspec_run::run::{
     create_trace, format_summary, link_config, print_now, prompt_ids, run_one, write_round_trace,
     LocalCloud, RunSpec,
 };
-use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, SamplingArgs};
+use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
 use std::path::PathBuf;
 
 /// `ecspec demo`
@@ -23,8 +23,8 @@ pub struct DemoArgs {
     /// Draft length policy: ecspec[:KMAX[:N]] (K ∈ [0, KMAX] by expected goodput, K = 0
     /// streaming N tokens from the cloud), adaptive[:KMAX], fixed:K, flexspec-linear[:KMAX],
     /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
-    #[arg(long, default_value = "ecspec")]
-    pub draft_len: String,
+    #[arg(long, default_value = "ecspec", value_parser = PolicySpec::parse)]
+    pub draft_len: PolicySpec,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -25,7 +25,7 @@ use crate::resync::resync_seconds;
 use ecspec_family::FamilyName;
 use ecspec_run::run::{prompt_ids, run_one, LocalCloud, RunSpec};
 use ecspec_run::Loaded;
-use ecspec_run::{ModeArg, SamplingArgs, VerifyArg};
+use ecspec_run::{ModeArg, PolicySpec, SamplingArgs, VerifyArg};
 
 /// `ecspec family eval`
 #[derive(Debug, Clone, Args)]
@@ -49,8 +49,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_tokens: u32,
     /// Draft-length policy of every speculative run.
-    #[arg(long, default_value = "fixed:4")]
-    pub draft_len: String,
+    #[arg(long, default_value = "fixed:4", value_parser = PolicySpec::parse)]
+    pub draft_len: PolicySpec,
     /// Drafter of every speculative run: `model` compares the draft kinds on their own;
     /// `lookup` / `hybrid` add context lookup (the same for every draft kind, so it narrows
     /// their differences).

@@ -19,6 +19,7 @@ pub mod options;
 pub mod progress;
 pub mod run;
 
+pub use ecspec_spec::PolicySpec;
 pub use models::{
     family_cloud_model, load_family, model_path, open_family, target_versions, Loaded,
 };

@@ -14,10 +14,10 @@ use ecspec_edge::{
 };
 use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
-use ecspec_spec::parse_policy;
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::VerifySelector;
+use ecspec_spec::PolicySpec;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -251,8 +251,8 @@ pub fn create_trace(path: &std::path::Path) -> Result<std::io::BufWriter<std::fs
 pub struct RunSpec<'a> {
     /// Mode.
     pub mode: ModeArg,
-    /// Draft-length policy text.
-    pub draft_len: &'a str,
+    /// Draft-length policy (a fresh one is built for the generation).
+    pub draft_len: &'a PolicySpec,
     /// Sampling.
     pub sampling: &'a SamplingArgs,
     /// Token budget.
@@ -406,7 +406,7 @@ pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Op
         params,
         max_new_tokens: spec.max_tokens,
         mode,
-        policy: parse_policy(spec.draft_len).context("invalid --draft-len")?,
+        policy: spec.draft_len.build(),
         timeout: Duration::from_secs(120),
         vocab_size: tokenizer.vocab_size(),
         energy: match spec.energy {

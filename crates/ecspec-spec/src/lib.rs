@@ -16,7 +16,8 @@
 //!   of the virtual clock.
 //! - [`acceptance`]: [`AcceptanceEstimator`] (α̂ and session totals).
 //! - [`policy`]: [`DraftLengthPolicy`] with [`Fixed`] and [`GoodputAdaptive`];
-//!   [`expected_tokens`], [`round_time`], [`expected_goodput`], [`parse_policy`].
+//!   [`expected_tokens`], [`round_time`], [`expected_goodput`], [`parse_policy`],
+//!   [`PolicySpec`] (a policy's name parsed once, built per request).
 //!
 //! **Invariant:** verification never changes the target's output distribution: whatever the
 //! draft proposes, committed tokens are distributed as the target's own samples under the
@@ -71,7 +72,7 @@ pub use policy::{
     best_k, expected_goodput, expected_tokens, round_time, DraftLengthPolicy, Fixed,
     GoodputAdaptive, InvalidRoundState, RoundOutcome, RoundState, StopRule, DEFAULT_K_MAX, MAX_K,
 };
-pub use policy_parse::{parse_policy, PolicyParseError};
+pub use policy_parse::{parse_policy, PolicyParseError, PolicySpec};
 pub use sampling::{
     argmax, rng_for, sample, target_distribution, SamplingError, SamplingParams, CLOUD_STREAM,
     EDGE_STREAM,

@@ -1,6 +1,10 @@
-//! Policy names: [`parse_policy`], the inverse of [`DraftLengthPolicy::name`], which builds
-//! any policy of [`crate::policy`] and [`crate::policies`] from its name. Kept apart from both
-//! so that neither imports the other back.
+//! Policy names: [`PolicySpec`], a policy's name checked once (a command line's
+//! `--draft-len`), which builds a fresh policy of [`crate::policy`] or [`crate::policies`] for
+//! each request; [`parse_policy`], the inverse of [`DraftLengthPolicy::name`], does both at
+//! once. Kept apart from both modules so that neither imports the other back.
+
+use std::fmt;
+use std::str::FromStr;
 
 use crate::policies::{Capped, ConfidenceStop, Ecspec, FlexSpecLinear, Ucb, DEFAULT_STREAM};
 use crate::policy::{DraftLengthPolicy, Fixed, GoodputAdaptive, StopRule, DEFAULT_K_MAX, MAX_K};
@@ -46,8 +50,113 @@ pub enum PolicyParseError {
     },
 }
 
+/// A draft-length policy's name, parsed once ([`PolicySpec::parse`], the `--draft-len` value
+/// parser): [`PolicySpec::build`] makes a fresh policy for each request without parsing again,
+/// and it displays as the text it was parsed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    /// The text as given.
+    text: String,
+    kind: PolicyKind,
+}
+
+/// What a policy name says: the policy and its settings.
+#[derive(Debug, Clone, PartialEq)]
+enum PolicyKind {
+    Adaptive {
+        k_max: usize,
+    },
+    Fixed(usize),
+    FlexSpecLinear {
+        k_max: usize,
+    },
+    ConfidenceStop {
+        rule: StopRule,
+        k_max: usize,
+    },
+    Ecspec {
+        k_max: usize,
+        stream: u32,
+    },
+    Ucb {
+        k_max: usize,
+        c: f64,
+    },
+    Capped {
+        cap: Box<PolicyKind>,
+        stop: StopRule,
+    },
+}
+
+impl PolicyKind {
+    /// The policy's per-token stop rule ([`DraftLengthPolicy::stop_rule`] of what it builds).
+    fn stop_rule(&self) -> Option<StopRule> {
+        match self {
+            Self::ConfidenceStop { rule, .. } => Some(*rule),
+            Self::Capped { stop, .. } => Some(*stop),
+            _ => None,
+        }
+    }
+
+    fn build(&self) -> Box<dyn DraftLengthPolicy> {
+        match self {
+            Self::Adaptive { k_max } => Box::new(GoodputAdaptive { k_max: *k_max }),
+            Self::Fixed(k) => Box::new(Fixed(*k)),
+            Self::FlexSpecLinear { k_max } => Box::new(FlexSpecLinear { k_max: *k_max }),
+            Self::ConfidenceStop { rule, k_max } => Box::new(ConfidenceStop {
+                rule: *rule,
+                k_max: *k_max,
+            }),
+            Self::Ecspec { k_max, stream } => Box::new(Ecspec::new(*k_max, *stream)),
+            Self::Ucb { k_max, c } => Box::new(Ucb::new(*k_max, *c)),
+            Self::Capped { cap, stop } => Box::new(Capped {
+                cap: cap.build(),
+                stop: *stop,
+            }),
+        }
+    }
+}
+
+impl PolicySpec {
+    /// Parses a policy name as [`parse_policy`] does.
+    ///
+    /// # Errors
+    /// As [`parse_policy`].
+    pub fn parse(s: &str) -> Result<Self, PolicyParseError> {
+        Ok(Self {
+            text: s.to_owned(),
+            kind: parse_kind(s)?,
+        })
+    }
+
+    /// A fresh policy (no state learnt yet).
+    pub fn build(&self) -> Box<dyn DraftLengthPolicy> {
+        self.kind.build()
+    }
+
+    /// The text it was parsed from.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for PolicySpec {
+    type Err = PolicyParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for PolicySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Parses a policy name, the inverse of [`DraftLengthPolicy::name`] (surrounding whitespace
-/// ignored, names case-sensitive):
+/// ignored, names case-sensitive), into a policy ([`PolicySpec::parse`] then
+/// [`PolicySpec::build`]):
 ///
 /// - `adaptive[:KMAX]` ([`GoodputAdaptive`], K_max default [`DEFAULT_K_MAX`]), `fixed:K`
 ///   (0 ≤ K; 0 = cloud-only);
@@ -66,23 +175,31 @@ pub enum PolicyParseError {
 /// [`PolicyParseError::Unknown`], [`PolicyParseError::BadNumber`],
 /// [`PolicyParseError::OutOfRange`], [`PolicyParseError::BadValue`].
 pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseError> {
+    parse_kind(s).map(|kind| kind.build())
+}
+
+/// The grammar of [`parse_policy`].
+fn parse_kind(s: &str) -> Result<PolicyKind, PolicyParseError> {
     let input = s.trim();
     let unknown = || PolicyParseError::Unknown {
         input: input.to_owned(),
     };
     if let Some((cap, stop)) = input.split_once('+') {
-        let stop = match parse_policy(stop)?.stop_rule() {
+        let stop = match parse_kind(stop)?.stop_rule() {
             Some(rule) => rule,
             None => return Err(unknown()),
         };
         if cap.trim().is_empty() || cap.contains('+') {
             return Err(unknown());
         }
-        let cap = parse_policy(cap)?;
+        let cap = parse_kind(cap)?;
         if cap.stop_rule().is_some() {
             return Err(unknown());
         }
-        return Ok(Box::new(Capped { cap, stop }));
+        return Ok(PolicyKind::Capped {
+            cap: Box::new(cap),
+            stop,
+        });
     }
     let mut parts = input.split(':');
     let kind = parts.next().unwrap_or("");
@@ -114,25 +231,28 @@ pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseEr
     };
     let k_max = |arg: Option<&&str>| arg.map_or(Ok(DEFAULT_K_MAX), |a| number(a, 1));
     match (kind, args.as_slice()) {
-        ("adaptive", []) => Ok(Box::new(GoodputAdaptive {
+        ("adaptive", []) => Ok(PolicyKind::Adaptive {
             k_max: DEFAULT_K_MAX,
-        })),
-        ("adaptive", [k]) => Ok(Box::new(GoodputAdaptive {
+        }),
+        ("adaptive", [k]) => Ok(PolicyKind::Adaptive {
             k_max: number(k, 1)?,
-        })),
-        ("fixed", [k]) => Ok(Box::new(Fixed(number(k, 0)?))),
-        ("flexspec-linear", [] | [_]) => Ok(Box::new(FlexSpecLinear {
+        }),
+        ("fixed", [k]) => Ok(PolicyKind::Fixed(number(k, 0)?)),
+        ("flexspec-linear", [] | [_]) => Ok(PolicyKind::FlexSpecLinear {
             k_max: k_max(args.first())?,
-        })),
-        ("p-min", [p, rest @ ..]) if rest.len() <= 1 => Ok(Box::new(ConfidenceStop {
+        }),
+        ("p-min", [p, rest @ ..]) if rest.len() <= 1 => Ok(PolicyKind::ConfidenceStop {
             rule: StopRule::PMin(real(p, |v| (0.0..=1.0).contains(&v), "[0, 1]")? as f32),
             k_max: k_max(rest.first())?,
-        })),
-        ("entropy", [h, rest @ ..]) if rest.len() <= 1 => Ok(Box::new(ConfidenceStop {
+        }),
+        ("entropy", [h, rest @ ..]) if rest.len() <= 1 => Ok(PolicyKind::ConfidenceStop {
             rule: StopRule::MaxEntropy(real(h, |v| v >= 0.0, "[0, ∞) nats")? as f32),
             k_max: k_max(rest.first())?,
-        })),
-        ("ecspec", [] | [_]) => Ok(Box::new(Ecspec::new(k_max(args.first())?, DEFAULT_STREAM))),
+        }),
+        ("ecspec", [] | [_]) => Ok(PolicyKind::Ecspec {
+            k_max: k_max(args.first())?,
+            stream: DEFAULT_STREAM,
+        }),
         ("ecspec", [k, n]) => {
             let n = n
                 .parse::<u32>()
@@ -143,13 +263,64 @@ pub fn parse_policy(s: &str) -> Result<Box<dyn DraftLengthPolicy>, PolicyParseEr
                     value: (*n).to_owned(),
                     range: "[2, 4096] tokens per stream",
                 })?;
-            Ok(Box::new(Ecspec::new(number(k, 1)?, n)))
+            Ok(PolicyKind::Ecspec {
+                k_max: number(k, 1)?,
+                stream: n,
+            })
         }
-        ("ucb", [] | [_]) => Ok(Box::new(Ucb::new(k_max(args.first())?, 1.0))),
-        ("ucb", [k, c]) => Ok(Box::new(Ucb::new(
-            number(k, 1)?,
-            real(c, |v| v >= 0.0, "[0, ∞)")?,
-        ))),
+        ("ucb", [] | [_]) => Ok(PolicyKind::Ucb {
+            k_max: k_max(args.first())?,
+            c: 1.0,
+        }),
+        ("ucb", [k, c]) => Ok(PolicyKind::Ucb {
+            k_max: number(k, 1)?,
+            c: real(c, |v| v >= 0.0, "[0, ∞)")?,
+        }),
         _ => Err(unknown()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec builds what parse_policy builds, each time afresh, and shows the text given.
+    #[test]
+    fn a_spec_builds_what_its_name_says_and_displays_as_given() {
+        for s in [
+            "ecspec",
+            "ecspec:8:32",
+            "adaptive",
+            "adaptive:8",
+            "fixed:0",
+            " fixed:3 ",
+            "flexspec-linear:8",
+            "p-min:0.3:8",
+            "entropy:1.5",
+            "ucb:8:0.5",
+            "adaptive:8+p-min:0.3",
+            "fixed:4+entropy:2",
+        ] {
+            let spec: PolicySpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+            assert_eq!(spec.as_str(), s);
+            let (a, b) = (spec.build(), parse_policy(s).unwrap());
+            assert_eq!(a.name(), b.name());
+            assert_eq!(a.stop_rule(), b.stop_rule());
+            assert_eq!(a.stream_len(), b.stream_len());
+            assert_eq!(spec.build().name(), a.name());
+        }
+        for bad in [
+            "fixed:x",
+            "nope",
+            "fixed:4+fixed:3",
+            "p-min:0.3+entropy:1",
+            "+p-min:0.3",
+        ] {
+            assert_eq!(
+                PolicySpec::parse(bad).unwrap_err(),
+                parse_policy(bad).map(|_| ()).unwrap_err()
+            );
+        }
     }
 }

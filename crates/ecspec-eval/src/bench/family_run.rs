@@ -492,6 +492,7 @@ impl<'a> Bench<'a> {
             _ => None,
         };
         let mut produced = Vec::new();
+        let policy: ecspec_run::PolicySpec = run.policy.parse().context("invalid --draft-len")?;
         let mut memory = None;
         for (qi, q) in self.questions.iter().enumerate() {
             bar.set_message(format!(
@@ -506,7 +507,7 @@ impl<'a> Bench<'a> {
             let n_prompt = ids.len();
             let spec = RunSpec {
                 mode: run.mode,
-                draft_len: &run.policy,
+                draft_len: &policy,
                 sampling: &self.sampling,
                 max_tokens: self.a.max_tokens as usize,
                 link: scenario::shifted(cell.link0, qi as f64 * self.a.phase_s),

@@ -153,9 +153,11 @@ struct SystemEdge {
 
 impl ecspec_load::EdgeFactory for SystemEdge {
     fn edge(&self, memory: Option<SessionMemory>) -> Result<(EdgeConfig, Option<Drafter>), String> {
+        let policy = (self.policy.parse::<ecspec_run::PolicySpec>())
+            .map_err(|e| format!("invalid --draft-len: {e}"))?;
         let spec = RunSpec {
             mode: self.mode,
-            draft_len: &self.policy,
+            draft_len: &policy,
             sampling: &self.sampling,
             max_tokens: self.max_tokens,
             link: None,
