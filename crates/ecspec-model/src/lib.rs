@@ -24,6 +24,7 @@
 pub mod anchor;
 pub mod chat;
 pub mod config;
+mod config_read;
 pub mod draft;
 pub mod error;
 pub mod gguf;
