@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod csv_format;
 mod csv_trace;
 pub mod delay;
 mod emulator;
@@ -73,6 +74,7 @@ pub use config::{
     CsvSource, LinkConfig, LinkError, LinkOptions, DEFAULT_DOWNLINK_MBPS, DEFAULT_RTT_MS,
     DEFAULT_UPLINK_MBPS, MAX_RTT_MS,
 };
+pub use csv_format::{CsvFormat, GophersCarrier, UnknownCsvFormat};
 pub use csv_trace::{CsvColumns, CsvTraceError, RateUnit, SignalMetrics, ThroughputTrace};
 pub use delay::{DelayProcess, TimeShift, VariableDelay};
 pub use emulator::{

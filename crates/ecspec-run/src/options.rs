@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use ecspec_family::FamilyName;
+use ecspec_link::CsvFormat;
 
 /// Generation modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,7 +74,7 @@ pub struct LinkArgs {
     /// (throughput_mbps), `gophers-driving:CARRIER` (CARRIER_throughput_mbps: Sprint,
     /// TMobile, Verizon).
     #[arg(long, value_name = "FORMAT", default_value = "irish-5g")]
-    pub link_csv_format: String,
+    pub link_csv_format: CsvFormat,
     /// Synthetic uplink model, e.g. `gilbert-elliott:good_mbps=10,bad_mbps=0,p_gb=0.02,p_bg=0.2`,
     /// `gauss-markov:mean_db=15,std_db=6,rho=0.9,bandwidth_mhz=5`,
     /// `rayleigh:mean_db=15,rho=0.9,bandwidth_mhz=5` (+ slot_ms, duration_s, seed, efficiency).

@@ -12,7 +12,7 @@ use ecspec_edge::{
     generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, EnergyControl, Mode, Summary,
     Verification,
 };
-use ecspec_link::{emulate, CsvColumns, Direction, LinkConfig, LinkOptions};
+use ecspec_link::{emulate, CsvFormat, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
@@ -132,7 +132,7 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
             .transpose()
     };
     let (up_csv, down_csv) = match &args.link_csv {
-        None if args.link_csv_format != "irish-5g" => {
+        None if args.link_csv_format != CsvFormat::Irish5g => {
             bail!(
                 "--link-csv-format {} needs --link-csv FILE",
                 args.link_csv_format
@@ -144,20 +144,8 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
                 path: path.clone(),
                 columns,
             };
-            let f = args.link_csv_format.as_str();
-            match f.split_once(':') {
-                _ if f == "irish-5g" => (
-                    Some(src(CsvColumns::irish_5g(Direction::Uplink))),
-                    Some(src(CsvColumns::irish_5g(Direction::Downlink))),
-                ),
-                _ if f == "gophers-walking" => (None, Some(src(CsvColumns::gophers_walking()))),
-                Some(("gophers-driving", c)) if ["Sprint", "TMobile", "Verizon"].contains(&c) => {
-                    (None, Some(src(CsvColumns::gophers_driving(c))))
-                }
-                _ => bail!(
-                    "--link-csv-format {f}: expected irish-5g, gophers-walking or gophers-driving:Sprint|TMobile|Verizon"
-                ),
-            }
+            let (up, down) = args.link_csv_format.columns();
+            (up.map(src), down.map(src))
         }
     };
     let opts = LinkOptions {
