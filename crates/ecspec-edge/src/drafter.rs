@@ -170,15 +170,22 @@ impl Drafter {
     /// rejects (that token is still proposed: it is drafted already, and the verifier may
     /// accept it). The KV cache afterwards holds `committed` and x_1..x_{n−1} for the n tokens
     /// proposed. When the previous round's pre-draft was confirmed, its tokens come first
-    /// ([`Proposal::reused`]) and only the rest is drafted now.
+    /// ([`Proposal::reused`]) and only the rest is drafted now. Near the end of the draft's
+    /// context window fewer than `k` are proposed (as many as the window holds).
     pub fn propose_until(
         &mut self,
         committed: &[u32],
-        k: usize,
+        mut k: usize,
         stop: Option<StopRule>,
     ) -> Result<Proposal, DraftError> {
         let t0 = Instant::now();
         let mut out = Proposal::default();
+        // k tokens leave committed + x_1..x_{k−1} in the cache: near the end of the draft's
+        // context window, propose fewer rather than overflow it.
+        let window = self.session.model().config().context_length;
+        if let Some(room) = (window + 1).checked_sub(committed.len()).filter(|&r| r > 0) {
+            k = k.min(room);
+        }
         let ready = self.ready.take();
         if k == 0 {
             if ready.is_some() {
@@ -251,7 +258,8 @@ impl Drafter {
     ///
     /// Call right after the proposal ending with `last`, before its rollback.
     ///
-    /// Returns the tokens drafted (the guess included).
+    /// Returns the tokens drafted (the guess included): fewer than `n + 1` near the end of the
+    /// draft's context window, 0 when it is full.
     ///
     /// # Errors
     /// Model or sampling errors; the pre-draft is then dropped and the next rollback restores
@@ -263,9 +271,20 @@ impl Drafter {
         stop: &AtomicBool,
     ) -> Result<usize, DraftError> {
         self.pending = None;
-        if stop.load(Ordering::Relaxed) {
+        // Room left in the draft's context window: `last` takes one position and each token
+        // carried but the last one more. Near the window's end the pre-draft is shortened, or
+        // skipped, never run into a context overflow (the round itself still fits: it was
+        // drafted already).
+        let room = self
+            .session
+            .model()
+            .config()
+            .context_length
+            .saturating_sub(self.session.kv_len());
+        if stop.load(Ordering::Relaxed) || room == 0 {
             return Ok(0);
         }
+        let n = n.min(room - 1);
         let row = self
             .session
             .forward(&[last], LogitsFor::Last)?
@@ -416,5 +435,43 @@ mod tests {
             }
         }
         assert_eq!(proposed, 3 * 20 * 8);
+    }
+
+    /// Pipelined drafting near the end of the draft's context window (512 positions for the
+    /// tiny model) shortens the pre-draft to the room left instead of failing with a context
+    /// overflow, and a confirmed short pre-draft is reused.
+    #[test]
+    fn a_pre_draft_stops_at_the_end_of_the_drafts_window() {
+        let dir = std::env::temp_dir().join(format!("ecspec-predraft-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.gguf");
+        write_tiny_model(&path, TinySpec::default()).unwrap();
+        let m = ecspec_model::LoadedModel::load(&path).unwrap();
+        assert_eq!(m.transformer.config().context_length, 512);
+        let prompt: Vec<u32> = (0..500u32).map(|i| 32 + i % 90).collect();
+        let mut d = Drafter::new(
+            Session::new(m.transformer.clone()),
+            DraftSampling {
+                rule: VerifyRule::Greedy,
+                params: SamplingParams::greedy(1),
+                dist_top_k: 8,
+                dist_bits: 8,
+            },
+        );
+        d.prefill(&prompt).unwrap();
+        let p = d.propose(&prompt, 8).unwrap();
+        // The cache holds 500 + 7 positions: room for `last` and 4 more.
+        let stop = AtomicBool::new(false);
+        assert_eq!(d.pre_draft(*p.tokens.last().unwrap(), 64, &stop).unwrap(), 5);
+        let guess = d.pending.as_ref().unwrap().guess;
+        d.rollback(500, 8, 8, guess).unwrap();
+        let mut committed = prompt.clone();
+        committed.extend(&p.tokens);
+        committed.push(guess);
+        let next = d.propose(&committed, 8).unwrap();
+        assert_eq!(next.reused, 4);
+        assert_eq!(next.tokens.len(), 4, "the window is full: nothing more to draft");
+        // A full window: no pre-draft at all.
+        assert_eq!(d.pre_draft(*next.tokens.last().unwrap(), 64, &stop).unwrap(), 0);
     }
 }
