@@ -18,14 +18,14 @@ use clap::Args;
 use ecspec_edge::Summary;
 use ecspec_link::LinkConfig;
 use ecspec_model::Draft;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::prompts;
 use crate::resync::resync_seconds;
 use ecspec_family::FamilyName;
 use ecspec_run::run::{prompt_ids, run_one, LocalCloud, RunSpec};
 use ecspec_run::Loaded;
-use ecspec_run::{ModeArg, PolicySpec, SamplingArgs, VerifyArg};
+use ecspec_run::{ModeArg, PolicySpec, SamplingArgs};
 
 /// `ecspec family eval`
 #[derive(Debug, Clone, Args)]
@@ -275,24 +275,6 @@ fn load_drafts(a: &EvalArgs) -> Result<Drafts> {
     })
 }
 
-/// The sampling settings of a run at `temperature`.
-fn sampling_at(a: &EvalArgs, temperature: f32) -> SamplingArgs {
-    SamplingArgs {
-        temperature,
-        top_p: 1.0,
-        top_k: 0,
-        seed: a.seed,
-        verify: VerifyArg::Auto,
-        dist_top_k: 8,
-        dist_bits: 8,
-        pipeline_draft: false,
-        edge_memory: None,
-        lookup: ecspec_run::LookupArgs {
-            drafter: a.drafter,
-            ..ecspec_run::LookupArgs::default()
-        },
-    }
-}
 
 /// Where one version × temperature's generations run and are recorded.
 struct EvalCtx<'c> {
@@ -332,7 +314,7 @@ impl EvalCtx<'_> {
             // Fixed K: no estimate to start.
             acceptance_prior: None,
         };
-        let sampling = sampling_at(self.a, temp);
+        let sampling = SamplingArgs::evaluation(temp, self.a.seed, self.a.drafter);
         let mut runs = Vec::new();
         for (qi, q) in self.questions.iter().enumerate() {
             self.bar.set_message(format!(
@@ -439,14 +421,7 @@ pub async fn run(a: EvalArgs) -> Result<()> {
         a.draft_len,
         a.drafter
     );
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = ecspec_run::progress::count_bar(total);
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let jsonl_path = a.out.join("family-eval.jsonl");

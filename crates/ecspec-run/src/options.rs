@@ -167,6 +167,30 @@ pub struct SamplingArgs {
     pub lookup: LookupArgs,
 }
 
+impl SamplingArgs {
+    /// The settings the evaluation commands run with: `temperature` (greedy at 0, else match
+    /// or rejection chosen per round), `seed`, drafts from `drafter`, and every other flag at
+    /// its default (no top-p/top-k cut, 8 × 8-bit compact distributions, no pipelining, no
+    /// memory across requests).
+    pub fn evaluation(temperature: f32, seed: u64, drafter: ecspec_edge::DraftSource) -> Self {
+        Self {
+            temperature,
+            top_p: 1.0,
+            top_k: 0,
+            seed,
+            verify: VerifyArg::Auto,
+            dist_top_k: 8,
+            dist_bits: 8,
+            pipeline_draft: false,
+            edge_memory: None,
+            lookup: LookupArgs {
+                drafter,
+                ..LookupArgs::default()
+            },
+        }
+    }
+}
+
 /// Where drafted tokens come from, and context lookup's settings.
 #[derive(Debug, Clone, Args)]
 pub struct LookupArgs {

@@ -1,9 +1,24 @@
-//! Progress bars for downloads (the libraries report through `FetchReporter`; bars live here).
+//! Progress bars: downloads (the libraries report through `FetchReporter`; bars live here)
+//! and the evaluation commands' count of finished requests ([`count_bar`]).
 
 use std::io::IsTerminal;
 
 use ecspec_weights::FetchReporter;
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar counting `total` finished items (requests, generations) with elapsed time, ETA and a
+/// message; hidden when stderr is not a terminal.
+pub fn count_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
 
 /// Shows each fetch stage as a byte progress bar on stderr, or as plain lines when stderr is
 /// not a terminal.

@@ -15,12 +15,12 @@ use ecspec_family::FamilyName;
 use ecspec_link::LinkConfig;
 use ecspec_run::run::{prompt_ids, run_one, CloudEndpoint, RunSpec};
 use ecspec_run::{ModeArg, SamplingArgs};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::args::{BenchArgs, ClockArg};
 use super::scenario::{self, Scenario};
 use super::setup::{
-    clocks, load_models, on_clock, parallel_map, plural, sampling_args, system_loaded,
+    check_temperature_and_phase, clocks, load_models, on_clock, parallel_map, plural, sampling_args, system_loaded,
     system_setup, virtual_edge_only, Clocks, Models, Request, SystemRun,
 };
 use super::system::{self, DraftKind, System};
@@ -66,7 +66,7 @@ struct Bench<'a> {
 pub(super) fn run_family(a: &BenchArgs, family: FamilyName, out: &Path) -> Result<()> {
     let (b, scenarios) = Bench::prepare(a, family)?;
     b.announce();
-    let bar = progress_bar(b.total());
+    let bar = ecspec_run::progress::count_bar(b.total());
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let jsonl_path = out.join("requests.jsonl");
     let mut jsonl = std::io::BufWriter::new(
@@ -93,35 +93,9 @@ pub(super) fn run_family(a: &BenchArgs, family: FamilyName, out: &Path) -> Resul
     b.write_reports(out, &jsonl_path, &results, &resyncs, &links)
 }
 
-/// The bench's progress bar over `total` requests (hidden when stderr is not a terminal).
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("  {bar:32} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
-}
-
 /// The systems of `--systems`, after the checks of the arguments that need no file.
 fn checked_systems(a: &BenchArgs) -> Result<Vec<System>> {
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
-        bail!(
-            "--temperature must be finite and ≥ 0, got {}",
-            a.temperature
-        );
-    }
-    // A day of offset per request is far beyond any trace (they loop), and keeps every
-    // offset a valid Duration.
-    if !(a.phase_s.is_finite() && (0.0..=86_400.0).contains(&a.phase_s)) {
-        bail!(
-            "--phase-s must be between 0 and 86400 seconds, got {}",
-            a.phase_s
-        );
-    }
+    check_temperature_and_phase(a.temperature, a.phase_s)?;
     let systems: Vec<System> = a
         .systems
         .iter()

@@ -14,7 +14,7 @@ use ecspec_load::{Bounds, Cloud, LevelRun, LevelSettings, Load, LocalCloud};
 use super::args::ClockArg;
 use super::scenario;
 use super::setup::{
-    clocks, load_models, sampling_args, system_loaded, system_setup, Clocks, Models,
+    check_temperature_and_phase, clocks, load_models, sampling_args, system_loaded, system_setup, Clocks, Models,
 };
 use super::system::{self, DraftKind, System};
 use crate::prompts;
@@ -399,18 +399,7 @@ fn checked_bounds(a: &LoadArgs) -> Result<Bounds> {
             a.slo_tpot_ms
         );
     }
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
-        bail!(
-            "--temperature must be finite and ≥ 0, got {}",
-            a.temperature
-        );
-    }
-    if !(a.phase_s.is_finite() && (0.0..=86_400.0).contains(&a.phase_s)) {
-        bail!(
-            "--phase-s must be between 0 and 86400 seconds, got {}",
-            a.phase_s
-        );
-    }
+    check_temperature_and_phase(a.temperature, a.phase_s)?;
     let requests = match (a.requests, a.duration_s) {
         (None, None) => Some(DEFAULT_REQUESTS),
         (r, _) => r,

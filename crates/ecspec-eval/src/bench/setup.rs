@@ -11,7 +11,7 @@ use ecspec_cloud::TargetVersion;
 use ecspec_edge::Summary;
 use ecspec_family::FamilyName;
 use ecspec_model::Draft;
-use ecspec_run::{Loaded, ModeArg, ModelArgs, SamplingArgs, VerifyArg};
+use ecspec_run::{Loaded, ModeArg, ModelArgs, SamplingArgs};
 use ecspec_spec::compute::{CloudCompute, EdgeCompute};
 
 use super::args::ClockArg;
@@ -198,22 +198,23 @@ pub(super) fn clocks(edge_profile: &str, cloud_profile: &str, m: &Models) -> Res
 /// The sampling settings every benchmarked system runs with: `temperature` (greedy at 0,
 /// else match or rejection chosen per round), `seed`, and drafts from the draft model only.
 pub(super) fn sampling_args(temperature: f32, seed: u64) -> SamplingArgs {
-    SamplingArgs {
-        temperature,
-        top_p: 1.0,
-        top_k: 0,
-        seed,
-        verify: VerifyArg::Auto,
-        dist_top_k: 8,
-        dist_bits: 8,
-        pipeline_draft: false,
-        edge_memory: None,
-        // The benchmark compares draft-length policies of the draft model itself.
-        lookup: ecspec_run::LookupArgs {
-            drafter: ecspec_edge::DraftSource::Model,
-            ..ecspec_run::LookupArgs::default()
-        },
+    // The benchmark compares draft-length policies of the draft model itself.
+    SamplingArgs::evaluation(temperature, seed, ecspec_edge::DraftSource::Model)
+}
+
+/// Checks `--temperature` (finite, ≥ 0) and `--phase-s` (0 to 86 400 s: a day of offset per
+/// request is far beyond any trace, they loop, and keeps every offset a valid Duration).
+///
+/// # Errors
+/// The flag and the value given.
+pub(super) fn check_temperature_and_phase(temperature: f32, phase_s: f64) -> Result<()> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        anyhow::bail!("--temperature must be finite and ≥ 0, got {temperature}");
     }
+    if !(phase_s.is_finite() && (0.0..=86_400.0).contains(&phase_s)) {
+        anyhow::bail!("--phase-s must be between 0 and 86400 seconds, got {phase_s}");
+    }
+    Ok(())
 }
 
 /// Which of the run's drafts a system drafts with: what makes two runs of the same policy,
