@@ -51,6 +51,24 @@ pub fn save(path: &Path, file: &MemoryFile) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Checks, before a generation runs, that [`save`] will be able to write `path`: its temporary
+/// file can be created (and is removed again). A memory the edge cannot keep is reported up
+/// front, not after the whole generation ran.
+///
+/// # Errors
+/// The temporary file cannot be created, naming it and `--edge-memory`.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, b"").with_context(|| {
+        format!(
+            "--edge-memory {}: cannot write {} (the memory is saved through it)",
+            path.display(),
+            tmp.display()
+        )
+    })?;
+    std::fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +114,24 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_memory_file_is_reported_before_anything_runs() {
+        let dir = std::env::temp_dir().join(format!("ecspec-mem-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("memory.json");
+        check_writable(&ok).unwrap();
+        assert!(!ok.exists() && !ok.with_extension("tmp").exists(), "nothing left behind");
+        let bad = dir.join("no-such-dir").join("memory.json");
+        let e = format!("{:#}", check_writable(&bad).unwrap_err());
+        assert!(
+            e.starts_with(&format!(
+                "--edge-memory {}: cannot write {}",
+                bad.display(),
+                bad.with_extension("tmp").display()
+            )),
+            "{e}"
+        );
     }
 }

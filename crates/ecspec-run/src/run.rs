@@ -442,6 +442,7 @@ async fn run_inner(
     let memory = match (&spec.sampling.edge_memory, mode) {
         (Some(path), Mode::Speculative) => {
             let file = crate::edge_memory::load(path)?;
+            crate::edge_memory::check_writable(path)?;
             let key = crate::edge_memory::key(&cfg.family, &cfg.compat_hash, &cfg.policy.name());
             cfg.memory = file.get(&key).cloned();
             Some((path, file, key))
