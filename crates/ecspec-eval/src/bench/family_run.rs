@@ -291,15 +291,7 @@ impl<'a> Bench<'a> {
             self.a.max_tokens
         );
         if let Some(c) = &self.clocks {
-            eprintln!(
-                "  edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
-                c.edge_source,
-                c.edge_static.draft_s_per_token * 1e3,
-                c.cloud_source,
-                c.cloud.verify_base_s * 1e3,
-                c.cloud.verify_per_token_s * 1e3,
-                c.cloud.prefill_s_per_token * 1e3
-            );
+            eprintln!("  {}", c.describe());
         }
     }
 

@@ -444,15 +444,7 @@ fn version_index(a: &LoadArgs, m: &Models) -> Result<usize> {
 /// The virtual clock's compute times for `a`, said on stderr.
 fn announced_clocks(a: &LoadArgs, m: &Models) -> Result<Clocks> {
     let c = clocks(&a.edge_profile, &a.cloud_profile, m)?;
-    eprintln!(
-        "ecspec load: virtual clock · edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
-        c.edge_source,
-        c.edge_static.draft_s_per_token * 1e3,
-        c.cloud_source,
-        c.cloud.verify_base_s * 1e3,
-        c.cloud.verify_per_token_s * 1e3,
-        c.cloud.prefill_s_per_token * 1e3
-    );
+    eprintln!("ecspec load: virtual clock · {}", c.describe());
     Ok(c)
 }
 

@@ -157,6 +157,22 @@ pub(super) struct Clocks {
     pub(super) cloud_source: String,
 }
 
+impl Clocks {
+    /// Where the compute times come from and what they are, for people: the edge's static
+    /// draft per token, the cloud's verification line t_v(K) and its prefill per token.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "edge: {} (static draft {:.2} ms/token) · cloud: {} (t_v(K) = {:.2} + {:.3}·K ms, prefill {:.3} ms/token)",
+            self.edge_source,
+            self.edge_static.draft_s_per_token * 1e3,
+            self.cloud_source,
+            self.cloud.verify_base_s * 1e3,
+            self.cloud.verify_per_token_s * 1e3,
+            self.cloud.prefill_s_per_token * 1e3
+        )
+    }
+}
+
 /// The virtual clock's compute times: the edge's from `edge_profile`, the cloud's from
 /// `cloud_profile` (`measured`: this machine, now; else a profile name or file).
 pub(super) fn clocks(edge_profile: &str, cloud_profile: &str, m: &Models) -> Result<Clocks> {
