@@ -194,6 +194,19 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     let need_target = a.cloud.is_none() && a.mode != ModeArg::EdgeOnly;
+    // The in-process cloud closes a connection whose first frame arrives after its handshake
+    // deadline; a Hello needs at least half the RTT to cross: say so now, not 10 s later as
+    // "the cloud closed the connection during the handshake".
+    if let (true, Some(l)) = (need_target, &link) {
+        let deadline = ecspec_cloud::ServerConfig::default().handshake_timeout;
+        if l.rtt() / 2 >= deadline {
+            bail!(
+                "a link RTT of {} ms: the Hello would reach the in-process cloud after its first-frame deadline of {} s (one way is half the RTT)",
+                l.rtt().as_secs_f64() * 1e3,
+                deadline.as_secs_f64()
+            );
+        }
+    }
     let loaded = ecspec_run::load_family(&a.models, need_target)?;
     if !a.json && a.mode != ModeArg::CloudOnly {
         eprintln!("ecspec: draft {}", loaded.draft_desc);

@@ -66,6 +66,12 @@ fn an_rtt_out_of_range_is_refused_up_front_and_a_negative_one_is_read_as_a_value
         e.contains("RTT must be a number of ms from 0 to 60000 (a minute), got 1000000000000"),
         "{e}"
     );
+    // Within the link's range but beyond what the in-process cloud waits for a first frame.
+    let e = run("30000");
+    assert!(
+        e.contains("a link RTT of 30000 ms: the Hello would reach the in-process cloud after its first-frame deadline of 10 s"),
+        "{e}"
+    );
     let e = run("-5");
     assert!(
         e.contains("RTT must be a number of ms from 0 to 60000 (a minute), got -5"),
