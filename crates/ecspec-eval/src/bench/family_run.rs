@@ -138,15 +138,7 @@ fn present_scenarios(a: &BenchArgs) -> Result<Vec<(Scenario, Option<LinkConfig>)
 
 /// An energy budget needs the radio model of a shaped link: refused before anything runs.
 fn check_budgets(systems: &[System], scenarios: &[(Scenario, Option<LinkConfig>)]) -> Result<()> {
-    let budgeted = systems.iter().find(|s| {
-        matches!(
-            s,
-            System::Speculative {
-                budget: Some(_),
-                ..
-            }
-        )
-    });
+    let budgeted = systems.iter().find(|s| s.energy_budget().is_some());
     if let (Some(b), Some((sc, _))) = (budgeted, scenarios.iter().find(|(sc, _)| !sc.shaped())) {
         bail!(
             "system {:?} has an energy budget, which needs a shaped link; scenario {:?} has none (drop one of them)",
@@ -421,10 +413,7 @@ impl<'a> Bench<'a> {
             return None;
         }
         let energy_on = cell.scenario.shaped();
-        let budget = match sys {
-            System::Speculative { budget, .. } => *budget,
-            _ => None,
-        };
+        let budget = sys.energy_budget();
         Some(match sys {
             System::EdgeOnly => format!("edge-only|{energy_on}"),
             _ => format!(
@@ -453,10 +442,7 @@ impl<'a> Bench<'a> {
         }
         let loaded = system_loaded(sys, &self.m, self.family, &run.draft);
         let energy_on = cell.scenario.shaped();
-        let budget = match sys {
-            System::Speculative { budget, .. } => *budget,
-            _ => None,
-        };
+        let budget = sys.energy_budget();
         let mut produced = Vec::new();
         let policy: ecspec_run::PolicySpec = run.policy.parse().context("invalid --draft-len")?;
         let mut memory = None;

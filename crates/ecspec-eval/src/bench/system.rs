@@ -71,6 +71,14 @@ impl System {
             System::Speculative { name, .. } => name,
         }
     }
+
+    /// The edge energy budget (J per committed token) a speculative system runs under.
+    pub fn energy_budget(&self) -> Option<f64> {
+        match self {
+            System::Speculative { budget, .. } => *budget,
+            _ => None,
+        }
+    }
 }
 
 /// Parses one system name.
