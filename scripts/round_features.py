@@ -2,7 +2,7 @@
 """Measures two per-round features live on a constant emulated link, one `ecspec generate --json`
 per cell and prompt (both sides on this machine, the link in real time):
 
-1. channel-aware verification: `--verify match|rejection|auto` at temperature 0.7 with a fixed
+1. channel-aware verification: `--verify match|rejection|switch` at temperature 0.7 with a fixed
    draft length, over uplinks from 50 Mbit/s down to 16 kbit/s;
 2. pipelined drafting: greedy, with and without `--pipeline-draft`, at two RTTs.
 
@@ -55,7 +55,7 @@ def main():
         print("| uplink | verify | goodput (tok/s) | acceptance | uplink B/token | rounds by rule |")
         print("|---|---|---|---|---|---|")
         for up in ("50", "0.05", "0.016"):
-            for verify in ("match", "rejection", "auto"):
+            for verify in ("match", "rejection", "switch"):
                 extra = ["--temperature", "0.7", "--seed", "3", "--verify", verify, "--draft-len", "fixed:4", "--link-up-mbps", up, "--rtt-ms", "20"]
                 ss = [s for s in (run(a, out, extra, p) for p in prompts) if s]
                 rules = {}

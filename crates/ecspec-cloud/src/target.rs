@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ecspec_model::{BatchItem, Logits, LogitsFor, ModelError, Session, Transformer};
 use ecspec_spec::compact::CompactDist;
-use ecspec_spec::sampling::{self, SamplingParams};
+use ecspec_spec::sampling::{self, PositionDraws, SamplingParams};
 use ecspec_spec::verify::{self, VerifyRule};
 use rand_chacha::ChaCha20Rng;
 
@@ -48,7 +48,11 @@ pub struct TargetSession {
     session: Session,
     rule: VerifyRule,
     params: SamplingParams,
+    /// Rejection rounds' draws (they depend on the drafts, so they are sequential).
     rng: ChaCha20Rng,
+    /// Every other draw of the target: keyed by (seed, position), so cloud-only steps and
+    /// match rounds pick the same token at a position whatever the rounds were.
+    draws: PositionDraws,
     stop_tokens: Vec<u32>,
     max_new_tokens: usize,
     /// Committed tokens, prompt included.
@@ -99,6 +103,7 @@ impl TargetSession {
             session: Session::new(model),
             rule,
             rng: sampling::rng_for(params.seed, sampling::CLOUD_STREAM),
+            draws: PositionDraws::new(params.seed),
             params,
             stop_tokens,
             max_new_tokens,
@@ -217,9 +222,9 @@ impl TargetSession {
         if self.rule == VerifyRule::Greedy || self.params.is_greedy() {
             return Ok(sampling::argmax(row));
         }
-        let p = sampling::target_distribution(row, &self.params)
-            .map_err(|e| RoundError::BadRound(e.to_string()))?;
-        sampling::sample(&p, &mut self.rng).map_err(|e| RoundError::BadRound(e.to_string()))
+        self.draws
+            .sample_row(row, &self.params, self.committed.len())
+            .map_err(|e| RoundError::BadRound(e.to_string()))
     }
 
     /// Appends accepted drafts and the target's token, cut at the first stop token or at the
@@ -329,12 +334,16 @@ impl TargetSession {
         logits: &Logits,
     ) -> Result<RoundOutcome, RoundError> {
         let rows = logits.row_slices();
+        // Row 0 predicts the position right after the committed sequence.
+        let at = self.committed.len();
         let v = match self.rule {
             _ if self.params.is_greedy() => verify::verify_greedy(draft, &rows),
             VerifyRule::Greedy => verify::verify_greedy(draft, &rows),
-            VerifyRule::Match => verify::verify_match(draft, &rows, &self.params, &mut self.rng),
+            VerifyRule::Match => {
+                verify::verify_match_at(draft, &rows, &self.params, &self.draws, at)
+            }
             VerifyRule::Rejection if dists.is_empty() => {
-                verify::verify_match(draft, &rows, &self.params, &mut self.rng)
+                verify::verify_match_at(draft, &rows, &self.params, &self.draws, at)
             }
             VerifyRule::Rejection => {
                 verify::verify_rejection(draft, dists, &rows, &self.params, &mut self.rng)

@@ -22,9 +22,12 @@ pub enum ModeArg {
 /// Verification rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VerifyArg {
-    /// greedy at temperature 0; otherwise match or rejection, chosen each round by expected
-    /// goodput at the current uplink rate.
+    /// greedy at temperature 0; with --seed, match (reproducible: the text is the cloud-only
+    /// text of that seed); otherwise as `switch`.
     Auto,
+    /// greedy at temperature 0; otherwise match or rejection, chosen each round by expected
+    /// goodput at the current uplink rate (a sampled text then depends on the rounds).
+    Switch,
     /// Accept while drafts equal the target's argmax (temperature 0).
     Greedy,
     /// Accept while drafts equal the target's own samples.
@@ -142,9 +145,11 @@ pub struct SamplingArgs {
     /// Keep only the top-k tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Seed of the samplers.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the samplers [default: 0]. Given, a sampled generation is reproducible: the
+    /// target's draw at each position is keyed by (seed, position), `--verify auto` verifies
+    /// by match, and the text equals `--mode cloud-only` with the same seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Verification rule.
     #[arg(long, value_enum, default_value = "auto")]
     pub verify: VerifyArg,
@@ -169,7 +174,7 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// The settings the evaluation commands run with: `temperature` (greedy at 0, else match
-    /// or rejection chosen per round), `seed`, drafts from `drafter`, and every other flag at
+    /// or rejection chosen per round: `switch`), `seed`, drafts from `drafter`, and every other flag at
     /// its default (no top-p/top-k cut, 8 × 8-bit compact distributions, no pipelining, no
     /// memory across requests).
     pub fn evaluation(temperature: f32, seed: u64, drafter: ecspec_edge::DraftSource) -> Self {
@@ -177,8 +182,9 @@ impl SamplingArgs {
             temperature,
             top_p: 1.0,
             top_k: 0,
-            seed,
-            verify: VerifyArg::Auto,
+            seed: Some(seed),
+            // They compare the channel-aware choice, not reproduce one text.
+            verify: VerifyArg::Switch,
             dist_top_k: 8,
             dist_bits: 8,
             pipeline_draft: false,

@@ -75,13 +75,15 @@ pub fn sampling(args: &SamplingArgs) -> Result<(SamplingParams, VerifyRule)> {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(0),
     };
     params.validate().context("invalid sampling settings")?;
     args.lookup.lookup()?;
     let rule = match args.verify {
-        VerifyArg::Auto if params.is_greedy() => VerifyRule::Greedy,
-        VerifyArg::Auto => VerifyRule::Rejection,
+        VerifyArg::Auto | VerifyArg::Switch if params.is_greedy() => VerifyRule::Greedy,
+        // A seeded sample reproduces only under match (rejection's draws depend on the draft).
+        VerifyArg::Auto if args.seed.is_some() => VerifyRule::Match,
+        VerifyArg::Auto | VerifyArg::Switch => VerifyRule::Rejection,
         VerifyArg::Greedy if !params.is_greedy() => {
             bail!("--verify greedy needs --temperature 0 (use match or rejection to sample)")
         }
@@ -376,8 +378,10 @@ pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Op
         ModeArg::CloudOnly => Mode::CloudOnly,
         ModeArg::EdgeOnly => bail!("edge-only generation has no cloud session to set up"),
     };
-    // `--verify auto` at temperature > 0: match or rejection per round, by the channel.
-    let switch = spec.sampling.verify == VerifyArg::Auto && !params.is_greedy();
+    // `--verify switch` (and `auto` without a seed) at temperature > 0: match or rejection
+    // per round, by the channel.
+    let switch = rule == VerifyRule::Rejection
+        && matches!(spec.sampling.verify, VerifyArg::Auto | VerifyArg::Switch);
     let cfg = EdgeConfig {
         verify_switch: switch.then(VerifySelector::default),
         pipeline: spec.sampling.pipeline_draft,

@@ -6,10 +6,12 @@
 //! (reproducible sessions use [`rng_for`]).
 //!
 //! - [`sampling`]: [`SamplingParams`], [`target_distribution`] (temperature → top-k → top-p),
-//!   [`argmax`], [`sample`], [`rng_for`].
+//!   [`argmax`], [`sample`], [`rng_for`], [`PositionDraws`] (the target's draws keyed by
+//!   (seed, position), which make seeded match output equal cloud-only output).
 //! - [`compact`]: [`CompactDist`], the top-k, b-bit quantised draft distribution the edge
 //!   samples from and sends in rejection mode.
-//! - [`verify`]: [`verify_greedy`], [`verify_match`], [`verify_rejection`] → [`Verdict`].
+//! - [`verify`]: [`verify_greedy`], [`verify_match`] / [`verify_match_at`],
+//!   [`verify_rejection`] → [`Verdict`].
 //! - [`verify_mode`]: [`verify_mode::VerifySelector`], the per-round channel-aware choice
 //!   between match and rejection verification.
 //! - [`compute`]: [`compute::EdgeCompute`], [`compute::CloudCompute`], modelled compute times
@@ -74,9 +76,10 @@ pub use policy::{
 };
 pub use policy_parse::{parse_policy, PolicyParseError, PolicySpec};
 pub use sampling::{
-    argmax, rng_for, sample, target_distribution, SamplingError, SamplingParams, CLOUD_STREAM,
-    EDGE_STREAM,
+    argmax, rng_for, sample, target_distribution, PositionDraws, SamplingError, SamplingParams,
+    CLOUD_STREAM, EDGE_STREAM, POSITION_STREAM,
 };
 pub use verify::{
-    verify_greedy, verify_match, verify_rejection, UnknownRule, Verdict, VerifyError, VerifyRule,
+    verify_greedy, verify_match, verify_match_at, verify_rejection, UnknownRule, Verdict,
+    VerifyError, VerifyRule,
 };

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const EDGE_STREAM: u64 = 0;
 /// Stream id of the cloud's random generator (verification) in [`rng_for`].
 pub const CLOUD_STREAM: u64 = 1;
+/// Stream id of the target's per-position draws ([`PositionDraws`]).
+pub const POSITION_STREAM: u64 = 2;
 
 /// How the target turns logits into a next-token distribution.
 ///
@@ -358,6 +360,53 @@ pub fn rng_for(seed: u64, stream: u64) -> ChaCha20Rng {
     rng
 }
 
+/// The target's own draws, keyed by position: the uniform that picks the token at committed
+/// position `i` (0-based, prompt included) is a pure function of `(seed, i)`.
+///
+/// Counter-based (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"): ChaCha20
+/// keyed by `seed` on [`POSITION_STREAM`], position `i` reading the 64-byte block `i` of that
+/// stream (one `f64` uses two of its 16 words). Because the draw for a position does not depend
+/// on how many draws came before it, the token the target samples at position `i` is the same
+/// whether position `i` was reached by a cloud-only step, as a bonus token, or as the row that
+/// checked a drafted token, and whatever draft lengths the rounds had: match verification
+/// ([`crate::verify::verify_match_at`]) then commits exactly the cloud-only sampled text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionDraws {
+    seed: u64,
+}
+
+impl PositionDraws {
+    /// The draws of a session seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+
+    /// The generator for committed position `position` (0-based, prompt included).
+    pub fn at(&self, position: usize) -> ChaCha20Rng {
+        let mut rng = rng_for(self.seed, POSITION_STREAM);
+        // 16 32-bit words per ChaCha block: each position starts a block of its own.
+        rng.set_word_pos(position as u128 * 16);
+        rng
+    }
+
+    /// The target's token at `position` from its logits `row`: [`target_distribution`] under
+    /// `params` (in f64, exactly as match verification computes it, so a cloud-only step and a
+    /// verifying row pick the same token), then an inverse-CDF draw from [`Self::at`].
+    /// Greedy `params` give the argmax and use no draw.
+    ///
+    /// # Errors
+    /// Invalid `params`, an empty row, a row with no usable logit.
+    pub fn sample_row(
+        &self,
+        row: &[f32],
+        params: &SamplingParams,
+        position: usize,
+    ) -> Result<u32, SamplingError> {
+        let p = distribution_f64(row, params)?;
+        sample_weights(&p, &mut self.at(position)).ok_or(SamplingError::NoMass { len: p.len() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,5 +604,42 @@ mod tests {
         let c: Vec<u64> = (0..4).map(|_| c.random()).collect();
         assert_ne!(e, c);
         assert_ne!(rng_for(43, EDGE_STREAM).random::<u64>(), e[0]);
+    }
+
+    #[test]
+    fn position_draws_depend_on_seed_and_position_only() {
+        let d = PositionDraws::new(42);
+        // Reading position 5 first or after others gives the same draw.
+        let direct: f64 = d.at(5).random();
+        let _ = (0..5).map(|i| d.at(i).random::<f64>()).collect::<Vec<_>>();
+        assert_eq!(d.at(5).random::<f64>(), direct);
+        assert_ne!(d.at(6).random::<f64>(), direct);
+        assert_ne!(PositionDraws::new(43).at(5).random::<f64>(), direct);
+        // Not the cloud's sequential stream either.
+        assert_ne!(
+            rng_for(42, CLOUD_STREAM).random::<f64>(),
+            d.at(0).random::<f64>()
+        );
+    }
+
+    #[test]
+    fn position_draws_sample_the_distribution() {
+        // 8000 positions of one seed, p = softmax(ln 0.5, ln 0.3, ln 0.2): each count within 5
+        // standard deviations of its mean (a seed failing this has probability < 1e-5).
+        let probs = [0.5f32, 0.3, 0.2];
+        let row: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+        let d = PositionDraws::new(9);
+        let n = 8000;
+        let mut counts = [0usize; 3];
+        for i in 0..n {
+            counts[d.sample_row(&row, &params(1.0, 0, 1.0), i).unwrap() as usize] += 1;
+        }
+        for (c, &p) in counts.iter().zip(&probs) {
+            let (mean, sd) = (
+                n as f64 * p as f64,
+                (n as f64 * p as f64 * (1.0 - p as f64)).sqrt(),
+            );
+            assert!((*c as f64 - mean).abs() < 5.0 * sd, "{counts:?}");
+        }
     }
 }

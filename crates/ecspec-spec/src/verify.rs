@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compact::CompactDist;
 use crate::sampling::{
-    checked_argmax, distribution_f64, sample_weights, SamplingError, SamplingParams,
+    checked_argmax, distribution_f64, sample_weights, PositionDraws, SamplingError, SamplingParams,
 };
 
 #[cfg(doc)]
@@ -289,6 +289,39 @@ pub fn verify_match<R: AsRef<[f32]>>(
     params: &SamplingParams,
     rng: &mut impl Rng,
 ) -> Result<Verdict, VerifyError> {
+    match_rows(draft, target_rows, params, |_, p| sample_weights(p, rng))
+}
+
+/// [`verify_match`] with the target's draws keyed by position ([`PositionDraws`]): row `i` of
+/// the round samples committed position `first_position + i` (0-based, prompt included; the
+/// round's first row predicts the position right after the committed sequence).
+///
+/// The committed token at every position is then the target's own sample for that position
+/// and seed, so a match-verified generation commits exactly the cloud-only sampled text of
+/// the same seed, whatever draft lengths its rounds had (issue: seeded sampling that
+/// reproduces). Exactness is [`verify_match`]'s: draws at distinct positions are independent.
+///
+/// # Errors
+/// As [`verify_match`].
+pub fn verify_match_at<R: AsRef<[f32]>>(
+    draft: &[u32],
+    target_rows: &[R],
+    params: &SamplingParams,
+    draws: &PositionDraws,
+    first_position: usize,
+) -> Result<Verdict, VerifyError> {
+    match_rows(draft, target_rows, params, |i, p| {
+        sample_weights(p, &mut draws.at(first_position + i))
+    })
+}
+
+/// Match verification's loop; `draw(i, p)` samples row `i`'s distribution `p`.
+fn match_rows<R: AsRef<[f32]>>(
+    draft: &[u32],
+    target_rows: &[R],
+    params: &SamplingParams,
+    mut draw: impl FnMut(usize, &[f64]) -> Option<u32>,
+) -> Result<Verdict, VerifyError> {
     params
         .validate()
         .map_err(|source| VerifyError::Params { source })?;
@@ -298,7 +331,7 @@ pub fn verify_match<R: AsRef<[f32]>>(
     }
     for (i, row) in target_rows.iter().enumerate() {
         let p = distribution_f64(row.as_ref(), params).map_err(row_err(i))?;
-        let y = sample_weights(&p, rng).ok_or(VerifyError::Row {
+        let y = draw(i, &p).ok_or(VerifyError::Row {
             row: i,
             source: SamplingError::NoMass { len: p.len() },
         })?;
@@ -427,7 +460,65 @@ fn resample_after_rejection(p: &[f64], q: &CompactDist, rng: &mut impl Rng) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::{rng_for, CLOUD_STREAM};
+    use crate::sampling::{rng_for, CLOUD_STREAM, EDGE_STREAM};
+
+    /// A toy target over 6 tokens whose logits depend on the last token and the position.
+    fn toy_row(last: u32, position: usize) -> Vec<f32> {
+        (0..6u32)
+            .map(|v| ((v * 7 + last * 3 + position as u32 * 5) % 11) as f32 * 0.4)
+            .collect()
+    }
+
+    #[test]
+    fn position_keyed_match_commits_the_cloud_only_text_whatever_the_rounds() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 0,
+            seed: 42,
+        };
+        let draws = PositionDraws::new(42);
+        let prompt = [3u32, 1, 4];
+        // Cloud-only: one target step per position.
+        let mut cloud_only = prompt.to_vec();
+        while cloud_only.len() < 60 {
+            let pos = cloud_only.len();
+            let t = draws
+                .sample_row(&toy_row(*cloud_only.last().unwrap(), pos), &params, pos)
+                .unwrap();
+            cloud_only.push(t);
+        }
+        // Speculative: random draft lengths 0..=5, drafts right 70% of the time.
+        for trial in 0..5u64 {
+            let mut rng = rng_for(trial, EDGE_STREAM);
+            let mut seq = prompt.to_vec();
+            let mut rounds = 0;
+            while seq.len() < 60 {
+                let k = rng.random_range(0..=5usize);
+                let draft: Vec<u32> = (0..k)
+                    .map(|j| match cloud_only.get(seq.len() + j) {
+                        Some(&t) if rng.random_bool(0.7) => t,
+                        _ => rng.random_range(0..6),
+                    })
+                    .collect();
+                let rows: Vec<Vec<f32>> = (0..=k)
+                    .map(|i| {
+                        let last = if i == 0 {
+                            *seq.last().unwrap()
+                        } else {
+                            draft[i - 1]
+                        };
+                        toy_row(last, seq.len() + i)
+                    })
+                    .collect();
+                let v = verify_match_at(&draft, &rows, &params, &draws, seq.len()).unwrap();
+                seq.extend(v.tokens(&draft));
+                rounds += 1;
+            }
+            seq.truncate(60);
+            assert_eq!(seq, cloud_only, "trial {trial} ({rounds} rounds)");
+        }
+    }
 
     fn one_hot(v: usize, hot: usize) -> Vec<f32> {
         let mut r = vec![0.0f32; v];
