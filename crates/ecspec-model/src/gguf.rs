@@ -32,6 +32,16 @@ impl Metadata {
         }
     }
 
+    /// Reads a GGUF header (magic, version, metadata, tensor infos) from any reader, bytes in
+    /// memory included, and returns its metadata: what [`GgufFile::open`] reads from a file.
+    /// `source` names the input in errors.
+    ///
+    /// # Errors
+    /// [`ModelError::Gguf`] naming `source` when the bytes are not a GGUF header.
+    pub fn read<R: Read + Seek>(reader: &mut R, source: &Path) -> Result<Self> {
+        read_header(reader, source).map(|content| Self(content.metadata))
+    }
+
     /// Whether `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.0.contains_key(key)
@@ -189,6 +199,144 @@ pub(crate) fn to_weight(t: &QTensor, rows: usize, cols: usize) -> Result<QWeight
     })
 }
 
+/// The header of the GGUF at `reader`'s position; `source` names it in errors.
+fn read_header<R: Read + Seek>(reader: &mut R, source: &Path) -> Result<gguf_file::Content> {
+    let gerr = |reason: String| ModelError::Gguf {
+        path: source.to_path_buf(),
+        reason,
+    };
+    let start = reader.stream_position().map_err(|e| gerr(e.to_string()))?;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match reader.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(gerr(e.to_string())),
+        }
+    }
+    if got < 4 || !matches!(&magic, b"GGUF" | b"FUGG") {
+        return Err(gerr(format!(
+            "not a GGUF file: it starts with {:02x?}, not the magic \"GGUF\"",
+            &magic[..got]
+        )));
+    }
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| gerr(e.to_string()))?;
+    // candle 0.11.1 divides by `general.alignment` after reading the header: refuse a 0 first.
+    let zero_alignment = sets_zero_alignment(reader).unwrap_or(false);
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| gerr(e.to_string()))?;
+    if zero_alignment {
+        return Err(gerr(
+            "general.alignment is 0; tensor data must be aligned to at least 1 byte".into(),
+        ));
+    }
+    gguf_file::Content::read(reader).map_err(|e| gerr(header_reason(e)))
+}
+
+/// What candle's header reader reported, without the backtrace it appends when
+/// `RUST_BACKTRACE` is set, and naming a short read as a truncated header.
+fn header_reason(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => header_reason(*inner),
+        candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("the file ends inside the GGUF header (truncated?): {io}")
+        }
+        e => e.to_string(),
+    }
+}
+
+/// Whether the GGUF header at `r`'s position sets `general.alignment` (its last occurrence, the
+/// one candle keeps) to an integer 0. Walks the metadata without allocating for values; any
+/// malformation ends the walk (an `Err`) and is left for candle's reader to report.
+fn sets_zero_alignment<R: Read + Seek>(r: &mut R) -> std::io::Result<bool> {
+    fn u32_of(r: &mut impl Read) -> std::io::Result<u32> {
+        let mut b = [0; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn len_of(r: &mut impl Read, v1: bool) -> std::io::Result<u64> {
+        if v1 {
+            return u32_of(r).map(u64::from);
+        }
+        let mut b = [0; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn skip(r: &mut impl Seek, n: u64) -> std::io::Result<()> {
+        let n = i64::try_from(n).map_err(|_| std::io::ErrorKind::InvalidData)?;
+        r.seek(SeekFrom::Current(n)).map(|_| ())
+    }
+    /// Bytes of a fixed-size value of GGUF type `t` (0–7, 10–12).
+    fn fixed_size(t: u32) -> Option<u64> {
+        match t {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+    fn skip_value<R: Read + Seek>(r: &mut R, t: u32, v1: bool, depth: u32) -> std::io::Result<()> {
+        let bad = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+        match (t, fixed_size(t)) {
+            (_, Some(n)) => skip(r, n),
+            (8, None) => {
+                let n = len_of(r, v1)?;
+                skip(r, n)
+            }
+            (9, None) if depth < 64 => {
+                let elem = u32_of(r)?;
+                let count = len_of(r, v1)?;
+                match fixed_size(elem) {
+                    Some(n) => skip(r, count.checked_mul(n).ok_or_else(bad)?),
+                    // Each element takes at least one byte, so a count beyond the file ends
+                    // at its end.
+                    None => (0..count).try_for_each(|_| skip_value(r, elem, v1, depth + 1)),
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+    let mut head = [0; 8];
+    r.read_exact(&mut head)?;
+    if !matches!(&head[..4], b"GGUF" | b"FUGG") {
+        return Ok(false);
+    }
+    let v1 = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) == 1;
+    let _tensors = len_of(r, v1)?;
+    let entries = len_of(r, v1)?;
+    let mut zero = false;
+    for _ in 0..entries {
+        let key_len = len_of(r, v1)?;
+        let is_alignment = if key_len == b"general.alignment".len() as u64 {
+            let mut key = [0; 17];
+            r.read_exact(&mut key)?;
+            &key == b"general.alignment"
+        } else {
+            skip(r, key_len)?;
+            false
+        };
+        let t = u32_of(r)?;
+        if is_alignment && matches!(t, 0..=5) {
+            let mut b = [0; 4];
+            let n = fixed_size(t).unwrap_or(4) as usize;
+            r.read_exact(&mut b[..n])?;
+            zero = b == [0; 4];
+        } else {
+            if is_alignment {
+                zero = false;
+            }
+            skip_value(r, t, v1, 0)?;
+        }
+    }
+    Ok(zero)
+}
+
 /// An open GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -210,7 +358,7 @@ impl GgufFile {
         };
         let file = File::open(path).map_err(|e| gerr(e.to_string()))?;
         let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| gerr(e.to_string()))?;
+        let content = read_header(&mut reader, path)?;
         let metadata = Metadata(content.metadata.clone());
         Ok(Self {
             path: path.to_path_buf(),
@@ -300,7 +448,14 @@ impl GgufFile {
                 })?;
             let elems = info.shape.elem_count();
             let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let start = self.content.tensor_data_offset + info.offset;
+            let start = self
+                .content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .ok_or_else(|| ModelError::Tensor {
+                    name: name.clone(),
+                    reason: format!("offset {} is beyond any file", info.offset),
+                })?;
             self.reader
                 .seek(SeekFrom::Start(start))
                 .map_err(|e| ModelError::Gguf {
@@ -323,5 +478,57 @@ impl GgufFile {
             }
         }
         Ok(hex::encode(h.finalize()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A GGUF v3 header without tensors whose metadata is `general.alignment` set to each of
+    /// `alignments` in turn (u32 values).
+    fn header(alignments: &[u32]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(alignments.len() as u64).to_le_bytes());
+        for &a in alignments {
+            b.extend_from_slice(&17u64.to_le_bytes());
+            b.extend_from_slice(b"general.alignment");
+            b.extend_from_slice(&4u32.to_le_bytes());
+            b.extend_from_slice(&a.to_le_bytes());
+        }
+        b
+    }
+
+    fn read(bytes: &[u8]) -> Result<Metadata> {
+        Metadata::read(&mut Cursor::new(bytes), Path::new("h.gguf"))
+    }
+
+    #[test]
+    fn an_alignment_of_zero_is_an_error_not_a_division_by_zero() {
+        let e = read(&header(&[0])).err().expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "cannot read GGUF file h.gguf: general.alignment is 0; tensor data must be aligned to at least 1 byte"
+        );
+    }
+
+    #[test]
+    fn the_last_alignment_given_is_the_one_checked() {
+        // candle keeps the last value of a repeated key.
+        assert!(read(&header(&[0, 32])).is_ok());
+        assert!(read(&header(&[32, 0])).is_err());
+        assert!(read(&header(&[64])).is_ok());
+    }
+
+    #[test]
+    fn the_check_leaves_the_reader_where_the_header_starts() {
+        let mut bytes = vec![0xAA; 3];
+        bytes.extend(header(&[16]));
+        let mut c = Cursor::new(&bytes[..]);
+        c.set_position(3);
+        assert!(Metadata::read(&mut c, Path::new("h.gguf")).is_ok());
     }
 }

@@ -15,7 +15,8 @@
 //!   [`LoraAdapter::pair`], [`LoraAdapter::pair_mut`], [`LoraAdapter::iter`],
 //!   [`LoraAdapter::validate`] (shapes and layer indices against a base).
 //! - PEFT I/O: [`LoraAdapter::load_peft`] / [`LoraAdapter::save_peft`] read and write a
-//!   directory holding `adapter_config.json` and `adapter_model.safetensors`.
+//!   directory holding `adapter_config.json` and `adapter_model.safetensors`;
+//!   [`LoraAdapter::from_peft_bytes`] reads the same two files' contents from memory.
 //! - Applying one: `Transformer::with_adapter(&base, &adapter)` (in `transformer.rs`) returns a
 //!   model sharing the base's quantized weights and adding `scale · B (A x)` to each targeted
 //!   projection.

@@ -30,10 +30,27 @@ impl LoraAdapter {
             }
         }
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
-        let pc = PeftConfig::parse(&cfg_path, &text)?;
         let bytes = std::fs::read(&st_path).map_err(|e| io(&st_path, e))?;
+        Self::from_peft_bytes(dir, &text, &bytes, config)
+    }
+
+    /// [`Self::load_peft`] on the two files' contents already in memory: `config_json` (the
+    /// text of `adapter_config.json`) and `weights` (the bytes of `adapter_model.safetensors`),
+    /// named in errors as if read from `dir`.
+    ///
+    /// # Errors
+    /// As [`Self::load_peft`], but for a missing or unreadable file.
+    pub fn from_peft_bytes(
+        dir: &Path,
+        config_json: &str,
+        weights: &[u8],
+        config: &ModelConfig,
+    ) -> Result<Self, LoraError> {
+        let cfg_path = dir.join(PEFT_CONFIG_FILE);
+        let st_path = dir.join(PEFT_WEIGHTS_FILE);
+        let pc = PeftConfig::parse(&cfg_path, config_json)?;
         let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoraError::Safetensors {
+            safetensors::SafeTensors::deserialize(weights).map_err(|e| LoraError::Safetensors {
                 path: st_path.clone(),
                 reason: e.to_string(),
             })?;
