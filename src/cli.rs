@@ -108,6 +108,14 @@ pub struct GenerateArgs {
     /// A running cloud server (host:port); without it a server is started on loopback.
     #[arg(long, value_name = "ADDR")]
     pub cloud: Option<String>,
+    /// Send the first token of FILE (one per line, `#` comments skipped) in the Hello, for a
+    /// cloud started with --auth-token-file.
+    #[arg(long, value_name = "FILE", requires = "cloud")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Connect to the cloud over TLS, trusting the CA certificate(s) in this PEM file (the
+    /// cloud's certificate must name the --cloud host).
+    #[arg(long, value_name = "FILE", requires = "cloud")]
+    pub tls_ca: Option<PathBuf>,
     /// Print the summary as one JSON object on stdout (the text is not streamed).
     #[arg(long)]
     pub json: bool,
@@ -159,8 +167,42 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at `GET http://ADDR/metrics` (vLLM's names, `ecspec:` prefix).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Accept only edges whose Hello carries one of the tokens in FILE (one per line, at least
+    /// 16 bytes each, `#` comments skipped); compared in constant time before any compute.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key); plaintext edges are refused.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Most drafted tokens one block may carry (K_max), agreed with each edge in the handshake.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_block_tokens: u32,
+    /// Longest prompt accepted, in tokens [default: the target's context window].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_prompt_tokens: Option<u32>,
+    /// Sessions one client (auth token, or peer address without --auth-token-file) may hold
+    /// at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_sessions_per_client: u32,
+    /// Rounds per second one session may send; faster rounds wait [default: unpaced].
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub max_rounds_per_s: Option<f64>,
     #[command(flatten)]
     pub models: ModelArgs,
+}
+
+/// A positive, finite rate (per second).
+///
+/// # Errors
+/// Not a number, or not positive and finite.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("`{s}` is not a positive rate per second")),
+    }
 }
 
 /// A byte count: a number (may be in e-notation) with an optional unit `B`, `KiB`, `MiB`,

@@ -193,6 +193,10 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         ),
         None => None,
     };
+    let remote = match cloud_addr {
+        Some(addr) => Some(remote(&a, addr)?),
+        None => None,
+    };
     let need_target = a.cloud.is_none() && a.mode != ModeArg::EdgeOnly;
     // The in-process cloud closes a connection whose first frame arrives after its handshake
     // deadline; a Hello needs at least half the RTT to cross: say so now, not 10 s later as
@@ -224,8 +228,8 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         sampling: &a.sampling,
         max_tokens: a.max_tokens as usize,
         link,
-        cloud: cloud_addr
-            .or(local.as_ref().map(|c| c.addr))
+        cloud: remote
+            .or(local.as_ref().map(|c| c.addr.into()))
             .map(run::CloudEndpoint::Tcp),
         virtual_compute: None,
         memory: None,
@@ -284,6 +288,32 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `--cloud` server with the edge's token and TLS settings.
+fn remote(a: &GenerateArgs, addr: std::net::SocketAddr) -> Result<run::Remote> {
+    let auth_token = a
+        .auth_token_file
+        .as_deref()
+        .map(run::read_auth_token)
+        .transpose()?;
+    let tls = match &a.tls_ca {
+        Some(ca) => {
+            // The certificate is checked against the host part of --cloud.
+            let cloud = a.cloud.as_deref().unwrap_or_default();
+            let host = cloud
+                .rsplit_once(':')
+                .map_or(cloud, |(h, _)| h)
+                .trim_matches(['[', ']']);
+            Some(ecspec_transport::tls::TlsClient::from_ca_file(ca, host)?)
+        }
+        None => None,
+    };
+    Ok(run::Remote {
+        addr,
+        auth_token,
+        tls,
+    })
 }
 
 async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
@@ -350,6 +380,21 @@ async fn serve(a: ServeArgs) -> Result<()> {
         kv_budget_bytes: a.kv_budget.unwrap_or_else(default_kv_budget),
         max_waiting: a.max_waiting,
         admission_wait: std::time::Duration::from_secs_f64(a.admission_wait_s),
+        max_block_tokens: a.max_block_tokens as usize,
+        max_prompt_tokens: a.max_prompt_tokens.map_or(usize::MAX, |n| n as usize),
+        max_sessions_per_client: a.max_sessions_per_client as usize,
+        max_rounds_per_s: a.max_rounds_per_s,
+        auth: a
+            .auth_token_file
+            .as_deref()
+            .map(ecspec_cloud::AuthTokens::from_file)
+            .transpose()?,
+        tls: match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ecspec_transport::tls::TlsServer::from_pem_files(cert, key)?)
+            }
+            _ => None,
+        },
         ..Default::default()
     };
     eprintln!(

@@ -140,12 +140,145 @@ fn smollm2_seeded_sampling_reproduces_the_cloud_only_text() {
     let cloud = generate_raw(&[&args[..], &["--mode", "cloud-only"]].concat());
     assert_eq!(cloud["generated_tokens"], 24, "{cloud}");
     for policy in ["fixed:4", "fixed:4", "fixed:1", "ecspec"] {
-        let spec = generate_raw(
-            &[&args[..], &["--draft-len", policy, "--link-up-mbps", "0.1"]].concat(),
-        );
+        let spec =
+            generate_raw(&[&args[..], &["--draft-len", policy, "--link-up-mbps", "0.1"]].concat());
         assert_eq!(spec["verify"], "match", "{spec}");
         assert_eq!(spec["tokens"], cloud["tokens"], "{policy}: {spec}");
     }
+}
+
+/// A `cloud serve` child on an ephemeral loopback port, killed on drop.
+struct ServeChild {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ServeChild {
+    fn start(extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+            .args(["cloud", "serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ecspec cloud serve");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("cloud serve ended before serving")
+                .unwrap();
+            if let Some(rest) = line.split(" on 127.0.0.1:").nth(1) {
+                let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                break format!("127.0.0.1:{port}");
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn smollm2_cloud_with_auth_and_tls_refuses_strangers_and_serves_its_edges() {
+    if !cached("smollm2-135m-instruct") {
+        eprintln!("skipped: smollm2-135m-instruct is not in the cache (run `ecspec models fetch smollm2`)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ecspec-e2e-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "# edges\nedge-token-5f1c0e7a93b2\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "edge-token-0000000000000\n").unwrap();
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cloud.crt"), dir.join("cloud.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ecspec"))
+            .args([
+                "generate",
+                "--prompt",
+                "Say hi.",
+                "--max-tokens",
+                "8",
+                "--temperature",
+                "0",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t = tokens.to_str().unwrap();
+    let plain = ServeChild::start(&["--auth-token-file", t]);
+    let a = plain.addr.as_str();
+    let none = run(&["--cloud", a, "--json"]);
+    assert_eq!(none.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        err.contains("unauthorized: this cloud requires an auth token and the Hello carries none"),
+        "{err}"
+    );
+    let bad = run(&["--cloud", a, "--auth-token-file", wrong.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("unauthorized: the Hello's auth token is not one this cloud accepts"),
+        "{err}"
+    );
+    let ok = run(&["--cloud", a, "--auth-token-file", t, "--json"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let served: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(served["generated_tokens"], 8, "{served}");
+    drop(plain);
+
+    let tls = ServeChild::start(&[
+        "--auth-token-file",
+        t,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let a = tls.addr.as_str();
+    let over_tls = run(&[
+        "--cloud",
+        a,
+        "--auth-token-file",
+        t,
+        "--tls-ca",
+        cert.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        over_tls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&over_tls.stderr)
+    );
+    let over_tls: Value = serde_json::from_slice(&over_tls.stdout).unwrap();
+    assert_eq!(over_tls["tokens"], served["tokens"]);
+    let plaintext = run(&["--cloud", a, "--auth-token-file", t]);
+    assert_eq!(plaintext.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&plaintext.stderr);
+    assert!(
+        err.contains("this cloud requires TLS: connect with --tls-ca (plaintext refused)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -32,6 +32,31 @@ pub struct SessionPlan {
     pub autoregressive: bool,
     /// Tokens to stream right after the HelloAck (0: none; see [`ecspec_proto::Hello::stream`]).
     pub opening_stream: u32,
+    /// The session's K_max: most drafted tokens per block (the Hello's ask capped by the
+    /// cloud's [`Limits::max_block_tokens`]), answered in the HelloAck.
+    pub max_block_tokens: usize,
+}
+
+/// The cloud's per-session limits a Hello is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on the token budget.
+    pub max_new_tokens: usize,
+    /// Cap on K_max, 1 ..= [`MAX_BLOCK_TOKENS`].
+    pub max_block_tokens: usize,
+    /// Longest prompt accepted, in tokens (beside the context window's own bound).
+    pub max_prompt_tokens: usize,
+}
+
+impl Default for Limits {
+    /// 4 096 new tokens, blocks of [`MAX_BLOCK_TOKENS`], prompts bounded by the context only.
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 4096,
+            max_block_tokens: MAX_BLOCK_TOKENS,
+            max_prompt_tokens: usize::MAX,
+        }
+    }
 }
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
@@ -50,14 +75,14 @@ fn clip(s: &str) -> String {
     }
 }
 
-/// Checks a [`Hello`] against the served model. `max_new_cap` bounds the token budget.
+/// Checks a [`Hello`] against the served model and the cloud's [`Limits`].
 ///
 /// # Errors
 /// A [`Refusal`] for: another protocol version; another model family; a draft built on another
 /// base (shared-backbone) or with another vocabulary (independent); an unknown draft kind or
 /// verification mode; invalid sampling settings; an empty or out-of-vocabulary prompt; a
-/// prompt that leaves no room in the context window.
-pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<SessionPlan, Refusal> {
+/// prompt over `limits.max_prompt_tokens` or that leaves no room in the context window.
+pub fn check_hello(h: &Hello, m: &CloudModel, limits: &Limits) -> Result<SessionPlan, Refusal> {
     if h.protocol_version != PROTOCOL_VERSION as u32 {
         return Err(refuse(
             ErrorCode::UnsupportedVersion,
@@ -117,6 +142,16 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
             ),
         ));
     }
+    if h.prompt.len() > limits.max_prompt_tokens {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "the prompt has {} tokens; this cloud accepts at most {} (--max-prompt-tokens)",
+                h.prompt.len(),
+                limits.max_prompt_tokens
+            ),
+        ));
+    }
     if h.max_new_tokens == 0 {
         return Err(refuse(
             ErrorCode::BadRequest,
@@ -140,12 +175,18 @@ pub fn check_hello(h: &Hello, m: &CloudModel, max_new_cap: usize) -> Result<Sess
     Ok(SessionPlan {
         rule,
         params,
-        max_new_tokens: (h.max_new_tokens as usize).min(max_new_cap).min(room),
+        max_new_tokens: (h.max_new_tokens as usize)
+            .min(limits.max_new_tokens)
+            .min(room),
         autoregressive: h.autoregressive,
         opening_stream: if h.autoregressive || h.stream < 2 {
             0
         } else {
             h.stream
+        },
+        max_block_tokens: match h.max_block_tokens as usize {
+            0 => limits.max_block_tokens,
+            asked => asked.min(limits.max_block_tokens),
         },
     })
 }

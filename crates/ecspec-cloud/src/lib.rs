@@ -3,6 +3,8 @@
 //! - [`CloudModel`]: the served target versions (one [`TargetVersion`] each, all sharing the
 //!   base's weights), the active one new sessions get, and the identity drafts are checked
 //!   against. A session keeps the version it started with (see [`model`]).
+//! - [`AuthTokens`]: the bearer tokens a cloud started with `--auth-token-file` accepts,
+//!   checked in constant time in the Hello before any compute.
 //! - [`check_hello`]: the handshake check (protocol version, family, base or vocabulary hash,
 //!   settings), pure.
 //! - [`TargetSession`]: one session's target KV cache; prefill, then one forward pass over
@@ -22,6 +24,8 @@
 //! **Invariant:** a round that fails commits nothing and leaves the KV cache as it was.
 
 pub mod admin;
+pub mod auth;
+pub mod clients;
 pub mod handshake;
 pub mod metrics;
 pub mod model;
@@ -31,6 +35,7 @@ pub mod target;
 pub mod wire;
 
 pub use admin::{set_version, AdminError};
+pub use auth::{AuthError, AuthTokens};
 pub use handshake::{check_hello, Refusal, SessionPlan};
 pub use metrics::{serve_metrics, Metrics};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};

@@ -18,13 +18,16 @@ use std::time::Duration;
 use ecspec_proto::{ErrorCode, ErrorReply, FrameError, Hello, Message, SetVersion, VersionAck};
 use ecspec_spec::compact::CompactDist;
 use ecspec_spec::compute::CloudCompute;
+use ecspec_transport::tls::{looks_like_tls, TlsServer};
 use ecspec_transport::{Connection, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handshake::{check_hello, SessionPlan};
+use crate::auth::AuthTokens;
+use crate::clients::{ClientId, ClientSessions, ClientSlot, RoundPacer};
+use crate::handshake::{check_hello, Limits, SessionPlan};
 use crate::metrics::Metrics;
 use crate::model::{CloudModel, TargetVersion};
 use crate::scheduler::{Scheduler, SchedulerConfig, Work};
@@ -62,6 +65,20 @@ pub struct ServerConfig {
     pub max_waiting: usize,
     /// How long a Hello waits for KV budget before it is refused `busy`.
     pub admission_wait: Duration,
+    /// Cap on a session's K_max (most drafted tokens per block), 1 ..= [`MAX_BLOCK_TOKENS`];
+    /// agreed per session in the handshake (`--max-block-tokens`).
+    pub max_block_tokens: usize,
+    /// Longest prompt a Hello may carry, in tokens (`--max-prompt-tokens`).
+    pub max_prompt_tokens: usize,
+    /// Tokens a Hello must carry one of (`--auth-token-file`); None: no authentication.
+    pub auth: Option<AuthTokens>,
+    /// Sessions one client (auth token, or peer address) may hold at once.
+    pub max_sessions_per_client: usize,
+    /// Rounds per second one session may send (later rounds wait); None: unpaced.
+    pub max_rounds_per_s: Option<f64>,
+    /// TLS (`--tls-cert`/`--tls-key`): every connection must open with a TLS handshake; a
+    /// plaintext one gets one plaintext error saying so. None: plaintext.
+    pub tls: Option<TlsServer>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +95,12 @@ impl Default for ServerConfig {
             kv_budget_bytes: 4 << 30,
             max_waiting: 64,
             admission_wait: Duration::from_secs(10),
+            max_block_tokens: MAX_BLOCK_TOKENS,
+            max_prompt_tokens: usize::MAX,
+            auth: None,
+            max_sessions_per_client: 64,
+            max_rounds_per_s: None,
+            tls: None,
         }
     }
 }
@@ -103,6 +126,8 @@ pub struct CloudServer {
     scheduler: Arc<Scheduler>,
     /// What `GET /metrics` exports.
     metrics: Arc<Metrics>,
+    /// Each client's open sessions.
+    clients: ClientSessions,
 }
 
 impl CloudServer {
@@ -124,6 +149,7 @@ impl CloudServer {
             },
             Arc::clone(&metrics),
         );
+        let clients = ClientSessions::new(config.max_sessions_per_client);
         Arc::new(Self {
             model: Arc::new(model),
             config,
@@ -134,6 +160,7 @@ impl CloudServer {
             waiting: AtomicUsize::new(0),
             scheduler,
             metrics,
+            clients,
         })
     }
 
@@ -378,8 +405,7 @@ pub async fn serve(
                         Ok(permit) => {
                             sessions.spawn(async move {
                                 let ip = Some(peer.ip());
-                                if let Err(e) = handle_connection(stream, ip, server, permit).await
-                                {
+                                if let Err(e) = handle_tcp(stream, ip, server, permit).await {
                                     tracing::info!(%peer, "session ended with an error: {e}");
                                 }
                             });
@@ -410,6 +436,42 @@ pub async fn serve(
     {
         sessions.shutdown().await;
     }
+}
+
+/// A TCP connection: straight to [`handle_connection`], or through the TLS handshake first
+/// when the server has TLS (within the handshake deadline). A plaintext connection to a TLS
+/// server gets one plaintext `Unauthorized` error saying so, and is closed.
+async fn handle_tcp(
+    stream: TcpStream,
+    peer: Option<IpAddr>,
+    server: Arc<CloudServer>,
+    pending: OwnedSemaphorePermit,
+) -> Result<(), TransportError> {
+    let Some(tls) = server.config.tls.clone() else {
+        return handle_connection(stream, peer, server, pending).await;
+    };
+    let deadline = server.config.handshake_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+        Err(_) => return Err(TransportError::Timeout(deadline)),
+        Ok(Ok(0)) => return Ok(()),
+        Ok(Ok(_)) if !looks_like_tls(first[0]) => {
+            server.metrics.refused_hellos.inc();
+            let mut conn = Connection::new(stream);
+            let m = "this cloud requires TLS: connect with --tls-ca (plaintext refused)";
+            // Request id 0: the reply answers no frame that was read.
+            conn.reply(&ErrorReply::new(ErrorCode::Unauthorized, m).into(), 0)
+                .await?;
+            let _ = conn.shutdown().await;
+            return Ok(());
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.into()),
+    }
+    let stream = tokio::time::timeout(deadline, tls.accept(stream))
+        .await
+        .map_err(|_| TransportError::Timeout(deadline))??;
+    handle_connection(stream, peer, server, pending).await
 }
 
 async fn refuse_busy(stream: TcpStream, message: String) {
@@ -574,6 +636,8 @@ struct OpenSession {
     slot: OwnedSemaphorePermit,
     /// The session's share of the KV budget, returned when it ends.
     kv: KvReservation,
+    /// The client's count of open sessions, held until the session ends.
+    client: ClientSlot,
 }
 
 /// What admission gave a session, before its prefill.
@@ -582,6 +646,7 @@ struct Admitted {
     plan: SessionPlan,
     slot: OwnedSemaphorePermit,
     kv: KvReservation,
+    client: ClientSlot,
     /// How long the Hello waited for KV budget.
     queued: Duration,
 }
@@ -626,12 +691,21 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         None => return Ok(None),
     };
+    // Before any compute: a missing or wrong token is answered and the connection closed.
+    let client = match server.authorize(&hello, peer) {
+        Ok(c) => c,
+        Err(reply) => {
+            server.metrics.refused_hellos.inc();
+            conn.reply(&reply, req).await?;
+            return Ok(None);
+        }
+    };
     let session_id = server.next_session.fetch_add(1, Ordering::Relaxed);
     // The session's version, fixed from here to its end (see `CloudModel`).
     let version = server.model.active();
     let mut pending = Some(pending);
     let admitted = match server
-        .admit_session(session_id, &version, &hello, &mut pending)
+        .admit_session(session_id, client, &version, &hello, &mut pending)
         .await
     {
         Ok(a) => a,
@@ -657,6 +731,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &server.model,
         &first,
         admitted.queued,
+        admitted.plan.max_block_tokens,
     );
     conn.reply(&ack, req).await?;
     Ok(Some(OpenSession {
@@ -666,10 +741,39 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         req,
         slot: admitted.slot,
         kv: admitted.kv,
+        client: admitted.client,
     }))
 }
 
 impl CloudServer {
+    /// Who a Hello comes from: the auth token it carries when the cloud requires one (checked
+    /// in constant time, [`AuthTokens::check`]), else its peer.
+    /// Err: the `Unauthorized` reply to send before closing.
+    fn authorize(&self, hello: &Hello, peer: Option<IpAddr>) -> Result<ClientId, Message> {
+        let Some(tokens) = &self.config.auth else {
+            return Ok(peer.map_or(ClientId::Local, ClientId::Peer));
+        };
+        let why = if hello.auth_token.is_empty() {
+            "unauthorized: this cloud requires an auth token and the Hello carries none \
+             (start the edge with --auth-token-file)"
+        } else if let Some(i) = tokens.check(&hello.auth_token) {
+            return Ok(ClientId::Token(i));
+        } else {
+            "unauthorized: the Hello's auth token is not one this cloud accepts"
+        };
+        tracing::info!(?peer, "{why}");
+        Err(ErrorReply::new(ErrorCode::Unauthorized, why).into())
+    }
+
+    /// The per-session limits Hellos are checked against.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_new_tokens: self.config.max_new_tokens,
+            max_block_tokens: self.config.max_block_tokens.clamp(1, MAX_BLOCK_TOKENS),
+            max_prompt_tokens: self.config.max_prompt_tokens,
+        }
+    }
+
     /// Admits the session a Hello asks for on `version`: [`check_hello`], a session slot (the
     /// connection's pre-handshake permit, `pending`, is released once it has one), its target
     /// session, and its KV reservation (waiting for budget, see [`CloudServer::admit`]).
@@ -677,14 +781,20 @@ impl CloudServer {
     async fn admit_session(
         self: &Arc<Self>,
         session_id: u64,
+        client: ClientId,
         version: &TargetVersion,
         hello: &Hello,
         pending: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<Admitted, Message> {
         let model = &self.model;
-        let plan = check_hello(hello, model, self.config.max_new_tokens).map_err(|refusal| {
+        let plan = check_hello(hello, model, &self.limits()).map_err(|refusal| {
             tracing::info!(session_id, "refused: {}", refusal.message);
             wire::refused_ack(session_id, &version.name, model, refusal.message)
+        })?;
+        let client = self.clients.take(client).map_err(|m| {
+            self.metrics.refused_hellos.inc();
+            tracing::info!(session_id, "refused: {m}");
+            Message::from(ErrorReply::busy(m, 1000))
         })?;
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             self.metrics.refused_hellos.inc();
@@ -715,6 +825,7 @@ impl CloudServer {
             plan,
             slot,
             kv,
+            client,
             queued,
         })
     }
@@ -736,7 +847,9 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         req,
         slot: _slot,
         kv: _kv,
+        client: _client,
     } = session;
+    let mut pacer = RoundPacer::new(server.config.max_rounds_per_s);
     let cap = server.config.max_new_tokens as u32;
     if plan.opening_stream > 1 {
         // The edge asked to start streaming right away (it knows drafting does not pay).
@@ -758,11 +871,22 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => return Err(e),
         };
         match Command::from_frame(message, server.model.vocab_size) {
+            Ok(Command::Round { tokens, .. }) if tokens.len() > plan.max_block_tokens => {
+                // Refused before any compute; the session goes on.
+                let m = format!(
+                    "a block of {} drafted tokens is over this session's K_max of {} \
+                     (agreed in the handshake)",
+                    tokens.len(),
+                    plan.max_block_tokens
+                );
+                conn.reply(&bad_request(m), req).await?;
+            }
             Ok(Command::Round {
                 round,
                 tokens,
                 dists,
             }) => {
+                pacer.wait().await;
                 let (t, r) = run_round(server, target, tokens, dists).await?;
                 target = t;
                 let reply = match r {

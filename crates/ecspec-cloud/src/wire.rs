@@ -168,13 +168,15 @@ pub fn verdict(round: u32, out: &RoundOutcome) -> Message {
 }
 
 /// The HelloAck opening session `session_id` on `version`: the prefill's outcome `first` (the
-/// first token), and how long the Hello waited for admission (`queued`; zero is not sent).
+/// first token), how long the Hello waited for admission (`queued`; zero is not sent), and the
+/// session's agreed K_max.
 pub fn accepted_ack(
     session_id: u64,
     version: &str,
     model: &CloudModel,
     first: &RoundOutcome,
     queued: Duration,
+    max_block_tokens: usize,
 ) -> Message {
     Message::HelloAck(HelloAck {
         accepted: true,
@@ -187,6 +189,7 @@ pub fn accepted_ack(
         finished: first.finished,
         prefill_us: wire_micros(first.compute),
         queue_us: wire_micros(queued),
+        max_block_tokens: max_block_tokens as u32,
     })
 }
 

@@ -125,6 +125,30 @@ impl RoundPlan {
             | RoundPlan::Stream { seen, .. } => *seen,
         }
     }
+
+    /// This plan with at most `k_max` ≥ 1 drafted tokens: the session's K_max agreed in the
+    /// handshake, which the cloud enforces by refusing longer blocks.
+    pub fn capped(self, k_max: usize) -> Self {
+        let k_max = k_max.max(1);
+        match self {
+            RoundPlan::Lookup { mut tokens, seen } => {
+                tokens.truncate(k_max);
+                RoundPlan::Lookup { tokens, seen }
+            }
+            RoundPlan::Model {
+                k,
+                stop,
+                rule,
+                seen,
+            } => RoundPlan::Model {
+                k: k.min(k_max),
+                stop,
+                rule,
+                seen,
+            },
+            stream => stream,
+        }
+    }
 }
 
 /// The lookup half of the choice: the lookups' own acceptance rate and the count of matches

@@ -94,6 +94,11 @@ pub struct EdgeConfig {
     /// adds to the cloud's other sessions (each verdict's `row_cost_us`, smoothed), so the
     /// edge drafts shorter or streams as a shared cloud fills. No effect on an idle cloud.
     pub load_aware: bool,
+    /// Token for a cloud that requires one (sent in the Hello; use TLS, it is a secret).
+    pub auth_token: Option<String>,
+    /// K_max the edge asks for in the Hello (0: the cloud's cap); every block is cut to the
+    /// K_max the cloud answers.
+    pub max_block_tokens: u32,
 }
 
 /// Errors of a generation. Tokens already delivered to the commit callback stay delivered.
@@ -274,6 +279,8 @@ fn hello(cfg: &EdgeConfig, prompt: &[u32], opening: u32) -> Result<Hello, EdgeEr
         draft_kind: cfg.draft_kind.as_str().to_owned(),
         autoregressive: cfg.mode == Mode::CloudOnly,
         stream: opening,
+        auth_token: cfg.auth_token.clone().unwrap_or_default(),
+        max_block_tokens: cfg.max_block_tokens,
         ..session
     })
 }
@@ -336,6 +343,9 @@ struct Settings {
     pipeline: bool,
     virtual_compute: Option<EdgeCompute>,
     family: String,
+    /// The session's K_max agreed in the handshake (the HelloAck's; 0 from an older cloud:
+    /// no cap beyond the policy's).
+    k_max: usize,
 }
 
 /// One round's block, drafted and ready to send.
@@ -428,6 +438,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
             pipeline: cfg.pipeline,
             virtual_compute: cfg.virtual_compute,
             family: cfg.family,
+            k_max: match ack.max_block_tokens {
+                0 => usize::MAX,
+                k => k as usize,
+            },
         };
         let settings = PlannerSettings {
             policy: cfg.policy,
@@ -467,8 +481,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         let before = totals(self.counter);
         let old_len = self.committed.len();
         let continuing = self.streaming > 0;
-        let plan =
-            (self.set.speculative && !continuing).then(|| self.planner.plan(&self.committed));
+        let plan = (self.set.speculative && !continuing)
+            .then(|| self.planner.plan(&self.committed).capped(self.set.k_max));
         let block = self.draft(plan).await?;
         self.summary.drafted(block.proposal.elapsed);
         let t_send = Instant::now();

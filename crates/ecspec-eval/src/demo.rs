@@ -94,7 +94,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
             energy_budget: args.energy.energy_budget,
-            cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(cloud.addr)),
+            cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(cloud.addr.into())),
             virtual_compute: None,
             memory: None,
         };

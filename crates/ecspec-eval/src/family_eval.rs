@@ -330,7 +330,7 @@ impl EvalCtx<'_> {
                 sampling: &sampling,
                 max_tokens: self.a.max_tokens as usize,
                 link: self.link.clone(),
-                cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(self.cloud)),
+                cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(self.cloud.into())),
                 virtual_compute: None,
                 memory: None,
                 energy: None,

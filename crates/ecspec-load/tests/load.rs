@@ -92,6 +92,8 @@ fn edge(mode: Mode, policy: &'static str) -> Arc<dyn EdgeFactory> {
                 drafter: DraftSource::Model,
                 lookup: Lookup::default(),
                 load_aware: true,
+                auth_token: None,
+                max_block_tokens: 0,
             };
             let drafter = (mode == Mode::Speculative).then(|| {
                 Drafter::new(

@@ -48,6 +48,9 @@ pub enum ErrorCode {
     /// The server cannot take the request now (KV-cache budget, waiting queue or session
     /// slots full); [`ErrorReply::retry_after_ms`] says when to try again (0: never).
     Busy = 7,
+    /// The [`Hello`] carried no auth token, or one the cloud does not accept; the cloud closes
+    /// the connection after this reply.
+    Unauthorized = 8,
 }
 
 /// Edge → cloud, the first frame of a session: who the draft is, how to sample, and the prompt.
@@ -106,6 +109,14 @@ pub struct Hello {
     /// earlier requests) start streaming without a round trip.
     #[prost(uint32, tag = "13")]
     pub stream: u32,
+    /// Bearer token for a cloud that requires one (`cloud serve --auth-token-file`), compared
+    /// in constant time before any compute; empty: none. Send it over TLS only: it is a secret.
+    #[prost(string, tag = "14")]
+    pub auth_token: String,
+    /// Most drafted tokens the edge will send in one [`DraftBlock`] (its K_max); 0: the cloud's
+    /// cap. The cloud answers the agreed value in [`HelloAck::max_block_tokens`].
+    #[prost(uint32, tag = "15")]
+    pub max_block_tokens: u32,
 }
 
 /// Cloud → edge, the answer to [`Hello`]: accepted or refused, and on acceptance the target's
@@ -147,6 +158,11 @@ pub struct HelloAck {
     /// not sent, when it did not wait).
     #[prost(fixed32, tag = "10")]
     pub queue_us: u32,
+    /// The session's K_max: the most drafted tokens one [`DraftBlock`] may carry (the Hello's
+    /// `max_block_tokens` capped by the cloud's limit, or the cloud's limit when the Hello
+    /// asked for 0). A longer block is refused with [`ErrorCode::BadRequest`].
+    #[prost(uint32, tag = "11")]
+    pub max_block_tokens: u32,
 }
 
 /// One drafted token's truncated, quantized draft distribution `q`, sent in

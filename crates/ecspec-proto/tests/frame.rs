@@ -22,6 +22,8 @@ fn hello() -> Hello {
         prompt: vec![1, 9707, 28, 49151, 0, 2],
         autoregressive: false,
         stream: 0,
+        auth_token: String::new(),
+        max_block_tokens: 0,
     }
 }
 
@@ -37,6 +39,7 @@ fn hello_ack() -> HelloAck {
         finished: false,
         prefill_us: 0,
         queue_us: 0,
+        max_block_tokens: 0,
     }
 }
 
@@ -54,8 +57,19 @@ fn rejection_block() -> DraftBlock {
 fn samples() -> Vec<Message> {
     vec![
         hello().into(),
+        Hello {
+            auth_token: "edge-7f3a9c1e5b2d4086".into(),
+            max_block_tokens: 16,
+            ..hello()
+        }
+        .into(),
         Hello::default().into(),
         hello_ack().into(),
+        HelloAck {
+            max_block_tokens: 16,
+            ..hello_ack()
+        }
+        .into(),
         HelloAck {
             accepted: false,
             reason: "base_hash mismatch".into(),

@@ -178,6 +178,8 @@ fn proto_file_matches_rust_messages() {
             prompt: vec![6],
             autoregressive: true,
             stream: 7,
+            auth_token: "t".into(),
+            max_block_tokens: 8,
         },
     );
     check(
@@ -194,6 +196,7 @@ fn proto_file_matches_rust_messages() {
             finished: true,
             prefill_us: 7,
             queue_us: 8,
+            max_block_tokens: 9,
         },
     );
     check(

@@ -268,10 +268,52 @@ pub struct RunSpec<'a> {
 #[derive(Clone)]
 pub enum CloudEndpoint {
     /// A server reached over TCP.
-    Tcp(SocketAddr),
+    Tcp(Remote),
     /// A server in this process, reached over an in-memory pipe (no sockets: what the virtual
     /// clock needs, since only tokio timers may advance its time).
     InMemory(Arc<CloudServer>),
+}
+
+/// A cloud reached over TCP: its address, the token it may require, and TLS.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// The cloud's address.
+    pub addr: SocketAddr,
+    /// Auth token sent in the Hello (`--auth-token-file`: its first token).
+    pub auth_token: Option<String>,
+    /// TLS to the cloud (`--tls-ca`); None: plaintext.
+    pub tls: Option<ecspec_transport::tls::TlsClient>,
+}
+
+impl From<SocketAddr> for Remote {
+    /// Plaintext, no token.
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            auth_token: None,
+            tls: None,
+        }
+    }
+}
+
+/// The first token of an auth token file (one per line; blank lines and `#` comments
+/// skipped), for the edge's `--auth-token-file`.
+///
+/// # Errors
+/// The file cannot be read or holds no token.
+pub fn read_auth_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--auth-token-file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .with_context(|| {
+            format!(
+                "--auth-token-file {} holds no token (one per line; # comments skipped)",
+                path.display()
+            )
+        })
 }
 
 /// A failed generation, with what was committed before the failure (never lost).
@@ -391,6 +433,11 @@ pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Op
         drafter: spec.sampling.lookup.drafter,
         lookup: spec.sampling.lookup.lookup()?,
         load_aware: true,
+        auth_token: match &spec.cloud {
+            Some(CloudEndpoint::Tcp(r)) => r.auth_token.clone(),
+            _ => None,
+        },
+        max_block_tokens: 0,
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind,
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -458,17 +505,28 @@ async fn run_inner(
         .as_ref()
         .map(|l| (l.uplink.mean_rate_bps(), l.downlink.mean_rate_bps()));
     let mut summary = match spec.cloud.context("no cloud address")? {
-        CloudEndpoint::Tcp(addr) => {
+        CloudEndpoint::Tcp(remote) => {
+            let addr = remote.addr;
             let tcp = TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("connecting to the cloud at {addr}"))?;
             tcp.set_nodelay(true)?;
-            match spec.link {
-                Some(link) => {
+            // TLS runs over the emulated link: its records cross the link and are counted.
+            match (spec.link, &remote.tls) {
+                (Some(link), Some(tls)) => {
+                    let (s, counters) = emulate(tcp, link).await;
+                    let s = tls_connect(tls, s, addr).await?;
+                    generate(s, Some(counters), cfg, d, prompt, on_commit).await?
+                }
+                (Some(link), None) => {
                     let (s, counters) = emulate(tcp, link).await;
                     generate(s, Some(counters), cfg, d, prompt, on_commit).await?
                 }
-                None => generate(tcp, None, cfg, d, prompt, on_commit).await?,
+                (None, Some(tls)) => {
+                    let s = tls_connect(tls, tcp, addr).await?;
+                    generate(s, None, cfg, d, prompt, on_commit).await?
+                }
+                (None, None) => generate(tcp, None, cfg, d, prompt, on_commit).await?,
             }
         }
         CloudEndpoint::InMemory(server) => {
@@ -497,6 +555,20 @@ async fn run_inner(
         crate::edge_memory::save(path, &file)?;
     }
     Ok(summary)
+}
+
+/// The TLS handshake with the cloud at `addr` over `stream`.
+async fn tls_connect<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &ecspec_transport::tls::TlsClient,
+    stream: S,
+    addr: SocketAddr,
+) -> Result<ecspec_transport::tls::ClientStream<S>> {
+    tls.connect(stream).await.with_context(|| {
+        format!(
+            "TLS handshake with the cloud at {addr} (does it serve TLS with a certificate \
+             from --tls-ca for this name?)"
+        )
+    })
 }
 
 fn edge_only_summary(

@@ -2,6 +2,8 @@
 //! a TCP socket on the cloud, the emulated link's stream on the edge — owning the read
 //! buffer (mini-redis style: "incomplete" is a state of the buffer, not an error).
 
+pub mod tls;
+
 use std::time::Duration;
 
 use bytes::BytesMut;

@@ -298,6 +298,8 @@ impl Run {
             drafter: self.drafter,
             lookup: ecspec_edge::Lookup::default(),
             load_aware: true,
+            auth_token: None,
+            max_block_tokens: 0,
         }
     }
 
@@ -333,6 +335,8 @@ impl Run {
             prompt: self.prompt.clone(),
             autoregressive: self.mode == Mode::CloudOnly,
             stream: 0,
+            auth_token: String::new(),
+            max_block_tokens: 0,
         }
     }
 }
