@@ -187,6 +187,10 @@ pub struct ServeArgs {
     /// at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_sessions_per_client: u32,
+    /// On SIGTERM or Ctrl-C: seconds running sessions get to finish before their connections
+    /// are closed (their edges then reconnect and re-open their sessions).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    pub shutdown_grace_s: f64,
     /// Rounds per second one session may send; faster rounds wait [default: unpaced].
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     pub max_rounds_per_s: Option<f64>,

@@ -223,6 +223,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     };
     let profile = energy::load_profile(&a.energy.energy_profile)?;
     let spec = run::RunSpec {
+        outages: run::Outages::new(a.link.outage.clone())?,
         mode: a.mode,
         draft_len: &a.draft_len,
         sampling: &a.sampling,
@@ -384,6 +385,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         max_prompt_tokens: a.max_prompt_tokens.map_or(usize::MAX, |n| n as usize),
         max_sessions_per_client: a.max_sessions_per_client as usize,
         max_rounds_per_s: a.max_rounds_per_s,
+        shutdown_grace: config_grace(&a),
         auth: a
             .auth_token_file
             .as_deref()
@@ -415,11 +417,40 @@ async fn serve(a: ServeArgs) -> Result<()> {
             std::future::pending(),
         ));
     }
-    ecspec_cloud::serve(listener, server, async {
-        let _ = tokio::signal::ctrl_c().await;
+    let grace = config_grace(&a);
+    ecspec_cloud::serve(listener, server, async move {
+        shutdown_signal().await;
+        eprintln!(
+            "ecspec cloud: shutting down: no new sessions; running ones get up to {:.1} s to finish, \
+             then their edges reconnect and re-open elsewhere",
+            grace.as_secs_f64()
+        );
     })
     .await;
     Ok(())
+}
+
+fn config_grace(a: &ServeArgs) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(a.shutdown_grace_s)
+}
+
+/// Ctrl-C, or SIGTERM (how service managers and orchestrators stop a server).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => eprintln!("ecspec cloud: cannot watch SIGTERM ({e}); Ctrl-C still stops"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A quarter of this machine's memory (`/proc/meminfo`'s MemTotal), else 4 GiB: what the

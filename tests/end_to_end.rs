@@ -147,10 +147,35 @@ fn smollm2_seeded_sampling_reproduces_the_cloud_only_text() {
     }
 }
 
+#[test]
+fn smollm2_an_outage_costs_a_reconnect_not_a_token() {
+    if !cached("smollm2-135m-instruct") {
+        eprintln!("skipped: smollm2-135m-instruct is not in the cache (run `ecspec models fetch smollm2`)");
+        return;
+    }
+    // fixed:2 over the default 60 ms RTT link: 64 tokens need at least 22 round trips
+    // (1.3 s), so the outage at 1 s always falls inside the generation.
+    let prompt = "Write a short poem about the sea.";
+    let out = generate(
+        "smollm2",
+        "speculative",
+        prompt,
+        64,
+        &["--draft-len", "fixed:2", "--outage", "1.0:2.0"],
+    );
+    let cloud = generate("smollm2", "cloud-only", prompt, 64, &[]);
+    assert_eq!(out["tokens"], cloud["tokens"], "{out}");
+    assert_eq!(out["reconnects"], 1, "{out}");
+    // The link was down for the rest of the 2 s after the loss.
+    assert!(out["reconnect_s"].as_f64().unwrap() >= 1.9, "{out}");
+}
+
 /// A `cloud serve` child on an ephemeral loopback port, killed on drop.
 struct ServeChild {
     child: std::process::Child,
     addr: String,
+    /// What it printed on stderr after its "serving" line.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServeChild {
@@ -175,8 +200,18 @@ impl ServeChild {
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
     }
 }
 
@@ -279,6 +314,36 @@ fn smollm2_cloud_with_auth_and_tls_refuses_strangers_and_serves_its_edges() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn smollm2_cloud_serve_drains_and_exits_on_sigterm() {
+    if !cached("smollm2-135m-instruct") {
+        eprintln!("skipped: smollm2-135m-instruct is not in the cache (run `ecspec models fetch smollm2`)");
+        return;
+    }
+    let mut serve = ServeChild::start(&["--shutdown-grace-s", "1"]);
+    let pid = serve.child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    // Exits on its own (no session runs; the grace bounds it anyway): bounded by a generous
+    // deadline, not timed.
+    let mut status = None;
+    for _ in 0..600 {
+        if let Some(s) = serve.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = status.expect("cloud serve did not exit within a minute of SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let printed = serve.stderr.lock().unwrap().join("\n");
+    assert!(
+        printed.contains("shutting down: no new sessions"),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -13,7 +13,6 @@ use common::*;
 use ecspec_cloud::{AuthTokens, ServerConfig};
 use ecspec_edge::EdgeError;
 use ecspec_proto::{decode_frame, encode_frame, DraftBlock, ErrorCode, Hello, Message};
-use ecspec_spec::verify::VerifyRule;
 use ecspec_transport::tls::{TlsClient, TlsServer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

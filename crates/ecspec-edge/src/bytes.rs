@@ -45,6 +45,44 @@ impl ByteCounter for LinkCounters {
     }
 }
 
+/// The links of a generation that reconnected: each connection had its own emulated link;
+/// the generation's bytes are their sum. The connector adds each new link with [`Self::add`].
+#[derive(Debug, Default)]
+pub struct LinkSet {
+    links: std::sync::Mutex<Vec<LinkCounters>>,
+}
+
+impl LinkSet {
+    /// Adds a connection's link.
+    pub fn add(&self, link: LinkCounters) {
+        self.lock().push(link);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LinkCounters>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Sums over the links; settled once the newest one is (the older ones failed or closed).
+impl ByteCounter for LinkSet {
+    fn uplink_bytes(&self) -> u64 {
+        self.lock().iter().map(LinkCounters::uplink_bytes).sum()
+    }
+
+    fn downlink_bytes(&self) -> u64 {
+        self.lock().iter().map(LinkCounters::downlink_bytes).sum()
+    }
+
+    fn settled(&self) -> Settled<'_> {
+        let last = self.lock().last().cloned();
+        Box::pin(async move {
+            if let Some(l) = last {
+                l.closed().await;
+            }
+        })
+    }
+}
+
 /// (uplink, downlink) totals of `counter`, (0, 0) without one (a plain socket, uncounted).
 pub(crate) fn totals(counter: Option<&dyn ByteCounter>) -> (u64, u64) {
     counter.map_or((0, 0), |c| (c.uplink_bytes(), c.downlink_bytes()))

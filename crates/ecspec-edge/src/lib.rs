@@ -23,14 +23,15 @@ pub mod replay;
 pub mod session;
 pub mod summary;
 
-pub use bytes::ByteCounter;
+pub use bytes::{ByteCounter, LinkSet};
 pub use drafter::{DraftError, DraftSampling, Drafter, Proposal};
 pub use estimate::RoundEstimator;
 pub use lookup::{DraftSource, Lookup};
 pub use mode::Mode;
 pub use plan::{EnergyControl, LookupRounds, PlanEstimates, RoundPlan, RoundPlanner};
 pub use session::{
-    generate, generate_counted, generate_edge_only, EdgeConfig, EdgeError, OnCommit,
+    generate, generate_counted, generate_edge_only, generate_resilient, Connect, EdgeConfig,
+    EdgeError, OnCommit, Resilience,
 };
 pub use summary::{
     RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder, Verification,

@@ -32,6 +32,10 @@ use crate::lookup::{DraftSource, Lookup};
 use crate::plan::{PlanEstimates, PlannerSettings, RoundPlan, RoundPlanner, RoundReport};
 use crate::summary::{RoundSource, RoundVerify, SummaryBuilder, SummaryLabels};
 
+mod resume;
+
+pub use resume::{Connect, Resilience};
+
 pub use crate::mode::Mode;
 pub use crate::plan::EnergyControl;
 pub use crate::summary::{RoundRecord, SessionMemory, Summary};
@@ -119,6 +123,19 @@ pub enum EdgeError {
     /// Drafting failed.
     #[error("draft model: {0}")]
     Draft(#[from] DraftError),
+    /// The cloud closed the connection before the generation ended.
+    #[error("the cloud closed the connection mid-generation")]
+    Closed,
+    /// The connection was lost and every reconnection attempt failed.
+    #[error("lost the connection to the cloud; {attempts} reconnection attempts over {waited_s:.1} s failed, the last with: {last}")]
+    Reconnect {
+        /// Attempts made.
+        attempts: u32,
+        /// Seconds spent trying.
+        waited_s: f64,
+        /// The last attempt's error.
+        last: Box<EdgeError>,
+    },
 }
 
 /// Callback receiving committed tokens as soon as they are committed.
@@ -175,16 +192,50 @@ pub async fn generate<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn generate_counted<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     counter: Option<&dyn ByteCounter>,
+    cfg: EdgeConfig,
+    drafter: Option<Drafter>,
+    prompt: Vec<u32>,
+    on_commit: OnCommit<'_>,
+) -> Result<Summary, EdgeError> {
+    generate_inner(stream, counter, cfg, drafter, prompt, on_commit, None).await
+}
+
+/// [`generate_counted`] that survives a lost connection: when the link drops, the cloud
+/// closes or restarts mid-generation, the edge reconnects through `resilience` (with backoff)
+/// and re-opens the session with every committed token as the prompt; the cloud prefills them
+/// and continues. Nothing committed is lost or repeated, and the text is the uninterrupted
+/// run's (greedy, or seeded match/cloud-only: the target's draws are keyed by position). The
+/// summary counts `reconnects` and the time they took.
+///
+/// # Errors
+/// As [`generate`]; [`EdgeError::Reconnect`] when every attempt after a loss failed.
+pub async fn generate_resilient<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    counter: Option<&dyn ByteCounter>,
+    cfg: EdgeConfig,
+    drafter: Option<Drafter>,
+    prompt: Vec<u32>,
+    on_commit: OnCommit<'_>,
+    resilience: Resilience<S>,
+) -> Result<Summary, EdgeError> {
+    generate_inner(stream, counter, cfg, drafter, prompt, on_commit, Some(resilience)).await
+}
+
+async fn generate_inner<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    counter: Option<&dyn ByteCounter>,
     mut cfg: EdgeConfig,
     mut drafter: Option<Drafter>,
     prompt: Vec<u32>,
     on_commit: OnCommit<'_>,
+    resilience: Option<Resilience<S>>,
 ) -> Result<Summary, EdgeError> {
     let t_start = Instant::now();
     let mut conn = Connection::new(stream);
     let speculative = cfg.mode == Mode::Speculative;
     let start = Start::new(&mut cfg, speculative)?;
-    conn.write_message(&Message::Hello(hello(&cfg, &prompt, start.opening)?))
+    let first_hello = hello(&cfg, &prompt, start.opening)?;
+    conn.write_message(&Message::Hello(first_hello.clone()))
         .await?;
     // Prefill the draft while the cloud prefills the target (a lookup-only edge never runs it).
     if let (true, true, Some(d)) = (speculative, cfg.drafter.uses_model(), drafter.take()) {
@@ -205,8 +256,12 @@ pub async fn generate_counted<S: AsyncRead + AsyncWrite + Unpin>(
         ttft,
     };
     let mut session = EdgeSession::new(conn, counter, cfg, drafter, prompt, on_commit, opened)?;
+    session.hello = first_hello;
+    session.resilience = resilience;
     while !session.finished {
-        session.round().await?;
+        if let Err(e) = session.round().await {
+            session.recover(e).await?;
+        }
     }
     Ok(session.close().await)
 }
@@ -388,6 +443,13 @@ struct EdgeSession<'a, S> {
     /// Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
     /// opening stream of the Hello).
     streaming: u32,
+    /// The session's first Hello: a re-opened session sends it again with the committed
+    /// tokens as its prompt.
+    hello: Hello,
+    /// The token budget of the whole generation.
+    max_new: usize,
+    /// How to reconnect after a lost connection (None: a loss ends the generation).
+    resilience: Option<Resilience<S>>,
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
@@ -427,6 +489,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
                 * PRIOR_VERIFY_IN_PREFILL_TOKENS,
         );
         let speculative = cfg.mode == Mode::Speculative;
+        let max_new = cfg.max_new_tokens;
         let set = Settings {
             mode: cfg.mode,
             speculative,
@@ -472,6 +535,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
             committed,
             round: 0,
             streaming: start.opening,
+            hello: Hello::default(),
+            max_new,
+            resilience: None,
         })
     }
 
@@ -487,7 +553,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         self.summary.drafted(block.proposal.elapsed);
         let t_send = Instant::now();
         if self.set.mode != Mode::CloudOnly && !continuing {
-            self.send(&block).await?;
+            if let Err(e) = self.send(&block).await {
+                self.abandon(None, &block, old_len).await;
+                return Err(e);
+            }
         }
         self.streaming = if continuing {
             self.streaming - 1
@@ -495,7 +564,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
             block.stream.saturating_sub(1)
         };
         let pre = self.start_pre_draft(&block, continuing);
-        let v = self.await_verdict().await?;
+        let v = match self.await_verdict().await {
+            Ok(v) => v,
+            Err(e) => {
+                self.abandon(pre, &block, old_len).await;
+                return Err(e);
+            }
+        };
         let wait = t_send.elapsed();
         let pre_draft_s = self.finish_pre_draft(pre, wait).await?;
         self.check(&v, block.k())?;
@@ -647,6 +722,27 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         Ok(pre_draft_s)
     }
 
+    /// A round that got no verdict (its connection failed): the pre-draft, if any, is stopped
+    /// and the draft taken back, and the draft's cache rolled back to the committed tokens, as
+    /// for a round that accepted nothing. Errors here are the draft's, and secondary to the
+    /// round's own: logged, not returned.
+    async fn abandon(&mut self, pre: Option<PreDraft>, block: &Block, old_len: usize) {
+        if let Some((stop, task)) = pre {
+            stop.store(true, Ordering::Relaxed);
+            match task.await {
+                Ok((d, _, _)) => self.drafter = Some(d),
+                Err(e) => tracing::warn!("draft thread failed: {e}"),
+            }
+        }
+        if !block.looked_up && block.k() > 0 {
+            if let Some(d) = self.drafter.as_mut() {
+                if let Err(e) = d.rollback(old_len, block.k(), 0, 0) {
+                    tracing::warn!("rolling the draft back: {e}");
+                }
+            }
+        }
+    }
+
     async fn await_verdict(&mut self) -> Result<Verdict, EdgeError> {
         match self.conn.read_message(Some(self.set.timeout)).await? {
             Some((_, Message::Verdict(v))) => Ok(v),
@@ -655,9 +751,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
                 "expected Verdict, got {:?}",
                 other.message_type()
             ))),
-            None => Err(EdgeError::Protocol(
-                "the cloud closed the connection mid-generation".into(),
-            )),
+            None => Err(EdgeError::Closed),
         }
     }
 

@@ -270,6 +270,11 @@ pub struct Summary {
     pub energy_budget_j_per_token: Option<f64>,
     /// See [`Self::energy_budget_j_per_token`].
     pub budget_spent_j_per_token: Option<f64>,
+    /// Times the connection to the cloud was lost and the session re-opened (the committed
+    /// tokens re-sent as the prompt and prefilled again).
+    pub reconnects: u64,
+    /// Seconds from each loss to its re-opened session, summed: the time lost to reconnects.
+    pub reconnect_s: f64,
     /// What this request leaves for the next one (speculative mode).
     #[serde(skip)]
     pub memory: Option<SessionMemory>,
@@ -301,6 +306,8 @@ pub struct SummaryBuilder {
     /// Lookup rounds, their drafted and their accepted tokens.
     lookups: (u64, u64, u64),
     draft_total: Duration,
+    /// Re-opened sessions and the time they took.
+    reconnects: (u64, Duration),
 }
 
 impl SummaryBuilder {
@@ -322,7 +329,20 @@ impl SummaryBuilder {
             records: Vec::new(),
             lookups: (0, 0, 0),
             draft_total: Duration::ZERO,
+            reconnects: (0, Duration::ZERO),
         }
+    }
+
+    /// Prompt tokens of the request.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Records a re-opened session that took `lost` from the loss (its HelloAck's token is
+    /// committed like a round's, without a round).
+    pub fn reconnected(&mut self, lost: Duration) {
+        self.reconnects.0 += 1;
+        self.reconnects.1 += lost;
     }
 
     /// Time since the request started.
@@ -388,11 +408,13 @@ impl SummaryBuilder {
             generated_tokens: generated,
             prompt_tokens: self.prompt_tokens,
             rounds,
-            target_forward_passes: rounds + 1,
+            // Each re-opened session prefilled once more.
+            target_forward_passes: rounds + 1 + self.reconnects.0,
             drafted_tokens: drafted,
             accepted_tokens: accepted,
+            // The first token and each re-open's come without a round.
             mean_accepted_tokens: if rounds > 0 {
-                (generated as f64 - 1.0) / rounds as f64
+                (generated as f64 - 1.0 - self.reconnects.0 as f64) / rounds as f64
             } else {
                 0.0
             },
@@ -441,6 +463,8 @@ impl SummaryBuilder {
             budget_spent_j_per_token: budget
                 .filter(|b| b.committed_tokens() > 0)
                 .map(|b| b.spent_j() / b.committed_tokens() as f64),
+            reconnects: self.reconnects.0,
+            reconnect_s: self.reconnects.1.as_secs_f64(),
         }
     }
 }

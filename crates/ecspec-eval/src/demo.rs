@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         let ids = prompt_ids(&loaded, p, false)?;
         let spec = |mode| RunSpec {
+            outages: ecspec_link::Outages::default(),
             mode,
             draft_len: &args.draft_len,
             sampling: &args.sampling,

@@ -325,6 +325,7 @@ impl EvalCtx<'_> {
             let ids = prompt_ids(&loaded, &q.turns[0], false)
                 .with_context(|| format!("question {}", q.question_id))?;
             let spec = RunSpec {
+                outages: ecspec_link::Outages::default(),
                 mode,
                 draft_len: &self.a.draft_len,
                 sampling: &sampling,

@@ -239,6 +239,16 @@ impl LinkCounters {
         self.shared.start.elapsed()
     }
 
+    /// Fails the link now, both ways, as a connection reset: what is in flight is lost, the
+    /// real stream is dropped (the peer sees the connection close), and the edge's reads and
+    /// writes return `ConnectionReset` with `message`. For outages ([`crate::Outages`]).
+    pub fn cut(&self, message: String) {
+        // Scheduled, not a fault: logged as news, not as a warning.
+        tracing::info!(%message, "emulated link cut");
+        lock(&self.shared.failure).get_or_insert((io::ErrorKind::ConnectionReset, message));
+        self.shared.stop.send_modify(|s| *s = Stop::Failed);
+    }
+
     /// Whether all the emulator's tasks have ended (both directions closed or failed).
     pub fn is_closed(&self) -> bool {
         self.shared.live_tasks.load(Ordering::Acquire) == 0

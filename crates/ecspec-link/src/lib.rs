@@ -68,6 +68,7 @@ pub mod delay;
 mod emulator;
 mod mahimahi;
 mod model;
+mod outage;
 pub mod synthetic;
 
 pub use config::{
@@ -81,6 +82,7 @@ pub use emulator::{
     emulate, ChunkStats, DirectionStats, EmulatedStream, LinkCounters, EDGE_BUFFER_BYTES,
     MAX_QUEUED_SEGMENTS,
 };
+pub use outage::{Outage, OutageError, Outages, MAX_OUTAGE_S};
 pub use mahimahi::{MahimahiTrace, TraceError, MAX_TRACE_MS};
 pub use model::{
     capacity_bps, ConstantRate, Direction, LinkModel, TraceEnd, TraceEnded, PACKET_BYTES,

@@ -12,6 +12,7 @@
 //! - [`edge_memory`]: the acceptance evidence and policy state kept across requests in a file.
 //! - [`progress`]: the download progress bar.
 
+pub mod connect;
 pub mod edge_memory;
 pub mod energy;
 pub mod models;

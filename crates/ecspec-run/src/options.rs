@@ -102,6 +102,10 @@ pub struct LinkArgs {
     /// No emulated link: talk to the cloud directly (zero added delay).
     #[arg(long)]
     pub no_link: bool,
+    /// A link outage: from AT seconds (link time) the link is down both ways for FOR seconds
+    /// and the connection is reset; the edge reconnects and resumes (repeatable).
+    #[arg(long, value_name = "AT:FOR")]
+    pub outage: Vec<ecspec_link::Outage>,
 }
 
 /// Which models to run.

@@ -9,18 +9,20 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{
-    generate, generate_edge_only, DraftSampling, Drafter, EdgeConfig, EnergyControl, Mode, Summary,
-    Verification,
+    generate_edge_only, generate_resilient, DraftSampling, Drafter, EdgeConfig, EnergyControl,
+    Mode, Resilience, Summary, Verification,
 };
-use ecspec_link::{emulate, CsvFormat, LinkConfig, LinkOptions};
+use ecspec_link::{CsvFormat, LinkConfig, LinkOptions};
 use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::VerifySelector;
 use ecspec_spec::PolicySpec;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::connect::Connector;
+
+pub use ecspec_link::Outages;
 use crate::models::Loaded;
 use crate::options::{LinkArgs, ModeArg, SamplingArgs, VerifyArg};
 
@@ -249,6 +251,8 @@ pub struct RunSpec<'a> {
     pub max_tokens: usize,
     /// Link (None: direct).
     pub link: Option<LinkConfig>,
+    /// Outages of the link (`--outage`): each resets the connection; the edge reconnects.
+    pub outages: ecspec_link::Outages,
     /// The cloud.
     pub cloud: Option<CloudEndpoint>,
     /// Virtual clock: the edge's modelled compute times (the caller runs the generation on a
@@ -504,49 +508,26 @@ async fn run_inner(
         .link
         .as_ref()
         .map(|l| (l.uplink.mean_rate_bps(), l.downlink.mean_rate_bps()));
-    let mut summary = match spec.cloud.context("no cloud address")? {
-        CloudEndpoint::Tcp(remote) => {
-            let addr = remote.addr;
-            let tcp = TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("connecting to the cloud at {addr}"))?;
-            tcp.set_nodelay(true)?;
-            // TLS runs over the emulated link: its records cross the link and are counted.
-            match (spec.link, &remote.tls) {
-                (Some(link), Some(tls)) => {
-                    let (s, counters) = emulate(tcp, link).await;
-                    let s = tls_connect(tls, s, addr).await?;
-                    generate(s, Some(counters), cfg, d, prompt, on_commit).await?
-                }
-                (Some(link), None) => {
-                    let (s, counters) = emulate(tcp, link).await;
-                    generate(s, Some(counters), cfg, d, prompt, on_commit).await?
-                }
-                (None, Some(tls)) => {
-                    let s = tls_connect(tls, tcp, addr).await?;
-                    generate(s, None, cfg, d, prompt, on_commit).await?
-                }
-                (None, None) => generate(tcp, None, cfg, d, prompt, on_commit).await?,
-            }
-        }
-        CloudEndpoint::InMemory(server) => {
-            let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
-            let cloud = tokio::spawn(ecspec_cloud::serve_stream(cloud_end, server));
-            let s = match spec.link {
-                Some(link) => {
-                    let (s, counters) = emulate(edge_end, link).await;
-                    generate(s, Some(counters), cfg, d, prompt, on_commit).await
-                }
-                None => generate(edge_end, None, cfg, d, prompt, on_commit).await,
-            };
-            if s.is_err() {
-                // The cloud would otherwise wait out its idle timeout.
-                cloud.abort();
-            }
-            let _ = cloud.await;
-            s?
-        }
+    let endpoint = spec.cloud.clone().context("no cloud address")?;
+    let tcp_addr = match &endpoint {
+        CloudEndpoint::Tcp(r) => Some(r.addr),
+        CloudEndpoint::InMemory(_) => None,
     };
+    let connector = Connector::new(endpoint, spec.link.clone(), spec.outages.clone());
+    let stream = connector.connect().await.with_context(|| match tcp_addr {
+        Some(addr) => format!(
+            "connecting to the cloud at {addr} (a TLS handshake failure means it does not \
+             serve TLS with a certificate from --tls-ca for this name)"
+        ),
+        None => "connecting to the in-process cloud".into(),
+    })?;
+    let counter = connector.counter();
+    let counter = counter.as_deref().map(|c| c as &dyn ecspec_edge::ByteCounter);
+    let resilience = Resilience::new(connector.reconnect());
+    let result =
+        generate_resilient(stream, counter, cfg, d, prompt, on_commit, resilience).await;
+    connector.finish(result.is_err()).await;
+    let mut summary = result?;
     if let (Some(profile), Some((up, down))) = (spec.energy, rates) {
         crate::energy::account(&mut summary, profile, up, down)?;
     }
@@ -555,20 +536,6 @@ async fn run_inner(
         crate::edge_memory::save(path, &file)?;
     }
     Ok(summary)
-}
-
-/// The TLS handshake with the cloud at `addr` over `stream`.
-async fn tls_connect<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    tls: &ecspec_transport::tls::TlsClient,
-    stream: S,
-    addr: SocketAddr,
-) -> Result<ecspec_transport::tls::ClientStream<S>> {
-    tls.connect(stream).await.with_context(|| {
-        format!(
-            "TLS handshake with the cloud at {addr} (does it serve TLS with a certificate \
-             from --tls-ca for this name?)"
-        )
-    })
 }
 
 fn edge_only_summary(

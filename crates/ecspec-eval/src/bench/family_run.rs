@@ -458,6 +458,7 @@ impl<'a> Bench<'a> {
                 .with_context(|| format!("question {}", q.question_id))?;
             let n_prompt = ids.len();
             let spec = RunSpec {
+                outages: ecspec_link::Outages::default(),
                 mode: run.mode,
                 draft_len: &policy,
                 sampling: &self.sampling,

@@ -156,6 +156,7 @@ impl ecspec_load::EdgeFactory for SystemEdge {
         let policy = (self.policy.parse::<ecspec_run::PolicySpec>())
             .map_err(|e| format!("invalid --draft-len: {e}"))?;
         let spec = RunSpec {
+            outages: ecspec_link::Outages::default(),
             mode: self.mode,
             draft_len: &policy,
             sampling: &self.sampling,
