@@ -353,6 +353,7 @@ fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    let stop = shutdown_signal();
     let (model, model_name) = cloud_model(&a)?;
     // Bind before saying "serving": an address in use is reported as the error it is.
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -419,7 +420,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     let grace = config_grace(&a);
     ecspec_cloud::serve(listener, server, async move {
-        shutdown_signal().await;
+        stop.await;
         eprintln!(
             "ecspec cloud: shutting down: no new sessions; running ones get up to {:.1} s to finish, \
              then their edges reconnect and re-open elsewhere",
@@ -434,23 +435,27 @@ fn config_grace(a: &ServeArgs) -> std::time::Duration {
     std::time::Duration::from_secs_f64(a.shutdown_grace_s)
 }
 
-/// Ctrl-C, or SIGTERM (how service managers and orchestrators stop a server).
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM (how service managers and orchestrators stop a server). Installed
+/// before the server says it is serving, so a SIGTERM right after that line is caught.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
+        signal(SignalKind::terminate())
+            .map_err(|e| eprintln!("ecspec cloud: cannot watch SIGTERM ({e}); Ctrl-C still stops"))
+            .ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(e) => eprintln!("ecspec cloud: cannot watch SIGTERM ({e}); Ctrl-C still stops"),
+            return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A quarter of this machine's memory (`/proc/meminfo`'s MemTotal), else 4 GiB: what the

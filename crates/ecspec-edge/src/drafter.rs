@@ -105,14 +105,26 @@ impl Drafter {
 
     /// Feeds committed tokens not yet in the KV cache except the last one (which the next
     /// proposal feeds), e.g. the prompt while waiting for the cloud's first token.
+    /// A sequence that no longer fits the draft's window is not fed ([`Self::is_full`]).
     pub fn prefill(&mut self, committed: &[u32]) -> Result<(), DraftError> {
         self.drop_pre_draft()?;
+        if self.is_full(committed.len()) {
+            return Ok(());
+        }
         if committed.len() > self.fed + 1 {
             self.session
                 .forward(&committed[self.fed..committed.len() - 1], LogitsFor::Last)?;
             self.fed = committed.len() - 1;
         }
         Ok(())
+    }
+
+    /// Whether a committed sequence of `committed_len` tokens leaves the draft no room to
+    /// propose even one token (its window holds the committed tokens but the last, plus the
+    /// drafts but the last). The edge then streams from the cloud: the target's window, not
+    /// the draft's, bounds the generation.
+    pub fn is_full(&self, committed_len: usize) -> bool {
+        committed_len > self.session.model().config().context_length
     }
 
     /// The next drafted token, the compact distribution it was drawn from (rejection mode),
@@ -181,11 +193,9 @@ impl Drafter {
         let t0 = Instant::now();
         let mut out = Proposal::default();
         // k tokens leave committed + x_1..x_{k−1} in the cache: near the end of the draft's
-        // context window, propose fewer rather than overflow it.
+        // context window, propose fewer rather than overflow it; once it is full, none.
         let window = self.session.model().config().context_length;
-        if let Some(room) = (window + 1).checked_sub(committed.len()).filter(|&r| r > 0) {
-            k = k.min(room);
-        }
+        k = k.min((window + 1).saturating_sub(committed.len()));
         let ready = self.ready.take();
         if k == 0 {
             if ready.is_some() {

@@ -151,6 +151,9 @@ const PRIOR_VERIFY_IN_PREFILL_TOKENS: f64 = 4.0;
 /// How long the edge waits, after its Close, for the link to deliver and count everything.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
+/// Tokens asked of the cloud per stream once the draft's window is full.
+const STREAM_PAST_DRAFT_WINDOW: u32 = 64;
+
 /// Runs the draft on a blocking thread and hands it back (the model never crosses an await
 /// while borrowed).
 async fn blocking<T: Send + 'static>(
@@ -218,7 +221,16 @@ pub async fn generate_resilient<S: AsyncRead + AsyncWrite + Unpin>(
     on_commit: OnCommit<'_>,
     resilience: Resilience<S>,
 ) -> Result<Summary, EdgeError> {
-    generate_inner(stream, counter, cfg, drafter, prompt, on_commit, Some(resilience)).await
+    generate_inner(
+        stream,
+        counter,
+        cfg,
+        drafter,
+        prompt,
+        on_commit,
+        Some(resilience),
+    )
+    .await
 }
 
 async fn generate_inner<S: AsyncRead + AsyncWrite + Unpin>(
@@ -235,8 +247,12 @@ async fn generate_inner<S: AsyncRead + AsyncWrite + Unpin>(
     let speculative = cfg.mode == Mode::Speculative;
     let start = Start::new(&mut cfg, speculative)?;
     let first_hello = hello(&cfg, &prompt, start.opening)?;
-    conn.write_message(&Message::Hello(first_hello.clone()))
-        .await?;
+    // A Hello lost with its connection is sent again on the next one (see `ack` below).
+    let sent = conn
+        .write_message(&Message::Hello(first_hello.clone()))
+        .await
+        .map(|_| ())
+        .map_err(EdgeError::from);
     // Prefill the draft while the cloud prefills the target (a lookup-only edge never runs it).
     if let (true, true, Some(d)) = (speculative, cfg.drafter.uses_model(), drafter.take()) {
         let p = prompt.clone();
@@ -246,7 +262,25 @@ async fn generate_inner<S: AsyncRead + AsyncWrite + Unpin>(
         }
         drafter = Some(d);
     }
-    let ack = await_ack(&mut conn, cfg.timeout, cfg.vocab_size).await?;
+    let mut resilience = resilience;
+    let first = match sent {
+        Ok(()) => await_ack(&mut conn, cfg.timeout, cfg.vocab_size).await,
+        Err(e) => Err(e),
+    };
+    let (ack, lost) = match first {
+        Ok(ack) => (ack, None),
+        Err(e) => {
+            let (c, ack, lost) = resume::reopen_handshake(
+                resilience.as_mut(),
+                e,
+                &first_hello,
+                (cfg.timeout, cfg.vocab_size),
+            )
+            .await?;
+            conn = c;
+            (ack, Some(lost))
+        }
+    };
     let ttft = t_start.elapsed();
     on_commit(&[ack.first_token]);
     let opened = Opened {
@@ -258,6 +292,9 @@ async fn generate_inner<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = EdgeSession::new(conn, counter, cfg, drafter, prompt, on_commit, opened)?;
     session.hello = first_hello;
     session.resilience = resilience;
+    if let Some(lost) = lost {
+        session.summary.reconnected(lost);
+    }
     while !session.finished {
         if let Err(e) = session.round().await {
             session.recover(e).await?;
@@ -548,7 +585,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         let old_len = self.committed.len();
         let continuing = self.streaming > 0;
         let plan = (self.set.speculative && !continuing)
-            .then(|| self.planner.plan(&self.committed).capped(self.set.k_max));
+            .then(|| self.planner.plan(&self.committed).capped(self.set.k_max))
+            .map(|p| self.past_draft_window(p));
         let block = self.draft(plan).await?;
         self.summary.drafted(block.proposal.elapsed);
         let t_send = Instant::now();
@@ -597,6 +635,20 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         let rec = self.record(&report, &block, &v);
         self.summary.push(rec, block.looked_up);
         Ok(())
+    }
+
+    /// A model round once the committed text has filled the draft's context window becomes a
+    /// cloud stream: the target's window bounds the generation, not the draft's.
+    fn past_draft_window(&self, plan: RoundPlan) -> RoundPlan {
+        match (&plan, self.drafter.as_ref()) {
+            (RoundPlan::Model { seen, .. }, Some(d)) if d.is_full(self.committed.len()) => {
+                RoundPlan::Stream {
+                    n: STREAM_PAST_DRAFT_WINDOW,
+                    seen: *seen,
+                }
+            }
+            _ => plan,
+        }
     }
 
     /// Drafts what `plan` says (None: a cloud-only step or a streamed verdict, nothing drafted).

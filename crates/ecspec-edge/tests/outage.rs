@@ -219,3 +219,20 @@ async fn a_cloud_that_never_comes_back_ends_the_generation_keeping_what_was_comm
         "what was committed stays committed"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_during_the_handshake_sends_the_hello_again() {
+    let prompt = prompts()[0].clone();
+    let expected = expected_output(&reference(&prompt, MAX_NEW), MAX_NEW);
+    // Cut 1 ms after the first connection, while the Hello is on its way (100 ms RTT).
+    let dialer = Dialer::new(server(), outages(&["0.001:0.3"]));
+    let run = Run::greedy(&prompt, DraftChoice::Partial, "fixed:2", MAX_NEW);
+    let (r, seen) = generate_through(&dialer, &run).await;
+    let s = r.expect("the handshake survives the outage");
+    assert_eq!(s.tokens, expected);
+    assert_eq!(seen, expected);
+    assert_eq!(s.reconnects, 1);
+    assert!(s.reconnect_s >= 0.299, "{}", s.reconnect_s);
+    // The time to first token includes the outage.
+    assert!(s.ttft_s > 0.3, "{}", s.ttft_s);
+}

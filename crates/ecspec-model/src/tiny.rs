@@ -24,6 +24,8 @@ pub struct TinySpec {
     pub hidden: usize,
     /// Query heads (KV heads = half of them).
     pub heads: usize,
+    /// Context window, positions.
+    pub context: usize,
 }
 
 impl Default for TinySpec {
@@ -33,6 +35,7 @@ impl Default for TinySpec {
             layers: 4,
             hidden: 64,
             heads: 4,
+            context: 512,
         }
     }
 }
@@ -90,7 +93,7 @@ pub fn write_tiny_model(path: &Path, spec: TinySpec) -> Result<()> {
             V::String(format!("tiny-llama-seed{}", spec.seed)),
         ),
         ("llama.block_count", V::U32(spec.layers as u32)),
-        ("llama.context_length", V::U32(512)),
+        ("llama.context_length", V::U32(spec.context as u32)),
         ("llama.embedding_length", V::U32(d as u32)),
         ("llama.feed_forward_length", V::U32(ffn as u32)),
         ("llama.attention.head_count", V::U32(heads as u32)),

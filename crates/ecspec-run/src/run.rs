@@ -183,10 +183,19 @@ pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> 
         bail!("the prompt is empty");
     }
     let ids = chat_ids(&loaded.edge_model, prompt, raw)?;
-    // Leave room for generation and one round of drafts.
-    let window = loaded.draft.transformer.config().context_length;
+    // Leave room for generation and one round of drafts in the window that bounds the
+    // generation: the target's when it runs here (the edge streams from the cloud once the
+    // draft's own window is full), else the draft's (edge-only, or a remote cloud, which
+    // checks its own window too).
+    let (window, whose) = match &loaded.target {
+        Some(t) => (t.transformer.config().context_length, "target"),
+        None => (loaded.draft.transformer.config().context_length, "draft"),
+    };
     if ids.len() + 64 >= window {
-        bail!("the prompt is {} tokens; the model's context window is {window} (including the answer)", ids.len());
+        bail!(
+            "the prompt is {} tokens; the {whose} model's context window is {window} (including the answer)",
+            ids.len()
+        );
     }
     Ok(ids)
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use ecspec_proto::{FrameError, Hello, Message};
+use ecspec_proto::{FrameError, Hello, HelloAck, Message};
 use ecspec_transport::{Connection, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -50,6 +50,81 @@ impl<S> Resilience<S> {
     }
 }
 
+/// The waits between attempts: `first_backoff` doubling up to `max_backoff`, `attempts` of
+/// them.
+struct Backoff {
+    left: u32,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn of<S>(r: &Resilience<S>) -> Self {
+        Self {
+            left: r.attempts,
+            next: r.first_backoff,
+            max: r.max_backoff,
+        }
+    }
+
+    /// Waits before the next attempt; false when none is left.
+    async fn wait(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+        true
+    }
+}
+
+/// The first handshake lost its connection (`cause`): reconnect with backoff and send the
+/// same Hello again, until a HelloAck arrives (each waited for `timeout`, checked against a
+/// vocabulary of `vocab`). Returns the new connection, the ack and the
+/// time lost.
+///
+/// # Errors
+/// `cause` when it is not a lost connection or there is no `resilience`; otherwise the
+/// reconnection's [`EdgeError::Reconnect`], or the new session's refusal.
+pub(super) async fn reopen_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    resilience: Option<&mut Resilience<S>>,
+    cause: EdgeError,
+    hello: &Hello,
+    (timeout, vocab): (Duration, usize),
+) -> Result<(Connection<S>, HelloAck, Duration), EdgeError> {
+    let Some(r) = resilience.filter(|_| is_connection_loss(&cause)) else {
+        return Err(cause);
+    };
+    let t0 = Instant::now();
+    let mut backoff = Backoff::of(r);
+    let mut last = cause;
+    while backoff.wait().await {
+        let stream = match (r.connect)().await {
+            Ok(s) => s,
+            Err(e) => {
+                last = EdgeError::Transport(e.into());
+                continue;
+            }
+        };
+        let mut conn = Connection::new(stream);
+        let opened = match conn.write_message(&Message::Hello(hello.clone())).await {
+            Ok(_) => await_ack(&mut conn, timeout, vocab).await,
+            Err(e) => Err(e.into()),
+        };
+        match opened {
+            Ok(ack) => return Ok((conn, ack, t0.elapsed())),
+            Err(e) if is_connection_loss(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(EdgeError::Reconnect {
+        attempts: r.attempts,
+        waited_s: t0.elapsed().as_secs_f64(),
+        last: Box::new(last),
+    })
+}
+
 /// Whether `e` is the connection's loss (worth a reconnect), not a refusal or a bug.
 pub(super) fn is_connection_loss(e: &EdgeError) -> bool {
     match e {
@@ -70,21 +145,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'_, S> {
         tracing::info!("lost the cloud mid-generation ({cause}); reconnecting");
         let t0 = Instant::now();
         let mut last = cause;
-        let (attempts, mut backoff, max_backoff) = match &self.resilience {
-            Some(r) => (r.attempts, r.first_backoff, r.max_backoff),
-            None => unreachable!("checked above"),
+        let (mut backoff, attempts) = match &self.resilience {
+            Some(r) => (Backoff::of(r), r.attempts),
+            None => return Err(last),
         };
-        for attempt in 1..=attempts {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(max_backoff);
+        while backoff.wait().await {
             let connect = match self.resilience.as_mut() {
                 Some(r) => (r.connect)(),
-                None => unreachable!("checked above"),
+                None => return Err(last),
             };
             let stream = match connect.await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(attempt, "reconnection failed: {e}");
+                    tracing::debug!("reconnection failed: {e}");
                     last = EdgeError::Transport(e.into());
                     continue;
                 }
