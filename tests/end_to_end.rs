@@ -14,27 +14,20 @@ fn cached(name: &str) -> bool {
 }
 
 fn generate(family: &str, mode: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
-        .args([
-            "generate",
-            "--family",
-            family,
-            "--mode",
-            mode,
-            "--temperature",
-            "0",
-            "--json",
-        ])
-        .args(["--max-tokens", &max_tokens.to_string(), "--prompt", prompt])
-        .args(extra)
-        .output()
-        .expect("run ecspec");
-    assert!(
-        out.status.success(),
-        "ecspec failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+    let n = max_tokens.to_string();
+    let args = [
+        "--family",
+        family,
+        "--mode",
+        mode,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        &n,
+        "--prompt",
+        prompt,
+    ];
+    generate_raw(&[&args[..], extra].concat())
 }
 
 fn check_family(family: &str, prompt: &str, max_tokens: usize, extra: &[&str]) -> (Value, Value) {

@@ -1051,27 +1051,6 @@ async fn the_budget_cuts_the_last_round_exactly() {
 // 6. The shared cloud: batched iterations, chunked prefill, admission, metrics.
 // ---------------------------------------------------------------------------------------------
 
-/// A virtual-clock profile for the tiny target: each batched pass costs 4 ms plus 0.5 ms per
-/// extra row, prompt rows 0.5 ms each.
-fn tiny_profile() -> ecspec_spec::compute::CloudCompute {
-    ecspec_spec::compute::CloudCompute {
-        prefill_s_per_token: 0.000_5,
-        verify_base_s: 0.004,
-        verify_per_token_s: 0.000_5,
-    }
-}
-
-/// A server on the virtual clock (reached over in-memory pipes, see [`over_pipe`]).
-fn virtual_server(config: ServerConfig) -> Arc<CloudServer> {
-    CloudServer::new(
-        CloudModel::new(FAMILY, VERSION, &models().target),
-        ServerConfig {
-            virtual_compute: Some(tiny_profile()),
-            ..config
-        },
-    )
-}
-
 /// Runs `run` against `server` over an in-memory pipe, its edge on the virtual clock too.
 async fn over_pipe(server: Arc<CloudServer>, run: Run) -> Outcome {
     let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);

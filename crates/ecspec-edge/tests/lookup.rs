@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use ecspec_cloud::{serve_stream, CloudModel, CloudServer, ServerConfig};
+use ecspec_cloud::{serve_stream, ServerConfig};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 
@@ -283,18 +283,8 @@ async fn lookups_are_declined_behind_a_long_rtt_and_mix_with_rejection_rounds() 
 #[tokio::test(start_paused = true)]
 async fn a_sampled_hybrid_session_mixes_rules_and_repeats_per_seed_on_the_virtual_clock() {
     use ecspec_edge::DraftSource;
-    use ecspec_spec::compute::{CloudCompute, EdgeCompute};
-    let server = CloudServer::new(
-        CloudModel::new(FAMILY, VERSION, &models().target),
-        ServerConfig {
-            virtual_compute: Some(CloudCompute {
-                prefill_s_per_token: 0.000_5,
-                verify_base_s: 0.004,
-                verify_per_token_s: 0.000_5,
-            }),
-            ..Default::default()
-        },
-    );
+    use ecspec_spec::compute::EdgeCompute;
+    let server = virtual_server(ServerConfig::default());
     let max_new = 48;
     let prompt = prompts()[0].clone();
     let run = Run {

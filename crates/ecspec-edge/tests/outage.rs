@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use ecspec_cloud::{serve_stream, CloudModel, CloudServer, ServerConfig};
+use ecspec_cloud::{serve_stream, CloudServer, ServerConfig};
 use ecspec_edge::{generate_resilient, Connect, EdgeError, LinkSet, Resilience, Summary};
 use ecspec_link::{emulate, EmulatedStream, LinkConfig, Outage, Outages};
-use ecspec_spec::compute::{CloudCompute, EdgeCompute};
+use ecspec_spec::compute::EdgeCompute;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -24,17 +24,7 @@ const MAX_NEW: usize = 40;
 const RTT_MS: f64 = 100.0;
 
 fn server() -> Arc<CloudServer> {
-    CloudServer::new(
-        CloudModel::new(FAMILY, VERSION, &models().target),
-        ServerConfig {
-            virtual_compute: Some(CloudCompute {
-                prefill_s_per_token: 0.000_5,
-                verify_base_s: 0.004,
-                verify_per_token_s: 0.000_5,
-            }),
-            ..Default::default()
-        },
-    )
+    virtual_server(ServerConfig::default())
 }
 
 /// Connections to the cloud `current` points at (a restart swaps it), each through a fresh

@@ -144,6 +144,28 @@ pub fn prompts() -> Vec<Vec<u32>> {
     vec![ids("Hello, world! "), chat, vec![256]]
 }
 
+/// A virtual-clock profile for the tiny target: each batched pass costs 4 ms plus 0.5 ms per
+/// extra row, prompt rows 0.5 ms each.
+pub fn tiny_profile() -> ecspec_spec::compute::CloudCompute {
+    ecspec_spec::compute::CloudCompute {
+        prefill_s_per_token: 0.000_5,
+        verify_base_s: 0.004,
+        verify_per_token_s: 0.000_5,
+    }
+}
+
+/// A server on the virtual clock (modelled compute slept on tokio's paused clock), reached
+/// over in-memory pipes ([`ecspec_cloud::serve_stream`]).
+pub fn virtual_server(config: ServerConfig) -> Arc<CloudServer> {
+    CloudServer::new(
+        CloudModel::new(FAMILY, VERSION, &models().target),
+        ServerConfig {
+            virtual_compute: Some(tiny_profile()),
+            ..config
+        },
+    )
+}
+
 /// A server on 127.0.0.1:0, stopped with [`Cloud::stop`].
 pub struct Cloud {
     pub addr: SocketAddr,
