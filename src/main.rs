@@ -127,6 +127,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             command: CloudCommand::SetVersion { cloud, version },
         } => set_version(&cloud, version).await,
         Command::Profile(a) => profile::run(a),
+        Command::Soak(a) => ecspec_eval::soak::run(a).await,
         Command::Bench(a) => tokio::task::block_in_place(|| bench::run(a)),
         Command::Load(a) => bench::load::run(a).await,
         Command::Models { command } => models(command),
@@ -183,6 +184,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     let prompt = read_prompt(&a)?;
     let (_, _) = run::sampling(&a.sampling)?;
     let link = run::link_config(&a.link)?;
+    let outages = run::Outages::new(a.link.outage.clone())?;
     let cloud_addr = match &a.cloud {
         Some(addr) => Some(
             tokio::net::lookup_host(addr.as_str())
@@ -223,7 +225,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     };
     let profile = energy::load_profile(&a.energy.energy_profile)?;
     let spec = run::RunSpec {
-        outages: run::Outages::new(a.link.outage.clone())?,
+        outages,
         mode: a.mode,
         draft_len: &a.draft_len,
         sampling: &a.sampling,

@@ -78,3 +78,25 @@ fn an_rtt_out_of_range_is_refused_up_front_and_a_negative_one_is_read_as_a_value
         "{e}"
     );
 }
+
+#[test]
+fn soak_and_outage_arguments_are_checked_before_any_model_loads() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ecspec"))
+            .args(args)
+            .output()
+            .expect("running ecspec");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["soak", "--edges", "0"]);
+    assert!(e.contains("--edges must be from 1 to 1000, got 0"), "{e}");
+    let e = run(&["soak", "--duration-s", "-1"]);
+    assert!(e.contains("--duration-s must be above 0 and at most 86400, got -1"), "{e}");
+    let e = run(&["soak", "--outage-prob", "1.5"]);
+    assert!(e.contains("--outage-prob must be from 0 to 1, got 1.5"), "{e}");
+    let e = run(&["generate", "--prompt", "hi", "--outage", "1:0"]);
+    assert!(e.contains("--outage `1:0`: FOR must be above 0 to 3600 s, got 0"), "{e}");
+    let e = run(&["generate", "--prompt", "hi", "--outage", "1:2", "--outage", "2:1"]);
+    assert!(e.contains("--outage `2:1`: starts before the outage at 1 s ends (3 s)"), "{e}");
+}

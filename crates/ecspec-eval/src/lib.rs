@@ -12,6 +12,8 @@
 //!   conventional draft, self-distillation data, FR-Spec vocabulary subsets (`ecspec family …`).
 //! - [`demo`]: the default demonstration's comparison and report (`ecspec demo`).
 //! - [`prompts`]: Spec-Bench / MT-Bench prompt files and the shared data directory.
+//! - [`soak`]: many edges against one cloud for a bounded time with random outages
+//!   (`ecspec soak`): lost or repeated tokens, round latency, memory and descriptors.
 
 pub mod bench;
 pub mod demo;
@@ -20,4 +22,5 @@ pub mod family_tasks;
 pub mod profile;
 pub mod prompts;
 pub mod resync;
+pub mod soak;
 pub mod speedup;

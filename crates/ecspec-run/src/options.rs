@@ -104,7 +104,7 @@ pub struct LinkArgs {
     pub no_link: bool,
     /// A link outage: from AT seconds (link time) the link is down both ways for FOR seconds
     /// and the connection is reset; the edge reconnects and resumes (repeatable).
-    #[arg(long, value_name = "AT:FOR")]
+    #[arg(long, value_name = "AT:FOR", allow_hyphen_values = true)]
     pub outage: Vec<ecspec_link::Outage>,
 }
 

@@ -37,16 +37,26 @@ pub struct LocalCloud {
 impl LocalCloud {
     /// Starts a server for the loaded target on 127.0.0.1 (a real TCP listener).
     pub async fn start(loaded: &Loaded) -> Result<Self> {
+        Self::start_with(loaded, ServerConfig::default()).await
+    }
+
+    /// [`Self::start`] with the server's limits `config`.
+    pub async fn start_with(loaded: &Loaded, config: ServerConfig) -> Result<Self> {
         let target = loaded
             .target
             .as_ref()
             .context("the in-process cloud needs the target model")?;
-        Self::start_model(CloudModel::new(loaded.info.wire_name, "v0", target)).await
+        Self::start_model_with(CloudModel::new(loaded.info.wire_name, "v0", target), config).await
     }
 
     /// Starts a server for `model` (one or several target versions) on 127.0.0.1.
     pub async fn start_model(model: CloudModel) -> Result<Self> {
-        let server = CloudServer::new(model, ServerConfig::default());
+        Self::start_model_with(model, ServerConfig::default()).await
+    }
+
+    /// [`Self::start_model`] with the server's limits `config`.
+    pub async fn start_model_with(model: CloudModel, config: ServerConfig) -> Result<Self> {
+        let server = CloudServer::new(model, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the loopback cloud")?;
