@@ -194,7 +194,9 @@ pub struct ServeArgs {
     /// are closed (their edges then reconnect and re-open their sessions).
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     pub shutdown_grace_s: f64,
-    /// Rounds per second one session may send; faster rounds wait [default: unpaced].
+    /// Drafted rounds per second one session may send; faster rounds wait [default: unpaced].
+    /// Cloud streams (cloud-only sessions, K = 0 streams) are not paced: each streamed token
+    /// is one row of a batched pass, the cheapest work a session can ask for.
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     pub max_rounds_per_s: Option<f64>,
     #[command(flatten)]

@@ -369,15 +369,6 @@ async fn serve(a: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    eprintln!(
-        "ecspec cloud: serving {} ({model_name}) versions [{}], active {}, on {} · base {}… · vocab {}…",
-        model.family,
-        model.version_names().join(", "),
-        model.active_name(),
-        listener.local_addr()?,
-        &model.base_hash[..12],
-        &model.vocab_hash[..12]
-    );
     let config = ecspec_cloud::ServerConfig {
         max_sessions: a.max_sessions as usize,
         max_batch_tokens: a.max_batch_tokens as usize,
@@ -402,6 +393,15 @@ async fn serve(a: ServeArgs) -> Result<()> {
         },
         ..Default::default()
     };
+    eprintln!(
+        "ecspec cloud: serving {} ({model_name}) versions [{}], active {}, on {} · base {}… · vocab {}…",
+        model.family,
+        model.version_names().join(", "),
+        model.active_name(),
+        listener.local_addr()?,
+        &model.base_hash[..12],
+        &model.vocab_hash[..12]
+    );
     eprintln!(
         "ecspec cloud: batches of up to {} rows · KV budget {:.1} MiB ({} KiB a position)",
         config.max_batch_tokens,

@@ -161,6 +161,13 @@ fn smollm2_an_outage_costs_a_reconnect_not_a_token() {
     assert_eq!(out["reconnects"], 1, "{out}");
     // The link was down for the rest of the 2 s after the loss.
     assert!(out["reconnect_s"].as_f64().unwrap() >= 1.9, "{out}");
+    // Down from the start: the first connection waits for the link.
+    let late = generate("smollm2", "speculative", prompt, 16, &["--outage", "0:0.3"]);
+    assert_eq!(
+        late["tokens"].as_array().unwrap()[..],
+        cloud["tokens"].as_array().unwrap()[..16]
+    );
+    assert!(late["ttft_s"].as_f64().unwrap() >= 0.3, "{late}");
 }
 
 /// A `cloud serve` child on an ephemeral loopback port, killed on drop.

@@ -477,6 +477,9 @@ struct EdgeSession<'a, S> {
     committed: Vec<u32>,
     finished: bool,
     round: u32,
+    /// Rounds before the current connection's session: a re-opened cloud-only session numbers
+    /// its verdicts from 1 again (a speculative one echoes the edge's block numbers).
+    round_base: u32,
     /// Verdicts still to come from a stream the edge asked for (K = 0 with stream > 1, or the
     /// opening stream of the Hello).
     streaming: u32,
@@ -571,6 +574,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
             finished: ack.finished,
             committed,
             round: 0,
+            round_base: 0,
             streaming: start.opening,
             hello: Hello::default(),
             max_new,
@@ -810,7 +814,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
     /// The verdict answers this round, its token is in the vocabulary, and it accepts at most
     /// the `k` tokens sent.
     fn check(&self, v: &Verdict, k: usize) -> Result<(), EdgeError> {
-        let round = self.round;
+        let round = self.round - self.round_base;
         if v.round != round {
             return Err(EdgeError::Protocol(format!(
                 "verdict for round {}, expected round {round}",

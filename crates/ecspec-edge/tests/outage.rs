@@ -226,3 +226,18 @@ async fn an_outage_during_the_handshake_sends_the_hello_again() {
     // The time to first token includes the outage.
     assert!(s.ttft_s > 0.3, "{}", s.ttft_s);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cloud_only_stream_resumes_after_an_outage() {
+    let prompt = prompts()[0].clone();
+    let expected = expected_output(&reference(&prompt, MAX_NEW), MAX_NEW);
+    // The first token arrives at ~0.11 s (50 ms each way, the prefill), then a verdict every
+    // modelled pass (~4.5 ms): the cut at 0.15 s falls mid-stream.
+    let dialer = Dialer::new(server(), outages(&["0.15:0.1"]));
+    let run = Run::cloud_only(&prompt, MAX_NEW);
+    let (r, seen) = generate_through(&dialer, &run).await;
+    let s = r.expect("the stream resumes");
+    assert_eq!(s.tokens, expected);
+    assert_eq!(seen, expected);
+    assert_eq!(s.reconnects, 1);
+}

@@ -118,6 +118,27 @@ impl Connector {
         }
     }
 
+    /// The first connection: as [`Self::connect`], but while an outage has the link down it
+    /// waits for the link (with the reconnections' backoff: 250 ms doubling to 1 s, 20
+    /// attempts) instead of failing; other errors (no cloud at the address, a TLS failure)
+    /// are returned at once.
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub async fn connect_first(&self) -> std::io::Result<BoxStream> {
+        let mut wait = Duration::from_millis(250);
+        for _ in 0..20 {
+            match self.connect().await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        self.connect().await
+    }
+
     /// The reconnection hook for [`ecspec_edge::Resilience`].
     pub fn reconnect(&self) -> Connect<BoxStream> {
         let me = self.clone();

@@ -528,17 +528,18 @@ async fn run_inner(
         .as_ref()
         .map(|l| (l.uplink.mean_rate_bps(), l.downlink.mean_rate_bps()));
     let endpoint = spec.cloud.clone().context("no cloud address")?;
-    let tcp_addr = match &endpoint {
-        CloudEndpoint::Tcp(r) => Some(r.addr),
-        CloudEndpoint::InMemory(_) => None,
+    let (tcp_addr, tls) = match &endpoint {
+        CloudEndpoint::Tcp(r) => (Some(r.addr), r.tls.is_some()),
+        CloudEndpoint::InMemory(_) => (None, false),
     };
     let connector = Connector::new(endpoint, spec.link.clone(), spec.outages.clone());
-    let stream = connector.connect().await.with_context(|| match tcp_addr {
-        Some(addr) => format!(
+    let stream = connector.connect_first().await.with_context(|| match (tcp_addr, tls) {
+        (Some(addr), true) => format!(
             "connecting to the cloud at {addr} (a TLS handshake failure means it does not \
              serve TLS with a certificate from --tls-ca for this name)"
         ),
-        None => "connecting to the in-process cloud".into(),
+        (Some(addr), false) => format!("connecting to the cloud at {addr}"),
+        (None, _) => "connecting to the in-process cloud".into(),
     })?;
     let counter = connector.counter();
     let counter = counter.as_deref().map(|c| c as &dyn ecspec_edge::ByteCounter);

@@ -96,8 +96,16 @@ impl TlsServer {
     /// Unreadable files, no certificate or key in them, a key that does not fit the certificate.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let certs = read_certs("--tls-cert", cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("--tls-key", key, e))?;
-        Self::new(certs, key)
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("--tls-key", key, e))?;
+        Self::new(certs, key_der).map_err(|e| match e {
+            TlsError::Config(why) => TlsError::Config(format!(
+                "--tls-cert {} with --tls-key {}: {why}",
+                cert.display(),
+                key.display()
+            )),
+            other => other,
+        })
     }
 
     /// From DER values.

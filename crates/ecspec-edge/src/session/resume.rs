@@ -196,6 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'_, S> {
         }
         self.conn = conn;
         self.streaming = 0;
+        if self.hello.autoregressive {
+            // The new session streams its verdicts numbered from 1.
+            self.round_base = self.round;
+        }
         self.committed.push(ack.first_token);
         (self.on_commit)(&[ack.first_token]);
         self.finished = ack.finished;
