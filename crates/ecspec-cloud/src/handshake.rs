@@ -142,13 +142,34 @@ pub fn check_hello(h: &Hello, m: &CloudModel, limits: &Limits) -> Result<Session
             ),
         ));
     }
-    if h.prompt.len() > limits.max_prompt_tokens {
+    let resumed = h.resumed_tokens as usize;
+    if resumed >= h.prompt.len() {
         return Err(refuse(
             ErrorCode::BadRequest,
             format!(
-                "the prompt has {} tokens; this cloud accepts at most {} (--max-prompt-tokens)",
-                h.prompt.len(),
+                "resumed_tokens {resumed} leaves none of the {}-token prompt as the request's own",
+                h.prompt.len()
+            ),
+        ));
+    }
+    // A re-opened session's generated tokens are not prompt: they count against the budget.
+    let asked = h.prompt.len() - resumed;
+    if asked > limits.max_prompt_tokens {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "the prompt has {asked} tokens; this cloud accepts at most {} (--max-prompt-tokens)",
                 limits.max_prompt_tokens
+            ),
+        ));
+    }
+    let budget_left = limits.max_new_tokens.saturating_sub(resumed);
+    if budget_left == 0 {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "the request has generated {resumed} tokens, this cloud's budget per request ({})",
+                limits.max_new_tokens
             ),
         ));
     }
@@ -175,9 +196,7 @@ pub fn check_hello(h: &Hello, m: &CloudModel, limits: &Limits) -> Result<Session
     Ok(SessionPlan {
         rule,
         params,
-        max_new_tokens: (h.max_new_tokens as usize)
-            .min(limits.max_new_tokens)
-            .min(room),
+        max_new_tokens: (h.max_new_tokens as usize).min(budget_left).min(room),
         autoregressive: h.autoregressive,
         opening_stream: if h.autoregressive || h.stream < 2 {
             0

@@ -282,3 +282,64 @@ async fn tls_end_to_end_gives_the_same_tokens_and_plaintext_is_refused() {
     assert!(e.contains("not valid for name \"cloud.example\""), "{e}");
     cloud.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_sessions_generated_tokens_count_against_the_budget_not_the_prompt_limit() {
+    let cloud = Cloud::start(ServerConfig {
+        max_prompt_tokens: 8,
+        max_new_tokens: 30,
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let prompt = vec![5u32; 8];
+    let whole = expected_output(&reference(&prompt, 30), 30);
+    assert_eq!(whole.len(), 30, "no stop token in the first 30");
+    // Re-opened after 12 generated tokens: a 20-token prompt of which 12 are resumed.
+    let mut reopened = prompt.clone();
+    reopened.extend_from_slice(&whole[..12]);
+    let hello = |resumed: u32, max_new: u32| Hello {
+        resumed_tokens: resumed,
+        max_new_tokens: max_new,
+        ..Run::greedy(&reopened, DraftChoice::Partial, "fixed:4", 18).hello()
+    };
+    let ack = |h: Hello| async {
+        let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+        tcp.write_all(&frame(&Message::Hello(h), 1)).await.unwrap();
+        match next_frame(&mut tcp, &mut BytesMut::new()).await {
+            Some((1, Message::HelloAck(a))) => a,
+            other => panic!("expected a HelloAck, got {other:?}"),
+        }
+    };
+    let a = ack(hello(12, 100)).await;
+    assert!(a.accepted, "{}", a.reason);
+    assert_eq!(
+        a.first_token, whole[12],
+        "the next token of the uninterrupted text"
+    );
+    // Without saying it resumed, the same prompt is over the limit.
+    let a = ack(hello(0, 18)).await;
+    assert_eq!(
+        a.reason,
+        "the prompt has 20 tokens; this cloud accepts at most 8 (--max-prompt-tokens)"
+    );
+    // Claiming the whole prompt was generated is refused; so is a spent budget.
+    let a = ack(hello(20, 18)).await;
+    assert_eq!(
+        a.reason,
+        "resumed_tokens 20 leaves none of the 20-token prompt as the request's own"
+    );
+    let mut long = prompt.clone();
+    long.extend_from_slice(&whole);
+    let spent = Hello {
+        resumed_tokens: 30,
+        prompt: long,
+        ..hello(0, 5)
+    };
+    let a = ack(spent).await;
+    assert_eq!(
+        a.reason,
+        "the request has generated 30 tokens, this cloud's budget per request (30)"
+    );
+    cloud.stop().await;
+}

@@ -24,6 +24,7 @@ fn hello() -> Hello {
         stream: 0,
         auth_token: String::new(),
         max_block_tokens: 0,
+        resumed_tokens: 0,
     }
 }
 

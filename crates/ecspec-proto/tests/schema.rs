@@ -180,6 +180,7 @@ fn proto_file_matches_rust_messages() {
             stream: 7,
             auth_token: "t".into(),
             max_block_tokens: 8,
+            resumed_tokens: 10,
         },
     );
     check(

@@ -187,6 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'_, S> {
             prompt: self.committed.clone(),
             max_new_tokens: self.max_new.saturating_sub(generated).max(1) as u32,
             stream: 0,
+            resumed_tokens: generated as u32,
             ..self.hello.clone()
         };
         conn.write_message(&Message::Hello(hello)).await?;

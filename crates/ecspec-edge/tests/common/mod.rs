@@ -359,6 +359,7 @@ impl Run {
             stream: 0,
             auth_token: String::new(),
             max_block_tokens: 0,
+            resumed_tokens: 0,
         }
     }
 }
