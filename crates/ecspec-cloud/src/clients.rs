@@ -76,8 +76,9 @@ impl ClientSessions {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(client).or_insert(0);
         if *n >= self.cap {
+            let sessions = if self.cap == 1 { "session" } else { "sessions" };
             return Err(format!(
-                "{client} already has {} sessions open, this cloud's limit per client \
+                "{client} already has {} {sessions} open, this cloud's limit per client \
                  (--max-sessions-per-client)",
                 self.cap
             ));

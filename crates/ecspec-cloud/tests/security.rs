@@ -214,7 +214,7 @@ async fn per_client_limits_refuse_long_prompts_and_extra_sessions() {
     match &run_edge(cloud.addr, &short).await.result {
         Err(EdgeError::Cloud(m)) => assert_eq!(
             m,
-            "peer 127.0.0.1 already has 1 sessions open, this cloud's limit per client \
+            "peer 127.0.0.1 already has 1 session open, this cloud's limit per client \
              (--max-sessions-per-client)"
         ),
         other => panic!("expected busy, got {other:?}"),
