@@ -185,6 +185,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     let (_, _) = run::sampling(&a.sampling)?;
     let link = run::link_config(&a.link)?;
     let outages = run::Outages::new(a.link.outage.clone())?;
+    if a.mode == ModeArg::EdgeOnly && !outages.is_empty() {
+        bail!("--outage cuts the link to the cloud; --mode edge-only has none");
+    }
     let cloud_addr = match &a.cloud {
         Some(addr) => Some(
             tokio::net::lookup_host(addr.as_str())

@@ -97,6 +97,8 @@ fn soak_and_outage_arguments_are_checked_before_any_model_loads() {
     assert!(e.contains("--outage-prob must be from 0 to 1, got 1.5"), "{e}");
     let e = run(&["generate", "--prompt", "hi", "--outage", "1:0"]);
     assert!(e.contains("--outage `1:0`: FOR must be above 0 to 3600 s, got 0"), "{e}");
+    let e = run(&["generate", "--prompt", "hi", "--mode", "edge-only", "--outage", "1:1"]);
+    assert!(e.contains("--outage cuts the link to the cloud; --mode edge-only has none"), "{e}");
     let e = run(&["generate", "--prompt", "hi", "--outage", "1:2", "--outage", "2:1"]);
     assert!(e.contains("--outage `2:1`: starts before the outage at 1 s ends (3 s)"), "{e}");
 }
