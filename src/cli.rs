@@ -97,9 +97,18 @@ pub struct GenerateArgs {
     /// Send the prompt as is, without the chat template.
     #[arg(long)]
     pub raw: bool,
-    /// Most tokens to generate.
+    /// With --raw: special-token markup in the prompt (`<|im_start|>`…) becomes those tokens,
+    /// for a hand-written chat template (without it such markup is plain text).
+    #[arg(long, requires = "raw")]
+    pub special: bool,
+    /// Most tokens to generate (refused above the in-process cloud's budget of 4096; a remote
+    /// cloud's smaller grant is reported).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tokens: u32,
+    /// End the generation where its text contains STRING (not printed; repeatable, at most
+    /// 4). The summary's finish_reason is then `stop`.
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
     /// Generation mode.
     #[arg(long, value_enum, default_value = "speculative")]
     pub mode: ModeArg,
@@ -186,6 +195,10 @@ pub struct ServeArgs {
     /// Longest prompt accepted, in tokens [default: the target's context window].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_prompt_tokens: Option<u32>,
+    /// Most new tokens one request may generate (an edge asking for more is granted this
+    /// many, and told so in the handshake).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: u32,
     /// Sessions one client (auth token, or peer address without --auth-token-file) may hold
     /// at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]

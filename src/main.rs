@@ -183,26 +183,26 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
 async fn generate(a: GenerateArgs) -> Result<()> {
     let prompt = read_prompt(&a)?;
     let (_, _) = run::sampling(&a.sampling)?;
+    ecspec_run::output::StopStrings::new(a.stop.clone()).context("--stop")?;
     let link = run::link_config(&a.link)?;
     let outages = run::Outages::new(a.link.outage.clone())?;
     if a.mode == ModeArg::EdgeOnly && !outages.is_empty() {
         bail!("--outage cuts the link to the cloud; --mode edge-only has none");
     }
-    let cloud_addr = match &a.cloud {
-        Some(addr) => Some(
-            tokio::net::lookup_host(addr.as_str())
-                .await
-                .with_context(|| format!("resolving --cloud {addr}"))?
-                .next()
-                .with_context(|| format!("--cloud {addr} resolves to no address"))?,
+    let remote = match &a.cloud {
+        Some(cloud) => Some(
+            run::Remote::resolve(cloud, a.auth_token_file.as_deref(), a.tls_ca.as_deref()).await?,
         ),
         None => None,
     };
-    let remote = match cloud_addr {
-        Some(addr) => Some(remote(&a, addr)?),
-        None => None,
-    };
     let need_target = a.cloud.is_none() && a.mode != ModeArg::EdgeOnly;
+    let budget = run::in_process_budget();
+    if need_target && a.max_tokens as usize > budget {
+        bail!(
+            "--max-tokens {} is above the in-process cloud's budget of {budget} tokens per request",
+            a.max_tokens
+        );
+    }
     // The in-process cloud closes a connection whose first frame arrives after its handshake
     // deadline; a Hello needs at least half the RTT to cross: say so now, not 10 s later as
     // "the cloud closed the connection during the handshake".
@@ -220,7 +220,16 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     if !a.json && a.mode != ModeArg::CloudOnly {
         eprintln!("ecspec: draft {}", loaded.draft_desc);
     }
-    let ids = run::prompt_ids(&loaded, &prompt, a.raw)?;
+    let ids = match a.raw {
+        true => run::prompt_tokens(
+            &loaded,
+            &run::Prompt::Raw {
+                text: &prompt,
+                special: a.special,
+            },
+        )?,
+        false => run::prompt_tokens(&loaded, &run::Prompt::User(&prompt))?,
+    };
     let local = if need_target {
         Some(run::LocalCloud::start(&loaded).await?)
     } else {
@@ -233,6 +242,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         draft_len: &a.draft_len,
         sampling: &a.sampling,
         max_tokens: a.max_tokens as usize,
+        stop: a.stop.clone(),
         link,
         cloud: remote
             .or(local.as_ref().map(|c| c.addr.into()))
@@ -274,14 +284,31 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(c) = local {
         c.stop().await;
     }
+    if let Ok(s) = &result {
+        if let Some(n) = s.max_tokens_granted {
+            eprintln!(
+                "ecspec: the cloud granted {n} of the {} tokens asked ({})",
+                a.max_tokens,
+                match s.finish_reason {
+                    ecspec_run::FinishReason::Context => "its context window is full",
+                    _ => "its budget per request",
+                }
+            );
+        }
+    }
     match result {
         Ok(summary) if json => say(serde_json::to_string(&summary)?)?,
-        Ok(summary) => run::print_now(&format!("\n{}", run::format_summary(&summary))),
+        Ok(summary) => {
+            // The text on stdout ends with its line; the summary goes to stderr.
+            say("")?;
+            eprint!("{}", run::format_summary(&summary));
+        }
         Err(e) => {
             // What was committed before the failure is kept: streamed already, or in the JSON.
             if json {
                 let partial = serde_json::json!({
                     "error": format!("{:#}", e.error),
+                    "finish_reason": "error",
                     "text": e.partial_text,
                     "tokens": e.partial_tokens,
                     "generated_tokens": e.partial_tokens.len(),
@@ -294,32 +321,6 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The `--cloud` server with the edge's token and TLS settings.
-fn remote(a: &GenerateArgs, addr: std::net::SocketAddr) -> Result<run::Remote> {
-    let auth_token = a
-        .auth_token_file
-        .as_deref()
-        .map(run::read_auth_token)
-        .transpose()?;
-    let tls = match &a.tls_ca {
-        Some(ca) => {
-            // The certificate is checked against the host part of --cloud.
-            let cloud = a.cloud.as_deref().unwrap_or_default();
-            let host = cloud
-                .rsplit_once(':')
-                .map_or(cloud, |(h, _)| h)
-                .trim_matches(['[', ']']);
-            Some(ecspec_transport::tls::TlsClient::from_ca_file(ca, host)?)
-        }
-        None => None,
-    };
-    Ok(run::Remote {
-        addr,
-        auth_token,
-        tls,
-    })
 }
 
 async fn set_version(cloud: &str, version: Option<String>) -> Result<()> {
@@ -380,6 +381,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         admission_wait: std::time::Duration::from_secs_f64(a.admission_wait_s),
         max_block_tokens: a.max_block_tokens as usize,
         max_prompt_tokens: a.max_prompt_tokens.map_or(usize::MAX, |n| n as usize),
+        max_new_tokens: a.max_new_tokens as usize,
         max_sessions_per_client: a.max_sessions_per_client as usize,
         max_rounds_per_s: a.max_rounds_per_s,
         shutdown_grace: config_grace(&a),

@@ -28,6 +28,9 @@ pub struct SessionPlan {
     pub params: SamplingParams,
     /// Token budget (capped by the server and by the context window).
     pub max_new_tokens: usize,
+    /// What cut the budget below the Hello's ask, if anything (told to the edge in the
+    /// HelloAck so it can report why its generation ended).
+    pub cut: Option<BudgetCut>,
     /// Whether the cloud generates on its own and streams every token (cloud-only baseline).
     pub autoregressive: bool,
     /// Tokens to stream right after the HelloAck (0: none; see [`ecspec_proto::Hello::stream`]).
@@ -35,6 +38,15 @@ pub struct SessionPlan {
     /// The session's K_max: most drafted tokens per block (the Hello's ask capped by the
     /// cloud's [`Limits::max_block_tokens`]), answered in the HelloAck.
     pub max_block_tokens: usize,
+}
+
+/// Why a session's budget is below what its Hello asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetCut {
+    /// The cloud's per-request budget ([`Limits::max_new_tokens`]).
+    Budget,
+    /// The target's context window: prompt + answer + one block of drafts.
+    Context,
 }
 
 /// The cloud's per-session limits a Hello is checked against.
@@ -193,10 +205,18 @@ pub fn check_hello(h: &Hello, m: &CloudModel, limits: &Limits) -> Result<Session
             ),
         ));
     }
+    let asked = h.max_new_tokens as usize;
+    let granted = asked.min(budget_left).min(room);
+    let cut = match granted < asked {
+        false => None,
+        true if granted == room => Some(BudgetCut::Context),
+        true => Some(BudgetCut::Budget),
+    };
     Ok(SessionPlan {
         rule,
         params,
-        max_new_tokens: (h.max_new_tokens as usize).min(budget_left).min(room),
+        max_new_tokens: granted,
+        cut,
         autoregressive: h.autoregressive,
         opening_stream: if h.autoregressive || h.stream < 2 {
             0

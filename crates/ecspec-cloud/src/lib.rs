@@ -36,7 +36,7 @@ pub mod wire;
 
 pub use admin::{set_version, AdminError};
 pub use auth::{AuthError, AuthTokens};
-pub use handshake::{check_hello, Refusal, SessionPlan};
+pub use handshake::{check_hello, BudgetCut, Refusal, SessionPlan};
 pub use metrics::{serve_metrics, Metrics};
 pub use model::{CloudModel, TargetVersion, UnknownVersion};
 pub use scheduler::{Scheduler, SchedulerConfig, Work};

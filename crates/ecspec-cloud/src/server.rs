@@ -731,7 +731,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &server.model,
         &first,
         admitted.queued,
-        admitted.plan.max_block_tokens,
+        &admitted.plan,
     );
     conn.reply(&ack, req).await?;
     Ok(Some(OpenSession {

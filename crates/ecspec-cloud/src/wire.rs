@@ -16,6 +16,7 @@ use ecspec_proto::{
 };
 use ecspec_spec::compact::CompactDist;
 
+use crate::handshake::{BudgetCut, SessionPlan};
 use crate::model::CloudModel;
 use crate::target::RoundOutcome;
 
@@ -169,14 +170,14 @@ pub fn verdict(round: u32, out: &RoundOutcome) -> Message {
 
 /// The HelloAck opening session `session_id` on `version`: the prefill's outcome `first` (the
 /// first token), how long the Hello waited for admission (`queued`; zero is not sent), and the
-/// session's agreed K_max.
+/// session's plan (its agreed K_max and, when cut, its token budget and why).
 pub fn accepted_ack(
     session_id: u64,
     version: &str,
     model: &CloudModel,
     first: &RoundOutcome,
     queued: Duration,
-    max_block_tokens: usize,
+    plan: &SessionPlan,
 ) -> Message {
     Message::HelloAck(HelloAck {
         accepted: true,
@@ -189,7 +190,12 @@ pub fn accepted_ack(
         finished: first.finished,
         prefill_us: wire_micros(first.compute),
         queue_us: wire_micros(queued),
-        max_block_tokens: max_block_tokens as u32,
+        max_block_tokens: plan.max_block_tokens as u32,
+        granted_new_tokens: match plan.cut {
+            Some(_) => plan.max_new_tokens as u32,
+            None => 0,
+        },
+        context_bound: plan.cut == Some(BudgetCut::Context),
     })
 }
 

@@ -212,11 +212,17 @@ async fn per_client_limits_refuse_long_prompts_and_extra_sessions() {
         other => panic!("expected a HelloAck, got {other:?}"),
     }
     match &run_edge(cloud.addr, &short).await.result {
-        Err(EdgeError::Cloud(m)) => assert_eq!(
-            m,
-            "peer 127.0.0.1 already has 1 session open, this cloud's limit per client \
-             (--max-sessions-per-client)"
-        ),
+        Err(EdgeError::Busy {
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(
+                message,
+                "peer 127.0.0.1 already has 1 session open, this cloud's limit per client \
+                 (--max-sessions-per-client)"
+            );
+            assert_eq!(*retry_after, Some(Duration::from_secs(1)));
+        }
         other => panic!("expected busy, got {other:?}"),
     }
     drop(first);
@@ -313,6 +319,8 @@ async fn a_reopened_sessions_generated_tokens_count_against_the_budget_not_the_p
     };
     let a = ack(hello(12, 100)).await;
     assert!(a.accepted, "{}", a.reason);
+    // The budget left (30 − 12) is below the ask: the HelloAck says so.
+    assert_eq!((a.granted_new_tokens, a.context_bound), (18, false));
     assert_eq!(
         a.first_token, whole[12],
         "the next token of the uninterrupted text"
@@ -341,5 +349,38 @@ async fn a_reopened_sessions_generated_tokens_count_against_the_budget_not_the_p
         a.reason,
         "the request has generated 30 tokens, this cloud's budget per request (30)"
     );
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_ack_tells_a_grant_cut_by_the_context_window() {
+    let cloud = Cloud::start(ServerConfig {
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let prompt = vec![5u32; 8];
+    let ack = |max_new: u32| {
+        let prompt = prompt.clone();
+        async move {
+            let h = Hello {
+                max_new_tokens: max_new,
+                ..Run::greedy(&prompt, DraftChoice::Partial, "fixed:4", max_new as usize).hello()
+            };
+            let mut tcp = TcpStream::connect(cloud.addr).await.unwrap();
+            tcp.write_all(&frame(&Message::Hello(h), 1)).await.unwrap();
+            match next_frame(&mut tcp, &mut BytesMut::new()).await {
+                Some((1, Message::HelloAck(a))) => a,
+                other => panic!("expected a HelloAck, got {other:?}"),
+            }
+        }
+    };
+    // The tiny target's window is 512 positions: 8 of prompt and 64 of drafts leave 440.
+    let a = ack(1000).await;
+    assert!(a.accepted, "{}", a.reason);
+    assert_eq!((a.granted_new_tokens, a.context_bound), (440, true));
+    // A whole grant is not sent (0): the HelloAck keeps its size.
+    let a = ack(10).await;
+    assert_eq!((a.granted_new_tokens, a.context_bound), (0, false));
     cloud.stop().await;
 }

@@ -31,8 +31,8 @@ pub use mode::Mode;
 pub use plan::{EnergyControl, LookupRounds, PlanEstimates, RoundPlan, RoundPlanner};
 pub use session::{
     generate, generate_counted, generate_edge_only, generate_resilient, Connect, EdgeConfig,
-    EdgeError, OnCommit, Resilience,
+    EdgeError, OnCommit, Resilience, StopSignal,
 };
 pub use summary::{
-    RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder, Verification,
+    FinishReason, RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder, Verification,
 };

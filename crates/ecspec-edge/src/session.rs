@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ecspec_link::LinkCounters;
 use ecspec_model::DraftKind;
-use ecspec_proto::{Close, DraftBlock, Hello, HelloAck, Message, Verdict};
+use ecspec_proto::{Close, DraftBlock, ErrorCode, Hello, HelloAck, Message, Verdict};
 use ecspec_spec::acceptance::AcceptanceEstimator;
 use ecspec_spec::compute::EdgeCompute;
 use ecspec_spec::policy::{DraftLengthPolicy, StopRule};
@@ -38,7 +38,7 @@ pub use resume::{Connect, Resilience};
 
 pub use crate::mode::Mode;
 pub use crate::plan::EnergyControl;
-pub use crate::summary::{RoundRecord, SessionMemory, Summary};
+pub use crate::summary::{FinishReason, RoundRecord, SessionMemory, Summary};
 
 /// Settings of one generation.
 pub struct EdgeConfig {
@@ -103,6 +103,26 @@ pub struct EdgeConfig {
     /// K_max the edge asks for in the Hello (0: the cloud's cap); every block is cut to the
     /// K_max the cloud answers.
     pub max_block_tokens: u32,
+    /// Set by the caller (typically from its commit callback, when a stop string appears) to
+    /// end the generation after the tokens committed so far: the edge sends Close instead of
+    /// another round, and the summary's finish reason is [`FinishReason::Stop`].
+    pub stop: StopSignal,
+}
+
+/// A flag the caller raises to end a generation early ([`EdgeConfig::stop`]); clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// Ends the generation after the tokens committed so far.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::raise`] was called.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Errors of a generation. Tokens already delivered to the commit callback stay delivered.
@@ -117,6 +137,14 @@ pub enum EdgeError {
     /// The cloud reported an error.
     #[error("the cloud reported an error: {0}")]
     Cloud(String),
+    /// The cloud is full (its session or KV-cache budget): try again later.
+    #[error("the cloud is busy: {message}")]
+    Busy {
+        /// The cloud's words.
+        message: String,
+        /// When a retry may succeed (the ErrorReply's `retry_after_ms`; None: not said).
+        retry_after: Option<Duration>,
+    },
     /// The cloud broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -386,6 +414,13 @@ async fn await_ack<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<HelloAck, EdgeError> {
     let ack = match conn.read_message(Some(timeout)).await? {
         Some((_, Message::HelloAck(a))) => a,
+        Some((_, Message::ErrorReply(e))) if e.code == ErrorCode::Busy as i32 => {
+            return Err(EdgeError::Busy {
+                message: e.message,
+                retry_after: (e.retry_after_ms > 0)
+                    .then(|| Duration::from_millis(e.retry_after_ms.into())),
+            })
+        }
         Some((_, Message::ErrorReply(e))) => return Err(EdgeError::Cloud(e.message)),
         Some((_, other)) => {
             return Err(EdgeError::Protocol(format!(
@@ -438,6 +473,13 @@ struct Settings {
     /// The session's K_max agreed in the handshake (the HelloAck's; 0 from an older cloud:
     /// no cap beyond the policy's).
     k_max: usize,
+    /// The caller's stop flag.
+    stop: StopSignal,
+    /// Tokens that end generation (the HelloAck's).
+    eos: Vec<u32>,
+    /// The cloud's budget when it granted fewer tokens than asked, and whether the target's
+    /// context window was the cut (the last HelloAck's).
+    grant: Option<(usize, bool)>,
 }
 
 /// One round's block, drafted and ready to send.
@@ -545,6 +587,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
                 0 => usize::MAX,
                 k => k as usize,
             },
+            stop: cfg.stop,
+            eos: ack.eos_token_ids.clone(),
+            grant: grant(&ack, 0),
         };
         let settings = PlannerSettings {
             policy: cfg.policy,
@@ -570,8 +615,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
                 ack.prefill_us,
                 ack.target_version,
             ),
+            finished: ack.finished || set.stop.is_raised(),
             set,
-            finished: ack.finished,
             committed,
             round: 0,
             round_base: 0,
@@ -845,7 +890,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         new.push(v.next_token);
         self.committed.extend_from_slice(&new);
         (self.on_commit)(&new);
-        self.finished = v.finished;
+        self.finished = v.finished || self.set.stop.is_raised();
         if !block.looked_up {
             if let Some(d) = self.drafter.as_mut() {
                 d.rollback(old_len, block.k(), a, v.next_token)?;
@@ -892,6 +937,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         }
     }
 
+    /// Why the generation ended: the caller's stop or an end-of-sequence token (`stop`), the
+    /// edge's own budget (`length`), or the cloud's smaller grant (`context` when the target's
+    /// window was the cut, else `length`).
+    fn finish_reason(&self) -> FinishReason {
+        let generated = self.committed.len() - self.summary.prompt_tokens();
+        let last = self.committed.last();
+        if self.set.stop.is_raised() || last.is_some_and(|t| self.set.eos.contains(t)) {
+            FinishReason::Stop
+        } else if generated >= self.max_new {
+            FinishReason::Length
+        } else if let Some((_, true)) = self.set.grant {
+            FinishReason::Context
+        } else {
+            FinishReason::Length
+        }
+    }
+
     /// Sends Close, lets the link settle so the byte counts are final, and builds the summary.
     async fn close(mut self) -> Summary {
         let total = self.summary.elapsed();
@@ -900,11 +962,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
         if let Some(c) = self.counter {
             let _ = tokio::time::timeout(SETTLE_WAIT, c.settled()).await;
         }
+        let finish_reason = self.finish_reason();
         let labels = SummaryLabels {
             speculative: self.set.speculative,
             mode: self.set.mode,
             rule: self.set.rule,
             model_family: self.set.family,
+            finish_reason,
+            token_cap: self.set.grant.map(|(n, _)| n),
         };
         self.summary.finish(
             &self.committed,
@@ -916,6 +981,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
     }
 }
 
+/// The cloud's grant of a HelloAck when it is below what was asked: (the whole generation's
+/// budget it implies, given `generated` tokens before this session; context-bound).
+pub(crate) fn grant(ack: &HelloAck, generated: usize) -> Option<(usize, bool)> {
+    (ack.granted_new_tokens > 0)
+        .then(|| (generated + ack.granted_new_tokens as usize, ack.context_bound))
+}
+
 /// Edge-only decoding: the draft alone, no cloud, nothing verified.
 ///
 /// # Errors
@@ -925,6 +997,7 @@ pub fn generate_edge_only(
     prompt: &[u32],
     max_new_tokens: usize,
     stop_tokens: &[u32],
+    stop: &StopSignal,
     on_commit: OnCommit<'_>,
 ) -> Result<(Vec<u32>, Duration, Duration), DraftError> {
     let t0 = std::time::Instant::now();
@@ -937,7 +1010,7 @@ pub fn generate_edge_only(
         }
         committed.push(x);
         on_commit(&[x]);
-        if stop_tokens.contains(&x) {
+        if stop_tokens.contains(&x) || stop.is_raised() {
             break;
         }
     }

@@ -275,6 +275,12 @@ pub struct Summary {
     pub reconnects: u64,
     /// Seconds from each loss to its re-opened session, summed: the time lost to reconnects.
     pub reconnect_s: f64,
+    /// Why the generation ended (`stop`, `length`, `context`).
+    pub finish_reason: FinishReason,
+    /// The generation's token budget the cloud granted, when it granted fewer new tokens than
+    /// asked (its per-request budget, or the target's context window; `finish_reason` says
+    /// which ended the generation). None when the whole ask was granted.
+    pub max_tokens_granted: Option<usize>,
     /// What this request leaves for the next one (speculative mode).
     #[serde(skip)]
     pub memory: Option<SessionMemory>,
@@ -292,6 +298,43 @@ pub struct SummaryLabels {
     pub rule: VerifyRule,
     /// Model family.
     pub model_family: String,
+    /// Why the generation ended.
+    pub finish_reason: FinishReason,
+    /// The generation's token budget the cloud granted, when below the edge's ask.
+    pub token_cap: Option<usize>,
+}
+
+/// Why a generation ended, by OpenAI's names (`finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-sequence token, or the caller's stop (a stop string).
+    Stop,
+    /// The token budget (`--max-tokens`, or a smaller one the cloud granted).
+    #[default]
+    Length,
+    /// The target's context window is full.
+    Context,
+    /// The generation failed (the caller's label: a failed generation has no summary).
+    Error,
+}
+
+impl FinishReason {
+    /// The name (`stop`, `length`, `context`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Context => "context",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Collects a generation's rounds as they are committed and builds its [`Summary`].
@@ -465,6 +508,8 @@ impl SummaryBuilder {
                 .map(|b| b.spent_j() / b.committed_tokens() as f64),
             reconnects: self.reconnects.0,
             reconnect_s: self.reconnects.1.as_secs_f64(),
+            finish_reason: labels.finish_reason,
+            max_tokens_granted: labels.token_cap,
         }
     }
 }

@@ -24,6 +24,8 @@ fn expected_ack(session_id: u64, first: u32, finished: bool, prefill_us: u32) ->
         queue_us: 0,
         // The cloud's cap: the edge asked for none of its own.
         max_block_tokens: 64,
+        granted_new_tokens: 0,
+        context_bound: false,
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             draft_len: &args.draft_len,
             sampling: &args.sampling,
             max_tokens: args.max_tokens as usize,
+            stop: Vec::new(),
             link: link.clone(),
             energy: (!args.link.no_link).then_some(&profile),
             energy_budget: args.energy.energy_budget,

@@ -330,6 +330,7 @@ impl EvalCtx<'_> {
                 draft_len: &self.a.draft_len,
                 sampling: &sampling,
                 max_tokens: self.a.max_tokens as usize,
+                stop: Vec::new(),
                 link: self.link.clone(),
                 cloud: Some(ecspec_run::run::CloudEndpoint::Tcp(self.cloud.into())),
                 virtual_compute: None,

@@ -94,6 +94,7 @@ fn edge(mode: Mode, policy: &'static str) -> Arc<dyn EdgeFactory> {
                 load_aware: true,
                 auth_token: None,
                 max_block_tokens: 0,
+                stop: Default::default(),
             };
             let drafter = (mode == Mode::Speculative).then(|| {
                 Drafter::new(

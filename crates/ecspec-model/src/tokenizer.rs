@@ -347,10 +347,12 @@ impl TextStream {
         }
     }
 
-    /// Flushes what is left (an incomplete character becomes U+FFFD).
-    pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
+    /// Ends the stream. What is left is at most an incomplete character (every complete one
+    /// was returned by [`Self::push`]); it is dropped, so a generation cut inside a multi-byte
+    /// character never shows U+FFFD. Returns the number of bytes dropped.
+    pub fn finish(&mut self) -> usize {
+        let dropped = self.pending.len();
         self.pending.clear();
-        s
+        dropped
     }
 }

@@ -168,6 +168,15 @@ pub struct HelloAck {
     /// asked for 0). A longer block is refused with [`ErrorCode::BadRequest`].
     #[prost(uint32, tag = "11")]
     pub max_block_tokens: u32,
+    /// The session's token budget when the cloud granted fewer than the Hello's
+    /// `max_new_tokens` (its per-request budget or the target's context window cut it); 0, not
+    /// sent, when the whole ask was granted, so an uncut session's HelloAck keeps its size.
+    #[prost(uint32, tag = "12")]
+    pub granted_new_tokens: u32,
+    /// `true` when that cut is the target's context window (prompt + answer + one block of
+    /// drafts fill it), `false` when it is the cloud's per-request budget.
+    #[prost(bool, tag = "13")]
+    pub context_bound: bool,
 }
 
 /// One drafted token's truncated, quantized draft distribution `q`, sent in

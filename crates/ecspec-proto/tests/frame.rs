@@ -41,6 +41,8 @@ fn hello_ack() -> HelloAck {
         prefill_us: 0,
         queue_us: 0,
         max_block_tokens: 0,
+        granted_new_tokens: 0,
+        context_bound: false,
     }
 }
 

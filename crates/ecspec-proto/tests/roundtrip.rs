@@ -61,7 +61,7 @@ fn hello_ack() -> impl Strategy<Value = HelloAck> {
             any::<u32>(),
             any::<bool>(),
         ),
-        (any::<u32>(), any::<u32>(), any::<u32>()),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()),
     )
         .prop_map(|(a, b, c)| HelloAck {
             accepted: a.0,
@@ -75,6 +75,8 @@ fn hello_ack() -> impl Strategy<Value = HelloAck> {
             prefill_us: c.0,
             queue_us: c.1,
             max_block_tokens: c.2,
+            granted_new_tokens: c.3,
+            context_bound: c.4,
         })
 }
 

@@ -198,6 +198,8 @@ fn proto_file_matches_rust_messages() {
             prefill_us: 7,
             queue_us: 8,
             max_block_tokens: 9,
+            granted_new_tokens: 10,
+            context_bound: true,
         },
     );
     check(

@@ -10,6 +10,8 @@
 //!   runs. [`edge_setup`] builds the edge's configuration alone (the load generator's edges).
 //! - [`energy`]: device profiles and the per-round energy account of a summary.
 //! - [`edge_memory`]: the acceptance evidence and policy state kept across requests in a file.
+//! - [`output`]: committed tokens → the text a user sees (complete characters, cut at stop
+//!   strings), shared by `generate` and the OpenAI-compatible server.
 //! - [`progress`]: the download progress bar.
 
 pub mod connect;
@@ -17,12 +19,17 @@ pub mod edge_memory;
 pub mod energy;
 pub mod models;
 pub mod options;
+pub mod output;
 pub mod progress;
 pub mod run;
 
+pub use ecspec_edge::{FinishReason, Summary};
 pub use ecspec_spec::PolicySpec;
 pub use models::{
     family_cloud_model, load_family, model_path, open_family, target_versions, Loaded,
 };
 pub use options::{EnergyArgs, LinkArgs, LookupArgs, ModeArg, ModelArgs, SamplingArgs, VerifyArg};
-pub use run::{edge_setup, prompt_ids, run_one, CloudEndpoint, LocalCloud, RunError, RunSpec};
+pub use run::{
+    edge_setup, prompt_ids, prompt_tokens, run_one, CloudEndpoint, LocalCloud, Prompt, PromptError,
+    RunError, RunSpec,
+};

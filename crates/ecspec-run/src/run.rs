@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 use ecspec_cloud::{serve, CloudModel, CloudServer, ServerConfig};
 use ecspec_edge::{
     generate_edge_only, generate_resilient, DraftSampling, Drafter, EdgeConfig, EnergyControl,
-    Mode, Resilience, Summary, Verification,
+    FinishReason, Mode, Resilience, StopSignal, Summary, Verification,
 };
 use ecspec_link::{CsvFormat, LinkConfig, LinkOptions};
-use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session, TextStream};
+use ecspec_model::{encode_chat, ChatMessage, LoadedModel, Role, Session};
 use ecspec_spec::sampling::SamplingParams;
 use ecspec_spec::verify::VerifyRule;
 use ecspec_spec::verify_mode::VerifySelector;
@@ -21,6 +21,7 @@ use ecspec_spec::PolicySpec;
 use tokio::sync::oneshot;
 
 use crate::connect::Connector;
+use crate::output::TextOutput;
 
 pub use ecspec_link::Outages;
 use crate::models::Loaded;
@@ -79,6 +80,12 @@ impl LocalCloud {
         }
         let _ = self.task.await;
     }
+}
+
+/// The in-process cloud's budget of new tokens per request ([`ServerConfig`]'s default):
+/// `--max-tokens` above it is refused up front.
+pub fn in_process_budget() -> usize {
+    ServerConfig::default().max_new_tokens
 }
 
 /// Validated sampling settings and verification rule.
@@ -189,10 +196,76 @@ pub fn link_config(args: &LinkArgs) -> Result<Option<LinkConfig>> {
 /// # Errors
 /// An empty prompt, or one that leaves no room in the draft's context window.
 pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> {
-    if prompt.trim().is_empty() {
-        bail!("the prompt is empty");
-    }
-    let ids = chat_ids(&loaded.edge_model, prompt, raw)?;
+    let p = match raw {
+        true => Prompt::Raw {
+            text: prompt,
+            special: false,
+        },
+        false => Prompt::User(prompt),
+    };
+    prompt_tokens(loaded, &p)
+}
+
+/// What a generation continues.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// One user message, in the chat template (raw text when the model has none).
+    User(&'a str),
+    /// A conversation, in the chat template, ending with the assistant's turn to speak.
+    Chat(&'a [ChatMessage]),
+    /// Text as is. `special`: special-token markup in it (`<|im_start|>`…) becomes those
+    /// tokens (a hand-written chat template); otherwise it is text like any other.
+    Raw {
+        /// The text.
+        text: &'a str,
+        /// Parse special tokens.
+        special: bool,
+    },
+}
+
+/// A prompt that cannot be generated from (a typed error inside the `anyhow` error of
+/// [`prompt_tokens`], so servers can answer 400 or 413).
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// Nothing but white space.
+    #[error("the prompt is empty")]
+    Empty,
+    /// Prompt + answer do not fit the window.
+    #[error("the prompt is {tokens} tokens; the {whose} model's context window is {window} (including the answer)")]
+    TooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// Context window, positions.
+        window: usize,
+        /// `target` or `draft`.
+        whose: &'static str,
+    },
+}
+
+/// Token ids of `prompt`, checked against the context window that bounds the generation.
+///
+/// # Errors
+/// [`PromptError`] (empty, too long for the window) or tokenizer errors.
+pub fn prompt_tokens(loaded: &Loaded, prompt: &Prompt<'_>) -> Result<Vec<u32>> {
+    let m = &loaded.edge_model;
+    let ids = match *prompt {
+        Prompt::User(text) | Prompt::Raw { text, .. } if text.trim().is_empty() => {
+            return Err(PromptError::Empty.into())
+        }
+        Prompt::Chat(msgs) if msgs.iter().all(|m| m.content.trim().is_empty()) => {
+            return Err(PromptError::Empty.into())
+        }
+        Prompt::User(text) => chat_ids(m, text, false)?,
+        Prompt::Raw { text, special } => m.tokenizer.encode(text, special)?,
+        Prompt::Chat(msgs) => match &m.chat_template {
+            Some(t) => encode_chat(&m.tokenizer, &t.render_parts(msgs, true))?,
+            // No template: the turns' text, one after another.
+            None => {
+                let text: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+                m.tokenizer.encode(&text.join("\n"), false)?
+            }
+        },
+    };
     // Leave room for generation and one round of drafts in the window that bounds the
     // generation: the target's when it runs here (the edge streams from the cloud once the
     // draft's own window is full), else the draft's (edge-only, or a remote cloud, which
@@ -202,10 +275,12 @@ pub fn prompt_ids(loaded: &Loaded, prompt: &str, raw: bool) -> Result<Vec<u32>> 
         None => (loaded.draft.transformer.config().context_length, "draft"),
     };
     if ids.len() + 64 >= window {
-        bail!(
-            "the prompt is {} tokens; the {whose} model's context window is {window} (including the answer)",
-            ids.len()
-        );
+        return Err(PromptError::TooLong {
+            tokens: ids.len(),
+            window,
+            whose,
+        }
+        .into());
     }
     Ok(ids)
 }
@@ -268,6 +343,9 @@ pub struct RunSpec<'a> {
     pub sampling: &'a SamplingArgs,
     /// Token budget.
     pub max_tokens: usize,
+    /// Stop strings (at most [`crate::output::MAX_STOP_STRINGS`]): the generation ends when
+    /// its text contains one; the text is cut before it and the finish reason is `stop`.
+    pub stop: Vec<String>,
     /// Link (None: direct).
     pub link: Option<LinkConfig>,
     /// Outages of the link (`--outage`): each resets the connection; the edge reconnects.
@@ -306,6 +384,41 @@ pub struct Remote {
     pub auth_token: Option<String>,
     /// TLS to the cloud (`--tls-ca`); None: plaintext.
     pub tls: Option<ecspec_transport::tls::TlsClient>,
+}
+
+impl Remote {
+    /// The cloud at `cloud` (host:port, resolved now) with the edge's `--auth-token-file` (its
+    /// first token) and `--tls-ca` (the certificate is checked against the host of `cloud`).
+    ///
+    /// # Errors
+    /// `cloud` does not resolve; the token file or the CA cannot be read.
+    pub async fn resolve(
+        cloud: &str,
+        auth_token_file: Option<&std::path::Path>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let addr = tokio::net::lookup_host(cloud)
+            .await
+            .with_context(|| format!("resolving --cloud {cloud}"))?
+            .next()
+            .with_context(|| format!("--cloud {cloud} resolves to no address"))?;
+        let auth_token = auth_token_file.map(read_auth_token).transpose()?;
+        let tls = match tls_ca {
+            Some(ca) => {
+                let host = cloud
+                    .rsplit_once(':')
+                    .map_or(cloud, |(h, _)| h)
+                    .trim_matches(['[', ']']);
+                Some(ecspec_transport::tls::TlsClient::from_ca_file(ca, host)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            addr,
+            auth_token,
+            tls,
+        })
+    }
 }
 
 impl From<SocketAddr> for Remote {
@@ -368,7 +481,9 @@ impl From<anyhow::Error> for RunError {
     }
 }
 
-/// Runs one generation; `echo` receives committed text as it is committed.
+/// Runs one generation; `echo` receives the text as it is committed: complete characters
+/// only, cut before the first of `spec.stop` (which then ends the generation). The summary's
+/// `text` is exactly what `echo` received.
 ///
 /// # Errors
 /// A [`RunError`] holding the tokens committed before the failure.
@@ -379,35 +494,37 @@ pub async fn run_one(
     echo: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Summary, RunError> {
     let tokenizer = loaded.edge_model.tokenizer.clone();
-    let mut stream = TextStream::default();
+    let mut output = TextOutput::new(spec.stop.clone()).context("--stop")?;
+    let stop = StopSignal::default();
     let mut partial = Vec::new();
     let mut on_commit = |ids: &[u32]| {
         partial.extend_from_slice(ids);
         for &id in ids {
-            let s = stream.push(&tokenizer, id);
+            let s = output.push(&tokenizer, id);
             if !s.is_empty() {
                 echo(&s);
             }
+            if output.stopped() {
+                stop.raise();
+                break;
+            }
         }
     };
-    let result = run_inner(loaded, prompt, spec, &mut on_commit).await;
+    let result = run_inner(loaded, prompt, spec, stop.clone(), &mut on_commit).await;
+    let tail = output.finish();
     match result {
         Ok(mut summary) => {
-            let tail = stream.finish();
             if !tail.is_empty() {
                 echo(&tail);
             }
-            summary.text = tokenizer.decode(&summary.tokens);
+            summary.text = output.text().to_string();
             Ok(summary)
         }
-        Err(error) => {
-            let partial_text = tokenizer.decode(&partial);
-            Err(RunError {
-                error,
-                partial_tokens: partial,
-                partial_text,
-            })
-        }
+        Err(error) => Err(RunError {
+            error,
+            partial_tokens: partial,
+            partial_text: output.text().to_string(),
+        }),
     }
 }
 
@@ -461,6 +578,7 @@ pub fn edge_setup(loaded: &Loaded, spec: &RunSpec<'_>) -> Result<(EdgeConfig, Op
             _ => None,
         },
         max_block_tokens: 0,
+        stop: Default::default(),
         family: loaded.info.wire_name.to_string(),
         draft_kind: loaded.draft.kind,
         compat_hash: loaded.draft.compat_hash.clone(),
@@ -496,6 +614,7 @@ async fn run_inner(
     loaded: &Loaded,
     prompt: Vec<u32>,
     spec: RunSpec<'_>,
+    stop: StopSignal,
     on_commit: &mut (dyn FnMut(&[u32]) + Send),
 ) -> Result<Summary> {
     if spec.mode == ModeArg::EdgeOnly {
@@ -503,15 +622,26 @@ async fn run_inner(
         let mut d = drafter(loaded, spec.sampling, rule, params);
         let stops = loaded.edge_model.tokenizer.stop_tokens().to_vec();
         let p = prompt.clone();
-        let mut decode = || generate_edge_only(&mut d, &p, spec.max_tokens, &stops, on_commit);
+        let mut decode =
+            || generate_edge_only(&mut d, &p, spec.max_tokens, &stops, &stop, on_commit);
         // A single-thread runtime (the virtual clock) has nothing else to run meanwhile.
         let (tokens, ttft, total) = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => decode(),
             _ => tokio::task::block_in_place(decode),
         }?;
-        return Ok(edge_only_summary(loaded, &prompt, tokens, ttft, total));
+        let finish = if stop.is_raised() || tokens.last().is_some_and(|t| stops.contains(t)) {
+            FinishReason::Stop
+        } else if tokens.len() >= spec.max_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Context
+        };
+        let mut summary = edge_only_summary(loaded, &prompt, tokens, ttft, total);
+        summary.finish_reason = finish;
+        return Ok(summary);
     }
     let (mut cfg, d) = edge_setup(loaded, &spec)?;
+    cfg.stop = stop;
     let mode = cfg.mode;
     let memory = match (&spec.sampling.edge_memory, mode) {
         (Some(path), Mode::Speculative) => {

@@ -195,6 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'_, S> {
         if ack.max_block_tokens > 0 {
             self.set.k_max = ack.max_block_tokens as usize;
         }
+        self.set.grant = super::grant(&ack, generated);
         self.conn = conn;
         self.streaming = 0;
         if self.hello.autoregressive {
@@ -203,7 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'_, S> {
         }
         self.committed.push(ack.first_token);
         (self.on_commit)(&[ack.first_token]);
-        self.finished = ack.finished;
+        self.finished = ack.finished || self.set.stop.is_raised();
         Ok(())
     }
 }

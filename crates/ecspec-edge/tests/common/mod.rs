@@ -322,6 +322,7 @@ impl Run {
             load_aware: true,
             auth_token: None,
             max_block_tokens: 0,
+            stop: Default::default(),
         }
     }
 

@@ -463,6 +463,7 @@ impl<'a> Bench<'a> {
                 draft_len: &policy,
                 sampling: &self.sampling,
                 max_tokens: self.a.max_tokens as usize,
+                stop: Vec::new(),
                 link: scenario::shifted(cell.link0, qi as f64 * self.a.phase_s),
                 cloud: (run.mode != ModeArg::EdgeOnly)
                     .then(|| CloudEndpoint::InMemory(cell.server.clone())),

@@ -161,6 +161,7 @@ impl ecspec_load::EdgeFactory for SystemEdge {
             draft_len: &policy,
             sampling: &self.sampling,
             max_tokens: self.max_tokens,
+            stop: Vec::new(),
             link: None,
             cloud: None,
             virtual_compute: self.virtual_compute,
