@@ -8,12 +8,15 @@
 //!   remote address), the emulated link around the TCP stream, the edge session, the virtual
 //!   clock's compute times, the energy account and the edge's memory; [`RunSpec`] is what it
 //!   runs. [`edge_setup`] builds the edge's configuration alone (the load generator's edges).
+//! - [`config_file`]: settings from a TOML configuration file and `ECSPEC_*` environment
+//!   variables, layered under the command line ([`config_file::layer`]).
 //! - [`energy`]: device profiles and the per-round energy account of a summary.
 //! - [`edge_memory`]: the acceptance evidence and policy state kept across requests in a file.
 //! - [`output`]: committed tokens → the text a user sees (complete characters, cut at stop
 //!   strings), shared by `generate` and the OpenAI-compatible server.
 //! - [`progress`]: the download progress bar.
 
+pub mod config_file;
 pub mod connect;
 pub mod edge_memory;
 pub mod energy;
