@@ -410,6 +410,12 @@ pub async fn serve(
                                 }
                             });
                         }
+                        // A TLS client cannot read a plaintext reply (it would report a corrupt
+                        // record): it gets a close, which its edge retries with backoff.
+                        Err(_) if server.config.tls.is_some() => {
+                            tracing::info!(%peer, "too many pending connections; closed");
+                            drop(stream);
+                        }
                         Err(_) => {
                             let m = format!(
                                 "the server is busy: {} connections are waiting to open a session",

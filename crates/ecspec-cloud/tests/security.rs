@@ -384,3 +384,35 @@ async fn the_hello_ack_tells_a_grant_cut_by_the_context_window() {
     assert_eq!((a.granted_new_tokens, a.context_bound), (0, false));
     cloud.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tls_cloud_closes_extra_connections_instead_of_answering_in_plaintext() {
+    let (cert, key) = self_signed("localhost");
+    let cloud = Cloud::start(ServerConfig {
+        tls: Some(TlsServer::new(vec![cert.clone()], key).unwrap()),
+        max_pending: 1,
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    // An idle connection holds the one pending slot.
+    let idle = TcpStream::connect(cloud.addr).await.unwrap();
+    let client = TlsClient::new(vec![cert], "localhost").unwrap();
+    let tcp = TcpStream::connect(cloud.addr).await.unwrap();
+    let e = client.connect(tcp).await.unwrap_err().to_string();
+    // A close (which the edge retries), not a plaintext reply misread as a corrupt record.
+    assert!(!e.contains("corrupt") && !e.contains("InvalidContentType"), "{e}");
+    // Once the idle connection is gone, the slot is free again.
+    drop(idle);
+    let mut served = None;
+    for _ in 0..50 {
+        let tcp = TcpStream::connect(cloud.addr).await.unwrap();
+        if let Ok(tls) = client.connect(tcp).await {
+            served = Some(run_edge_over(tls, &greedy_run(), |_| {}).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served.expect("a TLS session after the slot freed").summary().tokens, expected());
+    cloud.stop().await;
+}
