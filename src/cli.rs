@@ -18,6 +18,11 @@ pub struct Cli {
     /// one process: fork-join kernels stall badly when their threads compete for the cores.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Settings for `generate`, `cloud serve` and `edge serve` from a TOML file (sections
+    /// `[generate]`, `[cloud.serve]`, `[edge.serve]`; keys are long flag names) [default:
+    /// $ECSPEC_CONFIG]. Flags beat `ECSPEC_<FLAG>` environment variables, which beat the file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +59,29 @@ pub enum Command {
     Family {
         #[command(subcommand)]
         command: FamilyCommand,
+    },
+    /// Settings from the configuration file and the environment.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// `ecspec config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings of a command (every configurable one without COMMAND):
+    /// each flag's value and where it came from (flag, env ECSPEC_…, config FILE, default).
+    /// Flags after the command count as given on its command line:
+    /// `ecspec config print generate --max-tokens 5`.
+    Print {
+        /// The command (`generate`, `cloud serve`, `edge serve`), then any of its flags.
+        #[arg(
+            value_name = "COMMAND",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        command: Vec<String>,
     },
 }
 

@@ -7,14 +7,17 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use cli::{Cli, CloudCommand, Command, GenerateArgs, ModelsCommand, ServeArgs};
+use cli::{Cli, CloudCommand, Command, ConfigCommand, GenerateArgs, ModelsCommand, ServeArgs};
 use ecspec_eval::{bench, demo, family_eval, family_tasks, profile};
 use ecspec_run::{energy, run, ModeArg};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // Training runs alone: it uses every core unless told otherwise.
     let default_threads = match cli.command {
         Command::Family {
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(dispatch(cli.command)) {
+    match rt.block_on(dispatch(cli.command, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout went away (`| head`, `| true`): a normal end, as for any Unix
         // tool, not an error to report.
@@ -62,6 +65,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with the settings of `ECSPEC_<FLAG>` environment variables and of the
+/// configuration file under it (`ecspec_run::config_file`). On an error, the exit code after
+/// the message (and a note naming a flag's source when it came from either).
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    let env = |k: &str| std::env::var_os(k);
+    let layered =
+        ecspec_run::config_file::layer(Cli::command(), std::env::args_os().collect(), &env)
+            .map_err(|e| {
+                eprintln!("ecspec: error: {e}");
+                ExitCode::from(2)
+            })?;
+    Cli::try_parse_from(&layered.args).map_err(|e| {
+        let _ = e.print();
+        if let Some(note) = layered.explain(&e) {
+            eprintln!("{note}");
+        }
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    })
 }
 
 /// Whether `e` (or one of its causes) is a write to a stdout whose reader has closed it.
@@ -116,7 +139,7 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-async fn dispatch(cmd: Command) -> Result<()> {
+async fn dispatch(cmd: Command, config: Option<std::path::PathBuf>) -> Result<()> {
     match cmd {
         Command::Demo(a) => demo::run(a).await,
         Command::Generate(a) => generate(a).await,
@@ -135,6 +158,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
             command: family_tasks::FamilyCommand::Eval(a),
         } => family_eval::run(a).await,
         Command::Family { command } => family_tasks::run(command),
+        Command::Config {
+            command: ConfigCommand::Print { command },
+        } => config_print(&command, config.as_deref()),
     }
 }
 
@@ -509,5 +535,41 @@ fn models(cmd: ModelsCommand) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `ecspec config print [COMMAND [FLAGS…]]`: each configurable command's effective settings.
+fn config_print(words: &[String], config: Option<&std::path::Path>) -> Result<()> {
+    let env = |k: &str| std::env::var_os(k);
+    let commands = if words.is_empty() {
+        ecspec_run::config_file::configurable_commands(Cli::command())
+    } else {
+        vec![words.to_vec()]
+    };
+    for (i, words) in commands.iter().enumerate() {
+        let (path, flags) =
+            ecspec_run::config_file::effective(Cli::command(), words, config, &env)?;
+        let file = ecspec_run::config_file::config_path(config, &env);
+        if i > 0 {
+            say("")?;
+        }
+        say(ecspec_run::config_file::format_effective(&path, file.as_deref(), &flags).trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn no_configurable_flag_is_shadowed_by_a_variable_ecspec_reads_for_something_else() {
+        // ECSPEC_DATA_DIR, ECSPEC_CACHE_DIR, …: a flag of `generate`, `cloud serve` or
+        // `edge serve` with such a name would not be read from the environment.
+        assert_eq!(
+            ecspec_run::config_file::env_collisions(Cli::command()),
+            Vec::<(String, String, String)>::new()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The binary's own input and output: a reader that closes stdout early ends the command
-//! quietly, and `cloud serve` reports an address in use before it says it is serving.
+//! quietly, and `cloud serve` reports an address in use before it says it is serving; the
+//! configuration file and the environment under the command line (`config print`).
 
 use std::process::{Command, Stdio};
 
@@ -101,4 +102,162 @@ fn soak_and_outage_arguments_are_checked_before_any_model_loads() {
     assert!(e.contains("--outage cuts the link to the cloud; --mode edge-only has none"), "{e}");
     let e = run(&["generate", "--prompt", "hi", "--outage", "1:2", "--outage", "2:1"]);
     assert!(e.contains("--outage `2:1`: starts before the outage at 1 s ends (3 s)"), "{e}");
+}
+
+/// A fresh temporary directory for one test.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ecspec-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// `ecspec ARGS` with `vars` set and no configuration file from the environment.
+fn ecspec_with(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecspec"));
+    cmd.args(args).env_remove("ECSPEC_CONFIG");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running ecspec")
+}
+
+#[test]
+fn config_print_shows_each_setting_with_its_source_flags_over_env_over_file() {
+    let dir = temp_dir("config-print");
+    let file = dir.join("ecspec.toml");
+    std::fs::write(
+        &file,
+        "[generate]\nmax_tokens = 7\ncloud = \"file.example:7878\"\nrtt-ms = 30\noutage = [\"1:1\", \"3:1\"]\n\n[cloud.serve]\nkv-budget = \"2GiB\"\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = ecspec_with(
+        &[
+            "--config", f, "config", "print", "generate", "--rtt-ms", "80",
+        ],
+        &[
+            ("ECSPEC_CLOUD", "env.example:7878"),
+            ("ECSPEC_NO_LINK", "1"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("rtt-ms").starts_with("rtt-ms = 80 ") && line("rtt-ms").ends_with("# flag"),
+        "{text}"
+    );
+    assert!(
+        line("cloud").contains("\"env.example:7878\"")
+            && line("cloud").ends_with("# env ECSPEC_CLOUD"),
+        "{text}"
+    );
+    assert!(
+        line("no-link").starts_with("no-link = true")
+            && line("no-link").ends_with("# env ECSPEC_NO_LINK"),
+        "{text}"
+    );
+    assert!(
+        line("max-tokens").starts_with("max-tokens = 7")
+            && line("max-tokens").ends_with(&format!("# config {f} [generate]")),
+        "{text}"
+    );
+    assert!(
+        line("outage").starts_with("outage = [\"1:1\", \"3:1\"]"),
+        "{text}"
+    );
+    assert!(
+        line("mode").starts_with("mode = \"speculative\"") && line("mode").ends_with("# default"),
+        "{text}"
+    );
+    assert!(line("seed").ends_with("# not set"), "{text}");
+    // Without a command: every configurable command, each with its own section.
+    let out = ecspec_with(&["config", "print"], &[("ECSPEC_CONFIG", f)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("[generate]") && text.contains("[cloud.serve]"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("kv-budget = \"2GiB\"")),
+        "{text}"
+    );
+    // A command that takes no configuration.
+    let out = ecspec_with(&["config", "print", "models", "list"], &[]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("`models list` takes no settings"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn generate_takes_its_settings_from_the_environment_and_the_file_under_its_flags() {
+    // The RTT is checked before any model loads, and its message quotes the value that won.
+    let dir = temp_dir("config-generate");
+    let file = dir.join("ecspec.toml");
+    std::fs::write(&file, "[generate]\nrtt-ms = 30000\n").unwrap();
+    let f = file.to_str().unwrap();
+    let err = |args: &[&str], vars: &[(&str, &str)]| {
+        let out = ecspec_with(args, vars);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The file alone.
+    let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
+    assert!(e.contains("a link RTT of 30000 ms"), "{e}");
+    // The environment over the file.
+    let e = err(
+        &["generate", "--prompt", "hi"],
+        &[("ECSPEC_CONFIG", f), ("ECSPEC_RTT_MS", "1e12")],
+    );
+    assert!(e.contains("got 1000000000000"), "{e}");
+    // The flag over both.
+    let e = err(
+        &["generate", "--prompt", "hi", "--rtt-ms", "-5"],
+        &[("ECSPEC_CONFIG", f), ("ECSPEC_RTT_MS", "1e12")],
+    );
+    assert!(e.contains("got -5"), "{e}");
+    // Errors name the file, the section and the key, or the variable.
+    std::fs::write(&file, "[generate]\nmax-tokns = 3\n").unwrap();
+    let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
+    assert!(e.contains(&format!("the configuration file {f}: [generate] `max-tokns` is not a flag of `generate`; did you mean `max-tokens`?")), "{e}");
+    std::fs::write(&file, "[generate]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+    let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
+    assert!(
+        e.contains("`listen` is not a flag of `generate` (it is a flag of `cloud serve`)"),
+        "{e}"
+    );
+    std::fs::write(&file, "[generate]\njson = \"yes\"\n").unwrap();
+    let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
+    assert!(
+        e.contains("[generate] `json`: `--json` is a switch: write true or false, not a string"),
+        "{e}"
+    );
+    let e = err(
+        &["generate", "--prompt", "hi"],
+        &[("ECSPEC_MAX_TOKENS", "0")],
+    );
+    assert!(
+        e.contains("ECSPEC_MAX_TOKENS=\"0\": invalid value '0' for '--max-tokens"),
+        "{e}"
+    );
+    // A setting that needs another flag says where it came from.
+    std::fs::write(&file, "[generate]\nauth-token-file = \"t.txt\"\n").unwrap();
+    let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
+    assert!(
+        e.contains("--cloud") && e.contains(&format!("--auth-token-file (config {f} [generate])")),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
