@@ -65,6 +65,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check this setup: CPU and kernels, cached models (sha256), shipped drafts, the shared
+    /// data, the configuration, and whether the configured cloud answers.
+    Doctor(ecspec_eval::doctor::DoctorArgs),
 }
 
 /// `ecspec config …`

@@ -161,6 +161,7 @@ async fn dispatch(cmd: Command, config: Option<std::path::PathBuf>) -> Result<()
         Command::Config {
             command: ConfigCommand::Print { command },
         } => config_print(&command, config.as_deref()),
+        Command::Doctor(a) => doctor(&a, config.as_deref()).await,
     }
 }
 
@@ -554,6 +555,20 @@ fn config_print(words: &[String], config: Option<&std::path::Path>) -> Result<()
             say("")?;
         }
         say(ecspec_run::config_file::format_effective(&path, file.as_deref(), &flags).trim_end())?;
+    }
+    Ok(())
+}
+
+/// `ecspec doctor`: fails only when a check asked for on the command line failed.
+async fn doctor(
+    a: &ecspec_eval::doctor::DoctorArgs,
+    config: Option<&std::path::Path>,
+) -> Result<()> {
+    let report =
+        ecspec_eval::doctor::run(a, Cli::command(), config, &mut std::io::stdout()).await?;
+    let failed: Vec<String> = report.failed_asked().map(|c| c.what.clone()).collect();
+    if !failed.is_empty() {
+        bail!("doctor: {} failed", failed.join(", "));
     }
     Ok(())
 }

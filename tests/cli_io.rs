@@ -1,6 +1,7 @@
 //! The binary's own input and output: a reader that closes stdout early ends the command
 //! quietly, and `cloud serve` reports an address in use before it says it is serving; the
-//! configuration file and the environment under the command line (`config print`).
+//! configuration file and the environment under the command line (`config print`), and
+//! `doctor`.
 
 use std::process::{Command, Stdio};
 
@@ -258,6 +259,105 @@ fn generate_takes_its_settings_from_the_environment_and_the_file_under_its_flags
     assert!(
         e.contains("--cloud") && e.contains(&format!("--auth-token-file (config {f} [generate])")),
         "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The line of `doctor`'s report whose check starts with `what` (after the status column).
+fn doctor_line(text: &str, what: &str) -> String {
+    text.lines()
+        .find(|l| l.get(9..).is_some_and(|r| r.starts_with(what)))
+        .unwrap_or_else(|| panic!("no {what} in\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn doctor_reports_each_check_and_fails_only_for_what_was_asked() {
+    // A loopback cloud serving a tiny random-weight model.
+    let dir = temp_dir("doctor");
+    let gguf = dir.join("tiny.gguf");
+    ecspec_model::tiny::write_tiny_model(&gguf, ecspec_model::tiny::TinySpec::default()).unwrap();
+    let model = ecspec_model::LoadedModel::load(&gguf).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cloud = rt
+        .block_on(ecspec_run::LocalCloud::start_model(
+            ecspec_cloud::CloudModel::new("tiny", "v0", &model),
+        ))
+        .unwrap();
+    let addr = cloud.addr.to_string();
+    // An empty model cache (nothing to hash) and a small shared data directory.
+    let cache = dir.join("cache");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("prompts")).unwrap();
+    std::fs::create_dir_all(data.join("channel/mahimahi/set")).unwrap();
+    std::fs::write(data.join("prompts/spec_bench_question.jsonl"), "{}\n{}\n").unwrap();
+    std::fs::write(data.join("channel/mahimahi/set/a.up"), "1\n").unwrap();
+    let vars = [
+        ("ECSPEC_CACHE_DIR", cache.to_str().unwrap()),
+        ("ECSPEC_DATA_DIR", data.to_str().unwrap()),
+    ];
+    let out = ecspec_with(&["doctor", "--cloud", &addr], &vars);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |what: &str| doctor_line(&text, what);
+    assert!(line("kernels:").starts_with("ok "), "{text}");
+    assert!(
+        line("model smollm2-135m-instruct:").starts_with("missing "),
+        "{text}"
+    );
+    assert!(line("shared data:").starts_with("ok "), "{text}");
+    assert!(
+        text.contains("prompts: spec_bench_question.jsonl (2)"),
+        "{text}"
+    );
+    assert!(text.contains("traces: mahimahi/set (1)"), "{text}");
+    let c = line(&format!("cloud {addr} (--cloud):"));
+    assert!(
+        c.starts_with("ok ")
+            && c.contains("an ECSpec cloud answers")
+            && c.contains("active version v0")
+            && c.contains(" ms"),
+        "{c}"
+    );
+    rt.block_on(cloud.stop());
+    // Nothing listens there now: an explicit --cloud fails the command.
+    let out = ecspec_with(&["doctor", "--cloud", &addr, "--timeout-s", "2"], &vars);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    let line = |what: &str| doctor_line(&text, what);
+    assert!(
+        line(&format!("cloud {addr} (--cloud):")).starts_with("failed "),
+        "{text}"
+    );
+    assert!(text.contains("connection refused"), "{text}");
+    // The same cloud from the configuration file is reported, not fatal.
+    let file = dir.join("ecspec.toml");
+    std::fs::write(&file, format!("[generate]\ncloud = \"{addr}\"\n")).unwrap();
+    let out = ecspec_with(
+        &[
+            "doctor",
+            "--config",
+            file.to_str().unwrap(),
+            "--timeout-s",
+            "2",
+        ],
+        &vars,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let line = |what: &str| doctor_line(&text, what);
+    assert!(
+        line("config:").starts_with("ok ") && line("config:").contains("[generate]"),
+        "{text}"
+    );
+    let c = line(&format!("cloud {addr} (config "));
+    assert!(
+        c.starts_with("failed ") && c.contains("connection refused"),
+        "{c}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

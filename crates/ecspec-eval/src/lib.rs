@@ -11,12 +11,15 @@
 //! - [`family_tasks`]: training the static draft, evolving versions, distilling the
 //!   conventional draft, self-distillation data, FR-Spec vocabulary subsets (`ecspec family …`).
 //! - [`demo`]: the default demonstration's comparison and report (`ecspec demo`).
+//! - [`doctor`]: this machine's and this setup's checks (`ecspec doctor`): CPU and kernels,
+//!   cached models, shipped drafts, shared data, configuration, whether the cloud answers.
 //! - [`prompts`]: Spec-Bench / MT-Bench prompt files and the shared data directory.
 //! - [`soak`]: many edges against one cloud for a bounded time with random outages
 //!   (`ecspec soak`): lost or repeated tokens, round latency, memory and descriptors.
 
 pub mod bench;
 pub mod demo;
+pub mod doctor;
 pub mod family_eval;
 pub mod family_tasks;
 pub mod profile;
