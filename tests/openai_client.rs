@@ -101,16 +101,22 @@ impl Server {
         match rx.recv_timeout(Duration::from_secs(180)) {
             Ok(url) => server.base_url = url,
             Err(_) => panic!(
-                "ecspec edge serve did not say it serves within 180 s (exit: {:?}); stderr:\n{}",
-                server.child.try_wait(),
-                server.stderr()
+                "ecspec edge serve did not say it serves within 180 s: {}",
+                server.report()
             ),
         }
         server
     }
 
-    fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    /// Whether the server still runs (else how it ended), and its stderr.
+    fn report(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(None) => "the server is still running".to_string(),
+            Ok(Some(status)) => format!("the server ended: {status}"),
+            Err(e) => format!("the server's state is unknown: {e}"),
+        };
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        format!("{state}; its stderr:\n{stderr}")
     }
 
     fn alive(&mut self) -> bool {
@@ -190,15 +196,16 @@ fn the_official_openai_client_gets_the_text_of_generate() {
         ])
         .output()
         .expect("running tests/openai_client.py");
-    assert!(
-        out.status.success(),
-        "tests/openai_client.py failed against {}:\n{}\n--- server stderr\n{}",
-        server.base_url,
-        show(&out),
-        server.stderr()
-    );
+    if !out.status.success() {
+        let url = server.base_url.clone();
+        panic!(
+            "tests/openai_client.py failed against {url}:\n{}\n--- {}",
+            show(&out),
+            server.report()
+        );
+    }
     let got: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
-    assert!(server.alive(), "the server exited:\n{}", server.stderr());
+    assert!(server.alive(), "{}", server.report());
 
     // (a) temperature 0: the text, the finish and the token counts of `generate`.
     let want = generate(&["--temperature", "0", "--prompt", PROMPT]);
@@ -259,14 +266,14 @@ fn the_official_openai_client_gets_the_text_of_generate() {
         want_raw["prompt_tokens"]
     );
 
-    curl_sse(&server, want["text"].as_str().expect("text"));
-    assert!(server.alive(), "the server exited:\n{}", server.stderr());
+    curl_sse(&mut server, want["text"].as_str().expect("text"));
+    assert!(server.alive(), "{}", server.report());
 }
 
 /// `curl -sN` a streamed chat completion: a 200 with content-type text/event-stream, every
 /// event exactly `data: {json}\n\n`, the last exactly `data: [DONE]\n\n`, the deltas
 /// `want`; and a bad request: a 400 with OpenAI's error body.
-fn curl_sse(server: &Server, want: &str) {
+fn curl_sse(server: &mut Server, want: &str) {
     if Command::new("curl").arg("--version").output().is_err() {
         eprintln!("skipped: the curl check (curl is not installed)");
         return;
@@ -291,12 +298,14 @@ fn curl_sse(server: &Server, want: &str) {
             .args(["--data-binary", &body, &url])
             .output()
             .expect("running curl");
-        assert!(out.status.success(), "curl failed: {}", show(&out));
+        if !out.status.success() {
+            return Err(format!("curl failed: {}", show(&out)));
+        }
         let all = String::from_utf8(out.stdout).expect("UTF-8 from the server");
         let (head, body) = all
             .split_once("\r\n\r\n")
             .expect("headers, a blank line, the body");
-        (head.to_string(), body.to_string())
+        Ok((head.to_string(), body.to_string()))
     };
     let header = |head: &str, name: &str| {
         head.lines()
@@ -309,7 +318,7 @@ fn curl_sse(server: &Server, want: &str) {
             .unwrap_or_else(|| panic!("no {name} header in:\n{head}"))
     };
 
-    let (head, events) = curl(body(0));
+    let (head, events) = curl(body(0)).unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     assert!(head.starts_with("HTTP/1.1 200"), "status line: {head}");
     let ct = header(&head, "content-type");
     assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
@@ -346,7 +355,7 @@ fn curl_sse(server: &Server, want: &str) {
     assert_eq!(text, want, "curl's streamed deltas vs generate");
     assert_eq!(finishes.len(), 1, "one finish_reason: {finishes:?}");
 
-    let (head, error) = curl(body(5));
+    let (head, error) = curl(body(5)).unwrap_or_else(|e| panic!("{e}\n{}", server.report()));
     assert!(head.starts_with("HTTP/1.1 400"), "status line: {head}");
     assert!(
         header(&head, "content-type").starts_with("application/json"),
