@@ -233,10 +233,10 @@ fn generate_takes_its_settings_from_the_environment_and_the_file_under_its_flags
     std::fs::write(&file, "[generate]\nmax-tokns = 3\n").unwrap();
     let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
     assert!(e.contains(&format!("the configuration file {f}: [generate] `max-tokns` is not a flag of `generate`; did you mean `max-tokens`?")), "{e}");
-    std::fs::write(&file, "[generate]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+    std::fs::write(&file, "[generate]\nkv-budget = \"2GiB\"\n").unwrap();
     let e = err(&["generate", "--prompt", "hi", "--config", f], &[]);
     assert!(
-        e.contains("`listen` is not a flag of `generate` (it is a flag of `cloud serve`)"),
+        e.contains("`kv-budget` is not a flag of `generate` (it is a flag of `cloud serve`)"),
         "{e}"
     );
     std::fs::write(&file, "[generate]\njson = \"yes\"\n").unwrap();
