@@ -39,6 +39,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CloudCommand,
     },
+    /// The edge as a server: the OpenAI API on the device.
+    Edge {
+        #[command(subcommand)]
+        command: EdgeCommand,
+    },
     /// Measure this machine's model speeds (prefill, decode, block verification).
     Profile(ProfileArgs),
     /// Compare ECSpec with its baselines: prompts × link scenarios × systems × target
@@ -86,6 +91,14 @@ pub enum ConfigCommand {
         )]
         command: Vec<String>,
     },
+}
+
+/// `ecspec edge …`
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// Serve the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions, streamed or
+    /// not) on this device: each request an edge–cloud speculative generation.
+    Serve(ecspec_openai::EdgeServeArgs),
 }
 
 /// `ecspec cloud …`

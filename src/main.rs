@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, CloudCommand, Command, ConfigCommand, GenerateArgs, ModelsCommand, ServeArgs};
+use cli::{
+    Cli, CloudCommand, Command, ConfigCommand, EdgeCommand, GenerateArgs, ModelsCommand, ServeArgs,
+};
 use ecspec_eval::{bench, demo, family_eval, family_tasks, profile};
 use ecspec_run::{energy, run, ModeArg};
 
@@ -143,6 +145,9 @@ async fn dispatch(cmd: Command, config: Option<std::path::PathBuf>) -> Result<()
     match cmd {
         Command::Demo(a) => demo::run(a).await,
         Command::Generate(a) => generate(a).await,
+        Command::Edge {
+            command: EdgeCommand::Serve(a),
+        } => ecspec_openai::server::run(a).await,
         Command::Cloud {
             command: CloudCommand::Serve(a),
         } => serve(a).await,

@@ -209,7 +209,10 @@ mod tests {
         };
         let v = response(&head(Endpoint::Chat), "Hello", &s);
         assert_eq!(v["object"], "chat.completion");
-        assert_eq!(v["choices"][0]["message"], json!({"role": "assistant", "content": "Hello"}));
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": "Hello"})
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(
             v["usage"],
@@ -228,7 +231,10 @@ mod tests {
     fn chunks_carry_the_role_first_and_the_finish_last() {
         let h = head(Endpoint::Chat);
         let first = chunk(&h, "", true, None, false);
-        assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
         assert!(first.get("usage").is_none());
         let mid = chunk(&h, "lo", false, None, true);
         assert_eq!(mid["choices"][0]["delta"], json!({"content": "lo"}));

@@ -13,8 +13,7 @@ use ecspec_energy::DeviceProfile;
 use ecspec_link::LinkConfig;
 use ecspec_run::run::{self, Outages, Remote};
 use ecspec_run::{
-    CloudEndpoint, LocalCloud, Loaded, ModeArg, PolicySpec, Prompt, RunSpec, SamplingArgs,
-    Summary,
+    CloudEndpoint, Loaded, LocalCloud, ModeArg, PolicySpec, Prompt, RunSpec, SamplingArgs, Summary,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -81,9 +80,9 @@ impl Engine {
         let link = run::link_config(&a.link)?;
         let outages = Outages::new(a.link.outage.clone())?;
         let remote = match &a.cloud {
-            Some(c) => Some(
-                Remote::resolve(c, a.auth_token_file.as_deref(), a.tls_ca.as_deref()).await?,
-            ),
+            Some(c) => {
+                Some(Remote::resolve(c, a.auth_token_file.as_deref(), a.tls_ca.as_deref()).await?)
+            }
             None => None,
         };
         let need_target = remote.is_none() && a.mode != ModeArg::EdgeOnly;

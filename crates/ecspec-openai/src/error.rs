@@ -185,7 +185,10 @@ mod tests {
                 "code": "invalid_value",
             }})
         );
-        assert_eq!(ApiError::bad_request("x").body()["error"]["param"], json!(null));
+        assert_eq!(
+            ApiError::bad_request("x").body()["error"]["param"],
+            json!(null)
+        );
     }
 
     #[test]
@@ -208,7 +211,10 @@ mod tests {
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(e.code, Some("context_length_exceeded"));
         let other = anyhow::Error::from(EdgeError::Cloud("internal".into()));
-        assert_eq!(ApiError::from_generation(&other).status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            ApiError::from_generation(&other).status,
+            StatusCode::BAD_GATEWAY
+        );
         let r = ApiError::too_many(8).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");

@@ -54,7 +54,10 @@ pub fn chat(body: &[u8]) -> Result<Job, ApiError> {
             return Err(ApiError::bad_param("messages", "`messages` is required"))
         }
         Some(Value::Array(a)) if a.is_empty() => {
-            return Err(ApiError::bad_param("messages", "`messages` must not be empty"))
+            return Err(ApiError::bad_param(
+                "messages",
+                "`messages` must not be empty",
+            ))
         }
         Some(Value::Array(a)) => a
             .iter()
@@ -93,9 +96,11 @@ pub fn completion(body: &[u8]) -> Result<Job, ApiError> {
         }
         Some(_) => return Err(ApiError::bad_param("prompt", "`prompt` must be a string")),
     };
-    let checks: [(&str, fn(&Value) -> bool); 3] = [
+    let checks: [FieldCheck; 3] = [
         ("echo", |v| v.is_null() || v == &Value::Bool(false)),
-        ("suffix", |v| v.is_null() || v == &Value::String(String::new())),
+        ("suffix", |v| {
+            v.is_null() || v == &Value::String(String::new())
+        }),
         ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
     ];
     for (field, ok) in checks {
@@ -109,10 +114,15 @@ pub fn completion(body: &[u8]) -> Result<Job, ApiError> {
     common(&o, JobPrompt::Text(prompt), "max_tokens")
 }
 
+/// A field's name and whether its value is one this server honours.
+type FieldCheck = (&'static str, fn(&Value) -> bool);
+
 fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
+        Ok(_) => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
         Err(e) => Err(ApiError::bad_request(format!(
             "the request body is not valid JSON: {e}"
         ))),
@@ -176,14 +186,15 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
 
 /// The fields both endpoints share. `budget_field` is the token-budget name the endpoint
 /// documents (chat: `max_completion_tokens`, with `max_tokens` as its older name).
-fn common(
-    o: &Map<String, Value>,
-    prompt: JobPrompt,
-    budget_field: &str,
-) -> Result<Job, ApiError> {
+fn common(o: &Map<String, Value>, prompt: JobPrompt, budget_field: &str) -> Result<Job, ApiError> {
     let model = match o.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(ApiError::bad_param("model", "`model` is required (a string)")),
+        _ => {
+            return Err(ApiError::bad_param(
+                "model",
+                "`model` is required (a string)",
+            ))
+        }
     };
     let mut max_tokens = None;
     for field in [budget_field, "max_tokens"] {
@@ -319,16 +330,22 @@ fn number(
 
 /// Fields with a meaning this server does not implement, at a value that asks for it.
 fn unsupported(o: &Map<String, Value>) -> Result<(), ApiError> {
-    let zero = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
-    let checks: [(&str, &dyn Fn(&Value) -> bool); 8] = [
-        ("n", &|v| v.is_null() || v.as_u64() == Some(1)),
-        ("logprobs", &|v| v.is_null() || v == &Value::Bool(false)),
-        ("top_logprobs", &|v| v.is_null() || v.as_u64() == Some(0)),
-        ("presence_penalty", &zero),
-        ("frequency_penalty", &zero),
-        ("logit_bias", &|v| v.is_null() || v.as_object().is_some_and(Map::is_empty)),
-        ("tools", &|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
-        ("response_format", &|v| {
+    fn zero(v: &Value) -> bool {
+        v.is_null() || v.as_f64() == Some(0.0)
+    }
+    let checks: [FieldCheck; 8] = [
+        ("n", |v| v.is_null() || v.as_u64() == Some(1)),
+        ("logprobs", |v| v.is_null() || v == &Value::Bool(false)),
+        ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
+        ("presence_penalty", zero),
+        ("frequency_penalty", zero),
+        ("logit_bias", |v| {
+            v.is_null() || v.as_object().is_some_and(Map::is_empty)
+        }),
+        ("tools", |v| {
+            v.is_null() || v.as_array().is_some_and(Vec::is_empty)
+        }),
+        ("response_format", |v| {
             v.is_null() || v.get("type").and_then(Value::as_str) == Some("text")
         }),
     ];
@@ -378,9 +395,18 @@ mod tests {
         assert_eq!(
             job.prompt,
             JobPrompt::Chat(vec![
-                ChatMessage { role: Role::System, content: "Be brief.".into() },
-                ChatMessage { role: Role::User, content: "Hi there".into() },
-                ChatMessage { role: Role::Assistant, content: String::new() },
+                ChatMessage {
+                    role: Role::System,
+                    content: "Be brief.".into()
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: "Hi there".into()
+                },
+                ChatMessage {
+                    role: Role::Assistant,
+                    content: String::new()
+                },
             ])
         );
         assert_eq!(job.max_tokens, Some(12), "max_completion_tokens wins");
@@ -474,21 +500,27 @@ mod tests {
     fn bodies_that_are_not_json_objects_are_400s() {
         let (status, param, msg) = err(chat(b"{\"model\": "));
         assert_eq!((status, param.as_str()), (StatusCode::BAD_REQUEST, ""));
-        assert!(msg.starts_with("the request body is not valid JSON: EOF"), "{msg}");
+        assert!(
+            msg.starts_with("the request body is not valid JSON: EOF"),
+            "{msg}"
+        );
         let (_, _, msg) = err(completion(b"[1, 2]"));
         assert_eq!(msg, "the request body must be a JSON object");
     }
 
     #[test]
     fn a_completion_takes_one_prompt_string() {
-        let job = completion(br#"{"model": "x", "prompt": ["once"], "max_tokens": 3, "echo": false}"#)
-            .unwrap();
+        let job =
+            completion(br#"{"model": "x", "prompt": ["once"], "max_tokens": 3, "echo": false}"#)
+                .unwrap();
         assert_eq!(job.prompt, JobPrompt::Text("once".into()));
         assert_eq!(job.max_tokens, Some(3));
         let (_, param, msg) = err(completion(br#"{"model": "x", "prompt": [[1, 2]]}"#));
         assert_eq!(param, "prompt");
         assert!(msg.starts_with("`prompt` must be one string"), "{msg}");
-        let (_, param, _) = err(completion(br#"{"model": "x", "prompt": "a", "echo": true}"#));
+        let (_, param, _) = err(completion(
+            br#"{"model": "x", "prompt": "a", "echo": true}"#,
+        ));
         assert_eq!(param, "echo");
     }
 }

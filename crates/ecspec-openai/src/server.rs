@@ -15,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::Uri;
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -96,25 +96,23 @@ pub async fn run(a: EdgeServeArgs) -> Result<()> {
 }
 
 async fn shutdown_signal() {
+    let which = wait_for_signal().await;
+    eprintln!("ecspec: {which}: finishing the answers in progress, then exiting");
+}
+
+async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = term.recv() => "SIGTERM",
+            };
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted"
 }
 
 async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
@@ -195,9 +193,7 @@ async fn answer(engine: Arc<Engine>, body: Body, endpoint: Endpoint) -> Result<R
     let first = match rx.recv().await {
         Some(Ok(frame)) => frame,
         Some(Err(f)) => return Err(f),
-        None => {
-            return Err(ApiError::internal("the generation ended without an answer").into())
-        }
+        None => return Err(ApiError::internal("the generation ended without an answer").into()),
     };
     let events = tokio_stream::once(Ok(first))
         .chain(UnboundedReceiverStream::new(rx))

@@ -38,7 +38,11 @@ async fn server(flags: &[&str]) -> SocketAddr {
     let engine = Arc::new(Engine::start(&cli.args).await.expect("engine"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(ecspec_openai::serve(listener, engine, std::future::pending()));
+    tokio::spawn(ecspec_openai::serve(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -97,7 +101,14 @@ fn parse(raw: &[u8]) -> Reply {
     let text = String::from_utf8(raw.to_vec()).expect("UTF-8 response");
     let (head, rest) = text.split_once("\r\n\r\n").expect("a header block");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
@@ -105,7 +116,11 @@ fn parse(raw: &[u8]) -> Reply {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Reply {
         status,
         headers,
@@ -182,8 +197,13 @@ async fn eight_concurrent_streamed_requests_give_their_solo_texts() {
         let r = request(addr, "POST", "/v1/chat/completions", &chat(p, json!({}))).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
-        assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, true);
-        solo.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+        solo.push(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let tasks: Vec<_> = PROMPTS
         .iter()
@@ -211,7 +231,9 @@ async fn a_stop_string_split_across_chunks_stops_streamed_and_whole_answers_alik
         .iter()
         .filter_map(|e| {
             let v: Value = serde_json::from_str(e).unwrap();
-            v["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
         })
         .collect();
     let full: String = deltas.concat();
@@ -219,7 +241,14 @@ async fn a_stop_string_split_across_chunks_stops_streamed_and_whole_answers_alik
     let j = (4..deltas.len() - 1)
         .find(|&j| deltas[j].chars().count() >= 2 && deltas[j + 1].chars().count() >= 2)
         .expect("two chunks of two characters");
-    let tail: String = deltas[j].chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = deltas[j]
+        .chars()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let head: String = deltas[j + 1].chars().take(2).collect();
     let stop = format!("{tail}{head}");
     let at = full.find(&stop).unwrap();
@@ -227,7 +256,10 @@ async fn a_stop_string_split_across_chunks_stops_streamed_and_whole_answers_alik
         addr,
         "POST",
         "/v1/chat/completions",
-        &chat(PROMPTS[5], json!({"stop": [stop.clone()], "max_tokens": 48})),
+        &chat(
+            PROMPTS[5],
+            json!({"stop": [stop.clone()], "max_tokens": 48}),
+        ),
     )
     .await
     .json();
@@ -237,10 +269,16 @@ async fn a_stop_string_split_across_chunks_stops_streamed_and_whole_answers_alik
         addr,
         "POST",
         "/v1/chat/completions",
-        &chat(PROMPTS[5], json!({"stop": stop, "max_tokens": 48, "stream": true})),
+        &chat(
+            PROMPTS[5],
+            json!({"stop": stop, "max_tokens": 48, "stream": true}),
+        ),
     )
     .await;
-    assert_eq!(streamed_text(&streamed), (full[..at].to_string(), "stop".to_string()));
+    assert_eq!(
+        streamed_text(&streamed),
+        (full[..at].to_string(), "stop".to_string())
+    );
     // The completions endpoint cuts the same way.
     let c = request(
         addr,
@@ -266,7 +304,9 @@ async fn a_client_leaving_mid_stream_frees_its_cloud_session_and_the_limits_answ
         shutdown_grace: Duration::from_secs(1),
         ..Default::default()
     };
-    let cloud = ecspec_run::LocalCloud::start_with(&models, config).await.unwrap();
+    let cloud = ecspec_run::LocalCloud::start_with(&models, config)
+        .await
+        .unwrap();
     let cloud_addr = cloud.addr.to_string();
     let addr = server(&["--cloud", &cloud_addr, "--max-concurrent", "2"]).await;
     let long = chat(PROMPTS[2], json!({"stream": true, "max_tokens": 4000}));
@@ -280,18 +320,33 @@ async fn a_client_leaving_mid_stream_frees_its_cloud_session_and_the_limits_answ
         got.extend_from_slice(&buf[..n]);
     }
     // A second request meets a busy cloud: 503 with Retry-After, in OpenAI's shape.
-    let busy = request(addr, "POST", "/v1/chat/completions", &chat(PROMPTS[0], json!({}))).await;
+    let busy = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat(PROMPTS[0], json!({})),
+    )
+    .await;
     assert_eq!(busy.status, 503, "{}", busy.body);
     assert_eq!(busy.header("retry-after"), Some("1"));
     let e = busy.json();
     assert_eq!(e["error"]["code"], "cloud_busy");
-    assert!(e["error"]["message"].as_str().unwrap().contains("busy"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("busy"),
+        "{e}"
+    );
     // The client leaves: its generation ends and the cloud session with it, long before the
     // 4000 tokens it asked for (minutes on this CPU).
     drop(first);
     let mut served = None;
     for _ in 0..300 {
-        let r = request(addr, "POST", "/v1/chat/completions", &chat(PROMPTS[0], json!({}))).await;
+        let r = request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &chat(PROMPTS[0], json!({})),
+        )
+        .await;
         if r.status == 200 {
             served = Some(r);
             break;
@@ -300,7 +355,12 @@ async fn a_client_leaving_mid_stream_frees_its_cloud_session_and_the_limits_answ
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let served = served.expect("the cloud session of the client that left was never freed");
-    assert!(served.json()["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        served.json()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     cloud.stop().await;
 }
 
@@ -319,18 +379,33 @@ async fn beyond_the_cap_429_and_over_the_window_413() {
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
     }
-    let r = request(addr, "POST", "/v1/chat/completions", &chat(PROMPTS[0], json!({}))).await;
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat(PROMPTS[0], json!({})),
+    )
+    .await;
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
     // A prompt over the target's 8192-position window (checked before any slot is used).
     let huge = "sea ".repeat(9000);
-    let r = request(addr, "POST", "/v1/chat/completions", &chat(&huge, json!({}))).await;
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat(&huge, json!({})),
+    )
+    .await;
     assert_eq!(r.status, 413, "{}", r.body);
     let e = r.json();
     assert_eq!(e["error"]["code"], "context_length_exceeded");
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("context window is 8192"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context window is 8192"),
         "{e}"
     );
     // Bad JSON, a bad method, an unknown path: errors in shape, never a dropped connection.
