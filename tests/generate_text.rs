@@ -32,7 +32,13 @@ fn ecspec(args: &[&str]) -> std::process::Output {
 
 /// `generate --json --temperature 0 --no-link` with `args`.
 fn generate(args: &[&str]) -> Value {
-    let out = ecspec(&[&["generate", "--json", "--temperature", "0", "--no-link"], args].concat());
+    let out = ecspec(
+        &[
+            &["generate", "--json", "--temperature", "0", "--no-link"],
+            args,
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "ecspec failed: {}",
@@ -67,7 +73,10 @@ fn smollm2_a_split_emoji_is_held_back_and_a_cut_one_is_dropped() {
             shown.push_str(&out.push(&m.tokenizer, id));
         }
         shown.push_str(&out.finish());
-        assert!(!shown.contains('\u{FFFD}'), "cut after {cut} tokens: {shown:?}");
+        assert!(
+            !shown.contains('\u{FFFD}'),
+            "cut after {cut} tokens: {shown:?}"
+        );
         assert!(text.starts_with(&shown), "cut after {cut}: {shown:?}");
         assert_eq!(shown, out.text());
         if cut == ids.len() {
@@ -107,7 +116,14 @@ fn smollm2_a_stop_string_cuts_the_text_exactly_and_ends_the_generation() {
     if smollm2().is_none() {
         return;
     }
-    let reference = generate(&["--prompt", PROMPT, "--max-tokens", "48", "--mode", "cloud-only"]);
+    let reference = generate(&[
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "48",
+        "--mode",
+        "cloud-only",
+    ]);
     let text = reference["text"].as_str().unwrap().to_string();
     let n = reference["generated_tokens"].as_u64().unwrap();
     // finish_reason: an end-of-sequence token is `stop`, the budget is `length`.
@@ -151,16 +167,27 @@ fn smollm2_a_stop_string_cuts_the_text_exactly_and_ends_the_generation() {
 fn smollm2_raw_special_reads_a_hand_written_chat_template() {
     let Some(path) = smollm2() else { return };
     let m = LoadedModel::load(&path).unwrap();
-    let written = m.chat_template.as_ref().expect("SmolLM2 has a chat template").render(
-        &[ChatMessage {
-            role: Role::User,
-            content: PROMPT.into(),
-        }],
-        true,
-    );
+    let written = m
+        .chat_template
+        .as_ref()
+        .expect("SmolLM2 has a chat template")
+        .render(
+            &[ChatMessage {
+                role: Role::User,
+                content: PROMPT.into(),
+            }],
+            true,
+        );
     assert!(written.contains("<|im_start|>"), "{written}");
     let chat = generate(&["--prompt", PROMPT, "--max-tokens", "12"]);
-    let special = generate(&["--raw", "--special", "--prompt", &written, "--max-tokens", "12"]);
+    let special = generate(&[
+        "--raw",
+        "--special",
+        "--prompt",
+        &written,
+        "--max-tokens",
+        "12",
+    ]);
     assert_eq!(special["prompt_tokens"], chat["prompt_tokens"]);
     assert_eq!(special["tokens"], chat["tokens"]);
     // Without --special the markup is text: more prompt tokens.
@@ -178,7 +205,14 @@ fn smollm2_text_goes_to_stdout_and_the_summary_to_stderr() {
     }
     let json = generate(&["--prompt", PROMPT, "--max-tokens", "8"]);
     let out = ecspec(&[
-        "generate", "--temperature", "0", "--no-link", "--prompt", PROMPT, "--max-tokens", "8",
+        "generate",
+        "--temperature",
+        "0",
+        "--no-link",
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "8",
     ]);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -194,7 +228,14 @@ fn smollm2_a_smaller_grant_of_a_remote_cloud_is_reported() {
     }
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_ecspec"))
-        .args(["cloud", "serve", "--listen", "127.0.0.1:0", "--max-new-tokens", "5"])
+        .args([
+            "cloud",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-new-tokens",
+            "5",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start ecspec cloud serve");
@@ -208,12 +249,25 @@ fn smollm2_a_smaller_grant_of_a_remote_cloud_is_reported() {
     };
     std::thread::spawn(move || lines.map_while(Result::ok).count());
     let run = ecspec(&[
-        "generate", "--json", "--temperature", "0", "--no-link", "--prompt", PROMPT,
-        "--max-tokens", "20", "--cloud", &addr,
+        "generate",
+        "--json",
+        "--temperature",
+        "0",
+        "--no-link",
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "20",
+        "--cloud",
+        &addr,
     ]);
     let _ = child.kill();
     let _ = child.wait();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let v: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["generated_tokens"], 5, "{v}");
     assert_eq!(v["max_tokens_granted"], 5);
@@ -229,10 +283,15 @@ fn smollm2_a_smaller_grant_of_a_remote_cloud_is_reported() {
 fn generate_refuses_bad_stop_strings_and_budgets_up_front() {
     for (args, expected) in [
         (
-            &["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"][..],
+            &[
+                "--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e",
+            ][..],
             "--stop: at most 4 stop strings are allowed, got 5",
         ),
-        (&["--stop", ""][..], "--stop: a stop string must not be empty"),
+        (
+            &["--stop", ""][..],
+            "--stop: a stop string must not be empty",
+        ),
         (
             &["--max-tokens", "5000"][..],
             "--max-tokens 5000 is above the in-process cloud's budget of 4096 tokens per request",

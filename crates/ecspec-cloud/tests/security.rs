@@ -401,7 +401,10 @@ async fn a_full_tls_cloud_closes_extra_connections_instead_of_answering_in_plain
     let tcp = TcpStream::connect(cloud.addr).await.unwrap();
     let e = client.connect(tcp).await.unwrap_err().to_string();
     // A close (which the edge retries), not a plaintext reply misread as a corrupt record.
-    assert!(!e.contains("corrupt") && !e.contains("InvalidContentType"), "{e}");
+    assert!(
+        !e.contains("corrupt") && !e.contains("InvalidContentType"),
+        "{e}"
+    );
     // Once the idle connection is gone, the slot is free again.
     drop(idle);
     let mut served = None;
@@ -413,6 +416,12 @@ async fn a_full_tls_cloud_closes_extra_connections_instead_of_answering_in_plain
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(served.expect("a TLS session after the slot freed").summary().tokens, expected());
+    assert_eq!(
+        served
+            .expect("a TLS session after the slot freed")
+            .summary()
+            .tokens,
+        expected()
+    );
     cloud.stop().await;
 }

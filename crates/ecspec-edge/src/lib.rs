@@ -34,5 +34,6 @@ pub use session::{
     EdgeError, OnCommit, Resilience, StopSignal,
 };
 pub use summary::{
-    FinishReason, RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder, Verification,
+    FinishReason, RoundRecord, RoundSource, RoundVerify, SessionMemory, Summary, SummaryBuilder,
+    Verification,
 };

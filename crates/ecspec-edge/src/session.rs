@@ -984,8 +984,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> EdgeSession<'a, S> {
 /// The cloud's grant of a HelloAck when it is below what was asked: (the whole generation's
 /// budget it implies, given `generated` tokens before this session; context-bound).
 pub(crate) fn grant(ack: &HelloAck, generated: usize) -> Option<(usize, bool)> {
-    (ack.granted_new_tokens > 0)
-        .then(|| (generated + ack.granted_new_tokens as usize, ack.context_bound))
+    (ack.granted_new_tokens > 0).then(|| {
+        (
+            generated + ack.granted_new_tokens as usize,
+            ack.context_bound,
+        )
+    })
 }
 
 /// Edge-only decoding: the draft alone, no cloud, nothing verified.

@@ -45,7 +45,11 @@ async fn a_raised_stop_ends_the_generation_after_the_round_in_flight() {
     let prompt = prompts()[0].clone();
     let max_new = 40;
     let expected = expected_output(&reference(&prompt, max_new), max_new);
-    assert_eq!(expected.len(), max_new, "no end-of-sequence in the first 40");
+    assert_eq!(
+        expected.len(),
+        max_new,
+        "no end-of-sequence in the first 40"
+    );
     for (policy, k) in [("fixed:4", 4), ("cloud-only", 0)] {
         let run = match policy {
             "cloud-only" => Run::cloud_only(&prompt, max_new),
@@ -63,7 +67,10 @@ async fn a_raised_stop_ends_the_generation_after_the_round_in_flight() {
         );
         // Without the stop: the budget.
         let (s, seen) = run_with(cloud.addr, &run, StopSignal::default(), usize::MAX).await;
-        assert_eq!((s.finish_reason, seen.len()), (FinishReason::Length, max_new));
+        assert_eq!(
+            (s.finish_reason, seen.len()),
+            (FinishReason::Length, max_new)
+        );
         assert_eq!(s.max_tokens_granted, None);
     }
     cloud.stop().await;

@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 use crate::connect::Connector;
 use crate::output::TextOutput;
 
-pub use ecspec_link::Outages;
 use crate::models::Loaded;
 use crate::options::{LinkArgs, ModeArg, SamplingArgs, VerifyArg};
+pub use ecspec_link::Outages;
 
 /// A cloud server running inside this process on loopback.
 pub struct LocalCloud {
@@ -663,19 +663,23 @@ async fn run_inner(
         CloudEndpoint::InMemory(_) => (None, false),
     };
     let connector = Connector::new(endpoint, spec.link.clone(), spec.outages.clone());
-    let stream = connector.connect_first().await.with_context(|| match (tcp_addr, tls) {
-        (Some(addr), true) => format!(
-            "connecting to the cloud at {addr} (a TLS handshake failure means it does not \
+    let stream = connector
+        .connect_first()
+        .await
+        .with_context(|| match (tcp_addr, tls) {
+            (Some(addr), true) => format!(
+                "connecting to the cloud at {addr} (a TLS handshake failure means it does not \
              serve TLS with a certificate from --tls-ca for this name)"
-        ),
-        (Some(addr), false) => format!("connecting to the cloud at {addr}"),
-        (None, _) => "connecting to the in-process cloud".into(),
-    })?;
+            ),
+            (Some(addr), false) => format!("connecting to the cloud at {addr}"),
+            (None, _) => "connecting to the in-process cloud".into(),
+        })?;
     let counter = connector.counter();
-    let counter = counter.as_deref().map(|c| c as &dyn ecspec_edge::ByteCounter);
+    let counter = counter
+        .as_deref()
+        .map(|c| c as &dyn ecspec_edge::ByteCounter);
     let resilience = Resilience::new(connector.reconnect());
-    let result =
-        generate_resilient(stream, counter, cfg, d, prompt, on_commit, resilience).await;
+    let result = generate_resilient(stream, counter, cfg, d, prompt, on_commit, resilience).await;
     connector.finish(result.is_err()).await;
     let mut summary = result?;
     if let (Some(profile), Some((up, down))) = (spec.energy, rates) {
