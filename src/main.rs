@@ -393,6 +393,16 @@ fn cloud_model(a: &ServeArgs) -> Result<(ecspec_cloud::CloudModel, String)> {
 async fn serve(a: ServeArgs) -> Result<()> {
     let stop = shutdown_signal();
     let (model, model_name) = cloud_model(&a)?;
+    // A prompt limit the window can never reach would be a promise the cloud cannot keep.
+    let room = model
+        .context_length
+        .saturating_sub(ecspec_cloud::MAX_BLOCK_TOKENS + 1);
+    if let Some(n) = a.max_prompt_tokens.filter(|&n| n as usize > room) {
+        bail!(
+            "--max-prompt-tokens {n} does not fit the target's context window of {} positions (at most {room}: one block of drafts and one answer token must fit after the prompt)",
+            model.context_length
+        );
+    }
     // Bind before saying "serving": an address in use is reported as the error it is.
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await

@@ -391,6 +391,18 @@ fn bad_arguments_are_clear_errors() {
     ])
     .contains("/nonexistent.up"));
     assert!(run(&["generate", "--prompt", "  "]).contains("empty"));
+    if cached("smollm2-135m-instruct") {
+        // SmolLM2's window is 8192 positions: 8127 is the longest prompt it can answer.
+        assert!(run(&[
+            "cloud",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-prompt-tokens",
+            "9000"
+        ])
+        .contains("--max-prompt-tokens 9000 does not fit the target's context window of 8192 positions (at most 8127"));
+    }
     assert!(run(&["generate", "--prompt", "hi", "--drafter", "ngram"])
         .contains("unknown drafter \"ngram\" (expected model, lookup or hybrid)"));
     assert!(run(&[
