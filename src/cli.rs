@@ -105,7 +105,7 @@ pub enum EdgeCommand {
 #[derive(Debug, Subcommand)]
 pub enum CloudCommand {
     /// Serve a target model to edge sessions over TCP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make VERSION the version new sessions get on a running server (loopback only); without
     /// VERSION, print the active version and the versions served.
     SetVersion {

@@ -150,7 +150,7 @@ async fn dispatch(cmd: Command, config: Option<std::path::PathBuf>) -> Result<()
         } => ecspec_openai::server::run(a).await,
         Command::Cloud {
             command: CloudCommand::Serve(a),
-        } => serve(a).await,
+        } => serve(*a).await,
         Command::Cloud {
             command: CloudCommand::SetVersion { cloud, version },
         } => set_version(&cloud, version).await,
