@@ -57,7 +57,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(dispatch(cli.command, cli.config)) {
+    let result = rt.block_on(dispatch(cli.command, cli.config));
+    // Model work on blocking threads whose request is gone (a client that left an edge
+    // server mid-prefill) is abandoned at exit, not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout went away (`| head`, `| true`): a normal end, as for any Unix
         // tool, not an error to report.
@@ -565,7 +569,19 @@ fn config_print(words: &[String], config: Option<&std::path::Path>) -> Result<()
     for (i, words) in commands.iter().enumerate() {
         let (path, flags) =
             ecspec_run::config_file::effective(Cli::command(), words, config, &env)?;
-        let file = ecspec_run::config_file::config_path(config, &env);
+        // `--config FILE` among the command's own words counts as given there.
+        let given = words
+            .iter()
+            .position(|w| w == "--config")
+            .and_then(|i| words.get(i + 1).cloned())
+            .or_else(|| {
+                words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("--config=").map(str::to_string))
+            })
+            .map(std::path::PathBuf::from);
+        let file =
+            ecspec_run::config_file::config_path(given.as_deref().or(config), &env);
         if i > 0 {
             say("")?;
         }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ecspec_edge::SessionMemory;
 use ecspec_energy::DeviceProfile;
 use ecspec_link::LinkConfig;
@@ -40,6 +40,17 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// The edge's memory across requests, and where it is kept (`--edge-memory`: the file, its
+/// key, its other entries).
+struct MemoryState {
+    memory: Option<SessionMemory>,
+    file: Option<(
+        std::path::PathBuf,
+        String,
+        ecspec_run::edge_memory::MemoryFile,
+    )>,
+}
+
 /// What every request shares: the models, the cloud, the link, the defaults and the limits.
 pub struct Engine {
     loaded: Arc<Loaded>,
@@ -59,8 +70,9 @@ pub struct Engine {
     max_tokens_cap: Option<usize>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
-    /// What earlier requests learnt about the draft's acceptance (speculative mode).
-    memory: Mutex<Option<SessionMemory>>,
+    /// What earlier requests learnt about the draft's acceptance (speculative mode), and the
+    /// `--edge-memory` file it is kept in.
+    memory: Mutex<MemoryState>,
     /// Target versions that answered so far (the in-process cloud's from the start).
     versions: Mutex<Vec<String>>,
     next_id: AtomicU64,
@@ -73,9 +85,6 @@ impl Engine {
     /// # Errors
     /// Invalid flags, a model that cannot be loaded, a cloud address that does not resolve.
     pub async fn start(a: &EdgeServeArgs) -> Result<Self> {
-        if a.sampling.edge_memory.is_some() {
-            bail!("--edge-memory is for generate; edge serve keeps the edge's memory in the process, shared by its requests");
-        }
         run::sampling(&a.sampling)?;
         let link = run::link_config(&a.link)?;
         let outages = Outages::new(a.link.outage.clone())?;
@@ -96,6 +105,26 @@ impl Engine {
             .or(local.as_ref().map(|c| c.addr.into()))
             .map(CloudEndpoint::Tcp);
         let cap = ecspec_cloud_budget();
+        // `--edge-memory`: read once here, written after each request (the requests share one
+        // memory in the process; a file per request would race).
+        let memory_file = match &a.sampling.edge_memory {
+            Some(path) => {
+                let file = ecspec_run::edge_memory::load(path)?;
+                ecspec_run::edge_memory::check_writable(path)?;
+                let key = ecspec_run::edge_memory::key(
+                    loaded.info.wire_name,
+                    &loaded.draft.compat_hash,
+                    &a.draft_len.build().name(),
+                );
+                Some((path.clone(), key, file))
+            }
+            None => None,
+        };
+        let memory = memory_file
+            .as_ref()
+            .and_then(|(_, key, file)| file.get(key).cloned());
+        let mut sampling = a.sampling.clone();
+        sampling.edge_memory = None;
         Ok(Self {
             loaded: Arc::new(loaded),
             versions: Mutex::new(match local {
@@ -108,7 +137,7 @@ impl Engine {
             outages,
             mode: a.mode,
             policy: a.draft_len.clone(),
-            sampling: a.sampling.clone(),
+            sampling,
             // No emulated link, no radio to model.
             profile: (!a.link.no_link).then_some(profile),
             energy_budget: a.energy.energy_budget,
@@ -116,7 +145,10 @@ impl Engine {
             max_tokens_cap: need_target.then_some(cap),
             slots: Arc::new(Semaphore::new(a.max_concurrent as usize)),
             max_concurrent: a.max_concurrent as usize,
-            memory: Mutex::new(None),
+            memory: Mutex::new(MemoryState {
+                memory,
+                file: memory_file,
+            }),
             next_id: AtomicU64::new(1),
         })
     }
@@ -198,9 +230,12 @@ impl Engine {
         })?;
         let max_tokens = job.max_tokens.unwrap_or(self.default_max_tokens);
         if let Some(cap) = self.max_tokens_cap.filter(|&c| max_tokens > c) {
+            let field = job.max_tokens_field;
             return Err(ApiError::bad_param(
-                "max_tokens",
-                format!("max_tokens {max_tokens} is above the cloud's budget of {cap} tokens per request"),
+                field,
+                format!(
+                    "{field} {max_tokens} is above the cloud's budget of {cap} tokens per request"
+                ),
             ));
         }
         let mut sampling = self.sampling.clone();
@@ -210,9 +245,23 @@ impl Engine {
         if let Some(p) = job.top_p {
             sampling.top_p = p;
         }
-        if job.seed.is_some() {
-            sampling.seed = job.seed;
+        if let Some(k) = job.top_k {
+            sampling.top_k = k;
         }
+        sampling.seed = match (job.seed, self.sampling.seed) {
+            (Some(s), _) => Some(s),
+            // OpenAI's semantics: no seed, fresh randomness (the server's --seed, when given,
+            // makes every unseeded request reproducible instead).
+            (None, None) if sampling.temperature > 0.0 => {
+                // A fresh draw needs no reproducing: keep the per-round rule choice that
+                // `auto` makes for unseeded sampling.
+                if sampling.verify == ecspec_run::VerifyArg::Auto {
+                    sampling.verify = ecspec_run::VerifyArg::Switch;
+                }
+                Some(rand::random())
+            }
+            (None, s) => s,
+        };
         run::sampling(&sampling)
             .map_err(|e| ApiError::bad_param("temperature", format!("{e:#}")))?;
         Ok((ids, max_tokens, sampling))
@@ -230,7 +279,7 @@ impl Engine {
         echo: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Summary, Failure> {
         let (ids, max_tokens, sampling) = prepared;
-        let memory = self.memory.lock().ok().and_then(|m| m.clone());
+        let memory = self.memory.lock().ok().and_then(|m| m.memory.clone());
         let spec = RunSpec {
             mode: self.mode,
             draft_len: &self.policy,
@@ -247,8 +296,14 @@ impl Engine {
         };
         match ecspec_run::run_one(&self.loaded, ids, spec, echo).await {
             Ok(s) => {
-                if let (Some(m), Ok(mut slot)) = (s.memory.clone(), self.memory.lock()) {
-                    *slot = Some(m);
+                if let (Some(m), Ok(mut state)) = (s.memory.clone(), self.memory.lock()) {
+                    if let Some((path, key, file)) = state.file.as_mut() {
+                        file.insert(key.clone(), m.clone());
+                        if let Err(e) = ecspec_run::edge_memory::save(path, file) {
+                            tracing::warn!("--edge-memory: {e:#}");
+                        }
+                    }
+                    state.memory = Some(m);
                 }
                 if let Ok(mut v) = self.versions.lock() {
                     if !s.target_version.is_empty() && !v.contains(&s.target_version) {

@@ -29,6 +29,10 @@ pub struct Job {
     pub prompt: JobPrompt,
     /// Token budget (None: the server's default).
     pub max_tokens: Option<usize>,
+    /// The field that gave `max_tokens` (`max_tokens` or `max_completion_tokens`), for errors.
+    pub max_tokens_field: &'static str,
+    /// Top-k cut (vLLM's extension; None: the server's default).
+    pub top_k: Option<usize>,
     /// Sampling temperature, 0 ..= 2 (None: the server's default).
     pub temperature: Option<f32>,
     /// Nucleus mass, (0, 1] (None: the server's default).
@@ -186,7 +190,11 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
 
 /// The fields both endpoints share. `budget_field` is the token-budget name the endpoint
 /// documents (chat: `max_completion_tokens`, with `max_tokens` as its older name).
-fn common(o: &Map<String, Value>, prompt: JobPrompt, budget_field: &str) -> Result<Job, ApiError> {
+fn common(
+    o: &Map<String, Value>,
+    prompt: JobPrompt,
+    budget_field: &'static str,
+) -> Result<Job, ApiError> {
     let model = match o.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => {
@@ -197,12 +205,16 @@ fn common(o: &Map<String, Value>, prompt: JobPrompt, budget_field: &str) -> Resu
         }
     };
     let mut max_tokens = None;
+    let mut max_tokens_field = budget_field;
     for field in [budget_field, "max_tokens"] {
         match o.get(field) {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {
                 Some(n) if n >= 1 => {
-                    max_tokens = max_tokens.or(Some(n as usize));
+                    if max_tokens.is_none() {
+                        max_tokens = Some(n as usize);
+                        max_tokens_field = field;
+                    }
                 }
                 _ => {
                     return Err(ApiError::bad_param(
@@ -214,6 +226,20 @@ fn common(o: &Map<String, Value>, prompt: JobPrompt, budget_field: &str) -> Resu
         }
     }
     let temperature = number(o, "temperature", 0.0, 2.0, true)?;
+    let top_k = match o.get("top_k") {
+        None | Some(Value::Null) => None,
+        // vLLM's convention: -1 (or 0) is no cut.
+        Some(v) if v.as_i64() == Some(-1) => Some(0),
+        Some(v) => match v.as_u64() {
+            Some(k) => Some(k as usize),
+            None => {
+                return Err(ApiError::bad_param(
+                    "top_k",
+                    format!("`top_k` must be an integer of at least 0 (or -1: no cut), got {v}"),
+                ))
+            }
+        },
+    };
     let top_p = number(o, "top_p", 0.0, 1.0, false)?;
     let seed = match o.get("seed") {
         None | Some(Value::Null) => None,
@@ -296,6 +322,8 @@ fn common(o: &Map<String, Value>, prompt: JobPrompt, budget_field: &str) -> Resu
         model,
         prompt,
         max_tokens,
+        max_tokens_field,
+        top_k,
         temperature,
         top_p,
         seed,
@@ -333,7 +361,13 @@ fn unsupported(o: &Map<String, Value>) -> Result<(), ApiError> {
     fn zero(v: &Value) -> bool {
         v.is_null() || v.as_f64() == Some(0.0)
     }
-    let checks: [FieldCheck; 8] = [
+    fn absent(v: &Value) -> bool {
+        v.is_null()
+    }
+    fn text_only(v: &Value) -> bool {
+        v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|m| m == "text"))
+    }
+    let checks: [FieldCheck; 13] = [
         ("n", |v| v.is_null() || v.as_u64() == Some(1)),
         ("logprobs", |v| v.is_null() || v == &Value::Bool(false)),
         ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
@@ -345,6 +379,11 @@ fn unsupported(o: &Map<String, Value>) -> Result<(), ApiError> {
         ("tools", |v| {
             v.is_null() || v.as_array().is_some_and(Vec::is_empty)
         }),
+        ("tool_choice", |v| v.is_null() || v == "none"),
+        ("functions", absent),
+        ("function_call", |v| v.is_null() || v == "none"),
+        ("audio", absent),
+        ("modalities", text_only),
         ("response_format", |v| {
             v.is_null() || v.get("type").and_then(Value::as_str) == Some("text")
         }),
@@ -410,6 +449,7 @@ mod tests {
             ])
         );
         assert_eq!(job.max_tokens, Some(12), "max_completion_tokens wins");
+        assert_eq!(job.max_tokens_field, "max_completion_tokens");
         assert_eq!((job.temperature, job.top_p), (Some(0.7), Some(0.9)));
         assert_eq!(job.seed, Some(u64::MAX));
         assert_eq!(job.stop, ["\n\n", "END"]);
@@ -487,6 +527,26 @@ mod tests {
                 json!({"model": "x", "messages": m, "logprobs": true}),
                 "logprobs",
                 "`logprobs` = true is not supported by this server",
+            ),
+            (
+                json!({"model": "x", "messages": m, "tool_choice": "required"}),
+                "tool_choice",
+                "`tool_choice` = \"required\" is not supported by this server",
+            ),
+            (
+                json!({"model": "x", "messages": m, "modalities": ["text", "audio"]}),
+                "modalities",
+                "`modalities` = [\"text\",\"audio\"] is not supported by this server",
+            ),
+            (
+                json!({"model": "x", "messages": m, "functions": []}),
+                "functions",
+                "`functions` = [] is not supported by this server",
+            ),
+            (
+                json!({"model": "x", "messages": m, "top_k": 1.5}),
+                "top_k",
+                "`top_k` must be an integer of at least 0 (or -1: no cut), got 1.5",
             ),
         ];
         for (body, param, message) in cases {

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::body::Body;
@@ -36,6 +36,16 @@ use crate::request::{self, Job};
 /// answered 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// A connection must send a request's headers within this (slow or stalled clients cannot hold
+/// connections open forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request's body must arrive within this; later is answered 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After Ctrl-C or SIGTERM, answers in progress get this long to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`,
 /// `GET /health`; anything else is a 404 (405 for a known path with another method) in
 /// OpenAI's error shape.
@@ -50,19 +60,59 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(engine)
 }
 
-/// Serves `router(engine)` on `listener` until `shutdown` resolves (answers in progress
-/// finish first).
+/// Serves `router(engine)` on `listener` (HTTP/1.1; headers within [`HEADER_READ_TIMEOUT`],
+/// a half-closed client still answered) until `shutdown` resolves; answers in progress then
+/// get [`SHUTDOWN_GRACE`] to finish.
 ///
 /// # Errors
-/// I/O errors of the listener.
+/// None so far: a failed accept is logged and retried.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
+    let app = router(engine);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .half_close(true)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
+        .is_err()
+    {
+        eprintln!(
+            "ecspec: answers still in progress after {} s; exiting",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
 }
 
 /// `ecspec edge serve`: loads the models, starts the in-process cloud unless `--cloud` is
@@ -150,15 +200,39 @@ async fn handle(engine: Arc<Engine>, body: Body, endpoint: Endpoint) -> Response
 }
 
 async fn answer(engine: Arc<Engine>, body: Body, endpoint: Endpoint) -> Result<Response, Failure> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            ..ApiError::bad_request(format!(
-                "the request body is over {} MiB",
-                MAX_BODY_BYTES >> 20
-            ))
-        })?;
+    let bytes = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if too_long(&e) => {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                ..ApiError::bad_request(format!(
+                    "the request body is over {} MiB",
+                    MAX_BODY_BYTES >> 20
+                ))
+            }
+            .into())
+        }
+        Ok(Err(e)) => {
+            return Err(
+                ApiError::bad_request(format!("the request body could not be read: {e}")).into(),
+            )
+        }
+        Err(_) => {
+            return Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                ..ApiError::bad_request(format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ))
+            }
+            .into())
+        }
+    };
     let job = match endpoint {
         Endpoint::Chat => request::chat(&bytes),
         Endpoint::Completion => request::completion(&bytes),
@@ -205,6 +279,18 @@ async fn answer(engine: Arc<Engine>, body: Body, endpoint: Endpoint) -> Result<R
             })
         });
     Ok(Sse::new(events).into_response())
+}
+
+/// Whether reading a body failed on the size limit (not on a broken or truncated body).
+fn too_long(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// One server-sent event of a streamed answer.

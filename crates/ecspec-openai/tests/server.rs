@@ -408,6 +408,18 @@ async fn beyond_the_cap_429_and_over_the_window_413() {
             .contains("context window is 8192"),
         "{e}"
     );
+    // Bodies: over 1 MiB is 413; a broken chunked body is 400, not 413.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 21));
+    let r = request(addr, "POST", "/v1/chat/completions", &big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\nZZ\r\nxx\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let r = parse(&raw);
+    assert_eq!(r.status, 400, "{}", r.body);
     // Bad JSON, a bad method, an unknown path: errors in shape, never a dropped connection.
     let r = request(addr, "POST", "/v1/chat/completions", "{\"model\":").await;
     assert_eq!(r.status, 400);
@@ -420,4 +432,43 @@ async fn beyond_the_cap_429_and_over_the_window_413() {
     assert_eq!(m["data"][0]["id"], "smollm2-135m");
     assert_eq!(m["data"][0]["ecspec"]["target_versions"], json!(["v0"]));
     drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unseeded_sampled_request_gets_a_fresh_seed_and_a_seeded_one_keeps_it() {
+    if !cached() {
+        return;
+    }
+    let cli = Cli::try_parse_from(["x", "--no-link"]).unwrap();
+    let engine = Engine::start(&cli.args).await.unwrap();
+    let job =
+        |extra: Value| ecspec_openai::request::chat(chat(PROMPTS[0], extra).as_bytes()).unwrap();
+    let sampled = job(json!({"temperature": 1.0}));
+    let (_, _, a) = engine.prepare(&sampled).unwrap();
+    let (_, _, b) = engine.prepare(&sampled).unwrap();
+    // Two draws of a u64 coincide with probability 2^-64.
+    assert!(
+        a.seed.is_some() && a.seed != b.seed,
+        "{:?} {:?}",
+        a.seed,
+        b.seed
+    );
+    assert_eq!(a.verify, ecspec_run::VerifyArg::Switch);
+    let (_, _, s) = engine
+        .prepare(&job(json!({"temperature": 1.0, "seed": 7})))
+        .unwrap();
+    assert_eq!((s.seed, s.verify), (Some(7), ecspec_run::VerifyArg::Auto));
+    // Greedy needs no seed.
+    let (_, _, g) = engine.prepare(&job(json!({"temperature": 0}))).unwrap();
+    assert_eq!(g.seed, None);
+    // The budget's error names the field the client used.
+    let e = engine
+        .prepare(&job(json!({"max_completion_tokens": 5000})))
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
+    assert_eq!(
+        e.message,
+        "max_completion_tokens 5000 is above the cloud's budget of 4096 tokens per request"
+    );
+    engine.stop().await;
 }
