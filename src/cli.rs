@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ecspec_eval::{bench, demo::DemoArgs, family_tasks::FamilyCommand, profile::ProfileArgs};
-use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
+use ecspec_run::{CloudArgs, EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
 
 /// ECSpec: bandwidth-efficient edge–cloud speculative decoding.
 #[derive(Debug, Parser)]
@@ -161,17 +161,9 @@ pub struct GenerateArgs {
     /// p-min:P[:KMAX], entropy:H[:KMAX], ucb[:KMAX[:C]], CAP+p-min:P, CAP+entropy:H.
     #[arg(long, default_value = "ecspec", value_parser = PolicySpec::parse)]
     pub draft_len: PolicySpec,
-    /// A running cloud server (host:port); without it a server is started on loopback.
-    #[arg(long, value_name = "ADDR")]
-    pub cloud: Option<String>,
-    /// Send the first token of FILE (one per line, `#` comments skipped) in the Hello, for a
-    /// cloud started with --auth-token-file.
-    #[arg(long, value_name = "FILE", requires = "cloud")]
-    pub auth_token_file: Option<PathBuf>,
-    /// Connect to the cloud over TLS, trusting the CA certificate(s) in this PEM file (the
-    /// cloud's certificate must name the --cloud host).
-    #[arg(long, value_name = "FILE", requires = "cloud")]
-    pub tls_ca: Option<PathBuf>,
+    /// The cloud.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
     /// Print the summary as one JSON object on stdout (the text is not streamed).
     #[arg(long)]
     pub json: bool,

@@ -225,13 +225,8 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     if a.mode == ModeArg::EdgeOnly && !outages.is_empty() {
         bail!("--outage cuts the link to the cloud; --mode edge-only has none");
     }
-    let remote = match &a.cloud {
-        Some(cloud) => Some(
-            run::Remote::resolve(cloud, a.auth_token_file.as_deref(), a.tls_ca.as_deref()).await?,
-        ),
-        None => None,
-    };
-    let need_target = a.cloud.is_none() && a.mode != ModeArg::EdgeOnly;
+    let remote = a.cloud.remote().await?;
+    let need_target = remote.is_none() && a.mode != ModeArg::EdgeOnly;
     let budget = run::in_process_budget();
     if need_target && a.max_tokens as usize > budget {
         bail!(
@@ -580,8 +575,7 @@ fn config_print(words: &[String], config: Option<&std::path::Path>) -> Result<()
                     .find_map(|w| w.strip_prefix("--config=").map(str::to_string))
             })
             .map(std::path::PathBuf::from);
-        let file =
-            ecspec_run::config_file::config_path(given.as_deref().or(config), &env);
+        let file = ecspec_run::config_file::config_path(given.as_deref().or(config), &env);
         if i > 0 {
             say("")?;
         }

@@ -2,10 +2,8 @@
 //! model, policy, sampling, link and energy flags as `generate` (their values are the
 //! defaults a request's own fields override).
 
-use std::path::PathBuf;
-
 use clap::Args;
-use ecspec_run::{EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
+use ecspec_run::{CloudArgs, EnergyArgs, LinkArgs, ModeArg, ModelArgs, PolicySpec, SamplingArgs};
 
 /// `ecspec edge serve`
 #[derive(Debug, Clone, Args)]
@@ -13,17 +11,9 @@ pub struct EdgeServeArgs {
     /// Address the HTTP server listens on (port 0: any free port, printed at start).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     pub listen: String,
-    /// The cloud (host:port). Without it the target runs in this process behind a loopback
-    /// cloud server, as `generate` does.
-    #[arg(long, value_name = "ADDR")]
-    pub cloud: Option<String>,
-    /// Auth token for the cloud: the file's first token (one per line, # comments).
-    #[arg(long, value_name = "FILE", requires = "cloud")]
-    pub auth_token_file: Option<PathBuf>,
-    /// Verify the cloud's TLS certificate against this CA (PEM); the name checked is the host
-    /// of --cloud.
-    #[arg(long, value_name = "FILE", requires = "cloud")]
-    pub tls_ca: Option<PathBuf>,
+    /// The cloud (as `generate`'s).
+    #[command(flatten)]
+    pub cloud: CloudArgs,
     /// Requests generated at once; more are answered 429 with Retry-After.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_concurrent: u32,

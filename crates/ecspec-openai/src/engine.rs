@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ecspec_edge::SessionMemory;
 use ecspec_energy::DeviceProfile;
 use ecspec_link::LinkConfig;
-use ecspec_run::run::{self, Outages, Remote};
+use ecspec_run::run::{self, Outages};
 use ecspec_run::{
     CloudEndpoint, Loaded, LocalCloud, ModeArg, PolicySpec, Prompt, RunSpec, SamplingArgs, Summary,
 };
@@ -88,12 +88,7 @@ impl Engine {
         run::sampling(&a.sampling)?;
         let link = run::link_config(&a.link)?;
         let outages = Outages::new(a.link.outage.clone())?;
-        let remote = match &a.cloud {
-            Some(c) => {
-                Some(Remote::resolve(c, a.auth_token_file.as_deref(), a.tls_ca.as_deref()).await?)
-            }
-            None => None,
-        };
+        let remote = a.cloud.remote().await?;
         let need_target = remote.is_none() && a.mode != ModeArg::EdgeOnly;
         let loaded = ecspec_run::load_family(&a.models, need_target)?;
         let local = match need_target {

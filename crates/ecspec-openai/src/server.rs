@@ -127,7 +127,7 @@ pub async fn run(a: EdgeServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let cloud = match (&a.cloud, engine.local_cloud()) {
+    let cloud = match (&a.cloud.cloud, engine.local_cloud()) {
         (Some(c), _) => format!("the cloud at {c}"),
         (None, Some(l)) => format!("the in-process cloud on {l}"),
         (None, None) => "no cloud (edge-only)".into(),

@@ -141,6 +141,19 @@ fn dechunk(mut s: &str) -> String {
     }
 }
 
+/// A streamed request whose first event has arrived (the connection kept open).
+async fn open_stream(addr: SocketAddr, body: &str) -> TcpStream {
+    let mut s = send(addr, "POST", "/v1/chat/completions", body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended before its first event");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
 fn chat(prompt: &str, extra: Value) -> String {
     let mut v = json!({
         "model": "smollm2-135m",
@@ -311,14 +324,7 @@ async fn a_client_leaving_mid_stream_frees_its_cloud_session_and_the_limits_answ
     let addr = server(&["--cloud", &cloud_addr, "--max-concurrent", "2"]).await;
     let long = chat(PROMPTS[2], json!({"stream": true, "max_tokens": 4000}));
     // The first streamed request holds the cloud's one session; read its first event.
-    let mut first = send(addr, "POST", "/v1/chat/completions", &long).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data: ") {
-        let n = first.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream ended early");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let first = open_stream(addr, &long).await;
     // A second request meets a busy cloud: 503 with Retry-After, in OpenAI's shape.
     let busy = request(
         addr,
@@ -371,14 +377,7 @@ async fn beyond_the_cap_429_and_over_the_window_413() {
     }
     let addr = server(&["--max-concurrent", "1"]).await;
     let long = chat(PROMPTS[2], json!({"stream": true, "max_tokens": 400}));
-    let mut first = send(addr, "POST", "/v1/chat/completions", &long).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data: ") {
-        let n = first.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    let first = open_stream(addr, &long).await;
     let r = request(
         addr,
         "POST",

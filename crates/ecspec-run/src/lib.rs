@@ -31,7 +31,9 @@ pub use ecspec_spec::PolicySpec;
 pub use models::{
     family_cloud_model, load_family, model_path, open_family, target_versions, Loaded,
 };
-pub use options::{EnergyArgs, LinkArgs, LookupArgs, ModeArg, ModelArgs, SamplingArgs, VerifyArg};
+pub use options::{
+    CloudArgs, EnergyArgs, LinkArgs, LookupArgs, ModeArg, ModelArgs, SamplingArgs, VerifyArg,
+};
 pub use run::{
     edge_setup, prompt_ids, prompt_tokens, run_one, CloudEndpoint, LocalCloud, Prompt, PromptError,
     RunError, RunSpec,

@@ -36,6 +36,44 @@ pub enum VerifyArg {
     Rejection,
 }
 
+/// The cloud an edge talks to (`generate`, `edge serve`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CloudArgs {
+    /// A running cloud server (host:port); without it the target runs in this process behind
+    /// a loopback cloud server.
+    #[arg(long, value_name = "ADDR")]
+    pub cloud: Option<String>,
+    /// Send the first token of FILE (one per line, `#` comments skipped) in the Hello, for a
+    /// cloud started with --auth-token-file.
+    #[arg(long, value_name = "FILE", requires = "cloud")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Connect to the cloud over TLS, trusting the CA certificate(s) in this PEM file (the
+    /// cloud's certificate must name the --cloud host).
+    #[arg(long, value_name = "FILE", requires = "cloud")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl CloudArgs {
+    /// The remote cloud, resolved, with its token and TLS ([`crate::run::Remote::resolve`]);
+    /// None without `--cloud`.
+    ///
+    /// # Errors
+    /// See [`crate::run::Remote::resolve`].
+    pub async fn remote(&self) -> anyhow::Result<Option<crate::run::Remote>> {
+        match &self.cloud {
+            Some(c) => Ok(Some(
+                crate::run::Remote::resolve(
+                    c,
+                    self.auth_token_file.as_deref(),
+                    self.tls_ca.as_deref(),
+                )
+                .await?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
 /// The edge device's energy.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Energy")]
