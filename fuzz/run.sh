@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs fuzz targets one after another, one libFuzzer job each, nice'd, from the committed seeds
-# (fuzz/seeds/<target>) plus the growing local corpus (fuzz/corpus/<target>, not committed).
+# Runs fuzz targets one after another, one libFuzzer job each, nice'd, from the seeds
+# (fuzz/seeds/<target>, written first by fuzz/examples/write_seeds.rs from the project's own
+# encoders; not committed) plus the growing local corpus (fuzz/corpus/<target>, not committed).
 #   fuzz/run.sh [RUNS] [TARGET...]      default: 10000000 runs of every target
 # Each run's output goes to fuzz/logs/<target>.log (not committed); a crash leaves its input in
 # fuzz/artifacts/<target>/ and the script goes on with the next target. The toolchain is
@@ -13,6 +14,7 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(frame message mahimahi csv_trace manifest peft_config gguf_header)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build || exit 1
+cargo run --quiet --manifest-path fuzz/Cargo.toml --example write_seeds || exit 1
 mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t"

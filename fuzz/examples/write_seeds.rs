@@ -183,6 +183,7 @@ fn gguf_seeds() {
         layers: 1,
         hidden: 32,
         heads: 2,
+        ..TinySpec::default()
     };
     write_tiny_model(&path, spec).expect("writes a tiny model");
     let bytes = std::fs::read(&path).expect("reads it back");
