@@ -99,7 +99,7 @@ impl Engine {
         let cloud = remote
             .or(local.as_ref().map(|c| c.addr.into()))
             .map(CloudEndpoint::Tcp);
-        let cap = ecspec_cloud_budget();
+        let cap = run::in_process_budget();
         // `--edge-memory`: read once here, written after each request (the requests share one
         // memory in the process; a file per request would race).
         let memory_file = match &a.sampling.edge_memory {
@@ -320,11 +320,6 @@ impl Engine {
             c.stop().await;
         }
     }
-}
-
-/// The in-process cloud's budget per request (its default server configuration's).
-fn ecspec_cloud_budget() -> usize {
-    ecspec_run::run::in_process_budget()
 }
 
 /// Checks a `--listen` address.
